@@ -1,0 +1,160 @@
+//! Fetching a whole DAG into a store: a bounded window of parallel block requests through a
+//! [`Chain`], progress as it goes, and resumption after an interruption (blocks already in
+//! the store are read locally, not fetched again).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+
+use crate::block::Block;
+use crate::cid::{Cid, Codec};
+use crate::rt::Instant;
+use crate::source::{Chain, ChainError, Context, SourceKind, WriteBack};
+use crate::store::{self, BlockStore};
+use crate::unixfs::pb::Node;
+
+/// Why a DAG fetch stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A block could not be retrieved from any source.
+    #[error(transparent)]
+    Retrieve(#[from] ChainError),
+    /// The local store failed or is full; what was fetched so far is kept for a resume.
+    #[error("could not store fetched blocks: {0}")]
+    Store(String),
+    /// A dag-pb block could not be decoded.
+    #[error("{cid} is not a valid dag-pb block: {reason}")]
+    Malformed {
+        /// The block.
+        cid: Cid,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The DAG has more blocks than the limit.
+    #[error("the DAG has more than {0} blocks; refusing to walk it")]
+    TooLarge(u64),
+}
+
+impl From<store::Error> for Error {
+    fn from(e: store::Error) -> Self {
+        Error::Store(e.to_string())
+    }
+}
+
+/// Where a fetch stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Blocks done (fetched or found locally).
+    pub blocks_done: u64,
+    /// Blocks known so far (grows as inner nodes are read).
+    pub blocks_known: u64,
+    /// Bytes of blocks done.
+    pub bytes_done: u64,
+    /// Total DAG bytes, from the root's links' cumulative sizes (0 until the root is read).
+    pub bytes_total: u64,
+    /// Blocks served by each source kind, indexed like [`SourceKind::ALL`]; local counts
+    /// blocks that were already in the store.
+    pub by_source: [u64; 4],
+    /// The last block done and where it came from.
+    pub last: Option<(Cid, SourceKind)>,
+}
+
+/// Options for [`fetch`].
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Blocks requested at once.
+    pub window: usize,
+    /// Refuse DAGs with more blocks than this.
+    pub max_blocks: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            window: 32,
+            max_blocks: 10_000_000,
+        }
+    }
+}
+
+/// What a finished fetch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Final progress.
+    pub progress: Progress,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+fn kind_index(k: SourceKind) -> usize {
+    SourceKind::ALL.iter().position(|x| *x == k).unwrap_or(0)
+}
+
+/// Fetches every block of the DAG under `root` into `store`, through `chain`.
+pub async fn fetch<S: BlockStore>(
+    chain: &Chain,
+    store: &S,
+    root: Cid,
+    options: Options,
+    ctx: &Context,
+    mut on_progress: impl FnMut(&Progress),
+) -> Result<Report, Error> {
+    let started = Instant::now();
+    let mut progress = Progress {
+        blocks_known: 1,
+        ..Progress::default()
+    };
+    let mut queue = VecDeque::from([root]);
+    let mut inflight = FuturesUnordered::new();
+    let one = |cid: Cid| async move {
+        if let Some(b) = store.get(&cid).await? {
+            return Ok::<_, Error>((b, SourceKind::Local));
+        }
+        let r = chain.retrieve_reported(&cid, ctx).await?;
+        match r.write_back {
+            WriteBack::Stored => {}
+            WriteBack::Failed(e) => return Err(Error::Store(e)),
+            WriteBack::NotNeeded => {
+                store.put(r.block.clone()).await?;
+            }
+        }
+        Ok((r.block, r.served_by))
+    };
+    loop {
+        while inflight.len() < options.window.max(1) {
+            let Some(cid) = queue.pop_front() else { break };
+            inflight.push(one(cid));
+        }
+        let Some(result) = inflight.next().await else { break };
+        let (block, kind): (Block, SourceKind) = result?;
+        if block.codec() == Codec::DagPb {
+            let node = Node::decode(block.data()).map_err(|e| Error::Malformed {
+                cid: *block.cid(),
+                reason: e.to_string(),
+            })?;
+            if block.cid() == &root {
+                progress.bytes_total = block.len() as u64
+                    + node.links.iter().filter_map(|l| l.tsize).sum::<u64>();
+            }
+            progress.blocks_known += node.links.len() as u64;
+            if progress.blocks_known > options.max_blocks {
+                return Err(Error::TooLarge(options.max_blocks));
+            }
+            queue.extend(node.links.iter().map(|l| l.cid));
+        } else if block.cid() == &root {
+            progress.bytes_total = block.len() as u64;
+        }
+        progress.blocks_done += 1;
+        progress.bytes_done += block.len() as u64;
+        progress.by_source[kind_index(kind)] += 1;
+        progress.last = Some((*block.cid(), kind));
+        on_progress(&progress);
+    }
+    Ok(Report {
+        progress,
+        elapsed: started.elapsed(),
+    })
+}

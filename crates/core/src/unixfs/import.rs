@@ -1,0 +1,359 @@
+use bytes::Bytes;
+use futures::{AsyncRead, AsyncReadExt};
+
+use super::Profile;
+use super::pb::{Link, Node, UnixFs};
+use crate::block::Block;
+use crate::cid::{Cid, Codec, HashAlg};
+use crate::store::{self, BlockStore};
+
+/// Why an import failed. Nothing it wrote is left behind.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading the input failed.
+    #[error("reading the input failed after {read} bytes: {source}")]
+    Read {
+        /// Bytes read before the failure.
+        read: u64,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The store refused a write.
+    #[error("storing blocks failed: {0}")]
+    Store(#[from] store::Error),
+    /// A block could not be made (cannot happen with the built-in profiles).
+    #[error(transparent)]
+    Block(#[from] crate::block::Error),
+}
+
+#[derive(Debug, Clone)]
+struct Child {
+    cid: Cid,
+    tsize: u64,
+    filesize: u64,
+}
+
+/// The streaming UnixFS importer: push bytes, collect blocks (children before parents), and
+/// finish to get the root. Holds at most one chunk plus one pending link list per tree level.
+#[derive(Debug)]
+pub struct Importer {
+    profile: Profile,
+    hash: HashAlg,
+    buf: Vec<u8>,
+    levels: Vec<(Vec<Child>, u64)>,
+    bytes: u64,
+}
+
+impl Importer {
+    /// A new importer.
+    pub fn new(profile: Profile, hash: HashAlg) -> Self {
+        Self {
+            profile,
+            hash,
+            buf: Vec::with_capacity(profile.chunk_size),
+            levels: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes pushed so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Feeds bytes; completed blocks are appended to `out`.
+    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<Block>) -> Result<(), Error> {
+        self.bytes += data.len() as u64;
+        while !data.is_empty() {
+            let room = self.profile.chunk_size - self.buf.len();
+            let take = room.min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() == self.profile.chunk_size {
+                self.flush_leaf(out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_leaf(&mut self, out: &mut Vec<Block>) -> Result<(), Error> {
+        let leaf = Block::from_data(Codec::Raw, self.hash, Bytes::copy_from_slice(&self.buf))?;
+        self.buf.clear();
+        let child = Child {
+            cid: *leaf.cid(),
+            tsize: leaf.len() as u64,
+            filesize: leaf.len() as u64,
+        };
+        out.push(leaf);
+        self.add(0, child, out)
+    }
+
+    fn add(&mut self, level: usize, child: Child, out: &mut Vec<Block>) -> Result<(), Error> {
+        if self.levels.len() <= level {
+            self.levels.push((Vec::with_capacity(self.profile.max_links), 0));
+        }
+        let (pending, total) = &mut self.levels[level];
+        pending.push(child);
+        *total += 1;
+        if pending.len() == self.profile.max_links {
+            let children = std::mem::take(pending);
+            let parent = self.node(children, out)?;
+            self.add(level + 1, parent, out)?;
+        }
+        Ok(())
+    }
+
+    fn node(&self, children: Vec<Child>, out: &mut Vec<Block>) -> Result<Child, Error> {
+        let data = UnixFs::file(children.iter().map(|c| c.filesize).collect());
+        let filesize = data.filesize.unwrap_or(0);
+        let links: Vec<Link> = children
+            .iter()
+            .map(|c| Link {
+                cid: c.cid,
+                name: String::new(),
+                tsize: Some(c.tsize),
+            })
+            .collect();
+        let child_tsize: u64 = children.iter().map(|c| c.tsize).sum();
+        let node = Node {
+            links,
+            data: Some(Bytes::from(data.encode())),
+        };
+        let block = Block::from_data(Codec::DagPb, self.hash, node.encode())?;
+        let child = Child {
+            cid: *block.cid(),
+            tsize: block.len() as u64 + child_tsize,
+            filesize,
+        };
+        out.push(block);
+        Ok(child)
+    }
+
+    /// Flushes the last chunk and the tree; returns the root (its last blocks go to `out`).
+    ///
+    /// Matches the reference balanced builder: a one-chunk file is its raw leaf; otherwise
+    /// every level is cut into nodes of at most `max_links`, until one node remains.
+    pub fn finish(mut self, out: &mut Vec<Block>) -> Result<Imported, Error> {
+        if !self.buf.is_empty() || self.levels.is_empty() {
+            self.flush_leaf(out)?;
+        }
+        let mut level = 0;
+        let root = loop {
+            let top = level + 1 >= self.levels.len();
+            let (pending, total) = &mut self.levels[level];
+            if top && *total == 1 {
+                let Some(root) = pending.pop() else {
+                    return Err(lost_root());
+                };
+                break root;
+            }
+            if !pending.is_empty() {
+                let children = std::mem::take(pending);
+                let parent = self.node(children, out)?;
+                self.add(level + 1, parent, out)?;
+            }
+            level += 1;
+        };
+        Ok(Imported {
+            root: root.cid,
+            size: self.bytes,
+            dag_size: root.tsize,
+        })
+    }
+}
+
+// The level with a total of one always holds that one child; this keeps the code panic-free.
+fn lost_root() -> Error {
+    Error::Read {
+        read: 0,
+        source: std::io::Error::other("importer lost its root (a bug in cairn)"),
+    }
+}
+
+/// The result of an import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Imported {
+    /// The root CID.
+    pub root: Cid,
+    /// The file's size in bytes.
+    pub size: u64,
+    /// The DAG's total size in bytes (the root's cumulative size).
+    pub dag_size: u64,
+}
+
+/// Imports everything `reader` yields into `store` as a UnixFS file, in batches of blocks.
+///
+/// Memory stays bounded by one read buffer plus one batch, whatever the input size.
+/// `on_progress(bytes_read)` is called after each batch. On failure (a read error, a full
+/// store), the blocks this import added are deleted again and the error is returned.
+pub async fn import<S, R>(
+    store: &S,
+    mut reader: R,
+    profile: Profile,
+    hash: HashAlg,
+    mut on_progress: impl FnMut(u64),
+) -> Result<Imported, Error>
+where
+    S: BlockStore,
+    R: AsyncRead + Unpin,
+{
+    const BATCH_BYTES: usize = 4 * 1024 * 1024;
+    let mut importer = Importer::new(profile, hash);
+    let mut added: Vec<Cid> = Vec::new();
+    let mut batch = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let result: Result<Imported, Error> = async {
+        loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(Error::Read {
+                        read: importer.bytes(),
+                        source,
+                    });
+                }
+            };
+            importer.push(&buf[..n], &mut batch)?;
+            if batch.iter().map(Block::len).sum::<usize>() >= BATCH_BYTES {
+                added.extend(put_new(store, std::mem::take(&mut batch)).await?);
+                on_progress(importer.bytes());
+            }
+        }
+        let imported = importer.finish(&mut batch)?;
+        added.extend(put_new(store, batch).await?);
+        on_progress(imported.size);
+        Ok(imported)
+    }
+    .await;
+    if result.is_err() {
+        for cid in added.iter().rev() {
+            // Best effort: the store failed already; an error here changes nothing for the
+            // caller, who gets the original error.
+            let _ = store.delete(cid).await;
+        }
+    }
+    result
+}
+
+async fn put_new<S: BlockStore>(store: &S, blocks: Vec<Block>) -> Result<Vec<Cid>, Error> {
+    if blocks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cids: Vec<Cid> = blocks.iter().map(|b| *b.cid()).collect();
+    let mut fresh = Vec::new();
+    for c in &cids {
+        if !store.has(c).await? {
+            fresh.push(*c);
+        }
+    }
+    store.put_many(blocks).await?;
+    Ok(fresh)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Memory;
+
+    fn import_bytes(data: &[u8], profile: Profile) -> (Imported, Vec<Block>) {
+        let mut imp = Importer::new(profile, HashAlg::Sha2_256);
+        let mut out = Vec::new();
+        imp.push(data, &mut out).unwrap();
+        let r = imp.finish(&mut out).unwrap();
+        (r, out)
+    }
+
+    const SMALL: Profile = Profile {
+        chunk_size: 4,
+        max_links: 3,
+        name: "test",
+    };
+
+    #[test]
+    fn empty_file_is_the_empty_raw_block() {
+        let (r, blocks) = import_bytes(b"", Profile::DEFAULT);
+        assert_eq!(
+            r.root.to_string(),
+            "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+        );
+        assert_eq!(blocks.len(), 1);
+    }
+
+    #[test]
+    fn one_chunk_is_its_leaf() {
+        let (r, blocks) = import_bytes(b"abcd", SMALL);
+        assert_eq!(r.root.codec(), 0x55);
+        assert_eq!(blocks.len(), 1);
+    }
+
+    #[test]
+    fn tree_shapes_follow_the_balanced_layout() {
+        // chunks -> blocks: leaves + inner nodes
+        for (chunks, inner) in [(2, 1), (3, 1), (4, 3), (9, 4), (10, 7), (27, 13), (28, 17)] {
+            let data = vec![1u8; chunks * 4];
+            let (r, blocks) = import_bytes(&data, SMALL);
+            assert_eq!(blocks.len(), chunks + inner, "{chunks} chunks");
+            assert_eq!(blocks.last().unwrap().cid(), &r.root, "root is written last");
+            assert_eq!(r.size, data.len() as u64);
+        }
+    }
+
+    #[test]
+    fn pushing_in_pieces_gives_the_same_root() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        let (whole, _) = import_bytes(&data, SMALL);
+        let mut imp = Importer::new(SMALL, HashAlg::Sha2_256);
+        let mut out = Vec::new();
+        for piece in data.chunks(3) {
+            imp.push(piece, &mut out).unwrap();
+        }
+        assert_eq!(imp.finish(&mut out).unwrap(), whole);
+    }
+
+    struct FailAfter(usize);
+    impl AsyncRead for FailAfter {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            if self.0 == 0 {
+                return std::task::Poll::Ready(Err(std::io::Error::other("disk on fire")));
+            }
+            let n = buf.len().min(self.0);
+            buf[..n].fill(9);
+            self.0 -= n;
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_import_leaves_nothing_behind() {
+        let store = Memory::new();
+        // A block the store already had, which the failed import also produces: kept.
+        let pre = Block::from_data(Codec::Raw, HashAlg::Sha2_256, vec![9u8; 256 * 1024]).unwrap();
+        store.put(pre.clone()).await.unwrap();
+        let err = import(&store, FailAfter(20 << 20), Profile::DEFAULT, HashAlg::Sha2_256, |_| {})
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+        assert!(err.to_string().contains("20971520 bytes"), "{err}");
+        let st = store.stat().await.unwrap();
+        assert_eq!(st.blocks, 1, "only the block held before remains");
+        assert!(store.has(pre.cid()).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_full_store_refuses_and_keeps_nothing() {
+        let store = Memory::with_quota(3 << 20);
+        let data: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let err = import(&store, &data[..], Profile::DEFAULT, HashAlg::Sha2_256, |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Store(store::Error::Full { .. })), "{err}");
+        assert_eq!(store.stat().await.unwrap().blocks, 0);
+    }
+}

@@ -1,0 +1,68 @@
+//! UnixFS: files as DAG-PB trees of raw leaves, the way IPFS stores them.
+//!
+//! [`Importer`] turns a byte stream into blocks with a fixed-size chunker, raw leaves, CIDv1
+//! and the balanced layout, so the root CID equals Helia's and Kubo's for the same
+//! [`Profile`]. [`import`] drives it from an `AsyncRead` into a store without holding the file
+//! in memory. [`export`] streams a file's bytes, or a byte range, back out of any
+//! [`ContentSource`](crate::source::ContentSource), fetching only the leaves the range needs.
+
+mod export;
+mod import;
+pub mod pb;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use export::{Error as ExportError, Range, export, file_size};
+pub use import::{Error as ImportError, Imported, Importer, import};
+
+/// How files are cut into a tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Profile {
+    /// Bytes per leaf.
+    pub chunk_size: usize,
+    /// Links per inner node.
+    pub max_links: usize,
+    /// Display name.
+    pub name: &'static str,
+}
+
+impl Profile {
+    /// Helia's default: 256 KiB chunks, 174 links per node.
+    pub const DEFAULT: Profile = Profile {
+        chunk_size: 256 * 1024,
+        max_links: 174,
+        name: "default",
+    };
+    /// The IPIP-499 `unixfs-v1-2025` profile: 1 MiB chunks, 1024 links per node.
+    pub const UNIXFS_V1_2025: Profile = Profile {
+        chunk_size: 1024 * 1024,
+        max_links: 1024,
+        name: "unixfs-v1-2025",
+    };
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile::DEFAULT
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl FromStr for Profile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "default" => Ok(Profile::DEFAULT),
+            "unixfs-v1-2025" => Ok(Profile::UNIXFS_V1_2025),
+            other => Err(format!(
+                "unknown profile `{other}`: use `default` (256 KiB chunks, 174 links) or `unixfs-v1-2025` (1 MiB, 1024)"
+            )),
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! cairn in the browser.
+#![cfg(target_arch = "wasm32")]
