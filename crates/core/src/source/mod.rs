@@ -101,7 +101,7 @@ fn list(items: &[(String, SourceError)]) -> String {
         return "no candidates".into();
     }
     let parts: Vec<String> = items.iter().map(|(who, e)| format!("{who}: {e}")).collect();
-    format!("all {} failed ({})", items.len(), parts.join("; "))
+    format!("every source failed ({})", parts.join("; "))
 }
 
 /// Something that can give verified blocks.

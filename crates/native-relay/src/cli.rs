@@ -1,0 +1,353 @@
+//! The `cairn-relay` command line.
+//!
+//! ```text
+//! cairn-relay [serve] [--listen MULTIADDR]... [--http ADDR] [--identity FILE] [--web-root DIR]
+//! cairn-relay id [--identity FILE]
+//! cairn-relay add FILE [--profile default|unixfs-v1-2025] [--hash sha2-256|blake3] [--only-hash] [--store DIR]
+//! cairn-relay cat CID [--store DIR] [--gateway URL]... [--timeout SECS] [-o FILE]
+//! ```
+//! Exit codes: 0 success, 1 other failure, 2 bad usage, 3 content not found, 4 a source sent
+//! bytes that do not match the CID, 5 store or output not writable, 6 input unreadable,
+//! 7 could not start (port in use, bad identity).
+#![allow(clippy::print_stdout)] // stdout is this module's interface
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::cid::{self, HashAlg};
+use cairn_core::source::{Chain, Context, Gateway, SourceError};
+use cairn_core::store::{BlockStore, Null};
+use cairn_core::unixfs::{self, ExportError, ImportError, Profile, Range};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use libp2p::Multiaddr;
+
+use crate::store::Disk;
+
+/// cairn-relay: a circuit relay for cairn browser nodes, and a native cairn node.
+#[derive(Debug, Parser)]
+#[command(version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay (the default when no command is given).
+    Serve(ServeArgs),
+    /// Print the relay's peer id.
+    Id {
+        /// The identity key file.
+        #[arg(long, env = "CAIRN_IDENTITY")]
+        identity: Option<PathBuf>,
+    },
+    /// Import a file as UnixFS and print its root CID.
+    Add {
+        /// The file to import.
+        file: PathBuf,
+        /// Chunking profile.
+        #[arg(long, default_value = "default")]
+        profile: Profile,
+        /// Hash function.
+        #[arg(long, default_value = "sha2-256")]
+        hash: HashAlg,
+        /// Compute the CID without storing anything.
+        #[arg(long)]
+        only_hash: bool,
+        /// The block store directory.
+        #[arg(long, env = "CAIRN_STORE")]
+        store: Option<PathBuf>,
+    },
+    /// Write the verified bytes of a file to stdout or a file.
+    Cat {
+        /// The root CID.
+        cid: String,
+        /// The block store directory.
+        #[arg(long, env = "CAIRN_STORE")]
+        store: Option<PathBuf>,
+        /// Trustless gateways to ask for blocks the store lacks, in order.
+        #[arg(long = "gateway")]
+        gateways: Vec<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Write to this file instead of stdout (only complete, verified output is kept).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct ServeArgs {
+    /// libp2p listen address (repeatable); replaces the defaults (TCP 4001, WebSocket 4002).
+    #[arg(long = "listen", env = "CAIRN_LISTEN", value_delimiter = ',')]
+    listen: Vec<Multiaddr>,
+    /// The HTTP listener for the web app and /health.
+    #[arg(long, env = "CAIRN_HTTP", default_value = "127.0.0.1:8080")]
+    http: std::net::SocketAddr,
+    /// The identity key file (created on first run).
+    #[arg(long, env = "CAIRN_IDENTITY")]
+    identity: Option<PathBuf>,
+    /// Serve the web app's files from this directory.
+    #[arg(long, env = "CAIRN_WEB_ROOT")]
+    web_root: Option<PathBuf>,
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> Failure {
+    Failure {
+        code,
+        message: message.to_string(),
+    }
+}
+
+/// Where cairn keeps its data when no path is given: `$XDG_DATA_HOME/cairn` or
+/// `~/.local/share/cairn`.
+pub fn data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("cairn");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/cairn"),
+        None => PathBuf::from(".cairn"),
+    }
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Id { identity }) => {
+            let key = load_identity(identity)?;
+            println!("{}", key.public().to_peer_id());
+            Ok(())
+        }
+        Some(Command::Add { file, profile, hash, only_hash, store }) => {
+            let root = if only_hash {
+                add(&Null::new(), &file, profile, hash).await?
+            } else {
+                add(&open_store(store).await?, &file, profile, hash).await?
+            };
+            println!("{root}");
+            Ok(())
+        }
+        Some(Command::Cat { cid, store, gateways, timeout, output }) => {
+            let store = open_store(store).await?;
+            cat(store, &cid, &gateways, Duration::from_secs(timeout), output.as_deref()).await
+        }
+    }
+}
+
+fn load_identity(path: Option<PathBuf>) -> Result<libp2p::identity::Keypair, Failure> {
+    let path = path.unwrap_or_else(|| data_dir().join("identity.key"));
+    crate::identity::load_or_create(&path).map_err(|e| fail(7, e))
+}
+
+async fn open_store(dir: Option<PathBuf>) -> Result<Disk, Failure> {
+    let dir = dir.unwrap_or_else(|| data_dir().join("store"));
+    Disk::open(&dir).await.map_err(|e| fail(5, e))
+}
+
+async fn add<S: BlockStore>(store: &S, path: &Path, profile: Profile, hash: HashAlg) -> Result<String, Failure> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| fail(6, format!("cannot read {}: {e}", path.display())))?;
+    if file.metadata().await.is_ok_and(|m| m.is_dir()) {
+        return Err(fail(6, format!("{} is a directory; cairn adds single files", path.display())));
+    }
+    let reader = tokio::io::BufReader::with_capacity(1 << 20, file);
+    let imported = crate::add_file(store, reader, profile, hash).await.map_err(|e| match e {
+        ImportError::Read { .. } => fail(6, format!("cannot read {}: {e}", path.display())),
+        ImportError::Store(_) => fail(5, e),
+        other => fail(1, other),
+    })?;
+    Ok(imported.root.to_string())
+}
+
+/// Exit code for an export failure: 4 if any source sent bad bytes, 3 if nobody had a block.
+fn export_code(e: &ExportError) -> u8 {
+    match e {
+        ExportError::Retrieve { source, .. } if has_invalid(source) => 4,
+        ExportError::Retrieve {
+            source: SourceError::AllFailed(_) | SourceError::NotFound,
+            ..
+        } => 3,
+        _ => 1,
+    }
+}
+
+fn has_invalid(e: &SourceError) -> bool {
+    match e {
+        SourceError::Invalid(_) => true,
+        SourceError::AllFailed(v) => v.iter().any(|(_, e)| has_invalid(e)),
+        _ => false,
+    }
+}
+
+async fn cat(
+    store: Disk,
+    cid_text: &str,
+    gateways: &[String],
+    timeout: Duration,
+    output: Option<&Path>,
+) -> Result<(), Failure> {
+    let root = cid::parse(cid_text).map_err(|e| fail(2, e))?;
+    let http = crate::http::Client::new().map_err(|e| fail(1, e))?;
+    let mut chain = Chain::new().local(store);
+    for g in gateways {
+        if !(g.starts_with("http://") || g.starts_with("https://")) {
+            return Err(fail(2, format!("gateway `{g}` is not an http:// or https:// URL")));
+        }
+        chain = chain.source(Gateway::new(http.clone(), g.clone()), Some(Duration::from_secs(30)));
+    }
+    let ctx = Context::new().with_timeout(timeout);
+    let chain = Arc::new(chain);
+    let mut out = Output::open(output)?;
+    let mut stream = std::pin::pin!(unixfs::export(&*chain, root, Range::ALL, 16, &ctx));
+    while let Some(piece) = stream.next().await {
+        let bytes = piece.map_err(|e| fail(export_code(&e), e))?;
+        out.write(&bytes)?;
+    }
+    out.finish()
+}
+
+/// Stdout, or a file written under a temporary name and renamed when complete.
+enum Output {
+    Stdout(std::io::BufWriter<std::io::Stdout>),
+    File { tmp: Partial, dest: PathBuf, file: std::io::BufWriter<std::fs::File> },
+}
+
+/// A partial output file, removed unless the output completes.
+struct Partial(Option<PathBuf>);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Output {
+    fn open(path: Option<&Path>) -> Result<Self, Failure> {
+        let Some(dest) = path else {
+            return Ok(Output::Stdout(std::io::BufWriter::new(std::io::stdout())));
+        };
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dest.with_file_name(format!(".{name}.cairn-partial-{}", std::process::id()));
+        let file = std::fs::File::create(&tmp)
+            .map_err(|e| fail(5, format!("cannot write {}: {e}", dest.display())))?;
+        Ok(Output::File {
+            tmp: Partial(Some(tmp)),
+            dest: dest.to_owned(),
+            file: std::io::BufWriter::new(file),
+        })
+    }
+
+    fn write(&mut self, b: &[u8]) -> Result<(), Failure> {
+        let r = match self {
+            Output::Stdout(w) => w.write_all(b),
+            Output::File { file, .. } => file.write_all(b),
+        };
+        r.map_err(|e| fail(5, format!("cannot write output: {e}")))
+    }
+
+    fn finish(self) -> Result<(), Failure> {
+        match self {
+            Output::Stdout(mut w) => w.flush().map_err(|e| fail(5, format!("cannot write output: {e}"))),
+            Output::File { mut tmp, dest, file } => {
+                let path = tmp.0.clone().unwrap_or_default();
+                file.into_inner()
+                    .map_err(|e| e.into_error())
+                    .and_then(|f| f.sync_all())
+                    .and_then(|()| std::fs::rename(&path, &dest))
+                    .map_err(|e| fail(5, format!("cannot write {}: {e}", dest.display())))?;
+                tmp.0 = None;
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let key = load_identity(args.identity)?;
+    let mut config = crate::relay::Config {
+        http: args.http,
+        web_root: args.web_root,
+        ..Default::default()
+    };
+    if !args.listen.is_empty() {
+        config.listen = args.listen;
+    }
+    let running = crate::relay::start(key, config).await.map_err(|e| fail(7, e))?;
+    tracing::info!(peer_id = %running.peer_id, "relay started");
+    for a in &running.addrs {
+        println!("{a}");
+    }
+    let _ = std::io::stdout().flush();
+    eprintln!("serving the web app on http://{}/", running.http);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
