@@ -185,7 +185,8 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
             SwarmEvent::NewListenAddr { listener_id, address } => {
                 up.insert(listener_id);
                 swarm.add_external_address(address.clone());
-                addrs.push(address.with_p2p(peer_id).unwrap_or_else(|a| a));
+                let order = pending.iter().position(|(id, _)| *id == listener_id);
+                addrs.push((order, address.with_p2p(peer_id).unwrap_or_else(|a| a)));
             }
             SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
                 let addr = pending
@@ -205,6 +206,10 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
             _ => {}
         }
     }
+
+    // Print in the order the listeners were given.
+    addrs.sort_by_key(|(order, _)| *order);
+    let addrs: Vec<Multiaddr> = addrs.into_iter().map(|(_, a)| a).collect();
 
     let listener = tokio::net::TcpListener::bind(config.http)
         .await

@@ -1,0 +1,263 @@
+//! The `cairn-relay` binary end to end: add, cat from the store and from a real local HTTP
+//! gateway (honest, tampering, truncating, oversized, hanging), and bad input.
+
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use cairn_core::cid::{self, Codec, HashAlg};
+use cairn_core::store::{BlockStore, Memory};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cairn-relay"));
+    c.env("CAIRN_LOG", "warn").env_remove("CAIRN_STORE");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run cairn-relay")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(seed).wrapping_add((i >> 11) as u8)).collect()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Honest,
+    Tamper,
+    Truncate,
+    Oversize,
+    Hang,
+}
+
+#[derive(Clone)]
+struct Gw {
+    store: Arc<Memory>,
+    mode: Mode,
+}
+
+async fn block_handler(
+    State(gw): State<Gw>,
+    UrlPath(cid_text): UrlPath<String>,
+    headers: HeaderMap,
+    raw_query: axum::extract::RawQuery,
+) -> Response {
+    let wants_raw = raw_query.0.as_deref() == Some("format=raw")
+        && headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) == Some("application/vnd.ipld.raw");
+    if !wants_raw {
+        return (StatusCode::BAD_REQUEST, "trustless requests only").into_response();
+    }
+    let Ok(c) = cid::parse(&cid_text) else {
+        return (StatusCode::BAD_REQUEST, "bad cid").into_response();
+    };
+    if gw.mode == Mode::Hang {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    let Some(block) = gw.store.get(&c).await.unwrap() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let mut body = block.data().to_vec();
+    match gw.mode {
+        Mode::Tamper => {
+            if let Some(b) = body.last_mut() {
+                *b ^= 1;
+            }
+        }
+        Mode::Truncate => body.truncate(body.len() / 2),
+        Mode::Oversize => body = vec![0; 3 << 20],
+        _ => {}
+    }
+    ([(header::CONTENT_TYPE, "application/vnd.ipld.raw")], body).into_response()
+}
+
+async fn gateway(store: Arc<Memory>, mode: Mode) -> SocketAddr {
+    let app = axum::Router::new()
+        .route("/ipfs/{cid}", axum::routing::get(block_handler))
+        .with_state(Gw { store, mode });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    addr
+}
+
+/// Imports `bytes` into a memory store the way `add` does, for the gateway to serve.
+async fn gateway_store(bytes: &[u8]) -> (Arc<Memory>, String) {
+    let store = Arc::new(Memory::new());
+    let r = cairn_core::unixfs::import(&*store, bytes, Default::default(), HashAlg::Sha2_256, |_| {})
+        .await
+        .unwrap();
+    (store, r.root.to_string())
+}
+
+#[test]
+fn add_then_cat_from_a_persistent_store() {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("in.bin");
+    let bytes = data(1_500_000, 7);
+    std::fs::write(&file, &bytes).unwrap();
+    let store = d.path().join("store");
+    let s = store.to_str().unwrap();
+    let add = run(&["add", file.to_str().unwrap(), "--store", s]);
+    assert!(add.status.success(), "{}", stderr(&add));
+    let cid = stdout(&add);
+    assert!(cid.starts_with("bafybei"), "root CID alone on stdout: {cid}");
+    let only = run(&["add", file.to_str().unwrap(), "--only-hash"]);
+    assert_eq!(stdout(&only), cid, "--only-hash gives the same CID");
+    // A second process sees what the first stored.
+    let cat = run(&["cat", &cid, "--store", s]);
+    assert!(cat.status.success(), "{}", stderr(&cat));
+    assert_eq!(cat.stdout, bytes);
+    let out = d.path().join("out.bin");
+    let cat = run(&["cat", &cid, "--store", s, "-o", out.to_str().unwrap()]);
+    assert!(cat.status.success(), "{}", stderr(&cat));
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    // Other profile and hash give other CIDs, each stable.
+    let b3 = run(&["add", file.to_str().unwrap(), "--only-hash", "--hash", "blake3", "--profile", "unixfs-v1-2025"]);
+    assert!(stdout(&b3).starts_with("bafyb"), "{}", stdout(&b3));
+    assert_ne!(stdout(&b3), cid);
+}
+
+#[tokio::test]
+async fn cat_through_a_gateway_verifies_and_writes_back() {
+    let bytes = data(900_000, 3);
+    let (gstore, cid) = gateway_store(&bytes).await;
+    let addr = gateway(gstore, Mode::Honest).await;
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().join("store");
+    let url = format!("http://{addr}");
+    let args: Vec<String> = vec!["cat".into(), cid.clone(), "--store".into(), s.to_string_lossy().into(), "--gateway".into(), url];
+    let out = tokio::task::spawn_blocking(move || bin().args(&args).output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, bytes);
+    // Written back: the store alone now serves it.
+    let again = run(&["cat", &cid, "--store", s.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(again.stdout, bytes);
+}
+
+async fn cat_via(mode: Mode, extra: &[&str]) -> (Output, String, String, tempfile::TempDir) {
+    let bytes = data(600_000, 5);
+    let (gstore, cid) = gateway_store(&bytes).await;
+    let addr = gateway(gstore, mode).await;
+    let d = tempfile::tempdir().unwrap();
+    let mut args: Vec<String> = vec![
+        "cat".into(),
+        cid.clone(),
+        "--store".into(),
+        d.path().join("store").to_string_lossy().into(),
+        "--gateway".into(),
+        format!("http://{addr}"),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = tokio::task::spawn_blocking(move || bin().args(&args).output().unwrap())
+        .await
+        .unwrap();
+    (out, cid, format!("http://{addr}"), d)
+}
+
+#[tokio::test]
+async fn tampered_gateway_bytes_are_refused() {
+    for mode in [Mode::Tamper, Mode::Truncate] {
+        let d0 = tempfile::tempdir().unwrap();
+        let dest = d0.path().join("out.bin");
+        let (out, _root, url, d) = cat_via(mode, &["-o", dest.to_str().unwrap()]).await;
+        assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("do not match"), "{err}");
+        assert!(err.contains(&format!("gateway {url}")), "names the source: {err}");
+        assert!(err.contains("bafk") || err.contains("bafy"), "names the CID: {err}");
+        assert!(!dest.exists(), "no partial output file");
+        assert_eq!(std::fs::read_dir(d0.path()).unwrap().count(), 0, "no temp file left");
+        // Nothing unverified reached the store.
+        let st = cairn_relay::store::Disk::open(d.path().join("store")).await.unwrap().stat().await.unwrap();
+        assert!(st.blocks <= 3, "only verified blocks stored ({} blocks)", st.blocks);
+    }
+}
+
+#[tokio::test]
+async fn oversized_missing_and_hanging_gateways_fail_clearly() {
+    let (out, ..) = cat_via(Mode::Oversize, &[]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("exceeds"), "{}", stderr(&out));
+
+    let empty = Arc::new(Memory::new());
+    let addr = gateway(empty, Mode::Honest).await;
+    let d = tempfile::tempdir().unwrap();
+    let missing = cid::of(Codec::Raw, HashAlg::Sha2_256, b"nobody has this").to_string();
+    let args = vec!["cat".to_string(), missing.clone(), "--store".into(), d.path().join("s").to_string_lossy().into(), "--gateway".into(), format!("http://{addr}")];
+    let out = tokio::task::spawn_blocking(move || bin().args(&args).output().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("local: not found"), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("gateway http://{addr}: not found")), "{}", stderr(&out));
+
+    let started = Instant::now();
+    let (out, ..) = cat_via(Mode::Hang, &["--timeout", "2"]).await;
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(20), "the timeout cut the hang");
+    assert!(stderr(&out).contains("ran out of time") || stderr(&out).contains("deadline"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_exit_codes() {
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().join("store");
+    let s = s.to_str().unwrap();
+    let out = run(&["cat", "bafy-not-a-cid", "--store", s]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not a valid CID"));
+
+    let cbor = cid::Cid::new_v1(0x71, HashAlg::Sha2_256.digest(b"x")).to_string();
+    let out = run(&["cat", &cbor, "--store", s]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("codec 0x71"), "{}", stderr(&out));
+
+    let out = run(&["add", d.path().join("missing").to_str().unwrap(), "--store", s]);
+    assert_eq!(out.status.code(), Some(6));
+    assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
+
+    let out = run(&["add", d.path().to_str().unwrap(), "--store", s]);
+    assert_eq!(out.status.code(), Some(6));
+    assert!(stderr(&out).contains("is a directory"), "{}", stderr(&out));
+
+    let file = d.path().join("f");
+    std::fs::write(&file, b"x").unwrap();
+    let out = run(&["add", file.to_str().unwrap(), "--store", file.join("sub").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--store"), "{}", stderr(&out));
+
+    let out = run(&["add", file.to_str().unwrap(), "--profile", "huge"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("unknown profile"), "{}", stderr(&out));
+    let out = run(&["add", file.to_str().unwrap(), "--hash", "md5"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("unknown hash"), "{}", stderr(&out));
+
+    let out = run(&["cat", &cbor, "--store", s, "--gateway", "ftp://x"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_unreadable_file_mid_import_leaves_the_store_as_it_was() {
+    // /proc/self/mem reads fail at offset 0: the import fails at its first read.
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().join("store");
+    let out = run(&["add", "/proc/self/mem", "--store", s.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let blocks: usize = std::fs::read_dir(s.join("blocks")).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(blocks, 0, "nothing stored");
+}
