@@ -1,2 +1,80 @@
-//! cairn in the browser.
+#![doc = include_str!("../README.md")]
 #![cfg(target_arch = "wasm32")]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+use std::sync::Arc;
+
+use cairn_core::HashAlg;
+use cairn_core::source::{Chain, Context};
+use cairn_core::store::{BlockStore, Memory};
+use cairn_core::unixfs::{self, Profile, Range};
+use futures::TryStreamExt;
+use wasm_bindgen::prelude::*;
+
+/// Makes a JS `Error` with a readable message.
+fn js_error(message: impl std::fmt::Display) -> JsValue {
+    js_sys::Error::new(&message.to_string()).into()
+}
+
+/// The cairn version.
+#[wasm_bindgen]
+pub fn version() -> String {
+    env!("CARGO_PKG_VERSION").to_owned()
+}
+
+/// A cairn node with an in-memory store (the IndexedDB store comes with the browser node).
+#[wasm_bindgen]
+#[derive(Debug, Default)]
+pub struct Node {
+    store: Arc<Memory>,
+}
+
+#[wasm_bindgen]
+impl Node {
+    /// A new, empty node.
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> Node {
+        Node::default()
+    }
+
+    /// Imports bytes as a UnixFS file; resolves to the root CID.
+    ///
+    /// `profile`: `"default"` (256 KiB chunks, 174 links) or `"unixfs-v1-2025"`; `hash`:
+    /// `"sha2-256"` (default) or `"blake3"`.
+    pub async fn add(
+        &self,
+        data: js_sys::Uint8Array,
+        profile: Option<String>,
+        hash: Option<String>,
+    ) -> Result<String, JsValue> {
+        let profile: Profile = profile.as_deref().unwrap_or("default").parse().map_err(js_error)?;
+        let hash: HashAlg = hash.as_deref().unwrap_or("sha2-256").parse().map_err(js_error)?;
+        let bytes = data.to_vec();
+        let imported = unixfs::import(&*self.store, &bytes[..], profile, hash, |_| {})
+            .await
+            .map_err(js_error)?;
+        Ok(imported.root.to_string())
+    }
+
+    /// The bytes of a file this node holds.
+    pub async fn cat(&self, cid: String) -> Result<js_sys::Uint8Array, JsValue> {
+        let root = cairn_core::cid::parse(&cid).map_err(js_error)?;
+        let chain = Chain::new().local(self.store.clone());
+        let ctx = Context::new();
+        let bytes: Vec<u8> = unixfs::export(&chain, root, Range::ALL, 8, &ctx)
+            .map_ok(|b| b.to_vec())
+            .try_concat()
+            .await
+            .map_err(js_error)?;
+        Ok(js_sys::Uint8Array::from(&bytes[..]))
+    }
+
+    /// Blocks and bytes held.
+    pub async fn stats(&self) -> Result<JsValue, JsValue> {
+        let st = self.store.stat().await.map_err(js_error)?;
+        let obj = js_sys::Object::new();
+        js_sys::Reflect::set(&obj, &"blocks".into(), &(st.blocks as f64).into())?;
+        js_sys::Reflect::set(&obj, &"bytes".into(), &(st.bytes as f64).into())?;
+        Ok(obj.into())
+    }
+}

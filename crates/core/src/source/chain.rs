@@ -1,5 +1,6 @@
+#![cfg_attr(wasm_browser, allow(clippy::arc_with_non_send_sync))] // nothing is Send in the browser; Arc is for sharing, not threads
+
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use crate::block::Block;
 use crate::cid::Cid;
 use crate::rt::Instant;
 use crate::store::{self, BlockStore};
-use crate::{BoxFuture, CondSend, CondSync, boxed};
+use crate::{BoxFuture, CondSync, boxed};
 
 /// One source's part in a retrieval.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,20 +280,14 @@ impl ContentSource for Chain {
         format!("chain [{}]", self.sources().join(" → "))
     }
 
-    fn retrieve(
-        &self,
-        cid: &Cid,
-        ctx: &Context,
-    ) -> impl Future<Output = Result<Block, SourceError>> + CondSend {
-        async move {
-            match self.retrieve_reported(cid, ctx).await {
-                Ok(r) => Ok(r.block),
-                Err(ChainError::Cancelled { .. }) => Err(SourceError::Cancelled),
-                Err(ChainError::DeadlineExceeded { .. }) => Err(SourceError::DeadlineExceeded),
-                Err(ChainError::NotFound { attempts, .. }) => Err(SourceError::AllFailed(
-                    attempts.into_iter().map(|a| (a.source, a.error)).collect(),
-                )),
-            }
+    async fn retrieve(&self, cid: &Cid, ctx: &Context) -> Result<Block, SourceError> {
+        match self.retrieve_reported(cid, ctx).await {
+            Ok(r) => Ok(r.block),
+            Err(ChainError::Cancelled { .. }) => Err(SourceError::Cancelled),
+            Err(ChainError::DeadlineExceeded { .. }) => Err(SourceError::DeadlineExceeded),
+            Err(ChainError::NotFound { attempts, .. }) => Err(SourceError::AllFailed(
+                attempts.into_iter().map(|a| (a.source, a.error)).collect(),
+            )),
         }
     }
 }

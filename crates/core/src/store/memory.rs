@@ -51,14 +51,14 @@ impl Memory {
                 needed += b.len() as u64;
             }
         }
-        if let Some(quota) = self.quota {
-            if inner.bytes + needed > quota {
-                return Err(Error::Full {
-                    needed,
-                    used: inner.bytes,
-                    quota,
-                });
-            }
+        if let Some(quota) = self.quota
+            && inner.bytes + needed > quota
+        {
+            return Err(Error::Full {
+                needed,
+                used: inner.bytes,
+                quota,
+            });
         }
         let mut new = 0;
         for b in blocks {

@@ -60,7 +60,7 @@ where
     let st = store.stat().await.unwrap();
     assert_eq!((st.blocks, st.quota), (3, Some(10_000)), "quota: stat after refusal");
     // Re-putting what is held needs no room.
-    assert_eq!(store.put(block(0, 3_000)).await.unwrap(), false, "quota: duplicate");
+    assert!(!store.put(block(0, 3_000)).await.unwrap(), "quota: duplicate");
     assert!(store.delete(block(0, 3_000).cid()).await.unwrap());
     assert!(store.put(over[0].clone()).await.unwrap(), "quota: room after delete");
 }

@@ -104,10 +104,10 @@ fn parse(block: &Block) -> Result<Parsed, Error> {
     let inline = fs.data.unwrap_or_default();
     let size = fs.blocksizes.iter().try_fold(inline.len() as u64, |a, b| a.checked_add(*b));
     let size = size.ok_or_else(|| malformed("sizes overflow".into()))?;
-    if let Some(fsz) = fs.filesize {
-        if fsz != size {
-            return Err(malformed(format!("filesize {fsz} but parts add up to {size}")));
-        }
+    if let Some(fsz) = fs.filesize
+        && fsz != size
+    {
+        return Err(malformed(format!("filesize {fsz} but parts add up to {size}")));
     }
     Ok(Parsed {
         inline,
