@@ -64,7 +64,10 @@ fn importing_one_gib_keeps_memory_bounded() {
         .expect("import");
         assert_eq!(out.size, len);
         let peak = PEAK.load(Ordering::Relaxed) - before;
-        eprintln!("{profile}: peak heap {} KiB for a 1 GiB import", peak / 1024);
+        eprintln!(
+            "{profile}: peak heap {} KiB for a 1 GiB import",
+            peak / 1024
+        );
         // One read buffer, one chunk, one 4 MiB batch of blocks and the link lists: well
         // under 16 MiB. Holding the file would need 1 GiB.
         assert!(peak < 16 << 20, "{profile}: peak heap {peak} bytes");

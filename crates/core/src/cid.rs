@@ -28,9 +28,7 @@ pub enum Error {
     #[error("CID codec 0x{0:x} is not supported; cairn handles raw (0x55) and dag-pb (0x70)")]
     UnknownCodec(u64),
     /// A CID with a hash function cairn does not handle.
-    #[error(
-        "multihash 0x{0:x} is not supported; cairn handles sha2-256 (0x12) and blake3 (0x1e)"
-    )]
+    #[error("multihash 0x{0:x} is not supported; cairn handles sha2-256 (0x12) and blake3 (0x1e)")]
     UnknownHash(u64),
     /// A multihash whose digest has the wrong length for its function.
     #[error("multihash digest is {got} bytes, {alg} digests are 32")]

@@ -128,7 +128,9 @@ pub async fn fetch<S: BlockStore>(
             let Some(cid) = queue.pop_front() else { break };
             inflight.push(one(cid));
         }
-        let Some(result) = inflight.next().await else { break };
+        let Some(result) = inflight.next().await else {
+            break;
+        };
         let (block, kind): (Block, SourceKind) = result?;
         if block.codec() == Codec::DagPb {
             let node = Node::decode(block.data()).map_err(|e| Error::Malformed {
@@ -136,8 +138,8 @@ pub async fn fetch<S: BlockStore>(
                 reason: e.to_string(),
             })?;
             if block.cid() == &root {
-                progress.bytes_total = block.len() as u64
-                    + node.links.iter().filter_map(|l| l.tsize).sum::<u64>();
+                progress.bytes_total =
+                    block.len() as u64 + node.links.iter().filter_map(|l| l.tsize).sum::<u64>();
             }
             progress.blocks_known += node.links.len() as u64;
             if progress.blocks_known > options.max_blocks {

@@ -135,7 +135,10 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -160,7 +163,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("{}", key.public().to_peer_id());
             Ok(())
         }
-        Some(Command::Add { file, profile, hash, only_hash, store }) => {
+        Some(Command::Add {
+            file,
+            profile,
+            hash,
+            only_hash,
+            store,
+        }) => {
             let root = if only_hash {
                 add(&Null::new(), &file, profile, hash).await?
             } else {
@@ -169,9 +178,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("{root}");
             Ok(())
         }
-        Some(Command::Cat { cid, store, gateways, timeout, output }) => {
+        Some(Command::Cat {
+            cid,
+            store,
+            gateways,
+            timeout,
+            output,
+        }) => {
             let store = open_store(store).await?;
-            cat(store, &cid, &gateways, Duration::from_secs(timeout), output.as_deref()).await
+            cat(
+                store,
+                &cid,
+                &gateways,
+                Duration::from_secs(timeout),
+                output.as_deref(),
+            )
+            .await
         }
     }
 }
@@ -186,19 +208,29 @@ async fn open_store(dir: Option<PathBuf>) -> Result<Disk, Failure> {
     Disk::open(&dir).await.map_err(|e| fail(5, e))
 }
 
-async fn add<S: BlockStore>(store: &S, path: &Path, profile: Profile, hash: HashAlg) -> Result<String, Failure> {
+async fn add<S: BlockStore>(
+    store: &S,
+    path: &Path,
+    profile: Profile,
+    hash: HashAlg,
+) -> Result<String, Failure> {
     let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| fail(6, format!("cannot read {}: {e}", path.display())))?;
     if file.metadata().await.is_ok_and(|m| m.is_dir()) {
-        return Err(fail(6, format!("{} is a directory; cairn adds single files", path.display())));
+        return Err(fail(
+            6,
+            format!("{} is a directory; cairn adds single files", path.display()),
+        ));
     }
     let reader = tokio::io::BufReader::with_capacity(1 << 20, file);
-    let imported = crate::add_file(store, reader, profile, hash).await.map_err(|e| match e {
-        ImportError::Read { .. } => fail(6, format!("cannot read {}: {e}", path.display())),
-        ImportError::Store(_) => fail(5, e),
-        other => fail(1, other),
-    })?;
+    let imported = crate::add_file(store, reader, profile, hash)
+        .await
+        .map_err(|e| match e {
+            ImportError::Read { .. } => fail(6, format!("cannot read {}: {e}", path.display())),
+            ImportError::Store(_) => fail(5, e),
+            other => fail(1, other),
+        })?;
     Ok(imported.root.to_string())
 }
 
@@ -234,9 +266,15 @@ async fn cat(
     let mut chain = Chain::new().local(store);
     for g in gateways {
         if !(g.starts_with("http://") || g.starts_with("https://")) {
-            return Err(fail(2, format!("gateway `{g}` is not an http:// or https:// URL")));
+            return Err(fail(
+                2,
+                format!("gateway `{g}` is not an http:// or https:// URL"),
+            ));
         }
-        chain = chain.source(Gateway::new(http.clone(), g.clone()), Some(Duration::from_secs(30)));
+        chain = chain.source(
+            Gateway::new(http.clone(), g.clone()),
+            Some(Duration::from_secs(30)),
+        );
     }
     let ctx = Context::new().with_timeout(timeout);
     let chain = Arc::new(chain);
@@ -252,7 +290,11 @@ async fn cat(
 /// Stdout, or a file written under a temporary name and renamed when complete.
 enum Output {
     Stdout(std::io::BufWriter<std::io::Stdout>),
-    File { tmp: Partial, dest: PathBuf, file: std::io::BufWriter<std::fs::File> },
+    File {
+        tmp: Partial,
+        dest: PathBuf,
+        file: std::io::BufWriter<std::fs::File>,
+    },
 }
 
 /// A partial output file, removed unless the output completes.
@@ -271,7 +313,10 @@ impl Output {
         let Some(dest) = path else {
             return Ok(Output::Stdout(std::io::BufWriter::new(std::io::stdout())));
         };
-        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dest.with_file_name(format!(".{name}.cairn-partial-{}", std::process::id()));
         let file = std::fs::File::create(&tmp)
             .map_err(|e| fail(5, format!("cannot write {}: {e}", dest.display())))?;
@@ -292,8 +337,14 @@ impl Output {
 
     fn finish(self) -> Result<(), Failure> {
         match self {
-            Output::Stdout(mut w) => w.flush().map_err(|e| fail(5, format!("cannot write output: {e}"))),
-            Output::File { mut tmp, dest, file } => {
+            Output::Stdout(mut w) => w
+                .flush()
+                .map_err(|e| fail(5, format!("cannot write output: {e}"))),
+            Output::File {
+                mut tmp,
+                dest,
+                file,
+            } => {
                 let path = tmp.0.clone().unwrap_or_default();
                 file.into_inner()
                     .map_err(|e| e.into_error())
@@ -317,7 +368,9 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     if !args.listen.is_empty() {
         config.listen = args.listen;
     }
-    let running = crate::relay::start(key, config).await.map_err(|e| fail(7, e))?;
+    let running = crate::relay::start(key, config)
+        .await
+        .map_err(|e| fail(7, e))?;
     tracing::info!(peer_id = %running.peer_id, "relay started");
     for a in &running.addrs {
         println!("{a}");

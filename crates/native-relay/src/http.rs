@@ -22,7 +22,12 @@ impl Client {
 }
 
 impl HttpClient for Client {
-    async fn get(&self, url: &str, accept: &str, max_body: usize) -> Result<HttpResponse, HttpError> {
+    async fn get(
+        &self,
+        url: &str,
+        accept: &str,
+        max_body: usize,
+    ) -> Result<HttpResponse, HttpError> {
         let transport = |e: reqwest::Error| HttpError::Transport(format!("GET {url}: {e}"));
         let mut resp = self
             .0

@@ -10,7 +10,9 @@ use libp2p::identity::Keypair;
 #[non_exhaustive]
 pub enum Error {
     /// The file exists but cannot be read.
-    #[error("cannot read identity file {path}: {source}; fix its permissions or pass another --identity")]
+    #[error(
+        "cannot read identity file {path}: {source}; fix its permissions or pass another --identity"
+    )]
     Read {
         /// The file.
         path: PathBuf,
@@ -18,7 +20,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The file is not a key.
-    #[error("identity file {path} does not hold a libp2p private key ({reason}); move it away to create a new identity")]
+    #[error(
+        "identity file {path} does not hold a libp2p private key ({reason}); move it away to create a new identity"
+    )]
     Invalid {
         /// The file.
         path: PathBuf,
@@ -87,7 +91,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         std::fs::write(&p, b"garbage").unwrap();
         let err = load_or_create(&p).unwrap_err().to_string();

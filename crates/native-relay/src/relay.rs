@@ -82,7 +82,9 @@ pub enum Error {
     #[error("cannot set up the libp2p transports: {0}")]
     Transport(String),
     /// A listen address could not be bound.
-    #[error("cannot listen on {addr}: {reason}; is the port already in use? pass another with --listen")]
+    #[error(
+        "cannot listen on {addr}: {reason}; is the port already in use? pass another with --listen"
+    )]
     Listen {
         /// The address.
         addr: Multiaddr,
@@ -90,7 +92,9 @@ pub enum Error {
         reason: String,
     },
     /// The HTTP listener could not be bound.
-    #[error("cannot serve HTTP on {addr}: {source}; is the port already in use? pass another with --http")]
+    #[error(
+        "cannot serve HTTP on {addr}: {source}; is the port already in use? pass another with --http"
+    )]
     Http {
         /// The address.
         addr: SocketAddr,
@@ -98,7 +102,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The web root is not a directory with an `index.html`.
-    #[error("web root {0} has no index.html; build the web app (`cargo xtask run` does) or drop --web-root")]
+    #[error(
+        "web root {0} has no index.html; build the web app (`cargo xtask run` does) or drop --web-root"
+    )]
     WebRoot(PathBuf),
 }
 
@@ -182,13 +188,20 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
     let mut up = std::collections::HashSet::new();
     while up.len() < pending.len() {
         match swarm.select_next_some().await {
-            SwarmEvent::NewListenAddr { listener_id, address } => {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
                 up.insert(listener_id);
                 swarm.add_external_address(address.clone());
                 let order = pending.iter().position(|(id, _)| *id == listener_id);
                 addrs.push((order, address.with_p2p(peer_id).unwrap_or_else(|a| a)));
             }
-            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
                 let addr = pending
                     .iter()
                     .find(|(id, _)| *id == listener_id)
@@ -230,7 +243,10 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         let shutdown = async move {
             let _ = rx.recv().await;
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
@@ -258,13 +274,19 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
 fn log_event(event: SwarmEvent<BehaviourEvent>) {
     match event {
         SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => tracing::info!(event = ?e, "relay"),
-        SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+        SwarmEvent::ConnectionEstablished {
+            peer_id, endpoint, ..
+        } => {
             tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
         }
         SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
             tracing::debug!(%peer_id, ?cause, "disconnected");
         }
-        SwarmEvent::IncomingConnectionError { error, send_back_addr, .. } => {
+        SwarmEvent::IncomingConnectionError {
+            error,
+            send_back_addr,
+            ..
+        } => {
             tracing::debug!(%send_back_addr, %error, "incoming connection failed");
         }
         SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
@@ -288,7 +310,12 @@ fn web_app(
     );
     let health = move || {
         let info = info.clone();
-        async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], info) }
+        async move {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                info,
+            )
+        }
     };
     let router = axum::Router::new().route("/health", get(health));
     let router = match web_root {

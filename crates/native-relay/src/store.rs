@@ -247,7 +247,11 @@ impl BlockStore for Disk {
         blocking("delete", move || inner.delete(&cid))
     }
 
-    fn list(&self, after: Option<&Cid>, limit: usize) -> impl Future<Output = Result<Vec<Cid>>> + Send {
+    fn list(
+        &self,
+        after: Option<&Cid>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Cid>>> + Send {
         use std::ops::Bound;
         let start = after.map_or(Bound::Unbounded, |c| Bound::Excluded(c.to_bytes()));
         let ix = self.inner.index();
@@ -323,7 +327,10 @@ mod tests {
         // root ignores permissions; use a path under a regular file instead, which fails for all.
         let file = d.path().join("file");
         std::fs::write(&file, b"x").unwrap();
-        let err = Disk::open(file.join("store")).await.unwrap_err().to_string();
+        let err = Disk::open(file.join("store"))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cannot create store directory"), "{err}");
         assert!(err.contains("--store"), "{err}");
     }

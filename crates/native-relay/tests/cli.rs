@@ -30,7 +30,9 @@ fn stderr(o: &Output) -> String {
 }
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(seed).wrapping_add((i >> 11) as u8)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(seed).wrapping_add((i >> 11) as u8))
+        .collect()
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -55,7 +57,8 @@ async fn block_handler(
     raw_query: axum::extract::RawQuery,
 ) -> Response {
     let wants_raw = raw_query.0.as_deref() == Some("format=raw")
-        && headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) == Some("application/vnd.ipld.raw");
+        && headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())
+            == Some("application/vnd.ipld.raw");
     if !wants_raw {
         return (StatusCode::BAD_REQUEST, "trustless requests only").into_response();
     }
@@ -95,9 +98,15 @@ async fn gateway(store: Arc<Memory>, mode: Mode) -> SocketAddr {
 /// Imports `bytes` into a memory store the way `add` does, for the gateway to serve.
 async fn gateway_store(bytes: &[u8]) -> (Arc<Memory>, String) {
     let store = Arc::new(Memory::new());
-    let r = cairn_core::unixfs::import(&*store, bytes, Default::default(), HashAlg::Sha2_256, |_| {})
-        .await
-        .unwrap();
+    let r = cairn_core::unixfs::import(
+        &*store,
+        bytes,
+        Default::default(),
+        HashAlg::Sha2_256,
+        |_| {},
+    )
+    .await
+    .unwrap();
     (store, r.root.to_string())
 }
 
@@ -112,7 +121,10 @@ fn add_then_cat_from_a_persistent_store() {
     let add = run(&["add", file.to_str().unwrap(), "--store", s]);
     assert!(add.status.success(), "{}", stderr(&add));
     let cid = stdout(&add);
-    assert!(cid.starts_with("bafybei"), "root CID alone on stdout: {cid}");
+    assert!(
+        cid.starts_with("bafybei"),
+        "root CID alone on stdout: {cid}"
+    );
     let only = run(&["add", file.to_str().unwrap(), "--only-hash"]);
     assert_eq!(stdout(&only), cid, "--only-hash gives the same CID");
     // A second process sees what the first stored.
@@ -124,7 +136,15 @@ fn add_then_cat_from_a_persistent_store() {
     assert!(cat.status.success(), "{}", stderr(&cat));
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
     // Other profile and hash give other CIDs, each stable.
-    let b3 = run(&["add", file.to_str().unwrap(), "--only-hash", "--hash", "blake3", "--profile", "unixfs-v1-2025"]);
+    let b3 = run(&[
+        "add",
+        file.to_str().unwrap(),
+        "--only-hash",
+        "--hash",
+        "blake3",
+        "--profile",
+        "unixfs-v1-2025",
+    ]);
     assert!(stdout(&b3).starts_with("bafyb"), "{}", stdout(&b3));
     assert_ne!(stdout(&b3), cid);
 }
@@ -137,7 +157,14 @@ async fn cat_through_a_gateway_verifies_and_writes_back() {
     let d = tempfile::tempdir().unwrap();
     let s = d.path().join("store");
     let url = format!("http://{addr}");
-    let args: Vec<String> = vec!["cat".into(), cid.clone(), "--store".into(), s.to_string_lossy().into(), "--gateway".into(), url];
+    let args: Vec<String> = vec![
+        "cat".into(),
+        cid.clone(),
+        "--store".into(),
+        s.to_string_lossy().into(),
+        "--gateway".into(),
+        url,
+    ];
     let out = tokio::task::spawn_blocking(move || bin().args(&args).output().unwrap())
         .await
         .unwrap();
@@ -178,13 +205,32 @@ async fn tampered_gateway_bytes_are_refused() {
         assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
         let err = stderr(&out);
         assert!(err.contains("do not match"), "{err}");
-        assert!(err.contains(&format!("gateway {url}")), "names the source: {err}");
-        assert!(err.contains("bafk") || err.contains("bafy"), "names the CID: {err}");
+        assert!(
+            err.contains(&format!("gateway {url}")),
+            "names the source: {err}"
+        );
+        assert!(
+            err.contains("bafk") || err.contains("bafy"),
+            "names the CID: {err}"
+        );
         assert!(!dest.exists(), "no partial output file");
-        assert_eq!(std::fs::read_dir(d0.path()).unwrap().count(), 0, "no temp file left");
+        assert_eq!(
+            std::fs::read_dir(d0.path()).unwrap().count(),
+            0,
+            "no temp file left"
+        );
         // Nothing unverified reached the store.
-        let st = cairn_relay::store::Disk::open(d.path().join("store")).await.unwrap().stat().await.unwrap();
-        assert!(st.blocks <= 3, "only verified blocks stored ({} blocks)", st.blocks);
+        let st = cairn_relay::store::Disk::open(d.path().join("store"))
+            .await
+            .unwrap()
+            .stat()
+            .await
+            .unwrap();
+        assert!(
+            st.blocks <= 3,
+            "only verified blocks stored ({} blocks)",
+            st.blocks
+        );
     }
 }
 
@@ -198,17 +244,41 @@ async fn oversized_missing_and_hanging_gateways_fail_clearly() {
     let addr = gateway(empty, Mode::Honest).await;
     let d = tempfile::tempdir().unwrap();
     let missing = cid::of(Codec::Raw, HashAlg::Sha2_256, b"nobody has this").to_string();
-    let args = vec!["cat".to_string(), missing.clone(), "--store".into(), d.path().join("s").to_string_lossy().into(), "--gateway".into(), format!("http://{addr}")];
-    let out = tokio::task::spawn_blocking(move || bin().args(&args).output().unwrap()).await.unwrap();
+    let args = vec![
+        "cat".to_string(),
+        missing.clone(),
+        "--store".into(),
+        d.path().join("s").to_string_lossy().into(),
+        "--gateway".into(),
+        format!("http://{addr}"),
+    ];
+    let out = tokio::task::spawn_blocking(move || bin().args(&args).output().unwrap())
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("local: not found"), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&format!("gateway http://{addr}: not found")), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("local: not found"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(&format!("gateway http://{addr}: not found")),
+        "{}",
+        stderr(&out)
+    );
 
     let started = Instant::now();
     let (out, ..) = cat_via(Mode::Hang, &["--timeout", "2"]).await;
     assert!(!out.status.success());
-    assert!(started.elapsed() < Duration::from_secs(20), "the timeout cut the hang");
-    assert!(stderr(&out).contains("ran out of time") || stderr(&out).contains("deadline"), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the timeout cut the hang"
+    );
+    assert!(
+        stderr(&out).contains("ran out of time") || stderr(&out).contains("deadline"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -225,7 +295,12 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("codec 0x71"), "{}", stderr(&out));
 
-    let out = run(&["add", d.path().join("missing").to_str().unwrap(), "--store", s]);
+    let out = run(&[
+        "add",
+        d.path().join("missing").to_str().unwrap(),
+        "--store",
+        s,
+    ]);
     assert_eq!(out.status.code(), Some(6));
     assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
 
@@ -235,7 +310,12 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
 
     let file = d.path().join("f");
     std::fs::write(&file, b"x").unwrap();
-    let out = run(&["add", file.to_str().unwrap(), "--store", file.join("sub").to_str().unwrap()]);
+    let out = run(&[
+        "add",
+        file.to_str().unwrap(),
+        "--store",
+        file.join("sub").to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(stderr(&out).contains("--store"), "{}", stderr(&out));
 
@@ -258,6 +338,8 @@ fn an_unreadable_file_mid_import_leaves_the_store_as_it_was() {
     let s = d.path().join("store");
     let out = run(&["add", "/proc/self/mem", "--store", s.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
-    let blocks: usize = std::fs::read_dir(s.join("blocks")).map(|r| r.count()).unwrap_or(0);
+    let blocks: usize = std::fs::read_dir(s.join("blocks"))
+        .map(|r| r.count())
+        .unwrap_or(0);
     assert_eq!(blocks, 0, "nothing stored");
 }

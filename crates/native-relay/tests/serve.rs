@@ -27,9 +27,18 @@ fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
-fn start(dir: &std::path::Path, http: &str) -> (Relay, mpsc::Receiver<String>, mpsc::Receiver<String>) {
+fn start(
+    dir: &std::path::Path,
+    http: &str,
+) -> (Relay, mpsc::Receiver<String>, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairn-relay"))
-        .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/tcp/0/ws"])
+        .args([
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0/ws",
+        ])
         .args(["--http", http, "--identity"])
         .arg(dir.join("id.key"))
         .arg("--web-root")
@@ -52,7 +61,10 @@ async fn serve_prints_addresses_serves_the_app_and_stops_on_sigterm() {
     let (mut relay, out, err) = start(d.path(), "127.0.0.1:0");
 
     let addrs: Vec<String> = (0..2)
-        .map(|_| out.recv_timeout(Duration::from_secs(30)).expect("a multiaddr on stdout"))
+        .map(|_| {
+            out.recv_timeout(Duration::from_secs(30))
+                .expect("a multiaddr on stdout")
+        })
         .collect();
     let id = std::process::Command::new(env!("CARGO_BIN_EXE_cairn-relay"))
         .args(["id", "--identity"])
@@ -69,7 +81,9 @@ async fn serve_prints_addresses_serves_the_app_and_stops_on_sigterm() {
     }
 
     let url = loop {
-        let line = err.recv_timeout(Duration::from_secs(30)).expect("the URL on stderr");
+        let line = err
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the URL on stderr");
         if let Some(u) = line.strip_prefix("serving the web app on ") {
             break u.to_owned();
         }
@@ -77,14 +91,31 @@ async fn serve_prints_addresses_serves_the_app_and_stops_on_sigterm() {
     let page = reqwest::get(&url).await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("cairn test page"));
-    let health = reqwest::get(format!("{url}health")).await.unwrap().text().await.unwrap();
+    let health = reqwest::get(format!("{url}health"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(health.contains("\"status\":\"ok\""), "{health}");
     assert!(health.contains(&peer_id), "{health}");
 
     // A second relay on the same HTTP port fails at start-up, naming the problem.
-    let port = url.trim_end_matches('/').rsplit(':').next().unwrap().to_owned();
+    let port = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
     let busy = Command::new(env!("CARGO_BIN_EXE_cairn-relay"))
-        .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", &format!("127.0.0.1:{port}"), "--identity"])
+        .args([
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--http",
+            &format!("127.0.0.1:{port}"),
+            "--identity",
+        ])
         .arg(d.path().join("id2.key"))
         .output()
         .unwrap();
@@ -94,7 +125,13 @@ async fn serve_prints_addresses_serves_the_app_and_stops_on_sigterm() {
 
     // SIGTERM: a clean exit.
     let pid = relay.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let mut status = None;
     for _ in 0..100 {
         if let Some(s) = relay.0.try_wait().unwrap() {
@@ -110,7 +147,14 @@ async fn serve_prints_addresses_serves_the_app_and_stops_on_sigterm() {
 fn a_bad_web_root_or_identity_is_a_startup_error() {
     let d = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_cairn-relay"))
-        .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0", "--identity"])
+        .args([
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--http",
+            "127.0.0.1:0",
+            "--identity",
+        ])
         .arg(d.path().join("id.key"))
         .arg("--web-root")
         .arg(d.path().join("nowhere"))

@@ -1,6 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![cfg(target_arch = "wasm32")]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 use std::sync::Arc;
 
@@ -47,8 +50,16 @@ impl Node {
         profile: Option<String>,
         hash: Option<String>,
     ) -> Result<String, JsValue> {
-        let profile: Profile = profile.as_deref().unwrap_or("default").parse().map_err(js_error)?;
-        let hash: HashAlg = hash.as_deref().unwrap_or("sha2-256").parse().map_err(js_error)?;
+        let profile: Profile = profile
+            .as_deref()
+            .unwrap_or("default")
+            .parse()
+            .map_err(js_error)?;
+        let hash: HashAlg = hash
+            .as_deref()
+            .unwrap_or("sha2-256")
+            .parse()
+            .map_err(js_error)?;
         let bytes = data.to_vec();
         let imported = unixfs::import(&*self.store, &bytes[..], profile, hash, |_| {})
             .await

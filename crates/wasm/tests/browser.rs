@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use cairn_core::HashAlg;
-use cairn_core::source::{Chain, ChainError, Context, ContentSource, SourceError, SourceKind};
+use cairn_core::source::{Chain, ChainError, ContentSource, Context, SourceError, SourceKind};
 use cairn_core::store::{Memory, Null};
 use cairn_core::unixfs::{self, Profile};
 use wasm_bindgen_test::*;
@@ -21,13 +21,38 @@ async fn memory_store_passes_the_suite_in_the_browser() {
 #[wasm_bindgen_test]
 async fn importer_gives_the_same_cids_in_the_browser() {
     // Same as natively and in Helia (see tests/tests/unixfs_parity.rs).
-    let empty = unixfs::import(&Null::new(), &b""[..], Profile::DEFAULT, HashAlg::Sha2_256, |_| {})
-        .await
-        .unwrap();
-    assert_eq!(empty.root.to_string(), "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku");
+    let empty = unixfs::import(
+        &Null::new(),
+        &b""[..],
+        Profile::DEFAULT,
+        HashAlg::Sha2_256,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        empty.root.to_string(),
+        "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+    );
     let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
-    let a = unixfs::import(&Null::new(), &data[..], Profile::DEFAULT, HashAlg::Sha2_256, |_| {}).await.unwrap();
-    let b = unixfs::import(&Null::new(), &data[..], Profile::DEFAULT, HashAlg::Blake3, |_| {}).await.unwrap();
+    let a = unixfs::import(
+        &Null::new(),
+        &data[..],
+        Profile::DEFAULT,
+        HashAlg::Sha2_256,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let b = unixfs::import(
+        &Null::new(),
+        &data[..],
+        Profile::DEFAULT,
+        HashAlg::Blake3,
+        |_| {},
+    )
+    .await
+    .unwrap();
     assert!(a.root.to_string().starts_with("bafybei"));
     assert_ne!(a.root, b.root);
 }
@@ -50,9 +75,15 @@ impl ContentSource for Hang {
 async fn timeouts_work_on_browser_timers() {
     let cid = cairn_core::cid::of(cairn_core::Codec::Raw, HashAlg::Sha2_256, b"x");
     let chain = Chain::new().source(Hang, Some(Duration::from_millis(30)));
-    let err = chain.retrieve_reported(&cid, &Context::new()).await.unwrap_err();
+    let err = chain
+        .retrieve_reported(&cid, &Context::new())
+        .await
+        .unwrap_err();
     assert!(matches!(err, ChainError::NotFound { .. }), "{err}");
-    assert_eq!(err.attempts()[0].error, SourceError::Timeout(Duration::from_millis(30)));
+    assert_eq!(
+        err.attempts()[0].error,
+        SourceError::Timeout(Duration::from_millis(30))
+    );
 }
 
 #[wasm_bindgen_test]
@@ -62,7 +93,14 @@ async fn the_js_node_adds_and_cats() {
     let cid = node.add(data, None, None).await.unwrap();
     let back = node.cat(cid.clone()).await.unwrap();
     assert_eq!(back.to_vec(), b"hello from the browser");
-    let err = node.add(js_sys::Uint8Array::new_with_length(1), Some("nope".into()), None).await.unwrap_err();
+    let err = node
+        .add(
+            js_sys::Uint8Array::new_with_length(1),
+            Some("nope".into()),
+            None,
+        )
+        .await
+        .unwrap_err();
     let msg = js_sys::Error::from(err).message();
     assert!(String::from(msg).contains("unknown profile"));
     assert!(node.cat("garbage".into()).await.is_err());

@@ -200,7 +200,11 @@ impl Chain {
 
     /// Tries each source in turn; the first verified block wins and, when it came from beyond
     /// the local store, is written back.
-    pub async fn retrieve_reported(&self, cid: &Cid, ctx: &Context) -> Result<Retrieval, ChainError> {
+    pub async fn retrieve_reported(
+        &self,
+        cid: &Cid,
+        ctx: &Context,
+    ) -> Result<Retrieval, ChainError> {
         let mut steps = Vec::with_capacity(self.entries.len());
         for entry in &self.entries {
             let started = Instant::now();
@@ -259,12 +263,26 @@ impl Chain {
         }
         let attempts: Vec<Attempt> = steps
             .into_iter()
-            .filter_map(|s| s.error.map(|error| Attempt { source: s.source, error }))
+            .filter_map(|s| {
+                s.error.map(|error| Attempt {
+                    source: s.source,
+                    error,
+                })
+            })
             .collect();
-        if attempts.iter().any(|a| a.error == SourceError::DeadlineExceeded) {
-            Err(ChainError::DeadlineExceeded { cid: *cid, attempts })
+        if attempts
+            .iter()
+            .any(|a| a.error == SourceError::DeadlineExceeded)
+        {
+            Err(ChainError::DeadlineExceeded {
+                cid: *cid,
+                attempts,
+            })
         } else {
-            Err(ChainError::NotFound { cid: *cid, attempts })
+            Err(ChainError::NotFound {
+                cid: *cid,
+                attempts,
+            })
         }
     }
 }

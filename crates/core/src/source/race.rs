@@ -96,7 +96,9 @@ pub struct PeerRace<C, R = Scored> {
 
 impl<C, R> fmt::Debug for PeerRace<C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PeerRace").field("config", &self.config).finish()
+        f.debug_struct("PeerRace")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -149,13 +151,10 @@ impl<C: PeerClient, R: RoutingStrategy> PeerRace<C, R> {
             async move {
                 let started = Instant::now();
                 let out = ctx.run(Some(timeout), async {
-                    self.client
-                        .fetch(&peer, cid)
-                        .await
-                        .map_err(|e| match e {
-                            PeerError::NotFound => SourceError::NotFound,
-                            PeerError::Failed(m) => SourceError::Unavailable(m),
-                        })
+                    self.client.fetch(&peer, cid).await.map_err(|e| match e {
+                        PeerError::NotFound => SourceError::NotFound,
+                        PeerError::Failed(m) => SourceError::Unavailable(m),
+                    })
                 });
                 let out = out.await;
                 (peer, out, started.elapsed())
@@ -187,7 +186,10 @@ impl<C: PeerClient, R: RoutingStrategy> PeerRace<C, R> {
                 }
             }
         }
-        if failures.iter().all(|(_, e)| *e == SourceError::DeadlineExceeded) {
+        if failures
+            .iter()
+            .all(|(_, e)| *e == SourceError::DeadlineExceeded)
+        {
             return Err(SourceError::DeadlineExceeded);
         }
         Err(SourceError::AllFailed(failures))

@@ -12,8 +12,8 @@ use std::time::Duration;
 use growable_bloom_filter::GrowableBloom;
 
 use super::PeerKey;
-use crate::cid::Cid;
 use crate::CondSync;
+use crate::cid::Cid;
 
 /// A bloom filter of CIDs: what a node holds, in a few bytes per CID.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,7 +203,10 @@ mod tests {
         let order = Scored::default().order(&cid, &all, &reps);
         assert_eq!(order[0], hinted, "{order:?}");
         assert_eq!(order[1], fast, "{order:?}");
-        assert!(!order.contains(&liar), "twice-lying peer dropped: {order:?}");
+        assert!(
+            !order.contains(&liar),
+            "twice-lying peer dropped: {order:?}"
+        );
         assert_eq!(order.last(), Some(&lacking), "{order:?}");
         assert_eq!(InOrder.order(&cid, &all, &reps).len(), 5);
     }

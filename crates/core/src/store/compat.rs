@@ -39,7 +39,10 @@ fn map_block(e: block::Error) -> blockstore::Error {
 }
 
 impl<T: BlockStore> blockstore::Blockstore for Compat<T> {
-    async fn get<const S: usize>(&self, cid: &CidGeneric<S>) -> blockstore::Result<Option<Vec<u8>>> {
+    async fn get<const S: usize>(
+        &self,
+        cid: &CidGeneric<S>,
+    ) -> blockstore::Result<Option<Vec<u8>>> {
         let cid = to_cid(cid)?;
         let block = self.0.get(&cid).await.map_err(map_store)?;
         Ok(block.map(|b| b.data().to_vec()))

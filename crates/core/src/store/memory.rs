@@ -3,9 +3,9 @@ use std::future::{Future, ready};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{BlockStore, Error, Result, Stat};
+use crate::CondSend;
 use crate::block::Block;
 use crate::cid::Cid;
-use crate::CondSend;
 
 /// An in-memory block store with an optional byte quota.
 #[derive(Debug, Default)]

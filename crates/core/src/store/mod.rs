@@ -27,7 +27,9 @@ pub use null::Null;
 #[non_exhaustive]
 pub enum Error {
     /// The store would exceed its byte quota.
-    #[error("store is full: {needed} more bytes needed, {used} of {quota} bytes used; unpin or delete content, or raise the quota")]
+    #[error(
+        "store is full: {needed} more bytes needed, {used} of {quota} bytes used; unpin or delete content, or raise the quota"
+    )]
     Full {
         /// Bytes the write needed.
         needed: u64,

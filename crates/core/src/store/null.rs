@@ -2,9 +2,9 @@ use std::future::{Future, ready};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{BlockStore, Result, Stat};
+use crate::CondSend;
 use crate::block::Block;
 use crate::cid::Cid;
-use crate::CondSend;
 
 /// A store that keeps nothing: puts are counted and forgotten. For computing a CID without
 /// storing (`add --only-hash`) and for measuring the importer alone.

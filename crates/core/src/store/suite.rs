@@ -52,53 +52,107 @@ where
     assert_eq!(store.put_many(blocks).await.unwrap(), 3, "quota: fits");
     let over: Vec<Block> = (10..13).map(|i| block(i, 1_000)).collect();
     let err = store.put_many(over.clone()).await.unwrap_err();
-    assert!(matches!(err, Error::Full { .. }), "quota: over gives Full, got {err}");
-    assert!(err.to_string().contains("full"), "quota: message says full: {err}");
+    assert!(
+        matches!(err, Error::Full { .. }),
+        "quota: over gives Full, got {err}"
+    );
+    assert!(
+        err.to_string().contains("full"),
+        "quota: message says full: {err}"
+    );
     for b in &over {
-        assert!(!store.has(b.cid()).await.unwrap(), "quota: a refused batch stores nothing");
+        assert!(
+            !store.has(b.cid()).await.unwrap(),
+            "quota: a refused batch stores nothing"
+        );
     }
     let st = store.stat().await.unwrap();
-    assert_eq!((st.blocks, st.quota), (3, Some(10_000)), "quota: stat after refusal");
+    assert_eq!(
+        (st.blocks, st.quota),
+        (3, Some(10_000)),
+        "quota: stat after refusal"
+    );
     // Re-putting what is held needs no room.
-    assert!(!store.put(block(0, 3_000)).await.unwrap(), "quota: duplicate");
+    assert!(
+        !store.put(block(0, 3_000)).await.unwrap(),
+        "quota: duplicate"
+    );
     assert!(store.delete(block(0, 3_000).cid()).await.unwrap());
-    assert!(store.put(over[0].clone()).await.unwrap(), "quota: room after delete");
+    assert!(
+        store.put(over[0].clone()).await.unwrap(),
+        "quota: room after delete"
+    );
 }
 
 async fn put_get_has<S: BlockStore>(s: S) {
     let b = block(1, 100);
-    assert!(!s.has(b.cid()).await.unwrap(), "put_get_has: empty store has nothing");
-    assert!(s.put(b.clone()).await.unwrap(), "put_get_has: first put is new");
+    assert!(
+        !s.has(b.cid()).await.unwrap(),
+        "put_get_has: empty store has nothing"
+    );
+    assert!(
+        s.put(b.clone()).await.unwrap(),
+        "put_get_has: first put is new"
+    );
     assert!(s.has(b.cid()).await.unwrap(), "put_get_has: has after put");
-    let got = s.get(b.cid()).await.unwrap().expect("put_get_has: get after put");
+    let got = s
+        .get(b.cid())
+        .await
+        .unwrap()
+        .expect("put_get_has: get after put");
     assert_eq!(got, b, "put_get_has: same bytes back");
 }
 
 async fn missing_is_none<S: BlockStore>(s: S) {
     let b = block(2, 10);
-    assert!(s.get(b.cid()).await.unwrap().is_none(), "missing: get is None");
-    assert!(!s.delete(b.cid()).await.unwrap(), "missing: delete is false");
+    assert!(
+        s.get(b.cid()).await.unwrap().is_none(),
+        "missing: get is None"
+    );
+    assert!(
+        !s.delete(b.cid()).await.unwrap(),
+        "missing: delete is false"
+    );
 }
 
 async fn duplicate_put_counts_once<S: BlockStore>(s: S) {
     let b = block(3, 1000);
     assert!(s.put(b.clone()).await.unwrap());
-    assert!(!s.put(b.clone()).await.unwrap(), "duplicate: second put not new");
+    assert!(
+        !s.put(b.clone()).await.unwrap(),
+        "duplicate: second put not new"
+    );
     assert_eq!(s.put_many(vec![b.clone(), b.clone()]).await.unwrap(), 0);
     let st = s.stat().await.unwrap();
-    assert_eq!((st.blocks, st.bytes), (1, b.len() as u64), "duplicate: stat");
+    assert_eq!(
+        (st.blocks, st.bytes),
+        (1, b.len() as u64),
+        "duplicate: stat"
+    );
 }
 
 async fn put_many_and_stat<S: BlockStore>(s: S) {
     let blocks: Vec<Block> = (0..50).map(|i| block(i, 64 + i as usize)).collect();
     let bytes: u64 = blocks.iter().map(|b| b.len() as u64).sum();
-    assert_eq!(s.put_many(blocks.clone()).await.unwrap(), 50, "put_many: all new");
+    assert_eq!(
+        s.put_many(blocks.clone()).await.unwrap(),
+        50,
+        "put_many: all new"
+    );
     let st = s.stat().await.unwrap();
     assert_eq!((st.blocks, st.bytes), (50, bytes), "put_many: stat");
     for b in &blocks {
-        assert_eq!(s.get(b.cid()).await.unwrap().as_ref(), Some(b), "put_many: get");
+        assert_eq!(
+            s.get(b.cid()).await.unwrap().as_ref(),
+            Some(b),
+            "put_many: get"
+        );
     }
-    assert_eq!(s.put_many(Vec::new()).await.unwrap(), 0, "put_many: empty batch");
+    assert_eq!(
+        s.put_many(Vec::new()).await.unwrap(),
+        0,
+        "put_many: empty batch"
+    );
 }
 
 async fn delete_updates_stat<S: BlockStore>(s: S) {
@@ -134,38 +188,61 @@ async fn list_pages_in_order<S: BlockStore>(s: S) {
 }
 
 async fn big_and_empty_blocks<S: BlockStore>(s: S) {
-    let big = Block::from_data(Codec::Raw, HashAlg::Sha2_256, vec![7u8; crate::MAX_BLOCK_SIZE])
-        .unwrap();
+    let big = Block::from_data(
+        Codec::Raw,
+        HashAlg::Sha2_256,
+        vec![7u8; crate::MAX_BLOCK_SIZE],
+    )
+    .unwrap();
     let empty = Block::from_data(Codec::Raw, HashAlg::Sha2_256, Vec::new()).unwrap();
     s.put_many(vec![big.clone(), empty.clone()]).await.unwrap();
     assert_eq!(s.get(big.cid()).await.unwrap().unwrap(), big, "big block");
-    assert_eq!(s.get(empty.cid()).await.unwrap().unwrap(), empty, "empty block");
+    assert_eq!(
+        s.get(empty.cid()).await.unwrap().unwrap(),
+        empty,
+        "empty block"
+    );
 }
 
 async fn blake3_blocks<S: BlockStore>(s: S) {
     let b = Block::from_data(Codec::DagPb, HashAlg::Blake3, vec![1, 2, 3]).unwrap();
     s.put(b.clone()).await.unwrap();
-    assert_eq!(s.get(b.cid()).await.unwrap().unwrap(), b, "blake3 dag-pb block");
+    assert_eq!(
+        s.get(b.cid()).await.unwrap().unwrap(),
+        b,
+        "blake3 dag-pb block"
+    );
 }
 
 async fn compat_trait<S: BlockStore>(s: S) {
     let c = Compat(s);
     let b = block(9, 50);
     c.put_keyed(b.cid(), b.data()).await.unwrap();
-    assert_eq!(c.get(b.cid()).await.unwrap().as_deref(), Some(&b.data()[..]), "compat: get");
+    assert_eq!(
+        c.get(b.cid()).await.unwrap().as_deref(),
+        Some(&b.data()[..]),
+        "compat: get"
+    );
     assert!(c.has(b.cid()).await.unwrap(), "compat: has");
     let wrong = block(10, 50);
     assert!(
         c.put_keyed(b.cid(), wrong.data()).await.is_err(),
         "compat: wrong bytes for a held CID are refused"
     );
-    assert_eq!(c.get(b.cid()).await.unwrap().as_deref(), Some(&b.data()[..]), "compat: kept");
+    assert_eq!(
+        c.get(b.cid()).await.unwrap().as_deref(),
+        Some(&b.data()[..]),
+        "compat: kept"
+    );
     let other = block(11, 50);
     assert!(
         c.put_keyed(other.cid(), wrong.data()).await.is_err(),
         "compat: bytes that do not match their CID are refused"
     );
-    assert!(!c.has(other.cid()).await.unwrap(), "compat: refused bytes not stored");
+    assert!(
+        !c.has(other.cid()).await.unwrap(),
+        "compat: refused bytes not stored"
+    );
     c.remove(b.cid()).await.unwrap();
     assert!(!c.has(b.cid()).await.unwrap(), "compat: remove");
 }

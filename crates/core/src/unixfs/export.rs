@@ -102,21 +102,35 @@ fn parse(block: &Block) -> Result<Parsed, Error> {
         )));
     }
     let inline = fs.data.unwrap_or_default();
-    let size = fs.blocksizes.iter().try_fold(inline.len() as u64, |a, b| a.checked_add(*b));
+    let size = fs
+        .blocksizes
+        .iter()
+        .try_fold(inline.len() as u64, |a, b| a.checked_add(*b));
     let size = size.ok_or_else(|| malformed("sizes overflow".into()))?;
     if let Some(fsz) = fs.filesize
         && fsz != size
     {
-        return Err(malformed(format!("filesize {fsz} but parts add up to {size}")));
+        return Err(malformed(format!(
+            "filesize {fsz} but parts add up to {size}"
+        )));
     }
     Ok(Parsed {
         inline,
-        children: node.links.iter().map(|l| l.cid).zip(fs.blocksizes).collect(),
+        children: node
+            .links
+            .iter()
+            .map(|l| l.cid)
+            .zip(fs.blocksizes)
+            .collect(),
         size,
     })
 }
 
-async fn fetch<S: ContentSource + ?Sized>(src: &S, cid: Cid, ctx: &Context) -> Result<Block, Error> {
+async fn fetch<S: ContentSource + ?Sized>(
+    src: &S,
+    cid: Cid,
+    ctx: &Context,
+) -> Result<Block, Error> {
     src.retrieve(&cid, ctx)
         .await
         .map_err(|source| Error::Retrieve { cid, source })
@@ -134,7 +148,12 @@ pub async fn file_size<S: ContentSource + ?Sized>(
 /// A piece of output: bytes in hand, or a raw leaf to fetch and slice.
 enum Piece {
     Bytes(Bytes),
-    Leaf { cid: Cid, size: u64, skip: u64, take: u64 },
+    Leaf {
+        cid: Cid,
+        size: u64,
+        skip: u64,
+        take: u64,
+    },
 }
 
 struct Frame {
@@ -195,13 +214,21 @@ pub fn export<'a, S: ContentSource + ?Sized>(
         .map(move |piece| async move {
             match piece? {
                 Piece::Bytes(b) => Ok(b),
-                Piece::Leaf { cid, size, skip, take } => {
+                Piece::Leaf {
+                    cid,
+                    size,
+                    skip,
+                    take,
+                } => {
                     let block = fetch(src, cid, ctx).await?;
                     let parsed = parse(&block)?;
                     if parsed.size != size || !parsed.children.is_empty() {
                         return Err(Error::Malformed {
                             cid,
-                            reason: format!("leaf has {} bytes, its parent says {size}", parsed.size),
+                            reason: format!(
+                                "leaf has {} bytes, its parent says {size}",
+                                parsed.size
+                            ),
                         });
                     }
                     Ok(parsed.inline.slice(skip as usize..(skip + take) as usize))
@@ -251,7 +278,12 @@ impl<S: ContentSource + ?Sized> Walk<'_, S> {
                 continue;
             };
             if cid.codec() == Codec::Raw.code() {
-                return Ok(Some(Piece::Leaf { cid, size, skip, take }));
+                return Ok(Some(Piece::Leaf {
+                    cid,
+                    size,
+                    skip,
+                    take,
+                }));
             }
             let block = fetch(self.src, cid, self.ctx).await?;
             let parsed = parse(&block)?;

@@ -91,7 +91,8 @@ impl Importer {
 
     fn add(&mut self, level: usize, child: Child, out: &mut Vec<Block>) -> Result<(), Error> {
         if self.levels.len() <= level {
-            self.levels.push((Vec::with_capacity(self.profile.max_links), 0));
+            self.levels
+                .push((Vec::with_capacity(self.profile.max_links), 0));
         }
         let (pending, total) = &mut self.levels[level];
         pending.push(child);
@@ -296,7 +297,11 @@ mod tests {
             let data = vec![1u8; chunks * 4];
             let (r, blocks) = import_bytes(&data, SMALL);
             assert_eq!(blocks.len(), chunks + inner, "{chunks} chunks");
-            assert_eq!(blocks.last().unwrap().cid(), &r.root, "root is written last");
+            assert_eq!(
+                blocks.last().unwrap().cid(),
+                &r.root,
+                "root is written last"
+            );
             assert_eq!(r.size, data.len() as u64);
         }
     }
@@ -336,9 +341,15 @@ mod tests {
         // A block the store already had, which the failed import also produces: kept.
         let pre = Block::from_data(Codec::Raw, HashAlg::Sha2_256, vec![9u8; 256 * 1024]).unwrap();
         store.put(pre.clone()).await.unwrap();
-        let err = import(&store, FailAfter(20 << 20), Profile::DEFAULT, HashAlg::Sha2_256, |_| {})
-            .await
-            .unwrap_err();
+        let err = import(
+            &store,
+            FailAfter(20 << 20),
+            Profile::DEFAULT,
+            HashAlg::Sha2_256,
+            |_| {},
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains("disk on fire"), "{err}");
         assert!(err.to_string().contains("20971520 bytes"), "{err}");
         let st = store.stat().await.unwrap();
@@ -350,10 +361,19 @@ mod tests {
     async fn a_full_store_refuses_and_keeps_nothing() {
         let store = Memory::with_quota(3 << 20);
         let data: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 251) as u8).collect();
-        let err = import(&store, &data[..], Profile::DEFAULT, HashAlg::Sha2_256, |_| {})
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::Store(store::Error::Full { .. })), "{err}");
+        let err = import(
+            &store,
+            &data[..],
+            Profile::DEFAULT,
+            HashAlg::Sha2_256,
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::Store(store::Error::Full { .. })),
+            "{err}"
+        );
         assert_eq!(store.stat().await.unwrap().blocks, 0);
     }
 }

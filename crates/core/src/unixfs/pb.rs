@@ -306,13 +306,20 @@ mod tests {
     fn node_roundtrip() {
         let c = of(Codec::Raw, HashAlg::Sha2_256, b"a");
         let n = Node {
-            links: vec![Link { cid: c, name: String::new(), tsize: Some(1) }],
+            links: vec![Link {
+                cid: c,
+                name: String::new(),
+                tsize: Some(1),
+            }],
             data: Some(Bytes::from(UnixFs::file(vec![1]).encode())),
         };
         let enc = Bytes::from(n.encode());
         assert_eq!(Node::decode(&enc).unwrap(), n);
         let u = UnixFs::decode(n.data.as_ref().unwrap()).unwrap();
-        assert_eq!((u.kind, u.filesize, u.blocksizes), (DataType::File, Some(1), vec![1]));
+        assert_eq!(
+            (u.kind, u.filesize, u.blocksizes),
+            (DataType::File, Some(1), vec![1])
+        );
     }
 
     #[test]
