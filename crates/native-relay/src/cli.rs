@@ -238,10 +238,11 @@ async fn add<S: BlockStore>(
 fn export_code(e: &ExportError) -> u8 {
     match e {
         ExportError::Retrieve { source, .. } if has_invalid(source) => 4,
-        ExportError::Retrieve {
-            source: SourceError::AllFailed(_) | SourceError::NotFound,
-            ..
-        } => 3,
+        ExportError::Retrieve { source, .. }
+            if matches!(**source, SourceError::AllFailed(_) | SourceError::NotFound) =>
+        {
+            3
+        }
         _ => 1,
     }
 }

@@ -178,7 +178,7 @@ async fn lying_peers_never_win_and_are_dropped_after_two_lies() {
     }
     let liar = PeerKey::new("liar");
     assert_eq!(reps.get(&liar).lies, 2);
-    let order = routing::Scored::default().order(b.cid(), &[liar.clone()], &reps);
+    let order = routing::Scored::default().order(b.cid(), std::slice::from_ref(&liar), &reps);
     assert!(order.is_empty(), "a twice-lying peer is no longer asked");
 }
 
@@ -409,10 +409,10 @@ mod dag_and_export {
             ..Default::default()
         };
         let err = dag::fetch(&chain, &*local, root, opts, &ctx, |p| {
-            if p.blocks_done >= 20 {
-                if let Some(c) = canceller.take() {
-                    c.cancel();
-                }
+            if p.blocks_done >= 20
+                && let Some(c) = canceller.take()
+            {
+                c.cancel();
             }
         })
         .await

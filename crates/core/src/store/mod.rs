@@ -3,7 +3,7 @@
 //! `blockstore` crate (bitswap) use any of our stores.
 //!
 //! Every backend holds only verified [`Block`]s and runs the same test suite
-//! ([`suite`], behind the `test-suite` feature).
+//! (`store::suite`, behind the `test-suite` feature).
 
 use std::future::Future;
 use std::sync::Arc;

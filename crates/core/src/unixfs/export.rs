@@ -16,7 +16,7 @@ pub enum Error {
         /// The block.
         cid: Cid,
         /// What the source said.
-        source: SourceError,
+        source: Box<SourceError>,
     },
     /// The DAG is not a well-formed UnixFS file.
     #[error("{cid} is not a valid UnixFS file: {reason}")]
@@ -133,7 +133,10 @@ async fn fetch<S: ContentSource + ?Sized>(
 ) -> Result<Block, Error> {
     src.retrieve(&cid, ctx)
         .await
-        .map_err(|source| Error::Retrieve { cid, source })
+        .map_err(|source| Error::Retrieve {
+            cid,
+            source: Box::new(source),
+        })
 }
 
 /// The size of the file at `root`, from its root block alone.
