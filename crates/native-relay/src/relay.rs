@@ -183,11 +183,20 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         })?;
         pending.push((id, addr.clone()));
     }
-    // Wait until every listener reports an address (or fails).
+    // Wait until every listener reports an address (or fails); a listener on an unspecified
+    // IP reports one address per interface in quick succession, so then collect until quiet.
     let mut addrs = Vec::new();
     let mut up = std::collections::HashSet::new();
-    while up.len() < pending.len() {
-        match swarm.select_next_some().await {
+    loop {
+        let event = if up.len() < pending.len() {
+            swarm.select_next_some().await
+        } else {
+            match tokio::time::timeout(Duration::from_millis(150), swarm.select_next_some()).await {
+                Ok(e) => e,
+                Err(_) => break,
+            }
+        };
+        match event {
             SwarmEvent::NewListenAddr {
                 listener_id,
                 address,
@@ -219,9 +228,8 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
             _ => {}
         }
     }
-
     // Print in the order the listeners were given.
-    addrs.sort_by_key(|(order, _)| *order);
+    addrs.sort_by_key(|(order, a)| (*order, a.to_string()));
     let addrs: Vec<Multiaddr> = addrs.into_iter().map(|(_, a)| a).collect();
 
     let listener = tokio::net::TcpListener::bind(config.http)
@@ -254,7 +262,17 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         loop {
             tokio::select! {
                 _ = &mut stop_rx => break,
-                event = swarm.select_next_some() => log_event(event),
+                event = swarm.select_next_some() => match event {
+                    // Interfaces that come and go: keep the advertised addresses true.
+                    SwarmEvent::NewListenAddr { address, .. } => {
+                        tracing::info!(%address, "listening");
+                        swarm.add_external_address(address);
+                    }
+                    SwarmEvent::ExpiredListenAddr { address, .. } => {
+                        swarm.remove_external_address(&address);
+                    }
+                    other => log_event(other),
+                },
             }
         }
         tracing::info!("relay stopping");
@@ -289,7 +307,6 @@ fn log_event(event: SwarmEvent<BehaviourEvent>) {
         } => {
             tracing::debug!(%send_back_addr, %error, "incoming connection failed");
         }
-        SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
         _ => {}
     }
 }
