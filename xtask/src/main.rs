@@ -42,7 +42,7 @@ fn real_main() -> Result<()> {
                 "usage: cargo xtask <test|run|bench|install>\n  \
                  test   install what is missing, then run every check and test\n  \
                  run    build everything and start cairn-relay serving the web app\n  \
-                 bench  run the benchmarks and print ratios against their baselines\n  \
+                 bench [FILTER]  run the benchmarks (a criterion regex) and print ratios\n  \
                  install  only install the tools"
             );
             std::process::exit(2);

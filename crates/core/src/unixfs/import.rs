@@ -1,4 +1,4 @@
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{AsyncRead, AsyncReadExt};
 
 use super::Profile;
@@ -40,7 +40,7 @@ struct Child {
 pub struct Importer {
     profile: Profile,
     hash: HashAlg,
-    buf: Vec<u8>,
+    buf: BytesMut,
     levels: Vec<(Vec<Child>, u64)>,
     bytes: u64,
 }
@@ -51,7 +51,7 @@ impl Importer {
         Self {
             profile,
             hash,
-            buf: Vec::with_capacity(profile.chunk_size),
+            buf: BytesMut::with_capacity(profile.chunk_size),
             levels: Vec::new(),
             bytes: 0,
         }
@@ -78,8 +78,10 @@ impl Importer {
     }
 
     fn flush_leaf(&mut self, out: &mut Vec<Block>) -> Result<(), Error> {
-        let leaf = Block::from_data(Codec::Raw, self.hash, Bytes::copy_from_slice(&self.buf))?;
-        self.buf.clear();
+        // Hand the chunk's buffer to the block (no copy) and start a fresh one.
+        let chunk = self.buf.split().freeze();
+        self.buf.reserve(self.profile.chunk_size);
+        let leaf = Block::from_data(Codec::Raw, self.hash, chunk)?;
         let child = Child {
             cid: *leaf.cid(),
             tsize: leaf.len() as u64,
