@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod http;
 pub mod identity;
+pub mod node;
 pub mod relay;
 pub mod store;
 

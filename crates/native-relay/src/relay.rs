@@ -9,15 +9,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cairn_core::store::{BlockStore, Null};
+use cairn_p2p::Node;
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, identify, noise, ping, relay, yamux};
-use tokio::sync::{mpsc, oneshot};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, relay};
+use tokio::sync::mpsc;
 
-/// Protocol version announced over identify.
-pub const PROTOCOL_VERSION: &str = "/cairn/1.0.0";
+use crate::store::Disk;
 
 /// What the relay listens on and how much it carries.
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ pub struct Config {
     pub http: SocketAddr,
     /// Directory of the web app's files (`index.html` at its root), if any.
     pub web_root: Option<PathBuf>,
+    /// The store whose blocks the relay serves over `/cas` (none: it only relays).
+    pub store: Option<Disk>,
     /// Reservations held at once, in total.
     pub max_reservations: usize,
     /// Reservations per peer.
@@ -50,6 +53,7 @@ impl Default for Config {
             listen: default_listen(),
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             web_root: None,
+            store: None,
             max_reservations: 1024,
             max_reservations_per_peer: 4,
             reservation_duration: Duration::from_secs(60 * 60),
@@ -108,13 +112,6 @@ pub enum Error {
     WebRoot(PathBuf),
 }
 
-#[derive(NetworkBehaviour)]
-struct Behaviour {
-    relay: relay::Behaviour,
-    identify: identify::Behaviour,
-    ping: ping::Behaviour,
-}
-
 /// A started relay.
 #[derive(Debug)]
 pub struct Running {
@@ -124,17 +121,20 @@ pub struct Running {
     pub addrs: Vec<Multiaddr>,
     /// The bound HTTP address.
     pub http: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<()>,
+    /// The relay's own node handle.
+    pub node: Node,
+    http_stop: mpsc::Sender<()>,
+    done: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops accepting, closes connections and waits for the tasks to end.
-    pub async fn shutdown(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+    pub async fn shutdown(self) {
+        let _ = self.http_stop.send(()).await;
+        self.node.stop().await;
+        for task in self.done {
+            let _ = task.await;
         }
-        let _ = (&mut self.done).await;
     }
 }
 
@@ -152,28 +152,13 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         max_circuit_bytes: config.max_circuit_bytes,
         ..relay::Config::default()
     };
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| Error::Transport(e.to_string()))?
-        .with_websocket(noise::Config::new, yamux::Config::default)
+    let cas = cairn_p2p::CasConfig {
+        serve: config.store.is_some(),
+        ..Default::default()
+    };
+    let mut swarm = crate::node::swarm(key, Some(relay_cfg), cas)
         .await
-        .map_err(|e| Error::Transport(e.to_string()))?
-        .with_behaviour(|key| Behaviour {
-            relay: relay::Behaviour::new(key.public().to_peer_id(), relay_cfg),
-            identify: identify::Behaviour::new(identify::Config::new(
-                PROTOCOL_VERSION.into(),
-                key.public(),
-            )),
-            ping: ping::Behaviour::default(),
-        })
-        .map_err(|e| Error::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+        .map_err(|e| Error::Transport(e.to_string()))?;
 
     let mut pending = Vec::new();
     for addr in &config.listen {
@@ -244,12 +229,10 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
     })?;
     let app = web_app(config.web_root.clone(), peer_id, addrs.clone())?;
 
-    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
-    let (http_stop_tx, http_stop_rx) = mpsc::channel::<()>(1);
+    let (http_stop, mut http_stop_rx) = mpsc::channel::<()>(1);
     let http_task = tokio::spawn(async move {
-        let mut rx = http_stop_rx;
         let shutdown = async move {
-            let _ = rx.recv().await;
+            let _ = http_stop_rx.recv().await;
         };
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -258,57 +241,28 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    let done = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = &mut stop_rx => break,
-                event = swarm.select_next_some() => match event {
-                    // Interfaces that come and go: keep the advertised addresses true.
-                    SwarmEvent::NewListenAddr { address, .. } => {
-                        tracing::info!(%address, "listening");
-                        swarm.add_external_address(address);
-                    }
-                    SwarmEvent::ExpiredListenAddr { address, .. } => {
-                        swarm.remove_external_address(&address);
-                    }
-                    other => log_event(other),
-                },
-            }
-        }
-        tracing::info!("relay stopping");
-        let _ = http_stop_tx.send(()).await;
-        let _ = http_task.await;
-        drop(swarm);
-    });
+    let p2p = cairn_p2p::node::Config::default();
+    let (node, driver) = match config.store {
+        Some(store) => spawn_node(swarm, store, p2p),
+        None => spawn_node(swarm, Null::new(), p2p),
+    };
     Ok(Running {
         peer_id,
         addrs,
         http,
-        stop: Some(stop_tx),
-        done,
+        node,
+        http_stop,
+        done: vec![driver, http_task],
     })
 }
 
-fn log_event(event: SwarmEvent<BehaviourEvent>) {
-    match event {
-        SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => tracing::info!(event = ?e, "relay"),
-        SwarmEvent::ConnectionEstablished {
-            peer_id, endpoint, ..
-        } => {
-            tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
-        }
-        SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
-            tracing::debug!(%peer_id, ?cause, "disconnected");
-        }
-        SwarmEvent::IncomingConnectionError {
-            error,
-            send_back_addr,
-            ..
-        } => {
-            tracing::debug!(%send_back_addr, %error, "incoming connection failed");
-        }
-        _ => {}
-    }
+fn spawn_node<S: BlockStore + 'static>(
+    swarm: libp2p::Swarm<cairn_p2p::Behaviour>,
+    store: S,
+    config: cairn_p2p::node::Config,
+) -> (Node, tokio::task::JoinHandle<()>) {
+    let (node, driver) = Node::new(swarm, store, config);
+    (node, tokio::spawn(driver))
 }
 
 fn web_app(

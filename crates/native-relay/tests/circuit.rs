@@ -1,0 +1,207 @@
+//! Real libp2p, in process: a relay and native nodes. Node A holds a 64 MiB file; node B,
+//! connected to A only through a circuit on the relay, fetches it with the peer race over
+//! `/cas/1.0.0`, byte-identical. The same over a direct TCP connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::HashAlg;
+use cairn_core::dag;
+use cairn_core::source::{Chain, Context, PeerRace, RaceConfig};
+use cairn_core::store::{BlockStore, Memory};
+use cairn_core::unixfs::{self, Profile, Range};
+use cairn_p2p::Node;
+use futures::TryStreamExt;
+use libp2p::Multiaddr;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+
+fn data(len: usize) -> Vec<u8> {
+    let mut x = 0x1234_5678_9abc_def1u64;
+    (0..len / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect()
+}
+
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("CAIRN_TEST_LOG"))
+        .with_test_writer()
+        .try_init();
+}
+
+async fn node(store: Arc<Memory>) -> Node {
+    logs();
+    let swarm = cairn_relay::node::swarm(Keypair::generate_ed25519(), None, Default::default())
+        .await
+        .unwrap();
+    let (node, driver) = Node::new(swarm, store, cairn_p2p::node::Config::default());
+    tokio::spawn(driver);
+    node
+}
+
+async fn relay() -> cairn_relay::relay::Running {
+    let config = cairn_relay::relay::Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        http: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    cairn_relay::relay::start(Keypair::generate_ed25519(), config)
+        .await
+        .unwrap()
+}
+
+/// Waits until `node` knows `peer` speaks /cas (identify has run).
+async fn until_cas(node: &Node, peer: libp2p::PeerId) {
+    for _ in 0..200 {
+        if node.peers().get(&peer).is_some_and(|p| p.cas) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{peer} never identified as a /cas peer");
+}
+
+async fn fetch_all(from: &Node, len: usize, root: cairn_core::Cid) -> (Arc<Memory>, dag::Report) {
+    let store = Arc::new(Memory::new());
+    let race = PeerRace::new(from.clone()).config(RaceConfig {
+        per_peer_timeout: Duration::from_secs(30),
+        max_parallel: 4,
+    });
+    let chain = Chain::new().local(store.clone()).source(race, None);
+    let ctx = Context::new().with_timeout(Duration::from_secs(120));
+    let report = dag::fetch(
+        &chain,
+        &*store,
+        root,
+        dag::Options {
+            window: 16,
+            ..Default::default()
+        },
+        &ctx,
+        |_| {},
+    )
+    .await
+    .expect("fetch through the peer race");
+    let bytes: Vec<u8> = unixfs::export(&chain, root, Range::ALL, 16, &ctx)
+        .map_ok(|b| b.to_vec())
+        .try_concat()
+        .await
+        .unwrap();
+    assert_eq!(bytes.len(), len);
+    (store, report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_mib_file_moves_through_a_relay_circuit() {
+    const LEN: usize = 64 << 20;
+    let relay = relay().await;
+    let relay_addr = relay.addrs[0].clone();
+
+    let content = data(LEN);
+    let store_a = Arc::new(Memory::new());
+    let root = unixfs::import(
+        &*store_a,
+        &content[..],
+        Profile::DEFAULT,
+        HashAlg::Sha2_256,
+        |_| {},
+    )
+    .await
+    .unwrap()
+    .root;
+    let a = node(store_a.clone()).await;
+    let b = node(Arc::new(Memory::new())).await;
+
+    assert_eq!(a.dial(relay_addr.clone()).await.unwrap(), relay.peer_id);
+    let circuit = a
+        .listen(relay_addr.clone().with(Protocol::P2pCircuit))
+        .await
+        .expect("reservation");
+    assert!(circuit.to_string().contains("/p2p-circuit"), "{circuit}");
+
+    b.dial(relay_addr.clone()).await.unwrap();
+    let via_relay: Multiaddr = relay_addr
+        .with(Protocol::P2pCircuit)
+        .with(Protocol::P2p(a.peer_id()));
+    assert_eq!(b.dial(via_relay).await.unwrap(), a.peer_id());
+    until_cas(&b, a.peer_id()).await;
+    assert!(
+        b.peers()[&a.peer_id()].relayed,
+        "B reaches A only through the circuit"
+    );
+
+    let (store_b, report) = fetch_all(&b, LEN, root).await;
+    assert_eq!(store_b.stat().await.unwrap(), store_a.stat().await.unwrap());
+    assert_eq!(
+        report.progress.by_source[1], report.progress.blocks_done,
+        "every block from peers"
+    );
+    let local = cairn_core::source::Local(store_b);
+    let ctx = Context::new();
+    let mut stream = std::pin::pin!(unixfs::export(&local, root, Range::ALL, 8, &ctx));
+    let mut offset = 0;
+    while let Some(piece) = stream.try_next().await.unwrap() {
+        assert_eq!(
+            &piece[..],
+            &content[offset..offset + piece.len()],
+            "byte-identical at {offset}"
+        );
+        offset += piece.len();
+    }
+    assert_eq!(offset, LEN);
+    eprintln!("64 MiB through the relay circuit in {:.2?}", report.elapsed);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tcp_transfer_and_missing_content() {
+    const LEN: usize = 8 << 20;
+    let content = data(LEN);
+    let store_a = Arc::new(Memory::new());
+    let root = unixfs::import(
+        &*store_a,
+        &content[..],
+        Profile::DEFAULT,
+        HashAlg::Sha2_256,
+        |_| {},
+    )
+    .await
+    .unwrap()
+    .root;
+    let a = node(store_a).await;
+    let addr = a
+        .listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .await
+        .unwrap();
+    let b = node(Arc::new(Memory::new())).await;
+    assert_eq!(b.dial(addr).await.unwrap(), a.peer_id());
+    until_cas(&b, a.peer_id()).await;
+    assert!(!b.peers()[&a.peer_id()].relayed);
+    fetch_all(&b, LEN, root).await;
+
+    // Content nobody has: the race says so, naming the peer, without hanging.
+    let missing = cairn_core::cid::of(cairn_core::Codec::Raw, HashAlg::Sha2_256, b"nobody");
+    let err = Chain::new()
+        .source(PeerRace::new(b.clone()), Some(Duration::from_secs(10)))
+        .retrieve_reported(&missing, &Context::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("peer {}: not found", a.peer_id())),
+        "{err}"
+    );
+
+    // Dialing nowhere is a clear error.
+    let err = b
+        .dial("/ip4/127.0.0.1/tcp/1".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot dial"), "{err}");
+}

@@ -1,0 +1,91 @@
+//! The one libp2p behaviour composition used by the relay, native nodes and (later) the
+//! browser: `/cas` streams, identify, ping, and relay v2 client and server as options.
+//! Transports are built by the caller; nothing here picks a platform.
+
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{identify, ping, relay};
+
+use crate::cas;
+
+/// Protocol version announced over identify.
+pub const PROTOCOL_VERSION: &str = "/cairn/1.0.0";
+
+/// cairn's behaviours.
+#[derive(NetworkBehaviour)]
+#[allow(missing_debug_implementations)] // several libp2p behaviours do not implement Debug
+pub struct Behaviour {
+    /// `/cas/1.0.0`, one request per stream.
+    pub cas: request_response::Behaviour<cas::Codec>,
+    /// identify.
+    pub identify: identify::Behaviour,
+    /// ping.
+    pub ping: ping::Behaviour,
+    /// Relay v2 server (the relay only).
+    pub relay_server: Toggle<relay::Behaviour>,
+    /// Relay v2 client (nodes that reserve slots and dial circuits).
+    pub relay_client: Toggle<relay::client::Behaviour>,
+}
+
+impl Behaviour {
+    /// The composition for `key`; `relay_client` comes from the transport builder.
+    /// `serve_cas`: whether to answer `/cas` requests (everyone may send them).
+    pub fn new(
+        key: &Keypair,
+        relay_client: Option<relay::client::Behaviour>,
+        relay_server: Option<relay::Config>,
+        cas: &CasConfig,
+    ) -> Self {
+        let peer_id = key.public().to_peer_id();
+        let support = if cas.serve {
+            ProtocolSupport::Full
+        } else {
+            ProtocolSupport::Outbound
+        };
+        let rr = request_response::Config::default()
+            .with_request_timeout(cas.request_timeout)
+            .with_max_concurrent_streams(cas.max_streams);
+        Self {
+            cas: request_response::Behaviour::with_codec(
+                cas::Codec { limits: cas.limits },
+                [(cas::PROTOCOL, support)],
+                rr,
+            ),
+            identify: identify::Behaviour::new(
+                identify::Config::new(PROTOCOL_VERSION.into(), key.public())
+                    .with_agent_version(concat!("cairn/", env!("CARGO_PKG_VERSION")).into()),
+            ),
+            ping: ping::Behaviour::default(),
+            relay_server: relay_server
+                .map(|c| relay::Behaviour::new(peer_id, c))
+                .into(),
+            relay_client: relay_client.into(),
+        }
+    }
+}
+
+/// `/cas` settings of the behaviour.
+#[derive(Debug, Clone)]
+pub struct CasConfig {
+    /// Whether to answer requests.
+    pub serve: bool,
+    /// Frame and count limits.
+    pub limits: cas::Limits,
+    /// How long a request may take, either way.
+    pub request_timeout: std::time::Duration,
+    /// Concurrent `/cas` streams per connection.
+    pub max_streams: usize,
+}
+
+impl Default for CasConfig {
+    fn default() -> Self {
+        Self {
+            serve: true,
+            limits: cas::Limits::default(),
+            request_timeout: std::time::Duration::from_secs(30),
+            max_streams: 128,
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! The swarm driver: one future owns the swarm; a cloneable [`Node`] handle dials, listens,
+//! lists peers and sends `/cas` requests, and implements cairn-core's [`PeerClient`], so the
+//! source chain's peer race runs over real libp2p streams.
+//!
+//! The driver is a future the caller spawns on its runtime ([`Node::new`] returns it):
+//! nothing here picks a platform. Inbound `/cas` requests are answered inside that future,
+//! at most [`Config::max_inbound`] at a time; past that they get a `busy` error at once.
+//! Dropping a request's future abandons it: its response, if one still comes, is discarded.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use cairn_core::CondSend;
+use cairn_core::cid::Cid;
+use cairn_core::source::{PeerClient, PeerError, PeerKey};
+use cairn_core::store::BlockStore;
+use futures::channel::{mpsc, oneshot};
+use futures::stream::FuturesUnordered;
+use futures::{SinkExt, StreamExt};
+use libp2p::core::transport::ListenerId;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, Swarm, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, identify};
+
+use crate::behaviour::{Behaviour, BehaviourEvent};
+use crate::cas;
+
+/// Driver settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Inbound `/cas` requests answered at once.
+    pub max_inbound: usize,
+    /// `/cas` limits (the same the behaviour's codec was given).
+    pub limits: cas::Limits,
+    /// What `caps` answers.
+    pub caps: cas::Capabilities,
+    /// Whether each listen address is also announced as an external address (right for a
+    /// relay on a public host and for circuit addresses; wrong behind NAT).
+    pub advertise_listen_addrs: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_inbound: 64,
+            limits: cas::Limits::default(),
+            caps: cas::Capabilities {
+                agent: concat!("cairn/", env!("CARGO_PKG_VERSION")).into(),
+                protocols: vec![cas::PROTOCOL_NAME.into()],
+                ipfs: false,
+                bandwidth: None,
+            },
+            advertise_listen_addrs: true,
+        }
+    }
+}
+
+/// Why a network operation failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// Dialing failed.
+    #[error("cannot dial {addr}: {reason}")]
+    Dial {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// Listening failed.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// A `/cas` request failed.
+    #[error("/cas request to {peer} failed: {reason}")]
+    Request {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// The driver has stopped.
+    #[error("the network driver has stopped")]
+    Stopped,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+enum Command {
+    Dial(Multiaddr, Reply<PeerId>),
+    Listen(Multiaddr, Reply<Multiaddr>),
+    Request(PeerId, cas::Request, Reply<cas::Response>),
+    Stop,
+}
+
+/// What we know of a connected peer.
+#[derive(Debug, Clone, Default)]
+pub struct PeerInfo {
+    /// Open connections.
+    pub connections: usize,
+    /// Whether identify says it speaks `/cas/1.0.0`.
+    pub cas: bool,
+    /// Its agent string.
+    pub agent: Option<String>,
+    /// Whether the (last) connection goes through a relay circuit.
+    pub relayed: bool,
+}
+
+type Peers = Arc<Mutex<HashMap<PeerId, PeerInfo>>>;
+
+fn lock(p: &Peers) -> MutexGuard<'_, HashMap<PeerId, PeerInfo>> {
+    p.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A handle on a running node.
+#[derive(Clone)]
+pub struct Node {
+    peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    peers: Peers,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.peer_id)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Wraps `swarm`; returns the handle and the driver future, which the caller must spawn.
+    /// `store` answers inbound `/cas` requests.
+    pub fn new<S: BlockStore + 'static>(
+        swarm: Swarm<Behaviour>,
+        store: S,
+        config: Config,
+    ) -> (Node, impl Future<Output = ()> + CondSend) {
+        let peer_id = *swarm.local_peer_id();
+        let (tx, rx) = mpsc::channel(64);
+        let peers: Peers = Arc::default();
+        let node = Node {
+            peer_id,
+            commands: tx,
+            peers: peers.clone(),
+        };
+        (node, drive(swarm, store, config, rx, peers))
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .clone()
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Dials `addr` and resolves once connected, with the peer's id.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, Error> {
+        self.ask(|r| Command::Dial(addr, r)).await
+    }
+
+    /// Listens on `addr` (for a relay circuit, `<relay addr>/p2p-circuit`) and resolves with
+    /// the first address the listener reports.
+    pub async fn listen(&self, addr: Multiaddr) -> Result<Multiaddr, Error> {
+        self.ask(|r| Command::Listen(addr, r)).await
+    }
+
+    /// Sends one `/cas` request to a connected `peer`.
+    pub async fn request(&self, peer: PeerId, req: cas::Request) -> Result<cas::Response, Error> {
+        self.ask(|r| Command::Request(peer, req, r)).await
+    }
+
+    /// Connected peers and what we know of them.
+    pub fn peers(&self) -> HashMap<PeerId, PeerInfo> {
+        lock(&self.peers).clone()
+    }
+
+    /// Stops the driver (connections close as the swarm is dropped).
+    pub async fn stop(&self) {
+        let _ = self.commands.clone().send(Command::Stop).await;
+    }
+}
+
+impl PeerClient for Node {
+    fn candidates(&self, _cid: &Cid) -> Vec<PeerKey> {
+        lock(&self.peers)
+            .iter()
+            .filter(|(_, i)| i.cas)
+            .map(|(p, _)| PeerKey::new(p.to_string()))
+            .collect()
+    }
+
+    fn fetch(
+        &self,
+        peer: &PeerKey,
+        cid: &Cid,
+    ) -> impl Future<Output = Result<Bytes, PeerError>> + CondSend {
+        let peer = PeerId::from_str(peer.as_str());
+        let node = self.clone();
+        let cid = *cid;
+        async move {
+            let peer = peer.map_err(|e| PeerError::Failed(format!("bad peer id: {e}")))?;
+            let req = cas::Request::Get {
+                cids: vec![(&cid).into()],
+            };
+            match node.request(peer, req).await {
+                Ok(cas::Response::Get { blocks, .. }) => blocks
+                    .into_iter()
+                    .find(|b| b.0.cid().as_ref() == Some(&cid))
+                    .map(|b| Bytes::from(b.1.into_vec()))
+                    .ok_or(PeerError::NotFound),
+                Ok(cas::Response::Error { code, message }) => Err(PeerError::Failed(format!(
+                    "refused (code {code}): {message}"
+                ))),
+                Ok(_) => Err(PeerError::Failed(
+                    "answered get with another message type".into(),
+                )),
+                Err(e) => Err(PeerError::Failed(e.to_string())),
+            }
+        }
+    }
+}
+
+struct State {
+    peers: Peers,
+    dials: HashMap<ConnectionId, (Multiaddr, Reply<PeerId>)>,
+    listens: HashMap<ListenerId, (Multiaddr, Reply<Multiaddr>)>,
+    requests: HashMap<OutboundRequestId, (PeerId, Reply<cas::Response>)>,
+    advertise: bool,
+}
+
+async fn drive<S: BlockStore>(
+    mut swarm: Swarm<Behaviour>,
+    store: S,
+    config: Config,
+    mut commands: mpsc::Receiver<Command>,
+    peers: Peers,
+) {
+    let mut st = State {
+        peers,
+        dials: HashMap::new(),
+        listens: HashMap::new(),
+        requests: HashMap::new(),
+        advertise: config.advertise_listen_addrs,
+    };
+    let mut answering = FuturesUnordered::new();
+    let (store, config) = (&store, &config);
+    loop {
+        futures::select! {
+            cmd = commands.next() => match cmd {
+                Some(Command::Dial(addr, reply)) => {
+                    let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
+                    let id = opts.connection_id();
+                    match swarm.dial(opts) {
+                        Ok(()) => { st.dials.insert(id, (addr, reply)); }
+                        Err(e) => { let _ = reply.send(Err(Error::Dial { addr, reason: e.to_string() })); }
+                    }
+                }
+                Some(Command::Listen(addr, reply)) => match swarm.listen_on(addr.clone()) {
+                    Ok(id) => { st.listens.insert(id, (addr, reply)); }
+                    Err(e) => { let _ = reply.send(Err(Error::Listen { addr, reason: e.to_string() })); }
+                },
+                Some(Command::Request(peer, req, reply)) => {
+                    let id = swarm.behaviour_mut().cas.send_request(&peer, Ok(req));
+                    st.requests.insert(id, (peer, reply));
+                }
+                Some(Command::Stop) | None => break,
+            },
+            (channel, response) = answering.select_next_some() => {
+                let channel: ResponseChannel<cas::Response> = channel;
+                // The requester may have gone; nothing to do then.
+                let _ = swarm.behaviour_mut().cas.send_response(channel, response);
+            },
+            event = swarm.select_next_some() => {
+                if let SwarmEvent::Behaviour(BehaviourEvent::Cas(request_response::Event::Message {
+                    peer,
+                    message: request_response::Message::Request { request, channel, .. },
+                    ..
+                })) = event {
+                    match request {
+                        Ok(req) if answering.len() < config.max_inbound => {
+                            answering.push(async move {
+                                (channel, cas::answer(store, req, &config.limits, &config.caps).await)
+                            });
+                        }
+                        Ok(_) => {
+                            tracing::debug!(%peer, "too many /cas requests in flight; answering busy");
+                            let busy = cas::Response::Error {
+                                code: cas::code::BUSY,
+                                message: "too many requests in flight; retry later".into(),
+                            };
+                            let _ = swarm.behaviour_mut().cas.send_response(channel, busy);
+                        }
+                        Err(refusal) => {
+                            tracing::debug!(%peer, ?refusal, "malformed /cas request");
+                            let _ = swarm.behaviour_mut().cas.send_response(channel, refusal);
+                        }
+                    }
+                } else {
+                    handle(&mut swarm, event, &mut st);
+                }
+            },
+        }
+    }
+}
+
+fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &mut State) {
+    match event {
+        SwarmEvent::ConnectionEstablished {
+            peer_id,
+            connection_id,
+            endpoint,
+            ..
+        } => {
+            let relayed = endpoint
+                .get_remote_address()
+                .iter()
+                .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit));
+            {
+                let mut p = lock(&st.peers);
+                let info = p.entry(peer_id).or_default();
+                info.connections += 1;
+                info.relayed = relayed;
+            }
+            if let Some((_, reply)) = st.dials.remove(&connection_id) {
+                let _ = reply.send(Ok(peer_id));
+            }
+        }
+        SwarmEvent::ConnectionClosed {
+            peer_id,
+            num_established,
+            ..
+        } => {
+            let mut p = lock(&st.peers);
+            if num_established == 0 {
+                p.remove(&peer_id);
+            } else if let Some(i) = p.get_mut(&peer_id) {
+                i.connections = num_established as usize;
+            }
+        }
+        SwarmEvent::OutgoingConnectionError {
+            connection_id,
+            error,
+            ..
+        } => {
+            if let Some((addr, reply)) = st.dials.remove(&connection_id) {
+                let _ = reply.send(Err(Error::Dial {
+                    addr,
+                    reason: error.to_string(),
+                }));
+            }
+        }
+        SwarmEvent::NewListenAddr {
+            listener_id,
+            address,
+        } => {
+            tracing::info!(%address, "listening");
+            if st.advertise {
+                swarm.add_external_address(address.clone());
+            }
+            if let Some((_, reply)) = st.listens.remove(&listener_id) {
+                let _ = reply.send(Ok(address));
+            }
+        }
+        SwarmEvent::ExpiredListenAddr { address, .. } => {
+            swarm.remove_external_address(&address);
+        }
+        SwarmEvent::ListenerClosed {
+            listener_id,
+            reason,
+            ..
+        } => {
+            if let Some((addr, reply)) = st.listens.remove(&listener_id) {
+                let reason = match reason {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "listener closed".into(),
+                };
+                let _ = reply.send(Err(Error::Listen { addr, reason }));
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Cas(e)) => match e {
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some((_, reply)) = st.requests.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some((peer, reply)) = st.requests.remove(&request_id) {
+                    let _ = reply.send(Err(Error::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound /cas request failed");
+            }
+            _ => {}
+        },
+        SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+            peer_id,
+            info,
+            ..
+        })) => {
+            let cas = info
+                .protocols
+                .iter()
+                .any(|p| p.as_ref() == cas::PROTOCOL_NAME);
+            if let Some(i) = lock(&st.peers).get_mut(&peer_id) {
+                i.cas = cas;
+                i.agent = Some(info.agent_version);
+            }
+            for a in info.listen_addrs.into_iter().take(16) {
+                swarm.add_peer_address(peer_id, a);
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::RelayServer(e)) => {
+            tracing::info!(event = ?e, "relay");
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => {
+            tracing::debug!(event = ?e, "relay client");
+        }
+        SwarmEvent::IncomingConnectionError {
+            error,
+            send_back_addr,
+            ..
+        } => {
+            tracing::debug!(%send_back_addr, %error, "incoming connection failed");
+        }
+        _ => {}
+    }
+}
