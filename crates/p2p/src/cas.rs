@@ -464,3 +464,275 @@ pub fn verify(blocks: Vec<WireBlock>) -> Result<Vec<Block>, cairn_core::block::E
         .filter_map(|WireBlock(c, data)| c.cid().map(|cid| Block::new(cid, data.into_vec())))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_core::cid::{Codec as CidCodec, HashAlg};
+    use cairn_core::store::Memory;
+    use futures::io::Cursor;
+    use libp2p::request_response::Codec as _;
+
+    fn block(i: u32) -> Block {
+        Block::from_data(
+            CidCodec::Raw,
+            HashAlg::Sha2_256,
+            i.to_le_bytes().repeat(100),
+        )
+        .unwrap()
+    }
+
+    async fn store(n: u32) -> Memory {
+        let s = Memory::new();
+        s.put_many((0..n).map(block).collect()).await.unwrap();
+        s
+    }
+
+    #[test]
+    fn wire_bytes_are_as_documented() {
+        // docs/protocol.md shows these exact bytes.
+        assert_eq!(encode(&Request::Caps {}), hex("a16463617073a0"));
+        assert_eq!(
+            encode(&Request::Get { cids: vec![] }),
+            hex("a163676574a1646369647380")
+        );
+        let c = block(0);
+        let wire = encode(&Request::Get {
+            cids: vec![c.cid().into()],
+        });
+        let cid_bytes = c.cid().to_bytes();
+        assert_eq!(&wire[..12], &hex("a163676574a1646369647381")[..]);
+        assert_eq!(wire[12], 0x58, "a byte string with a 1-byte length");
+        assert_eq!(wire[13] as usize, cid_bytes.len());
+        assert_eq!(&wire[14..], &cid_bytes[..]);
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn every_message_roundtrips() {
+        let c: WireCid = block(1).cid().into();
+        let reqs = [
+            Request::Get {
+                cids: vec![c.clone()],
+            },
+            Request::Have {
+                cids: vec![c.clone(), c.clone()],
+            },
+            Request::List {
+                after: Some(c.clone()),
+                limit: 5,
+            },
+            Request::List {
+                after: None,
+                limit: 0,
+            },
+            Request::Caps {},
+        ];
+        for r in reqs {
+            assert_eq!(decode::<Request>(&encode(&r)).unwrap(), r);
+        }
+        let resps = [
+            Response::Get {
+                blocks: vec![WireBlock(c.clone(), ByteBuf::from(vec![1, 2]))],
+                missing: vec![c.clone()],
+                skipped: vec![],
+            },
+            Response::Have {
+                bitmap: ByteBuf::from(vec![0b101]),
+            },
+            Response::List {
+                cids: vec![c.clone()],
+                more: true,
+            },
+            Response::Caps(Capabilities {
+                agent: "x".into(),
+                protocols: vec![PROTOCOL_NAME.into()],
+                ipfs: true,
+                bandwidth: Some(9),
+            }),
+            Response::Error {
+                code: code::BUSY,
+                message: "later".into(),
+            },
+        ];
+        for r in resps {
+            assert_eq!(decode::<Response>(&encode(&r)).unwrap(), r);
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_follow_the_limits() {
+        let s = store(10).await;
+        let limits = Limits {
+            get_budget: 1000,
+            ..Limits::default()
+        };
+        let caps = Capabilities::default();
+        let cids: Vec<WireCid> = (0..10).map(|i| block(i).cid().into()).collect();
+        let absent: WireCid = block(99).cid().into();
+
+        // get: blocks within the budget (400 bytes each: 2 fit), the rest skipped, absent missing.
+        let mut wanted = cids[..5].to_vec();
+        wanted.push(absent.clone());
+        match answer(&s, Request::Get { cids: wanted }, &limits, &caps).await {
+            Response::Get {
+                blocks,
+                missing,
+                skipped,
+            } => {
+                assert_eq!(blocks.len(), 2);
+                assert_eq!(verify(blocks).unwrap().len(), 2);
+                assert_eq!(skipped, cids[2..5].to_vec());
+                assert_eq!(missing, vec![absent.clone()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Too many CIDs at once.
+        let many = vec![cids[0].clone(); limits.max_get + 1];
+        assert!(matches!(
+            answer(&s, Request::Get { cids: many }, &limits, &caps).await,
+            Response::Error {
+                code: code::TOO_MANY,
+                ..
+            }
+        ));
+        // Bad CID bytes.
+        let bad = WireCid(ByteBuf::from(vec![1, 2, 3]));
+        assert!(matches!(
+            answer(&s, Request::Have { cids: vec![bad] }, &limits, &caps).await,
+            Response::Error {
+                code: code::BAD_REQUEST,
+                ..
+            }
+        ));
+        // have: a bitmap, LSB first.
+        let asked = vec![cids[0].clone(), absent.clone(), cids[1].clone()];
+        assert_eq!(
+            answer(&s, Request::Have { cids: asked }, &limits, &caps).await,
+            Response::Have {
+                bitmap: ByteBuf::from(vec![0b101])
+            }
+        );
+        // list: pages with `more`.
+        let mut seen = 0;
+        let mut after = None;
+        loop {
+            match answer(
+                &s,
+                Request::List {
+                    after: after.clone(),
+                    limit: 4,
+                },
+                &limits,
+                &caps,
+            )
+            .await
+            {
+                Response::List { cids, more } => {
+                    seen += cids.len();
+                    after = cids.last().cloned();
+                    if !more {
+                        break;
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(seen, 10);
+    }
+
+    #[tokio::test]
+    async fn frames_over_the_limit_are_refused_unread() {
+        let mut frame = Vec::new();
+        write_frame(&mut frame, &[0u8; 100]).await.unwrap();
+        let err = read_frame(&mut Cursor::new(frame.clone()), 99)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::TooLarge {
+                    len: 100,
+                    limit: 99
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            read_frame(&mut Cursor::new(frame.clone()), 100)
+                .await
+                .unwrap()
+                .len(),
+            100
+        );
+        // A length of 2^60 announced by a 9-byte varint: refused, nothing allocated.
+        let huge = [0x80u8, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10];
+        assert!(matches!(
+            read_frame(&mut Cursor::new(huge.to_vec()), 1 << 20).await,
+            Err(Error::TooLarge { .. })
+        ));
+        let endless = [0xffu8; 11];
+        assert!(matches!(
+            read_frame(&mut Cursor::new(endless.to_vec()), 1 << 20).await,
+            Err(Error::Malformed(_))
+        ));
+        frame.truncate(50);
+        assert!(matches!(
+            read_frame(&mut Cursor::new(frame), 100).await,
+            Err(Error::Io(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_codec_answers_unknown_and_malformed_requests_with_errors() {
+        let mut codec = Codec::default();
+        let proto = PROTOCOL;
+        for (body, want) in [
+            (
+                encode(&ciborium::Value::Map(vec![(
+                    ciborium::Value::Text("delete".into()),
+                    ciborium::Value::Map(vec![]),
+                )])),
+                code::UNSUPPORTED,
+            ),
+            (vec![0xff, 0x00, 0x13], code::BAD_REQUEST),
+        ] {
+            let mut frame = Vec::new();
+            write_frame(&mut frame, &body).await.unwrap();
+            let got = codec
+                .read_request(&proto, &mut Cursor::new(frame))
+                .await
+                .unwrap();
+            assert!(
+                matches!(got, Err(Response::Error { code, .. }) if code == want),
+                "{got:?}"
+            );
+        }
+        let mut frame = Vec::new();
+        write_frame(&mut frame, &encode(&Request::Caps {}))
+            .await
+            .unwrap();
+        assert_eq!(
+            codec
+                .read_request(&proto, &mut Cursor::new(frame))
+                .await
+                .unwrap(),
+            Ok(Request::Caps {})
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = decode::<Request>(&data);
+            let _ = decode::<Response>(&data);
+            let _ = futures::executor::block_on(read_frame(&mut Cursor::new(data.clone()), 256));
+        }
+    }
+}
