@@ -1,10 +1,10 @@
 //! The `cairn-relay` command line.
 //!
 //! ```text
-//! cairn-relay [serve] [--listen MULTIADDR]... [--http ADDR] [--identity FILE] [--web-root DIR]
+//! cairn-relay [serve] [--listen MULTIADDR]... [--http ADDR] [--identity FILE] [--web-root DIR] [--store DIR]
 //! cairn-relay id [--identity FILE]
 //! cairn-relay add FILE [--profile default|unixfs-v1-2025] [--hash sha2-256|blake3] [--only-hash] [--store DIR]
-//! cairn-relay cat CID [--store DIR] [--gateway URL]... [--timeout SECS] [-o FILE]
+//! cairn-relay cat CID [--store DIR] [--peer MULTIADDR]... [--gateway URL]... [--timeout SECS] [-o FILE]
 //! ```
 //! Exit codes: 0 success, 1 other failure, 2 bad usage, 3 content not found, 4 a source sent
 //! bytes that do not match the CID, 5 store or output not writable, 6 input unreadable,
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::cid::{self, HashAlg};
-use cairn_core::source::{Chain, Context, Gateway, SourceError};
+use cairn_core::source::{Chain, Context, Gateway, PeerRace, SourceError};
 use cairn_core::store::{BlockStore, Null};
 use cairn_core::unixfs::{self, ExportError, ImportError, Profile, Range};
 use clap::{Parser, Subcommand};
@@ -71,6 +71,10 @@ enum Command {
         /// The block store directory.
         #[arg(long, env = "CAIRN_STORE")]
         store: Option<PathBuf>,
+        /// Peers to ask over /cas/1.0.0 (a full multiaddr ending in /p2p/<id>, direct or a
+        /// relay circuit), raced in parallel before any gateway.
+        #[arg(long = "peer")]
+        peers: Vec<Multiaddr>,
         /// Trustless gateways to ask for blocks the store lacks, in order.
         #[arg(long = "gateway")]
         gateways: Vec<String>,
@@ -97,6 +101,9 @@ struct ServeArgs {
     /// Serve the web app's files from this directory.
     #[arg(long, env = "CAIRN_WEB_ROOT")]
     web_root: Option<PathBuf>,
+    /// Serve the blocks of this store to peers over /cas/1.0.0 (content role).
+    #[arg(long = "store", env = "CAIRN_SERVE_STORE")]
+    store: Option<PathBuf>,
 }
 
 /// A failure with its exit code.
@@ -182,19 +189,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Some(Command::Cat {
             cid,
             store,
+            peers,
             gateways,
             timeout,
             output,
         }) => {
             let store = open_store(store).await?;
-            cat(
-                store,
-                &cid,
-                &gateways,
-                Duration::from_secs(timeout),
-                output.as_deref(),
-            )
-            .await
+            let sources = Sources { peers, gateways };
+            let timeout = Duration::from_secs(timeout);
+            cat(store, &cid, &sources, timeout, output.as_deref()).await
         }
     }
 }
@@ -256,17 +259,88 @@ fn has_invalid(e: &SourceError) -> bool {
     }
 }
 
+/// Where `cat` looks beyond the local store.
+struct Sources {
+    peers: Vec<Multiaddr>,
+    gateways: Vec<String>,
+}
+
+/// Starts a client node and connects to `peers`; peers that cannot be reached are reported
+/// and skipped (the chain goes on to the gateways).
+async fn connect(peers: &[Multiaddr], deadline: Duration) -> Result<cairn_p2p::Node, Failure> {
+    for p in peers {
+        if !p
+            .iter()
+            .any(|proto| matches!(proto, libp2p::multiaddr::Protocol::P2p(_)))
+        {
+            return Err(fail(
+                2,
+                format!("peer address {p} does not end in /p2p/<peer id>"),
+            ));
+        }
+    }
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let cas = cairn_p2p::CasConfig {
+        serve: false,
+        ..Default::default()
+    };
+    let swarm = crate::node::swarm(key, None, cas)
+        .await
+        .map_err(|e| fail(1, e))?;
+    let config = cairn_p2p::node::Config {
+        advertise_listen_addrs: false,
+        ..Default::default()
+    };
+    let (node, driver) = cairn_p2p::Node::new(swarm, Null::new(), config);
+    tokio::spawn(driver);
+    let dials = peers.iter().map(|p| {
+        let node = node.clone();
+        async move {
+            (
+                p,
+                tokio::time::timeout(deadline, node.dial(p.clone())).await,
+            )
+        }
+    });
+    let mut connected = Vec::new();
+    for (addr, out) in futures::future::join_all(dials).await {
+        match out {
+            Ok(Ok(id)) => connected.push(id),
+            Ok(Err(e)) => eprintln!("warning: {e}"),
+            Err(_) => eprintln!("warning: cannot dial {addr}: no answer within {deadline:?}"),
+        }
+    }
+    // Wait (briefly) for identify, which tells which peers speak /cas.
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < until {
+        let peers = node.peers();
+        if connected
+            .iter()
+            .all(|id| peers.get(id).is_some_and(|p| p.agent.is_some()))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(node)
+}
+
 async fn cat(
     store: Disk,
     cid_text: &str,
-    gateways: &[String],
+    sources: &Sources,
     timeout: Duration,
     output: Option<&Path>,
 ) -> Result<(), Failure> {
     let root = cid::parse(cid_text).map_err(|e| fail(2, e))?;
     let http = crate::http::Client::new().map_err(|e| fail(1, e))?;
     let mut chain = Chain::new().local(store);
-    for g in gateways {
+    if !sources.peers.is_empty() {
+        let node = connect(&sources.peers, timeout.min(Duration::from_secs(20))).await?;
+        let race = PeerRace::new(node);
+        chain = chain.source(race, Some(Duration::from_secs(30)));
+    }
+    for g in &sources.gateways {
         if !(g.starts_with("http://") || g.starts_with("https://")) {
             return Err(fail(
                 2,
@@ -362,9 +436,14 @@ impl Output {
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let key = load_identity(args.identity)?;
+    let store = match args.store {
+        Some(dir) => Some(Disk::open(&dir).await.map_err(|e| fail(5, e))?),
+        None => None,
+    };
     let mut config = crate::relay::Config {
         http: args.http,
         web_root: args.web_root,
+        store,
         ..Default::default()
     };
     if !args.listen.is_empty() {
