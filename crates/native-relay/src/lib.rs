@@ -5,6 +5,7 @@
 )]
 
 pub mod cli;
+pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod node;

@@ -227,7 +227,12 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         addr: config.http,
         source,
     })?;
-    let app = web_app(config.web_root.clone(), peer_id, addrs.clone())?;
+    let app = web_app(
+        config.web_root.clone(),
+        config.store.clone(),
+        peer_id,
+        addrs.clone(),
+    )?;
 
     let (http_stop, mut http_stop_rx) = mpsc::channel::<()>(1);
     let http_task = tokio::spawn(async move {
@@ -267,6 +272,7 @@ fn spawn_node<S: BlockStore + 'static>(
 
 fn web_app(
     web_root: Option<PathBuf>,
+    store: Option<Disk>,
     peer_id: PeerId,
     addrs: Vec<Multiaddr>,
 ) -> Result<axum::Router, Error> {
@@ -288,7 +294,9 @@ fn web_app(
             )
         }
     };
-    let router = axum::Router::new().route("/health", get(health));
+    let router = axum::Router::new()
+        .route("/health", get(health))
+        .merge(crate::gateway::Gateway::new(store).router());
     let router = match web_root {
         Some(dir) => {
             if !dir.join("index.html").is_file() {
