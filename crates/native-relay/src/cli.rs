@@ -284,7 +284,8 @@ async fn connect(peers: &[Multiaddr], deadline: Duration) -> Result<cairn_p2p::N
         serve: false,
         ..Default::default()
     };
-    let swarm = crate::node::swarm(key, None, cas)
+    let mut registry = prometheus_client::registry::Registry::default();
+    let swarm = crate::node::swarm(key, None, cas, &mut registry)
         .await
         .map_err(|e| fail(1, e))?;
     let config = cairn_p2p::node::Config {

@@ -17,10 +17,12 @@ fn err(e: impl std::fmt::Display) -> Error {
 }
 
 /// Builds a swarm for `key` on the tokio runtime; `relay_server` makes it a relay.
+/// Transport byte counters (per protocol stack and direction) go into `registry`.
 pub async fn swarm(
     key: Keypair,
     relay_server: Option<relay::Config>,
     cas: CasConfig,
+    registry: &mut prometheus_client::registry::Registry,
 ) -> Result<Swarm<Behaviour>, Error> {
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -35,6 +37,7 @@ pub async fn swarm(
         .map_err(err)?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(err)?
+        .with_bandwidth_metrics(registry)
         .with_behaviour(|key, client| Behaviour::new(key, Some(client), relay_server, &cas))
         .map_err(err)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))

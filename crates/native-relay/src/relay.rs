@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::store::{BlockStore, Null};
@@ -156,7 +157,9 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         serve: config.store.is_some(),
         ..Default::default()
     };
-    let mut swarm = crate::node::swarm(key, Some(relay_cfg), cas)
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(cairn_p2p::metrics::Metrics::new(&mut registry));
+    let mut swarm = crate::node::swarm(key, Some(relay_cfg), cas, &mut registry)
         .await
         .map_err(|e| Error::Transport(e.to_string()))?;
 
@@ -227,9 +230,11 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         addr: config.http,
         source,
     })?;
+    let registry = Arc::new(std::sync::Mutex::new(registry));
     let app = web_app(
         config.web_root.clone(),
         config.store.clone(),
+        registry,
         peer_id,
         addrs.clone(),
     )?;
@@ -246,7 +251,10 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    let p2p = cairn_p2p::node::Config::default();
+    let p2p = cairn_p2p::node::Config {
+        metrics: Some(metrics),
+        ..Default::default()
+    };
     let (node, driver) = match config.store {
         Some(store) => spawn_node(swarm, store, p2p),
         None => spawn_node(swarm, Null::new(), p2p),
@@ -273,6 +281,7 @@ fn spawn_node<S: BlockStore + 'static>(
 fn web_app(
     web_root: Option<PathBuf>,
     store: Option<Disk>,
+    registry: Arc<std::sync::Mutex<prometheus_client::registry::Registry>>,
     peer_id: PeerId,
     addrs: Vec<Multiaddr>,
 ) -> Result<axum::Router, Error> {
@@ -294,8 +303,27 @@ fn web_app(
             )
         }
     };
+    let metrics = move || {
+        let registry = registry.clone();
+        async move {
+            let mut text = String::new();
+            let reg = registry
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Encoding into a String cannot fail.
+            let _ = prometheus_client::encoding::text::encode(&mut text, &reg);
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                text,
+            )
+        }
+    };
     let router = axum::Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .merge(crate::gateway::Gateway::new(store).router());
     let router = match web_root {
         Some(dir) => {

@@ -37,9 +37,15 @@ fn logs() {
 
 async fn node(store: Arc<Memory>) -> Node {
     logs();
-    let swarm = cairn_relay::node::swarm(Keypair::generate_ed25519(), None, Default::default())
-        .await
-        .unwrap();
+    let mut registry = Default::default();
+    let swarm = cairn_relay::node::swarm(
+        Keypair::generate_ed25519(),
+        None,
+        Default::default(),
+        &mut registry,
+    )
+    .await
+    .unwrap();
     let (node, driver) = Node::new(swarm, store, cairn_p2p::node::Config::default());
     tokio::spawn(driver);
     node
@@ -156,6 +162,35 @@ async fn a_64_mib_file_moves_through_a_relay_circuit() {
     }
     assert_eq!(offset, LEN);
     eprintln!("64 MiB through the relay circuit in {:.2?}", report.elapsed);
+
+    // The relay's own counters show it carried the bytes, both ways.
+    let metrics = reqwest::get(format!("http://{}/metrics", relay.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let total = |direction: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("libp2p_bandwidth_bytes_total")
+                    && l.contains(&format!("direction=\"{direction}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let (inbound, outbound) = (total("Inbound"), total("Outbound"));
+    eprintln!("relay carried {inbound} bytes in, {outbound} bytes out");
+    assert!(
+        inbound >= LEN as u64,
+        "relay inbound {inbound} < 64 MiB:\n{metrics}"
+    );
+    assert!(outbound >= LEN as u64, "relay outbound {outbound} < 64 MiB");
+    assert!(
+        metrics.contains("libp2p_relay_events_total"),
+        "relay events are counted"
+    );
     relay.shutdown().await;
 }
 

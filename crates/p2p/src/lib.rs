@@ -6,6 +6,7 @@
 
 pub mod behaviour;
 pub mod cas;
+pub mod metrics;
 pub mod node;
 
 pub use behaviour::{Behaviour, CasConfig};

@@ -28,6 +28,7 @@ use libp2p::{Multiaddr, PeerId, identify};
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::cas;
+use crate::metrics::Metrics;
 
 /// Driver settings.
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct Config {
     /// Whether each listen address is also announced as an external address (right for a
     /// relay on a public host and for circuit addresses; wrong behind NAT).
     pub advertise_listen_addrs: bool,
+    /// Where to record metrics, if anywhere.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for Config {
@@ -55,6 +58,7 @@ impl Default for Config {
                 bandwidth: None,
             },
             advertise_listen_addrs: true,
+            metrics: None,
         }
     }
 }
@@ -243,6 +247,7 @@ struct State {
     listens: HashMap<ListenerId, (Multiaddr, Reply<Multiaddr>)>,
     requests: HashMap<OutboundRequestId, (PeerId, Reply<cas::Response>)>,
     advertise: bool,
+    metrics: Option<Arc<Metrics>>,
 }
 
 async fn drive<S: BlockStore>(
@@ -258,6 +263,7 @@ async fn drive<S: BlockStore>(
         listens: HashMap::new(),
         requests: HashMap::new(),
         advertise: config.advertise_listen_addrs,
+        metrics: config.metrics.clone(),
     };
     let mut answering = FuturesUnordered::new();
     let (store, config) = (&store, &config);
@@ -296,7 +302,11 @@ async fn drive<S: BlockStore>(
                     match request {
                         Ok(req) if answering.len() < config.max_inbound => {
                             answering.push(async move {
-                                (channel, cas::answer(store, req, &config.limits, &config.caps).await)
+                                let resp = cas::answer(store, req.clone(), &config.limits, &config.caps).await;
+                                if let Some(m) = &config.metrics {
+                                    m.record_answer(&req, &resp);
+                                }
+                                (channel, resp)
                             });
                         }
                         Ok(_) => {
@@ -321,6 +331,14 @@ async fn drive<S: BlockStore>(
 }
 
 fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &mut State) {
+    if let Some(m) = &st.metrics {
+        m.record(&event);
+        match &event {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => m.record_identify(e),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayServer(e)) => m.record_relay(e),
+            _ => {}
+        }
+    }
     match event {
         SwarmEvent::ConnectionEstablished {
             peer_id,
