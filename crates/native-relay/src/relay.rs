@@ -46,6 +46,16 @@ pub struct Config {
     pub max_circuit_duration: Duration,
     /// Bytes one circuit may carry (both directions).
     pub max_circuit_bytes: u64,
+    /// Reservation requests per peer: a burst of this many, then one per `rate_interval`.
+    pub reservations_per_peer_burst: u32,
+    /// Reservation requests per IP address: a burst, then one per `rate_interval`.
+    pub reservations_per_ip_burst: u32,
+    /// Circuits opened per source peer: a burst, then one per `rate_interval`.
+    pub circuits_per_peer_burst: u32,
+    /// Circuits opened per source IP address: a burst, then one per `rate_interval`.
+    pub circuits_per_ip_burst: u32,
+    /// The refill interval of the rate limits above.
+    pub rate_interval: Duration,
 }
 
 impl Default for Config {
@@ -63,6 +73,11 @@ impl Default for Config {
             max_circuit_duration: Duration::from_secs(60 * 60),
             // A 1 GiB file plus protocol overhead, with room to spare.
             max_circuit_bytes: 4 << 30,
+            reservations_per_peer_burst: 30,
+            reservations_per_ip_burst: 120,
+            circuits_per_peer_burst: 60,
+            circuits_per_ip_burst: 240,
+            rate_interval: Duration::from_secs(30),
         }
     }
 }
@@ -106,6 +121,9 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A setting is out of range.
+    #[error("invalid relay configuration: {0}")]
+    Config(&'static str),
     /// The web root is not a directory with an `index.html`.
     #[error(
         "web root {0} has no index.html; build the web app (`cargo xtask run` does) or drop --web-root"
@@ -151,8 +169,23 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         max_circuits_per_peer: config.max_circuits_per_peer,
         max_circuit_duration: config.max_circuit_duration,
         max_circuit_bytes: config.max_circuit_bytes,
-        ..relay::Config::default()
+        reservation_rate_limiters: Vec::new(),
+        circuit_src_rate_limiters: Vec::new(),
     };
+    let rate = |n: u32| {
+        std::num::NonZeroU32::new(n).ok_or(Error::Config("rate-limit bursts must be at least 1"))
+    };
+    let relay_cfg = relay_cfg
+        .reservation_rate_per_peer(
+            rate(config.reservations_per_peer_burst)?,
+            config.rate_interval,
+        )
+        .reservation_rate_per_ip(
+            rate(config.reservations_per_ip_burst)?,
+            config.rate_interval,
+        )
+        .circuit_src_per_peer(rate(config.circuits_per_peer_burst)?, config.rate_interval)
+        .circuit_src_per_ip(rate(config.circuits_per_ip_burst)?, config.rate_interval);
     let cas = cairn_p2p::CasConfig {
         serve: config.store.is_some(),
         ..Default::default()

@@ -240,3 +240,49 @@ async fn direct_tcp_transfer_and_missing_content() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot dial"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_flood_is_refused_and_others_are_still_served() {
+    let config = cairn_relay::relay::Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        http: "127.0.0.1:0".parse().unwrap(),
+        reservations_per_peer_burst: 2,
+        rate_interval: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let relay = cairn_relay::relay::start(Keypair::generate_ed25519(), config)
+        .await
+        .unwrap();
+    let addr = relay.addrs[0].clone();
+    let greedy = node(Arc::new(Memory::new())).await;
+    greedy.dial(addr.clone()).await.unwrap();
+    let circuit = addr.clone().with(Protocol::P2pCircuit);
+    let mut refused = 0;
+    for _ in 0..6 {
+        if greedy.listen(circuit.clone()).await.is_err() {
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        refused, 4,
+        "2 reservation requests per peer per hour: the other 4 are refused"
+    );
+    // Another peer still gets its reservation.
+    let polite = node(Arc::new(Memory::new())).await;
+    polite.dial(addr).await.unwrap();
+    polite
+        .listen(circuit)
+        .await
+        .expect("the relay still serves other peers");
+    let metrics = reqwest::get(format!("http://{}/metrics", relay.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ReservationReqDenied"),
+        "denials are counted:\n{metrics}"
+    );
+    relay.shutdown().await;
+}
