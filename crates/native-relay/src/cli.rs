@@ -92,9 +92,12 @@ struct ServeArgs {
     /// libp2p listen address (repeatable); replaces the defaults (TCP 4001, WebSocket 4002).
     #[arg(long = "listen", env = "CAIRN_LISTEN", value_delimiter = ',')]
     listen: Vec<Multiaddr>,
-    /// The HTTP listener for the web app and /health.
-    #[arg(long, env = "CAIRN_HTTP", default_value = "127.0.0.1:8080")]
-    http: std::net::SocketAddr,
+    /// The HTTP listener for the web app, /health, /metrics and the gateway [default: 127.0.0.1:8080].
+    #[arg(long, env = "CAIRN_HTTP")]
+    http: Option<std::net::SocketAddr>,
+    /// A TOML file with these settings and the relay limits (flags and env win over it).
+    #[arg(long, env = "CAIRN_CONFIG")]
+    config: Option<PathBuf>,
     /// The identity key file (created on first run).
     #[arg(long, env = "CAIRN_IDENTITY")]
     identity: Option<PathBuf>,
@@ -435,21 +438,95 @@ impl Output {
     }
 }
 
+/// The optional TOML file of `serve --config` (every key optional; see docs/cli.md).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<Vec<Multiaddr>>,
+    http: Option<std::net::SocketAddr>,
+    identity: Option<PathBuf>,
+    web_root: Option<PathBuf>,
+    store: Option<PathBuf>,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_reservations: Option<usize>,
+    max_reservations_per_peer: Option<usize>,
+    reservation_duration_secs: Option<u64>,
+    max_circuits: Option<usize>,
+    max_circuits_per_peer: Option<usize>,
+    max_circuit_duration_secs: Option<u64>,
+    max_circuit_bytes: Option<u64>,
+    reservations_per_peer_burst: Option<u32>,
+    reservations_per_ip_burst: Option<u32>,
+    circuits_per_peer_burst: Option<u32>,
+    circuits_per_ip_burst: Option<u32>,
+    rate_interval_secs: Option<u64>,
+}
+
+fn read_config(path: &Path) -> Result<FileConfig, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        fail(
+            7,
+            format!("cannot read config file {}: {e}", path.display()),
+        )
+    })?;
+    toml::from_str(&text).map_err(|e| fail(7, format!("config file {}: {e}", path.display())))
+}
+
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let key = load_identity(args.identity)?;
-    let store = match args.store {
+    let file = match &args.config {
+        Some(p) => read_config(p)?,
+        None => FileConfig::default(),
+    };
+    let key = load_identity(args.identity.or(file.identity))?;
+    let store = match args.store.or(file.store) {
         Some(dir) => Some(Disk::open(&dir).await.map_err(|e| fail(5, e))?),
         None => None,
     };
     let mut config = crate::relay::Config {
-        http: args.http,
-        web_root: args.web_root,
+        web_root: args.web_root.or(file.web_root),
         store,
         ..Default::default()
     };
+    if let Some(http) = args.http.or(file.http) {
+        config.http = http;
+    }
     if !args.listen.is_empty() {
         config.listen = args.listen;
+    } else if let Some(listen) = file.listen {
+        config.listen = listen;
     }
+    let l = file.limits;
+    let secs = Duration::from_secs;
+    macro_rules! set {
+        ($field:ident) => {
+            if let Some(v) = l.$field {
+                config.$field = v;
+            }
+        };
+        ($field:ident, $from:ident, $conv:expr) => {
+            if let Some(v) = l.$from {
+                config.$field = $conv(v);
+            }
+        };
+    }
+    set!(max_reservations);
+    set!(max_reservations_per_peer);
+    set!(reservation_duration, reservation_duration_secs, secs);
+    set!(max_circuits);
+    set!(max_circuits_per_peer);
+    set!(max_circuit_duration, max_circuit_duration_secs, secs);
+    set!(max_circuit_bytes);
+    set!(reservations_per_peer_burst);
+    set!(reservations_per_ip_burst);
+    set!(circuits_per_peer_burst);
+    set!(circuits_per_ip_burst);
+    set!(rate_interval, rate_interval_secs, secs);
     let running = crate::relay::start(key, config)
         .await
         .map_err(|e| fail(7, e))?;

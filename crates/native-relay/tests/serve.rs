@@ -172,3 +172,48 @@ fn a_bad_web_root_or_identity_is_a_startup_error() {
     assert_eq!(out.status.code(), Some(7));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not hold a libp2p private key"));
 }
+
+#[test]
+fn a_config_file_sets_what_flags_do_not() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        "listen = [\"/ip4/127.0.0.1/tcp/0/ws\"]\nhttp = \"127.0.0.1:1\"\n[limits]\nmax_circuits = 5\nrate_interval_secs = 10\n",
+    )
+    .unwrap();
+    // The flag's --http wins over the file's (port 1 would fail to bind).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn-relay"))
+        .args(["serve", "--http", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .arg("--identity")
+        .arg(d.path().join("id.key"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = lines(child.stdout.take().unwrap());
+    let relay = Relay(child);
+    let first = out
+        .recv_timeout(Duration::from_secs(30))
+        .expect("an address");
+    assert!(first.contains("/ws/p2p/"), "the file's listener: {first}");
+    assert!(
+        out.recv_timeout(Duration::from_millis(500)).is_err(),
+        "only the file's one listener"
+    );
+    drop(relay);
+
+    std::fs::write(&cfg, "colour = \"red\"\n").unwrap();
+    let bad = Command::new(env!("CARGO_BIN_EXE_cairn-relay"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(7));
+    let msg = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        msg.contains("relay.toml") && msg.contains("unknown field"),
+        "{msg}"
+    );
+}
