@@ -286,3 +286,68 @@ async fn a_reservation_flood_is_refused_and_others_are_still_served() {
     );
     relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_ports_does_not_disturb_the_relay() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = cairn_relay::relay::Config {
+        listen: vec![
+            "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+            "/ip4/127.0.0.1/tcp/0/ws".parse().unwrap(),
+        ],
+        http: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let relay = cairn_relay::relay::start(Keypair::generate_ed25519(), config)
+        .await
+        .unwrap();
+    let port = |a: &Multiaddr| {
+        a.iter()
+            .find_map(|p| {
+                if let Protocol::Tcp(port) = p {
+                    Some(port)
+                } else {
+                    None
+                }
+            })
+            .unwrap()
+    };
+    // 50 connections of junk on each port: HTTP nonsense on the WebSocket port, random bytes
+    // and a half-open connection on the TCP port. Each is bounded: the relay closes them.
+    let mut junk = Vec::new();
+    for addr in &relay.addrs {
+        for i in 0..50u32 {
+            let port = port(addr);
+            junk.push(tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                let payload: Vec<u8> = if i % 2 == 0 {
+                    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: nonsense\r\n\r\n".to_vec()
+                } else {
+                    (0..4096u32)
+                        .map(|j| (j.wrapping_mul(i + 7) >> 3) as u8)
+                        .collect()
+                };
+                let _ = s.write_all(&payload).await;
+                let mut buf = [0u8; 1024];
+                // The relay answers or closes; it never leaves us hanging for long.
+                let _ = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await;
+            }));
+        }
+    }
+    for j in junk {
+        j.await.unwrap();
+    }
+    // Real peers are still served.
+    let a = node(Arc::new(Memory::new())).await;
+    assert_eq!(a.dial(relay.addrs[1].clone()).await.unwrap(), relay.peer_id);
+    a.listen(relay.addrs[1].clone().with(Protocol::P2pCircuit))
+        .await
+        .expect("reservation after the junk");
+    let health = reqwest::get(format!("http://{}/health", relay.http))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    relay.shutdown().await;
+}
