@@ -375,6 +375,10 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
     sh(cargo()
         .args(["bench", "-p", "cairn-core", "--bench", "core", "--"])
         .args(extra))?;
+    step("criterion benchmarks (native transfers through cairn-relay)");
+    sh(cargo()
+        .args(["bench", "-p", "cairn-relay", "--bench", "transfer", "--"])
+        .args(extra))?;
     let dir = target_dir(root).join("criterion");
     let mean = |id: &str| -> Option<f64> {
         let text = std::fs::read_to_string(dir.join(id).join("new/estimates.json")).ok()?;
@@ -404,6 +408,31 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
                 "{profile:<16} {hash:<10} {import_mbs:>12.0} {hash_mbs:>12.0} {:>8.2}",
                 import_mbs / hash_mbs
             );
+        }
+    }
+    println!(
+        "\n256 MiB fetched over /cas (peer race, verified) beside a raw stream copy on the same connection:"
+    );
+    println!(
+        "{:<10} {:>14} {:>16} {:>8}",
+        "path", "fetch MB/s", "stream MB/s", "ratio"
+    );
+    for path in ["direct", "circuit"] {
+        let (Some(f), Some(s)) = (
+            mean(&format!("transfer/{path}_cas-fetch")),
+            mean(&format!("transfer/{path}_stream-copy")),
+        ) else {
+            continue;
+        };
+        let (f_mbs, s_mbs) = (MIB * 1.048576 / (f / 1e9), MIB * 1.048576 / (s / 1e9));
+        println!(
+            "{path:<10} {f_mbs:>14.0} {s_mbs:>16.0} {:>8.2}",
+            f_mbs / s_mbs
+        );
+    }
+    for path in ["direct", "circuit"] {
+        if let Some(ns) = mean(&format!("first-block/{path}")) {
+            println!("time to first block, {path}: {:.2} ms", ns / 1e6);
         }
     }
     println!("\nmemory store, 1000 blocks of 4 KiB per iteration:");

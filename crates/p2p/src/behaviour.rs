@@ -27,6 +27,8 @@ pub struct Behaviour {
     pub relay_server: Toggle<relay::Behaviour>,
     /// Relay v2 client (nodes that reserve slots and dial circuits).
     pub relay_client: Toggle<relay::client::Behaviour>,
+    /// Raw streams for [`crate::perf`] (benchmarks only; off unless asked for).
+    pub perf: Toggle<libp2p_stream::Behaviour>,
 }
 
 impl Behaviour {
@@ -62,6 +64,7 @@ impl Behaviour {
                 .map(|c| relay::Behaviour::new(peer_id, c))
                 .into(),
             relay_client: relay_client.into(),
+            perf: cas.perf.then(libp2p_stream::Behaviour::new).into(),
         }
     }
 }
@@ -77,6 +80,8 @@ pub struct CasConfig {
     pub request_timeout: std::time::Duration,
     /// Concurrent `/cas` streams per connection.
     pub max_streams: usize,
+    /// Whether to enable the raw-stream perf protocol (benchmarks).
+    pub perf: bool,
 }
 
 impl Default for CasConfig {
@@ -86,6 +91,7 @@ impl Default for CasConfig {
             limits: cas::Limits::default(),
             request_timeout: std::time::Duration::from_secs(30),
             max_streams: 128,
+            perf: false,
         }
     }
 }

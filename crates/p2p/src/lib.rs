@@ -8,6 +8,7 @@ pub mod behaviour;
 pub mod cas;
 pub mod metrics;
 pub mod node;
+pub mod perf;
 
 pub use behaviour::{Behaviour, CasConfig};
 pub use node::Node;

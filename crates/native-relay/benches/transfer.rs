@@ -1,0 +1,176 @@
+//! `cargo xtask bench`: a 256 MiB UnixFS file fetched native→native with the peer race over
+//! `/cas/1.0.0`, directly over TCP and through a relay circuit, beside a raw stream copy of
+//! the same bytes on the same kind of connection (the ceiling); and time to the first block.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::source::{Chain, Context, PeerRace, RaceConfig};
+use cairn_core::store::Memory;
+use cairn_core::{Cid, HashAlg, dag, unixfs};
+use cairn_p2p::{CasConfig, Node};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+
+const LEN: usize = 256 << 20;
+
+struct Peer {
+    node: Node,
+    perf: libp2p_stream::Control,
+}
+
+async fn peer(store: Arc<Memory>) -> Peer {
+    let cas = CasConfig {
+        perf: true,
+        ..Default::default()
+    };
+    let swarm = cairn_relay::node::swarm(
+        Keypair::generate_ed25519(),
+        None,
+        cas,
+        &mut Default::default(),
+    )
+    .await
+    .unwrap();
+    let perf = cairn_p2p::perf::control(&swarm).unwrap();
+    tokio::spawn(cairn_p2p::perf::serve(perf.clone()));
+    let (node, driver) = Node::new(swarm, store, Default::default());
+    tokio::spawn(driver);
+    Peer { node, perf }
+}
+
+async fn until_cas(node: &Node, peer: PeerId) {
+    for _ in 0..400 {
+        if node.peers().get(&peer).is_some_and(|p| p.cas) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no identify from {peer}");
+}
+
+async fn fetch(from: &Node, root: Cid) {
+    let store = Arc::new(Memory::new());
+    let race = PeerRace::new(from.clone()).config(RaceConfig {
+        per_peer_timeout: Duration::from_secs(60),
+        max_parallel: 4,
+    });
+    let chain = Chain::new().local(store.clone()).source(race, None);
+    let opts = dag::Options {
+        window: 32,
+        ..Default::default()
+    };
+    let report = dag::fetch(&chain, &*store, root, opts, &Context::new(), |_| {})
+        .await
+        .unwrap();
+    assert!(report.progress.bytes_done >= LEN as u64);
+}
+
+fn transfer(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_relay, a, direct, relayed, root) = rt.block_on(async {
+        let relay = cairn_relay::relay::start(
+            Keypair::generate_ed25519(),
+            cairn_relay::relay::Config {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                http: "127.0.0.1:0".parse().unwrap(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut x = 0x9e37_79b9u64;
+        let data: Vec<u8> = (0..LEN / 8)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect();
+        let store = Arc::new(Memory::new());
+        let root = unixfs::import(
+            &*store,
+            &data[..],
+            Default::default(),
+            HashAlg::Sha2_256,
+            |_| {},
+        )
+        .await
+        .unwrap()
+        .root;
+        let a = peer(store).await;
+        let tcp: Multiaddr = a
+            .node
+            .listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .await
+            .unwrap();
+        a.node.dial(relay.addrs[0].clone()).await.unwrap();
+        a.node
+            .listen(relay.addrs[0].clone().with(Protocol::P2pCircuit))
+            .await
+            .unwrap();
+        let direct = peer(Arc::new(Memory::new())).await;
+        direct.node.dial(tcp).await.unwrap();
+        let relayed = peer(Arc::new(Memory::new())).await;
+        relayed.node.dial(relay.addrs[0].clone()).await.unwrap();
+        let circuit = relay.addrs[0]
+            .clone()
+            .with(Protocol::P2pCircuit)
+            .with(Protocol::P2p(a.node.peer_id()));
+        relayed.node.dial(circuit).await.unwrap();
+        until_cas(&direct.node, a.node.peer_id()).await;
+        until_cas(&relayed.node, a.node.peer_id()).await;
+        (relay, a, direct, relayed, root)
+    });
+    let a_id = a.node.peer_id();
+
+    let mut g = c.benchmark_group("transfer");
+    g.throughput(Throughput::Bytes(LEN as u64))
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    for (name, p) in [("direct", &direct), ("circuit", &relayed)] {
+        g.bench_function(format!("{name}/cas-fetch"), |b| {
+            b.iter(|| rt.block_on(fetch(&p.node, root)))
+        });
+        let mut control = p.perf.clone();
+        g.bench_function(format!("{name}/stream-copy"), |b| {
+            b.iter(|| {
+                assert_eq!(
+                    rt.block_on(cairn_p2p::perf::send(&mut control, a_id, LEN as u64))
+                        .unwrap(),
+                    LEN as u64
+                )
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("first-block");
+    g.sample_size(20);
+    for (name, p) in [("direct", &direct), ("circuit", &relayed)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let race = PeerRace::new(p.node.clone());
+                    let chain = Chain::new().source(race, None);
+                    chain
+                        .retrieve_reported(&root, &Context::new())
+                        .await
+                        .unwrap()
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, transfer);
+criterion_main!(benches);
