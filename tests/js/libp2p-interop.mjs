@@ -19,13 +19,16 @@
 //
 // js-side yamux workaround (OFF by default, so the default run shows stock js-libp2p):
 //   CAIRN_JS_YAMUX_MAX_FRAME=BYTES  caps the payload of every yamux data frame this process
-//   sends at BYTES (e.g. 65536). @chainsafe/libp2p-yamux 8.x sizes each data frame by the
-//   send window the remote granted (it no longer honours a `maxMessageSize` option), so
-//   once rust-yamux's auto-tuned receive window grows past 1 MiB, js sends frames that
-//   rust-yamux rejects (`frame body is too large`) and the whole connection dies. There is
-//   no yamux() config option for it, so the cap patches YamuxStream (a public export,
+//   sends at BYTES (e.g. 65536). @chainsafe/libp2p-yamux 8.x sizes each data frame as
+//   min(send window the remote granted, bytes queued on the stream); 7.x also capped it at
+//   `maxMessageSize` (64 KiB), 8.x no longer does (the option is accepted and ignored). Once
+//   rust-yamux 0.13's auto-tuned receive window grows past 1 MiB, js sends frames that
+//   rust-yamux rejects (FrameTooLarge, max 1 MiB) and the relay drops the whole connection.
+//   There is no yamux() option for it, so the cap patches YamuxStream (a public export,
 //   `@chainsafe/libp2p-yamux/stream`). The JSON line reports `yamux_max_frame` either way.
-// Diagnostics: CAIRN_JS_TRACE_FRAMES=1 adds `largest_data_frame_sent` (bytes) to the output.
+//   CAIRN_JS_PING_ABORT=0 (see below) is the second, unrelated knob a reliable run needs.
+// Diagnostics: CAIRN_JS_TRACE_FRAMES=1 adds `largest_data_frame_sent` (bytes, per stream
+// protocol) to the output; CAIRN_JS_YAMUX_WINDOW (see below).
 
 import { createHash, createCipheriv } from 'node:crypto'
 import { createLibp2p } from 'libp2p'
@@ -63,7 +66,10 @@ async function stopAll () {
   await Promise.race([Promise.all(stops), new Promise(resolve => setTimeout(resolve, 5000).unref())])
 }
 
+let failing = false
 async function fail (message) {
+  if (failing) return
+  failing = true
   process.stderr.write(`libp2p-interop: FAILED while ${phase}: ${message}\n`)
   for (const n of notes) process.stderr.write(`libp2p-interop:   observed: ${n}\n`)
   if (traceFrames) process.stderr.write(`libp2p-interop:   largest yamux data frame sent, by stream protocol: ${JSON.stringify(largestDataFrame)}\n`)
@@ -123,8 +129,11 @@ if (yamuxMaxFrame != null || traceFrames) {
 }
 
 // CAIRN_JS_YAMUX_WINDOW=BYTES sets yamux's maxStreamWindowSize (what this process grants its
-// peers; default 16 MiB). It does not bound the frames this process sends: those follow the
-// remote's grants. Diagnostic only.
+// peers; default 16 MiB). A js data frame is min(window the remote granted, bytes queued on
+// that stream). This knob does not touch the first term, but in this relayed test it limits
+// how much B's inner (js-to-js) stream can pile onto its relay hop stream, hence the second
+// term. Diagnostic only: not a general fix (a js app that queues > 1 MiB on a stream to a
+// rust peer that has granted > 1 MiB still sends an oversized frame).
 const yamuxWindow = process.env.CAIRN_JS_YAMUX_WINDOW ? Number(process.env.CAIRN_JS_YAMUX_WINDOW) : null
 
 function muxer () {

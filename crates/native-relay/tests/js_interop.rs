@@ -21,6 +21,11 @@ fn run_js(args: &[&str]) -> Option<String> {
         .arg(repo_root().join("tests/js/libp2p-interop.mjs"))
         .args(args)
         .env("CAIRN_JS_TIMEOUT_MS", "120000")
+        // js-libp2p's connection monitor aborts a connection whose ping takes over 5 s; on a
+        // loaded 2-core machine, pings queue behind megabytes of relayed data and a long
+        // upload is cut ~15 s in (seen in 3 of ~30 runs). That is a js-side policy, not the
+        // yamux frame bug this test guards against, so it is switched off here.
+        .env("CAIRN_JS_PING_ABORT", "0")
         .current_dir(repo_root().join("tests/js"))
         .output()
         .expect("run node");
