@@ -79,11 +79,9 @@ fn transfer(c: &mut Criterion) {
         let relay = cairn_relay::relay::start(
             Keypair::generate_ed25519(),
             cairn_relay::relay::Config {
-                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-                http: "127.0.0.1:0".parse().unwrap(),
                 // A benchmark moves many GiB over one circuit; production caps it at 4 GiB.
                 max_circuit_bytes: u64::MAX,
-                ..Default::default()
+                ..cairn_relay::relay::Config::loopback()
             },
         )
         .await

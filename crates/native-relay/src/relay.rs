@@ -82,6 +82,22 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// The defaults, but listening only on loopback, on ports the system picks (TCP for
+    /// libp2p, and HTTP): for tests, benchmarks and local experiments.
+    pub fn loopback() -> Self {
+        Self {
+            listen: vec![
+                Multiaddr::empty()
+                    .with(Protocol::Ip4([127, 0, 0, 1].into()))
+                    .with(Protocol::Tcp(0)),
+            ],
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Self::default()
+        }
+    }
+}
+
 /// TCP on 4001 and WebSocket on 4002, on all interfaces.
 pub fn default_listen() -> Vec<Multiaddr> {
     let tcp = Multiaddr::empty()

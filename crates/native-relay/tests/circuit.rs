@@ -52,11 +52,7 @@ async fn node(store: Arc<Memory>) -> Node {
 }
 
 async fn relay() -> cairn_relay::relay::Running {
-    let config = cairn_relay::relay::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        http: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
+    let config = cairn_relay::relay::Config::loopback();
     cairn_relay::relay::start(Keypair::generate_ed25519(), config)
         .await
         .unwrap()
@@ -244,11 +240,9 @@ async fn direct_tcp_transfer_and_missing_content() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reservation_flood_is_refused_and_others_are_still_served() {
     let config = cairn_relay::relay::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        http: "127.0.0.1:0".parse().unwrap(),
         reservations_per_peer_burst: 2,
         rate_interval: Duration::from_secs(3600),
-        ..Default::default()
+        ..cairn_relay::relay::Config::loopback()
     };
     let relay = cairn_relay::relay::start(Keypair::generate_ed25519(), config)
         .await

@@ -19,10 +19,8 @@ async fn relay_with(bytes: &[u8]) -> (cairn_relay::relay::Running, Cid, Disk, te
         .unwrap()
         .root;
     let config = cairn_relay::relay::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        http: "127.0.0.1:0".parse().unwrap(),
         store: Some(store.clone()),
-        ..Default::default()
+        ..cairn_relay::relay::Config::loopback()
     };
     let relay = cairn_relay::relay::start(Keypair::generate_ed25519(), config)
         .await
@@ -208,11 +206,7 @@ async fn the_gateway_serves_raw_car_and_files() {
 
 #[tokio::test]
 async fn a_relay_without_a_store_says_so() {
-    let config = cairn_relay::relay::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        http: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
+    let config = cairn_relay::relay::Config::loopback();
     let relay = cairn_relay::relay::start(Keypair::generate_ed25519(), config)
         .await
         .unwrap();
