@@ -345,3 +345,65 @@ async fn garbage_on_the_ports_does_not_disturb_the_relay() {
     assert_eq!(health.status(), 200);
     relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_flood_gets_bounded_answers_and_the_relay_keeps_serving() {
+    use cairn_p2p::cas::{Request, Response};
+    let d = tempfile::tempdir().unwrap();
+    let store = cairn_relay::store::Disk::open(d.path()).await.unwrap();
+    let root = unixfs::import(
+        &store,
+        &data(300_000)[..],
+        Profile::DEFAULT,
+        HashAlg::Sha2_256,
+        |_| {},
+    )
+    .await
+    .unwrap()
+    .root;
+    let relay = cairn_relay::relay::start(
+        Keypair::generate_ed25519(),
+        cairn_relay::relay::Config {
+            store: Some(store),
+            ..cairn_relay::relay::Config::loopback()
+        },
+    )
+    .await
+    .unwrap();
+    let flooder = node(Arc::new(Memory::new())).await;
+    flooder.dial(relay.addrs[0].clone()).await.unwrap();
+    let get = || Request::Get {
+        cids: vec![(&root).into()],
+    };
+    // 1000 requests at once on one connection: each gets an answer (a block, `busy`, or a
+    // refused stream) within bounded time; none hangs.
+    let started = std::time::Instant::now();
+    let answers =
+        futures::future::join_all((0..1000).map(|_| flooder.request(relay.peer_id, get()))).await;
+    let served = answers
+        .iter()
+        .filter(|a| matches!(a, Ok(Response::Get { blocks, .. }) if blocks.len() == 1))
+        .count();
+    let busy = answers
+        .iter()
+        .filter(|a| matches!(a, Ok(Response::Error { code, .. }) if *code == cairn_p2p::cas::code::BUSY))
+        .count();
+    let refused = answers.iter().filter(|a| a.is_err()).count();
+    eprintln!(
+        "1000 requests in {:.2?}: {served} served, {busy} busy, {refused} refused",
+        started.elapsed()
+    );
+    assert_eq!(served + busy + refused, 1000);
+    assert!(served > 0, "some requests were served");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // A well-behaved peer is still served, and so is the flooder once it calms down.
+    let polite = node(Arc::new(Memory::new())).await;
+    polite.dial(relay.addrs[0].clone()).await.unwrap();
+    assert!(
+        matches!(polite.request(relay.peer_id, get()).await, Ok(Response::Get { blocks, .. }) if blocks.len() == 1)
+    );
+    assert!(
+        matches!(flooder.request(relay.peer_id, get()).await, Ok(Response::Get { blocks, .. }) if blocks.len() == 1)
+    );
+    relay.shutdown().await;
+}
