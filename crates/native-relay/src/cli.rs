@@ -89,7 +89,7 @@ enum Command {
 
 #[derive(Debug, Clone, clap::Args)]
 struct ServeArgs {
-    /// libp2p listen address (repeatable); replaces the defaults (TCP 4001, WebSocket 4002).
+    /// libp2p listen address (repeatable); replaces the defaults (TCP 4001, WebSocket 4002, QUIC UDP 4001).
     #[arg(long = "listen", env = "CAIRN_LISTEN", value_delimiter = ',')]
     listen: Vec<Multiaddr>,
     /// The HTTP listener for the web app, /health, /metrics and the gateway [default: 127.0.0.1:8080].

@@ -1,5 +1,5 @@
 //! Native libp2p nodes: the transports a native cairn node uses (TCP and WebSocket, each with
-//! Noise and Yamux, plus relay-v2 circuits), around cairn-p2p's behaviour composition.
+//! Noise and Yamux; QUIC; relay-v2 circuits), around cairn-p2p's behaviour composition.
 
 use std::time::Duration;
 
@@ -48,6 +48,9 @@ pub async fn swarm(
             noise::Config::new,
             yamux_config,
         )
+        .map_err(err)?
+        .with_quic()
+        .with_dns()
         .map_err(err)?
         .with_websocket(noise::Config::new, yamux_config)
         .await

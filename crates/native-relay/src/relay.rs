@@ -98,16 +98,20 @@ impl Config {
     }
 }
 
-/// TCP on 4001 and WebSocket on 4002, on all interfaces.
+/// TCP on 4001, WebSocket on 4002 and QUIC on UDP 4001, on all interfaces.
 pub fn default_listen() -> Vec<Multiaddr> {
     let tcp = Multiaddr::empty()
         .with(Protocol::Ip4([0, 0, 0, 0].into()))
         .with(Protocol::Tcp(4001));
+    let quic = Multiaddr::empty()
+        .with(Protocol::Ip4([0, 0, 0, 0].into()))
+        .with(Protocol::Udp(4001))
+        .with(Protocol::QuicV1);
     let ws = Multiaddr::empty()
         .with(Protocol::Ip4([0, 0, 0, 0].into()))
         .with(Protocol::Tcp(4002))
         .with(Protocol::Ws("/".into()));
-    vec![tcp, ws]
+    vec![tcp, ws, quic]
 }
 
 /// Why the relay could not start.

@@ -407,3 +407,30 @@ async fn a_request_flood_gets_bounded_answers_and_the_relay_keeps_serving() {
     );
     relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_moves_over_quic() {
+    const LEN: usize = 4 << 20;
+    let content = data(LEN);
+    let store_a = Arc::new(Memory::new());
+    let root = unixfs::import(
+        &*store_a,
+        &content[..],
+        Profile::DEFAULT,
+        HashAlg::Sha2_256,
+        |_| {},
+    )
+    .await
+    .unwrap()
+    .root;
+    let a = node(store_a).await;
+    let addr = a
+        .listen("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
+        .await
+        .unwrap();
+    assert!(addr.to_string().contains("/quic-v1"), "{addr}");
+    let b = node(Arc::new(Memory::new())).await;
+    assert_eq!(b.dial(addr).await.unwrap(), a.peer_id());
+    until_cas(&b, a.peer_id()).await;
+    fetch_all(&b, LEN, root).await;
+}
