@@ -69,6 +69,17 @@ async fn until_cas(node: &Node, peer: libp2p::PeerId) {
     panic!("{peer} never identified as a /cas peer");
 }
 
+/// Waits until identify has run with `peer`.
+async fn until_identified(node: &Node, peer: libp2p::PeerId) {
+    for _ in 0..200 {
+        if node.peers().get(&peer).is_some_and(|p| p.agent.is_some()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no identify from {peer}");
+}
+
 async fn fetch_all(from: &Node, len: usize, root: cairn_core::Cid) -> (Arc<Memory>, dag::Report) {
     let store = Arc::new(Memory::new());
     let race = PeerRace::new(from.clone()).config(RaceConfig {
@@ -433,4 +444,55 @@ async fn content_moves_over_quic() {
     assert_eq!(b.dial(addr).await.unwrap(), a.peer_id());
     until_cas(&b, a.peer_id()).await;
     fetch_all(&b, LEN, root).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_finds_a_provider_it_was_never_told_about_through_the_relay_dht() {
+    const LEN: usize = 2 << 20;
+    let relay = relay().await;
+    let relay_addr = relay.addrs[0].clone();
+    let content = data(LEN);
+    let store_a = Arc::new(Memory::new());
+    let root = unixfs::import(
+        &*store_a,
+        &content[..],
+        Profile::DEFAULT,
+        HashAlg::Sha2_256,
+        |_| {},
+    )
+    .await
+    .unwrap()
+    .root;
+    let a = node(store_a).await;
+    a.dial(relay_addr.clone()).await.unwrap();
+    a.listen(relay_addr.clone().with(Protocol::P2pCircuit))
+        .await
+        .unwrap();
+    until_identified(&a, relay.peer_id).await; // the relay is now in A's DHT table
+    a.provide(root)
+        .await
+        .expect("provider record stored on the relay");
+
+    // B knows only the relay.
+    let b = node(Arc::new(Memory::new())).await;
+    b.dial(relay_addr).await.unwrap();
+    until_identified(&b, relay.peer_id).await;
+    let providers = b.find_providers(root).await.unwrap();
+    assert_eq!(
+        providers,
+        vec![a.peer_id()],
+        "A is found through the relay's DHT"
+    );
+    until_cas(&b, a.peer_id()).await; // dialed at the circuit address A's record carries
+    assert!(b.peers()[&a.peer_id()].relayed);
+    fetch_all(&b, LEN, root).await;
+
+    // Nobody provides this: an empty answer, not a hang.
+    let nobody = cairn_core::cid::of(cairn_core::Codec::Raw, HashAlg::Sha2_256, b"nobody");
+    let none = tokio::time::timeout(Duration::from_secs(30), b.find_providers(nobody)).await;
+    assert_eq!(
+        none.expect("answers in bounded time").unwrap(),
+        Vec::<libp2p::PeerId>::new()
+    );
+    relay.shutdown().await;
 }

@@ -6,7 +6,7 @@ use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{identify, ping, relay};
+use libp2p::{identify, kad, ping, relay};
 
 use crate::cas;
 
@@ -27,6 +27,8 @@ pub struct Behaviour {
     pub relay_server: Toggle<relay::Behaviour>,
     /// Relay v2 client (nodes that reserve slots and dial circuits).
     pub relay_client: Toggle<relay::client::Behaviour>,
+    /// Kademlia: a server on the relay, a client elsewhere; provider records for roots.
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
     /// Raw streams for [`crate::perf`] (benchmarks only; off unless asked for).
     pub perf: Toggle<libp2p_stream::Behaviour>,
 }
@@ -41,6 +43,18 @@ impl Behaviour {
         cas: &CasConfig,
     ) -> Self {
         let peer_id = key.public().to_peer_id();
+        let mut kad = kad::Behaviour::with_config(
+            peer_id,
+            kad::store::MemoryStore::new(peer_id),
+            kad::Config::new(kad::PROTOCOL_NAME),
+        );
+        // The relay serves the DHT; everyone else only asks it (browsers cannot be dialed
+        // directly, so they must not sit in others' routing tables).
+        kad.set_mode(Some(if relay_server.is_some() {
+            kad::Mode::Server
+        } else {
+            kad::Mode::Client
+        }));
         let support = if cas.serve {
             ProtocolSupport::Full
         } else {
@@ -64,6 +78,7 @@ impl Behaviour {
                 .map(|c| relay::Behaviour::new(peer_id, c))
                 .into(),
             relay_client: relay_client.into(),
+            kad,
             perf: cas.perf.then(libp2p_stream::Behaviour::new).into(),
         }
     }

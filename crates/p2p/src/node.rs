@@ -23,8 +23,9 @@ use futures::{SinkExt, StreamExt};
 use libp2p::core::transport::ListenerId;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::dial_opts::PeerCondition;
 use libp2p::swarm::{ConnectionId, Swarm, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, identify};
+use libp2p::{Multiaddr, PeerId, identify, kad};
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::cas;
@@ -83,6 +84,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A DHT operation failed.
+    #[error("DHT {op} for {cid} failed: {reason}")]
+    Dht {
+        /// What was attempted.
+        op: &'static str,
+        /// The CID.
+        cid: Cid,
+        /// Why.
+        reason: String,
+    },
     /// A `/cas` request failed.
     #[error("/cas request to {peer} failed: {reason}")]
     Request {
@@ -102,7 +113,14 @@ enum Command {
     Dial(Multiaddr, Reply<PeerId>),
     Listen(Multiaddr, Reply<Multiaddr>),
     Request(PeerId, cas::Request, Reply<cas::Response>),
+    Provide(Cid, Reply<()>),
+    FindProviders(Cid, Reply<Vec<PeerId>>),
     Stop,
+}
+
+fn dht_key(cid: &Cid) -> kad::RecordKey {
+    // IPFS keys provider records by the multihash, so any codec of the same bytes matches.
+    kad::RecordKey::new(&cid.hash().to_bytes())
 }
 
 /// What we know of a connected peer.
@@ -190,6 +208,18 @@ impl Node {
         self.ask(|r| Command::Request(peer, req, r)).await
     }
 
+    /// Announces in the DHT (through the relay) that this node provides `cid`; resolves once
+    /// the record is stored on at least one DHT server.
+    pub async fn provide(&self, cid: Cid) -> Result<(), Error> {
+        self.ask(|r| Command::Provide(cid, r)).await
+    }
+
+    /// Asks the DHT who provides `cid`; providers found are dialed (at the addresses their
+    /// records carry, relay circuits included) as they are found.
+    pub async fn find_providers(&self, cid: Cid) -> Result<Vec<PeerId>, Error> {
+        self.ask(|r| Command::FindProviders(cid, r)).await
+    }
+
     /// Connected peers and what we know of them.
     pub fn peers(&self) -> HashMap<PeerId, PeerInfo> {
         lock(&self.peers).clone()
@@ -241,11 +271,16 @@ impl PeerClient for Node {
     }
 }
 
+/// A provider lookup in flight: the providers found so far, and who is waiting.
+type FindQuery = (Cid, Vec<PeerId>, Reply<Vec<PeerId>>);
+
 struct State {
     peers: Peers,
     dials: HashMap<ConnectionId, (Multiaddr, Reply<PeerId>)>,
     listens: HashMap<ListenerId, (Multiaddr, Reply<Multiaddr>)>,
     requests: HashMap<OutboundRequestId, (PeerId, Reply<cas::Response>)>,
+    provides: HashMap<kad::QueryId, (Cid, Reply<()>)>,
+    finds: HashMap<kad::QueryId, FindQuery>,
     advertise: bool,
     metrics: Option<Arc<Metrics>>,
 }
@@ -262,6 +297,8 @@ async fn drive<S: BlockStore>(
         dials: HashMap::new(),
         listens: HashMap::new(),
         requests: HashMap::new(),
+        provides: HashMap::new(),
+        finds: HashMap::new(),
         advertise: config.advertise_listen_addrs,
         metrics: config.metrics.clone(),
     };
@@ -285,6 +322,16 @@ async fn drive<S: BlockStore>(
                 Some(Command::Request(peer, req, reply)) => {
                     let id = swarm.behaviour_mut().cas.send_request(&peer, Ok(req));
                     st.requests.insert(id, (peer, reply));
+                }
+                Some(Command::Provide(cid, reply)) => {
+                    match swarm.behaviour_mut().kad.start_providing(dht_key(&cid)) {
+                        Ok(q) => { st.provides.insert(q, (cid, reply)); }
+                        Err(e) => { let _ = reply.send(Err(Error::Dht { op: "provide", cid, reason: e.to_string() })); }
+                    }
+                }
+                Some(Command::FindProviders(cid, reply)) => {
+                    let q = swarm.behaviour_mut().kad.get_providers(dht_key(&cid));
+                    st.finds.insert(q, (cid, Vec::new(), reply));
                 }
                 Some(Command::Stop) | None => break,
             },
@@ -453,13 +500,59 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
                 i.cas = cas;
                 i.agent = Some(info.agent_version);
             }
+            let dht = info.protocols.contains(&kad::PROTOCOL_NAME);
             for a in info.listen_addrs.into_iter().take(16) {
+                if dht {
+                    swarm.behaviour_mut().kad.add_address(&peer_id, a.clone());
+                }
                 swarm.add_peer_address(peer_id, a);
             }
         }
         SwarmEvent::Behaviour(BehaviourEvent::RelayServer(e)) => {
             tracing::info!(event = ?e, "relay");
         }
+        SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+            id,
+            result,
+            step,
+            ..
+        })) => match result {
+            kad::QueryResult::StartProviding(out) => {
+                if let Some((cid, reply)) = st.provides.remove(&id) {
+                    let _ = reply.send(out.map(|_| ()).map_err(|e| Error::Dht {
+                        op: "provide",
+                        cid,
+                        reason: e.to_string(),
+                    }));
+                }
+            }
+            kad::QueryResult::GetProviders(out) => {
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = &out
+                    && let Some((_, found, _)) = st.finds.get_mut(&id)
+                {
+                    for p in providers {
+                        if *p == *swarm.local_peer_id() || found.contains(p) {
+                            continue;
+                        }
+                        found.push(*p);
+                        // Dial now, while the query still holds the addresses the record
+                        // carried (they are forgotten when it ends).
+                        let opts = DialOpts::peer_id(*p)
+                            .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .build();
+                        if let Err(e) = swarm.dial(opts) {
+                            tracing::debug!(peer = %p, error = %e, "cannot dial provider");
+                        }
+                    }
+                }
+                if step.last
+                    && let Some((_, found, reply)) = st.finds.remove(&id)
+                {
+                    let _ = reply.send(Ok(found));
+                }
+            }
+            _ => {}
+        },
         SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => {
             tracing::debug!(event = ?e, "relay client");
         }
