@@ -43,11 +43,12 @@ impl Behaviour {
         cas: &CasConfig,
     ) -> Self {
         let peer_id = key.public().to_peer_id();
-        let mut kad = kad::Behaviour::with_config(
-            peer_id,
-            kad::store::MemoryStore::new(peer_id),
-            kad::Config::new(kad::PROTOCOL_NAME),
-        );
+        let mut kad_config = kad::Config::new(kad::PROTOCOL_NAME);
+        // cairn's DHT is the relays': tables are filled by identify when a node connects to
+        // one, so there is nothing to bootstrap on a timer (it only logs "no known peers").
+        kad_config.set_periodic_bootstrap_interval(None);
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
         // The relay serves the DHT; everyone else only asks it (browsers cannot be dialed
         // directly, so they must not sit in others' routing tables).
         kad.set_mode(Some(if relay_server.is_some() {
