@@ -58,26 +58,47 @@ async fn relay() -> cairn_relay::relay::Running {
         .unwrap()
 }
 
-/// Waits until `node` knows `peer` speaks /cas (identify has run).
-async fn until_cas(node: &Node, peer: libp2p::PeerId) {
+/// Waits until what `node` knows of `peer` satisfies `ok` (identify has run), or panics.
+async fn until(
+    node: &Node,
+    peer: libp2p::PeerId,
+    what: &str,
+    ok: impl Fn(&cairn_p2p::node::PeerInfo) -> bool,
+) {
     for _ in 0..200 {
-        if node.peers().get(&peer).is_some_and(|p| p.cas) {
+        if node.peers().get(&peer).is_some_and(&ok) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("{peer} never identified as a /cas peer");
+    panic!("{peer}: {what} never happened");
+}
+
+/// Waits until `node` knows `peer` speaks /cas.
+async fn until_cas(node: &Node, peer: libp2p::PeerId) {
+    until(node, peer, "identified as a /cas peer", |p| p.cas).await;
 }
 
 /// Waits until identify has run with `peer`.
 async fn until_identified(node: &Node, peer: libp2p::PeerId) {
-    for _ in 0..200 {
-        if node.peers().get(&peer).is_some_and(|p| p.agent.is_some()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no identify from {peer}");
+    until(node, peer, "identify", |p| p.agent.is_some()).await;
+}
+
+/// A memory store holding a `len`-byte file: the store, the file's root and its bytes.
+async fn holding(len: usize) -> (Arc<Memory>, cairn_core::Cid, Vec<u8>) {
+    let content = data(len);
+    let store = Arc::new(Memory::new());
+    let root = unixfs::import(
+        &*store,
+        &content[..],
+        Profile::DEFAULT,
+        HashAlg::Sha2_256,
+        |_| {},
+    )
+    .await
+    .unwrap()
+    .root;
+    (store, root, content)
 }
 
 async fn fetch_all(from: &Node, len: usize, root: cairn_core::Cid) -> (Arc<Memory>, dag::Report) {
@@ -116,18 +137,7 @@ async fn a_64_mib_file_moves_through_a_relay_circuit() {
     let relay = relay().await;
     let relay_addr = relay.addrs[0].clone();
 
-    let content = data(LEN);
-    let store_a = Arc::new(Memory::new());
-    let root = unixfs::import(
-        &*store_a,
-        &content[..],
-        Profile::DEFAULT,
-        HashAlg::Sha2_256,
-        |_| {},
-    )
-    .await
-    .unwrap()
-    .root;
+    let (store_a, root, content) = holding(LEN).await;
     let a = node(store_a.clone()).await;
     let b = node(Arc::new(Memory::new())).await;
 
@@ -204,18 +214,7 @@ async fn a_64_mib_file_moves_through_a_relay_circuit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_tcp_transfer_and_missing_content() {
     const LEN: usize = 8 << 20;
-    let content = data(LEN);
-    let store_a = Arc::new(Memory::new());
-    let root = unixfs::import(
-        &*store_a,
-        &content[..],
-        Profile::DEFAULT,
-        HashAlg::Sha2_256,
-        |_| {},
-    )
-    .await
-    .unwrap()
-    .root;
+    let (store_a, root, _) = holding(LEN).await;
     let a = node(store_a).await;
     let addr = a
         .listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
@@ -422,18 +421,7 @@ async fn a_request_flood_gets_bounded_answers_and_the_relay_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_moves_over_quic() {
     const LEN: usize = 4 << 20;
-    let content = data(LEN);
-    let store_a = Arc::new(Memory::new());
-    let root = unixfs::import(
-        &*store_a,
-        &content[..],
-        Profile::DEFAULT,
-        HashAlg::Sha2_256,
-        |_| {},
-    )
-    .await
-    .unwrap()
-    .root;
+    let (store_a, root, _) = holding(LEN).await;
     let a = node(store_a).await;
     let addr = a
         .listen("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
@@ -451,18 +439,7 @@ async fn a_node_finds_a_provider_it_was_never_told_about_through_the_relay_dht()
     const LEN: usize = 2 << 20;
     let relay = relay().await;
     let relay_addr = relay.addrs[0].clone();
-    let content = data(LEN);
-    let store_a = Arc::new(Memory::new());
-    let root = unixfs::import(
-        &*store_a,
-        &content[..],
-        Profile::DEFAULT,
-        HashAlg::Sha2_256,
-        |_| {},
-    )
-    .await
-    .unwrap()
-    .root;
+    let (store_a, root, _) = holding(LEN).await;
     let a = node(store_a).await;
     a.dial(relay_addr.clone()).await.unwrap();
     a.listen(relay_addr.clone().with(Protocol::P2pCircuit))
