@@ -11,7 +11,6 @@
 
 use std::io;
 
-use cairn_core::block::Block;
 use cairn_core::cid::Cid;
 use cairn_core::store::BlockStore;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -100,6 +99,18 @@ pub enum Request {
     Caps {},
 }
 
+impl Request {
+    /// The message type's name, as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Get { .. } => "get",
+            Request::Have { .. } => "have",
+            Request::List { .. } => "list",
+            Request::Caps {} => "caps",
+        }
+    }
+}
+
 /// A block on the wire: `[cid, data]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireBlock(pub WireCid, pub ByteBuf);
@@ -186,20 +197,6 @@ pub enum Error {
     /// The frame is not valid CBOR for a message.
     #[error("malformed message: {0}")]
     Malformed(String),
-    /// The peer answered with an error.
-    #[error("peer refused the request (code {code}): {message}")]
-    Remote {
-        /// Its code.
-        code: u32,
-        /// Its message.
-        message: String,
-    },
-    /// The peer answered with the wrong message type.
-    #[error("peer answered a {asked} request with another message type")]
-    Unexpected {
-        /// What was asked.
-        asked: &'static str,
-    },
 }
 
 /// Reads one frame (varint length, then the bytes), refusing frames over `limit`.
@@ -457,17 +454,10 @@ impl libp2p::request_response::Codec for Codec {
     }
 }
 
-/// Checks a `get` response's blocks against their CIDs; returns the verified blocks.
-pub fn verify(blocks: Vec<WireBlock>) -> Result<Vec<Block>, cairn_core::block::Error> {
-    blocks
-        .into_iter()
-        .filter_map(|WireBlock(c, data)| c.cid().map(|cid| Block::new(cid, data.into_vec())))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_core::block::Block;
     use cairn_core::cid::{Codec as CidCodec, HashAlg};
     use cairn_core::store::Memory;
     use futures::io::Cursor;
@@ -587,7 +577,10 @@ mod tests {
                 skipped,
             } => {
                 assert_eq!(blocks.len(), 2);
-                assert_eq!(verify(blocks).unwrap().len(), 2);
+                for WireBlock(c, data) in blocks.iter().take(2) {
+                    Block::new(c.cid().unwrap(), data.to_vec()).expect("served blocks verify");
+                }
+                assert_eq!(blocks.len(), 2);
                 assert_eq!(skipped, cids[2..5].to_vec());
                 assert_eq!(missing, vec![absent.clone()]);
             }

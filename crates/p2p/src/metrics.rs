@@ -72,13 +72,8 @@ impl Metrics {
         self.libp2p.record(e);
     }
 
-    pub(crate) fn record_answer(&self, req: &cas::Request, resp: &cas::Response) {
-        let kind = match req {
-            cas::Request::Get { .. } => "get",
-            cas::Request::Have { .. } => "have",
-            cas::Request::List { .. } => "list",
-            cas::Request::Caps {} => "caps",
-        };
+    /// Records an answered request of type `kind` ([`cas::Request::kind`]).
+    pub(crate) fn record_answer(&self, kind: &'static str, resp: &cas::Response) {
         self.requests.get_or_create(&Kind { kind }).inc();
         if let cas::Response::Get { blocks, .. } = resp {
             self.blocks_served.inc_by(blocks.len() as u64);

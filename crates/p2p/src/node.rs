@@ -349,9 +349,10 @@ async fn drive<S: BlockStore>(
                     match request {
                         Ok(req) if answering.len() < config.max_inbound => {
                             answering.push(async move {
-                                let resp = cas::answer(store, req.clone(), &config.limits, &config.caps).await;
+                                let kind = req.kind();
+                                let resp = cas::answer(store, req, &config.limits, &config.caps).await;
                                 if let Some(m) = &config.metrics {
-                                    m.record_answer(&req, &resp);
+                                    m.record_answer(kind, &resp);
                                 }
                                 (channel, resp)
                             });
