@@ -22,10 +22,8 @@ pub fn node22(test: &str) -> Option<PathBuf> {
     if node.exists() {
         return Some(node);
     }
-    let required = std::env::var_os("CAIRN_REQUIRE_INTEROP").is_some()
-        || std::env::var("CI").is_ok_and(|v| v == "true");
     assert!(
-        !required,
+        !interop_required(),
         "{test}: Node 22 is missing at {}; run `cargo xtask test`, which installs it",
         node.display()
     );
@@ -33,6 +31,13 @@ pub fn node22(test: &str) -> Option<PathBuf> {
         "\n*** SKIPPED {test}: Node 22 is not installed (run `cargo xtask test` to install it) ***\n"
     );
     None
+}
+
+/// Whether the tests that need installed tools (Node 22, Chromium, the built web app) must
+/// fail instead of skipping: under `cargo xtask test` (`CAIRN_REQUIRE_INTEROP`) and in CI.
+pub fn interop_required() -> bool {
+    std::env::var_os("CAIRN_REQUIRE_INTEROP").is_some()
+        || std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), the same for the same seed.

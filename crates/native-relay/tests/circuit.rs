@@ -101,6 +101,25 @@ async fn holding(len: usize) -> (Arc<Memory>, cairn_core::Cid, Vec<u8>) {
     (store, root, content)
 }
 
+/// A holds a `len`-byte file and listens on `listen`; B dials that address directly (no
+/// relay) and fetches the file with the peer race. Returns (A, B), still connected.
+async fn direct_transfer(listen: &str, len: usize) -> (Node, Node) {
+    let (store_a, root, _) = holding(len).await;
+    let a = node(store_a).await;
+    let addr = a.listen(listen.parse().unwrap()).await.unwrap();
+    let transport = listen.rsplit('/').nth(1).unwrap_or_default();
+    assert!(
+        addr.to_string().contains(transport),
+        "{addr} is a {transport} address"
+    );
+    let b = node(Arc::new(Memory::new())).await;
+    assert_eq!(b.dial(addr).await.unwrap(), a.peer_id());
+    until_cas(&b, a.peer_id()).await;
+    assert!(!b.peers()[&a.peer_id()].relayed, "a direct connection");
+    fetch_all(&b, len, root).await;
+    (a, b)
+}
+
 async fn fetch_all(from: &Node, len: usize, root: cairn_core::Cid) -> (Arc<Memory>, dag::Report) {
     let store = Arc::new(Memory::new());
     let race = PeerRace::new(from.clone()).config(RaceConfig {
@@ -213,18 +232,7 @@ async fn a_64_mib_file_moves_through_a_relay_circuit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_tcp_transfer_and_missing_content() {
-    const LEN: usize = 8 << 20;
-    let (store_a, root, _) = holding(LEN).await;
-    let a = node(store_a).await;
-    let addr = a
-        .listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .await
-        .unwrap();
-    let b = node(Arc::new(Memory::new())).await;
-    assert_eq!(b.dial(addr).await.unwrap(), a.peer_id());
-    until_cas(&b, a.peer_id()).await;
-    assert!(!b.peers()[&a.peer_id()].relayed);
-    fetch_all(&b, LEN, root).await;
+    let (a, b) = direct_transfer("/ip4/127.0.0.1/tcp/0", 8 << 20).await;
 
     // Content nobody has: the race says so, naming the peer, without hanging.
     let missing = cairn_core::cid::of(cairn_core::Codec::Raw, HashAlg::Sha2_256, b"nobody");
@@ -420,18 +428,7 @@ async fn a_request_flood_gets_bounded_answers_and_the_relay_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_moves_over_quic() {
-    const LEN: usize = 4 << 20;
-    let (store_a, root, _) = holding(LEN).await;
-    let a = node(store_a).await;
-    let addr = a
-        .listen("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
-        .await
-        .unwrap();
-    assert!(addr.to_string().contains("/quic-v1"), "{addr}");
-    let b = node(Arc::new(Memory::new())).await;
-    assert_eq!(b.dial(addr).await.unwrap(), a.peer_id());
-    until_cas(&b, a.peer_id()).await;
-    fetch_all(&b, LEN, root).await;
+    direct_transfer("/ip4/127.0.0.1/udp/0/quic-v1", 4 << 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

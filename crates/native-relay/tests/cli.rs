@@ -2,7 +2,7 @@
 //! gateway (honest, tampering, truncating, oversized, hanging), and bad input.
 
 use std::net::SocketAddr;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,11 +12,8 @@ use axum::response::{IntoResponse, Response};
 use cairn_core::cid::{self, Codec, HashAlg};
 use cairn_core::store::{BlockStore, Memory};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cairn-relay"));
-    c.env("CAIRN_LOG", "warn").env_remove("CAIRN_STORE");
-    c
-}
+mod common;
+use common::bin;
 
 fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("run cairn-relay")

@@ -2,21 +2,10 @@
 //! another process fetches it through the source chain's peer race, verified.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cairn-relay"));
-    c.env("CAIRN_LOG", "warn");
-    c
-}
+mod common;
+use common::{Kill, bin};
 
 #[test]
 fn cat_from_a_relay_that_serves_its_store() {

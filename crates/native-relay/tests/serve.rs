@@ -1,36 +1,17 @@
 //! `cairn-relay serve` as a newcomer meets it: it starts, prints its multiaddrs, serves the
 //! web app and `/health`, refuses a port in use clearly, and stops cleanly on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// Kills the relay if the test ends early (a failed assertion): no stray processes.
-struct Relay(Child);
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
+mod common;
+use common::{Kill, lines};
 
 fn start(
     dir: &std::path::Path,
     http: &str,
-) -> (Relay, mpsc::Receiver<String>, mpsc::Receiver<String>) {
+) -> (Kill, mpsc::Receiver<String>, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairn-relay"))
         .args([
             "serve",
@@ -50,7 +31,7 @@ fn start(
         .expect("spawn cairn-relay");
     let out = lines(child.stdout.take().expect("stdout"));
     let err = lines(child.stderr.take().expect("stderr"));
-    (Relay(child), out, err)
+    (Kill(child), out, err)
 }
 
 #[tokio::test]
@@ -193,7 +174,7 @@ fn a_config_file_sets_what_flags_do_not() {
         .spawn()
         .unwrap();
     let out = lines(child.stdout.take().unwrap());
-    let relay = Relay(child);
+    let relay = Kill(child);
     let first = out
         .recv_timeout(Duration::from_secs(30))
         .expect("an address");

@@ -3,20 +3,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn required() -> bool {
-    std::env::var_os("CAIRN_REQUIRE_INTEROP").is_some()
-        || std::env::var("CI").is_ok_and(|v| v == "true")
-}
+mod common;
+use common::Kill;
 
 #[test]
 fn the_web_app_loads_in_chromium() {
@@ -26,7 +16,7 @@ fn the_web_app_loads_in_chromium() {
     let chromium = PathBuf::from("/usr/bin/chromium");
     if !dist.join("index.html").exists() || !chromium.exists() {
         assert!(
-            !required(),
+            !cairn_scenarios::interop_required(),
             "dist/ ({}) or chromium missing; `cargo xtask test` builds and installs them",
             dist.display()
         );
