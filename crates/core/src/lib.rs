@@ -11,6 +11,7 @@ pub mod rt;
 pub mod source;
 pub mod store;
 pub mod unixfs;
+pub mod varint;
 
 pub use crate::block::Block;
 pub use crate::cid::{Cid, Codec, HashAlg};

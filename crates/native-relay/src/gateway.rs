@@ -251,14 +251,6 @@ async fn dag_cids(store: &Disk, root: &Block) -> Result<Vec<Cid>, Response> {
     Ok(out)
 }
 
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 /// The CARv1 header: dag-cbor `{"roots": [root], "version": 1}`, length-prefixed.
 pub fn car_header(root: &Cid) -> Vec<u8> {
     let cid = root.to_bytes();
@@ -278,7 +270,7 @@ pub fn car_header(root: &Cid) -> Vec<u8> {
     cbor.extend_from_slice(b"version");
     cbor.push(0x01);
     let mut out = Vec::with_capacity(cbor.len() + 2);
-    varint(cbor.len() as u64, &mut out);
+    cairn_core::varint::put(&mut out, cbor.len() as u64);
     out.extend_from_slice(&cbor);
     out
 }
@@ -299,7 +291,7 @@ fn car_stream(
                 .ok_or_else(|| std::io::Error::other(format!("{c} vanished while streaming")))?;
             let cid = c.to_bytes();
             let mut out = Vec::with_capacity(cid.len() + b.len() + 10);
-            varint((cid.len() + b.len()) as u64, &mut out);
+            cairn_core::varint::put(&mut out, (cid.len() + b.len()) as u64);
             out.extend_from_slice(&cid);
             out.extend_from_slice(b.data());
             Ok(Bytes::from(out))

@@ -223,17 +223,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result
 
 /// Writes one frame.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> Result<(), Error> {
-    let mut len = body.len() as u64;
     let mut head = Vec::with_capacity(10);
-    loop {
-        let b = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
-            head.push(b);
-            break;
-        }
-        head.push(b | 0x80);
-    }
+    cairn_core::varint::put(&mut head, body.len() as u64);
     w.write_all(&head).await?;
     w.write_all(body).await?;
     w.flush().await?;

@@ -73,23 +73,15 @@ pub struct UnixFs {
     pub blocksizes: Vec<u64>,
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 fn put_bytes(out: &mut Vec<u8>, field: u8, b: &[u8]) {
     out.push(field << 3 | 2);
-    put_varint(out, b.len() as u64);
+    crate::varint::put(out, b.len() as u64);
     out.extend_from_slice(b);
 }
 
 fn put_uint(out: &mut Vec<u8>, field: u8, v: u64) {
     out.push(field << 3);
-    put_varint(out, v);
+    crate::varint::put(out, v);
 }
 
 impl Node {
