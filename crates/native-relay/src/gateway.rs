@@ -183,7 +183,7 @@ async fn handle(
             let mut resp = if head {
                 Response::new(Body::empty())
             } else {
-                let stream = async_stream(src, cid);
+                let stream = file_body(src, cid);
                 Response::new(Body::from_stream(stream))
             };
             if let Ok(v) = HeaderValue::from_str(&size.to_string()) {
@@ -195,7 +195,7 @@ async fn handle(
 }
 
 /// The file's bytes as a body stream (it owns its source and context).
-fn async_stream(
+fn file_body(
     src: Local<Disk>,
     cid: Cid,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
