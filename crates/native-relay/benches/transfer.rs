@@ -9,7 +9,7 @@ use std::time::Duration;
 use cairn_core::source::{Chain, Context, PeerRace, RaceConfig};
 use cairn_core::store::Memory;
 use cairn_core::{Cid, HashAlg, dag, unixfs};
-use cairn_p2p::{CasConfig, Node};
+use cairn_p2p::Node;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
@@ -23,21 +23,18 @@ struct Peer {
 }
 
 async fn peer(store: Arc<Memory>) -> Peer {
-    let cas = CasConfig {
-        perf: true,
-        ..Default::default()
-    };
+    let config = cairn_p2p::node::Config::default();
     let swarm = cairn_relay::node::swarm(
         Keypair::generate_ed25519(),
         None,
-        cas,
+        &config,
         &mut Default::default(),
     )
     .await
     .unwrap();
-    let perf = cairn_p2p::perf::control(&swarm).unwrap();
+    let perf = cairn_p2p::perf::control(&swarm);
     tokio::spawn(cairn_p2p::perf::serve(perf.clone()));
-    let (node, driver) = Node::new(swarm, store, Default::default());
+    let (node, driver) = Node::new(swarm, store, config);
     tokio::spawn(driver);
     Peer { node, perf }
 }

@@ -283,18 +283,18 @@ async fn connect(peers: &[Multiaddr], deadline: Duration) -> Result<cairn_p2p::N
         }
     }
     let key = libp2p::identity::Keypair::generate_ed25519();
-    let cas = cairn_p2p::CasConfig {
-        serve: false,
-        ..Default::default()
-    };
-    let mut registry = prometheus_client::registry::Registry::default();
-    let swarm = crate::node::swarm(key, None, cas, &mut registry)
-        .await
-        .map_err(|e| fail(1, e))?;
     let config = cairn_p2p::node::Config {
+        cas: cairn_p2p::CasConfig {
+            serve: false,
+            ..Default::default()
+        },
         advertise_listen_addrs: false,
         ..Default::default()
     };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let swarm = crate::node::swarm(key, None, &config, &mut registry)
+        .await
+        .map_err(|e| fail(1, e))?;
     let (node, driver) = cairn_p2p::Node::new(swarm, Null::new(), config);
     tokio::spawn(driver);
     let dials = peers.iter().map(|p| {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cairn_p2p::{Behaviour, CasConfig};
+use cairn_p2p::Behaviour;
 use libp2p::identity::Keypair;
 use libp2p::{Swarm, noise, relay, yamux};
 
@@ -33,12 +33,13 @@ pub fn yamux_config() -> yamux::Config {
     c
 }
 
-/// Builds a swarm for `key` on the tokio runtime; `relay_server` makes it a relay.
+/// Builds a swarm for `key` on the tokio runtime; `relay_server` makes it a relay. `config`
+/// is the one its [`cairn_p2p::Node`] driver will be given.
 /// Transport byte counters (per protocol stack and direction) go into `registry`.
 pub async fn swarm(
     key: Keypair,
     relay_server: Option<relay::Config>,
-    cas: CasConfig,
+    config: &cairn_p2p::node::Config,
     registry: &mut prometheus_client::registry::Registry,
 ) -> Result<Swarm<Behaviour>, Error> {
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
@@ -58,7 +59,7 @@ pub async fn swarm(
         .with_relay_client(noise::Config::new, yamux_config)
         .map_err(err)?
         .with_bandwidth_metrics(registry)
-        .with_behaviour(|key, client| Behaviour::new(key, Some(client), relay_server, &cas))
+        .with_behaviour(|key, client| Behaviour::new(key, Some(client), relay_server, &config.cas))
         .map_err(err)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build())

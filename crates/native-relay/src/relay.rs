@@ -206,13 +206,16 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         )
         .circuit_src_per_peer(rate(config.circuits_per_peer_burst)?, config.rate_interval)
         .circuit_src_per_ip(rate(config.circuits_per_ip_burst)?, config.rate_interval);
-    let cas = cairn_p2p::CasConfig {
-        serve: config.store.is_some(),
+    let mut registry = prometheus_client::registry::Registry::default();
+    let p2p = cairn_p2p::node::Config {
+        cas: cairn_p2p::CasConfig {
+            serve: config.store.is_some(),
+            ..Default::default()
+        },
+        metrics: Some(Arc::new(cairn_p2p::metrics::Metrics::new(&mut registry))),
         ..Default::default()
     };
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = Arc::new(cairn_p2p::metrics::Metrics::new(&mut registry));
-    let mut swarm = crate::node::swarm(key, Some(relay_cfg), cas, &mut registry)
+    let mut swarm = crate::node::swarm(key, Some(relay_cfg), &p2p, &mut registry)
         .await
         .map_err(|e| Error::Transport(e.to_string()))?;
 
@@ -304,10 +307,6 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    let p2p = cairn_p2p::node::Config {
-        metrics: Some(metrics),
-        ..Default::default()
-    };
     let (node, driver) = match config.store {
         Some(store) => spawn_node(swarm, store, p2p),
         None => spawn_node(swarm, Null::new(), p2p),

@@ -38,15 +38,11 @@ fn logs() {
 async fn node(store: Arc<Memory>) -> Node {
     logs();
     let mut registry = Default::default();
-    let swarm = cairn_relay::node::swarm(
-        Keypair::generate_ed25519(),
-        None,
-        Default::default(),
-        &mut registry,
-    )
-    .await
-    .unwrap();
-    let (node, driver) = Node::new(swarm, store, cairn_p2p::node::Config::default());
+    let config = cairn_p2p::node::Config::default();
+    let swarm = cairn_relay::node::swarm(Keypair::generate_ed25519(), None, &config, &mut registry)
+        .await
+        .unwrap();
+    let (node, driver) = Node::new(swarm, store, config);
     tokio::spawn(driver);
     node
 }
@@ -469,4 +465,121 @@ async fn a_node_finds_a_provider_it_was_never_told_about_through_the_relay_dht()
         Vec::<libp2p::PeerId>::new()
     );
     relay.shutdown().await;
+}
+
+/// A peer that speaks `/cas` through hand-driven streams: the test decides what each
+/// request gets. Returns its node (for its id and address) and its incoming streams.
+async fn hand_driven_peer() -> (Node, Multiaddr, libp2p_stream::IncomingStreams) {
+    logs();
+    let config = cairn_p2p::node::Config {
+        cas: cairn_p2p::CasConfig {
+            serve: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let swarm = cairn_relay::node::swarm(
+        Keypair::generate_ed25519(),
+        None,
+        &config,
+        &mut Default::default(),
+    )
+    .await
+    .unwrap();
+    let incoming = cairn_p2p::perf::control(&swarm)
+        .accept(cairn_p2p::cas::PROTOCOL)
+        .unwrap();
+    let (node, driver) = Node::new(swarm, cairn_core::store::Null::new(), config);
+    tokio::spawn(driver);
+    let addr = node
+        .listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .await
+        .unwrap();
+    (node, addr, incoming)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_won_race_resets_the_losing_peers_stream() {
+    use futures::{AsyncWriteExt, StreamExt};
+    use tokio::sync::{Notify, oneshot};
+
+    let block = cairn_core::Block::from_data(
+        cairn_core::Codec::Raw,
+        HashAlg::Sha2_256,
+        bytes::Bytes::from(data(64 << 10)),
+    )
+    .unwrap();
+    let cid = *block.cid();
+    let limits = cairn_p2p::cas::Limits::default();
+
+    // The loser reads the request, promises a 4 MiB response and trickles it out; it
+    // reports how much it wrote before a write failed (or that none ever did).
+    let (loser, loser_addr, mut loser_in) = hand_driven_peer().await;
+    let asked = Arc::new(Notify::new());
+    let (report, reported) = oneshot::channel::<(usize, Option<std::io::Error>)>();
+    let loser_asked = asked.clone();
+    tokio::spawn(async move {
+        let (_, mut s) = loser_in.next().await.unwrap();
+        cairn_p2p::cas::read_frame(&mut s, limits.max_request)
+            .await
+            .unwrap();
+        loser_asked.notify_one();
+        let mut header = Vec::new();
+        cairn_core::varint::put(&mut header, 4 << 20);
+        s.write_all(&header).await.unwrap();
+        let mut sent = 0;
+        for _ in 0..1000 {
+            if let Err(e) = s.write_all(&[0u8; 4096]).await {
+                let _ = report.send((sent, Some(e)));
+                return;
+            }
+            let _ = s.flush().await;
+            sent += 4096;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = report.send((sent, None));
+    });
+
+    // The winner answers properly, but only once the loser has the request too, so both
+    // streams are open when the race is decided.
+    let (winner, winner_addr, mut winner_in) = hand_driven_peer().await;
+    let store = Memory::new();
+    store.put(block.clone()).await.unwrap();
+    tokio::spawn(async move {
+        let (_, mut s) = winner_in.next().await.unwrap();
+        let body = cairn_p2p::cas::read_frame(&mut s, limits.max_request)
+            .await
+            .unwrap();
+        let req = cairn_p2p::cas::decode(&body).unwrap();
+        asked.notified().await;
+        let resp = cairn_p2p::cas::answer(&store, req, &limits, &Default::default()).await;
+        cairn_p2p::cas::write_frame(&mut s, &cairn_p2p::cas::encode(&resp))
+            .await
+            .unwrap();
+        let _ = s.close().await;
+    });
+
+    let client = node(Arc::new(Memory::new())).await;
+    client.dial(loser_addr).await.unwrap();
+    client.dial(winner_addr).await.unwrap();
+    until_cas(&client, loser.peer_id()).await;
+    until_cas(&client, winner.peer_id()).await;
+
+    let got = Chain::new()
+        .source(PeerRace::new(client.clone()), Some(Duration::from_secs(10)))
+        .retrieve_reported(&cid, &Context::new())
+        .await
+        .unwrap();
+    assert_eq!(got.block.data(), block.data(), "the winner's block");
+    assert_eq!(got.served_by, cairn_core::source::SourceKind::Peers);
+
+    let (sent, error) = tokio::time::timeout(Duration::from_secs(30), reported)
+        .await
+        .expect("the loser's writes end")
+        .unwrap();
+    let error = error.expect("the loser's stream was reset, not read to the end");
+    assert!(
+        sent < 4 << 20,
+        "the loser stopped after {sent} bytes of 4 MiB ({error})"
+    );
 }

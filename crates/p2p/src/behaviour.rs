@@ -1,6 +1,10 @@
 //! The one libp2p behaviour composition used by the relay, native nodes and (later) the
-//! browser: `/cas` streams, identify, ping, and relay v2 client and server as options.
-//! Transports are built by the caller; nothing here picks a platform.
+//! browser: `/cas` streams, identify, ping, Kademlia, and relay v2 client and server as
+//! options. Transports are built by the caller; nothing here picks a platform.
+//!
+//! `/cas` is answered through libp2p's request-response (inbound only); requests this node
+//! sends go over raw streams ([`libp2p_stream`]) that [`crate::Node`] drives itself, so that
+//! dropping a request resets its stream and the peer stops sending.
 
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
@@ -29,13 +33,13 @@ pub struct Behaviour {
     pub relay_client: Toggle<relay::client::Behaviour>,
     /// Kademlia: a server on the relay, a client elsewhere; provider records for roots.
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
-    /// Raw streams for [`crate::perf`] (benchmarks only; off unless asked for).
-    pub perf: Toggle<libp2p_stream::Behaviour>,
+    /// Raw streams: outbound `/cas` requests, and [`crate::perf`] where it is served.
+    pub streams: libp2p_stream::Behaviour,
 }
 
 impl Behaviour {
-    /// The composition for `key`; `relay_client` comes from the transport builder.
-    /// `serve_cas`: whether to answer `/cas` requests (everyone may send them).
+    /// The composition for `key`; `relay_client` comes from the transport builder. `cas`
+    /// must be the `cas` of the [`crate::node::Config`] the swarm's driver is given.
     pub fn new(
         key: &Keypair,
         relay_client: Option<relay::client::Behaviour>,
@@ -56,8 +60,10 @@ impl Behaviour {
         } else {
             kad::Mode::Client
         }));
+        // Outbound requests go over `streams`; request-response only answers. A node that does
+        // not serve registers nothing for inbound, so it does not claim the protocol.
         let support = if cas.serve {
-            ProtocolSupport::Full
+            ProtocolSupport::Inbound
         } else {
             ProtocolSupport::Outbound
         };
@@ -80,7 +86,7 @@ impl Behaviour {
                 .into(),
             relay_client: relay_client.into(),
             kad,
-            perf: cas.perf.then(libp2p_stream::Behaviour::new).into(),
+            streams: libp2p_stream::Behaviour::new(),
         }
     }
 }
@@ -92,12 +98,10 @@ pub struct CasConfig {
     pub serve: bool,
     /// Frame and count limits.
     pub limits: cas::Limits,
-    /// How long a request may take, either way.
+    /// How long a request may take, either way: answering one, or waiting for an answer.
     pub request_timeout: std::time::Duration,
-    /// Concurrent `/cas` streams per connection.
+    /// Concurrent inbound `/cas` streams per connection.
     pub max_streams: usize,
-    /// Whether to enable the raw-stream perf protocol (benchmarks).
-    pub perf: bool,
 }
 
 impl Default for CasConfig {
@@ -107,7 +111,6 @@ impl Default for CasConfig {
             limits: cas::Limits::default(),
             request_timeout: std::time::Duration::from_secs(30),
             max_streams: 128,
-            perf: false,
         }
     }
 }

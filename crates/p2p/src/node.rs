@@ -5,12 +5,16 @@
 //! The driver is a future the caller spawns on its runtime ([`Node::new`] returns it):
 //! nothing here picks a platform. Inbound `/cas` requests are answered inside that future,
 //! at most [`Config::max_inbound`] at a time; past that they get a `busy` error at once.
-//! Dropping a request's future abandons it: its response, if one still comes, is discarded.
+//!
+//! Outbound requests run in the caller's future, on a stream of their own: dropping the
+//! future (a race that another peer won, a timeout, an aborted fetch) drops the stream,
+//! which resets it, so the peer stops sending what nobody will read.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_core::CondSend;
@@ -19,9 +23,9 @@ use cairn_core::source::{PeerClient, PeerError, PeerKey};
 use cairn_core::store::BlockStore;
 use futures::channel::{mpsc, oneshot};
 use futures::stream::FuturesUnordered;
-use futures::{SinkExt, StreamExt};
+use futures::{AsyncWriteExt, SinkExt, StreamExt};
 use libp2p::core::transport::ListenerId;
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::request_response::{self, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::dial_opts::PeerCondition;
 use libp2p::swarm::{ConnectionId, Swarm, SwarmEvent};
@@ -36,8 +40,8 @@ use crate::metrics::Metrics;
 pub struct Config {
     /// Inbound `/cas` requests answered at once.
     pub max_inbound: usize,
-    /// `/cas` limits (the same the behaviour's codec was given).
-    pub limits: cas::Limits,
+    /// `/cas` settings; [`crate::Behaviour::new`] must be given the same.
+    pub cas: crate::CasConfig,
     /// What `caps` answers.
     pub caps: cas::Capabilities,
     /// Whether each listen address is also announced as an external address (right for a
@@ -51,7 +55,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             max_inbound: 64,
-            limits: cas::Limits::default(),
+            cas: crate::CasConfig::default(),
             caps: cas::Capabilities {
                 agent: concat!("cairn/", env!("CARGO_PKG_VERSION")).into(),
                 protocols: vec![cas::PROTOCOL_NAME.into()],
@@ -89,8 +93,8 @@ pub enum Error {
     Dht {
         /// What was attempted.
         op: &'static str,
-        /// The CID.
-        cid: Cid,
+        /// The CID (boxed: CIDs are large and errors travel in `Result`s).
+        cid: Box<Cid>,
         /// Why.
         reason: String,
     },
@@ -112,7 +116,6 @@ type Reply<T> = oneshot::Sender<Result<T, Error>>;
 enum Command {
     Dial(Multiaddr, Reply<PeerId>),
     Listen(Multiaddr, Reply<Multiaddr>),
-    Request(PeerId, cas::Request, Reply<cas::Response>),
     Provide(Cid, Reply<()>),
     FindProviders(Cid, Reply<Vec<PeerId>>),
     Stop,
@@ -148,6 +151,9 @@ pub struct Node {
     peer_id: PeerId,
     commands: mpsc::Sender<Command>,
     peers: Peers,
+    streams: libp2p_stream::Control,
+    limits: cas::Limits,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Node {
@@ -173,6 +179,9 @@ impl Node {
             peer_id,
             commands: tx,
             peers: peers.clone(),
+            streams: swarm.behaviour().streams.new_control(),
+            limits: config.cas.limits,
+            timeout: config.cas.request_timeout,
         };
         (node, drive(swarm, store, config, rx, peers))
     }
@@ -203,9 +212,32 @@ impl Node {
         self.ask(|r| Command::Listen(addr, r)).await
     }
 
-    /// Sends one `/cas` request to a connected `peer`.
+    /// Sends one `/cas` request to `peer` (dialing it if needed, at addresses the node
+    /// knows) on a new stream, and reads the answer, within the configured request timeout.
+    /// Dropping the future resets the stream.
     pub async fn request(&self, peer: PeerId, req: cas::Request) -> Result<cas::Response, Error> {
-        self.ask(|r| Command::Request(peer, req, r)).await
+        let fail = |reason: String| Error::Request { peer, reason };
+        let exchange = async {
+            let mut control = self.streams.clone();
+            let mut stream = control
+                .open_stream(peer, cas::PROTOCOL)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            // The write side stays open until the answer is in: dropping an open stream
+            // resets it, so a peer whose answer is no longer wanted stops sending at once
+            // (dropping a half-closed one would not tell it).
+            cas::write_frame(&mut stream, &cas::encode(&req))
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let body = cas::read_frame(&mut stream, self.limits.max_response)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let _ = stream.close().await;
+            cas::decode(&body).map_err(|e| fail(format!("undecodable response: {e}")))
+        };
+        cairn_core::rt::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or_else(|| Err(fail(format!("no answer within {:?}", self.timeout))))
     }
 
     /// Announces in the DHT (through the relay) that this node provides `cid`; resolves once
@@ -278,7 +310,6 @@ struct State {
     peers: Peers,
     dials: HashMap<ConnectionId, (Multiaddr, Reply<PeerId>)>,
     listens: HashMap<ListenerId, (Multiaddr, Reply<Multiaddr>)>,
-    requests: HashMap<OutboundRequestId, (PeerId, Reply<cas::Response>)>,
     provides: HashMap<kad::QueryId, (Cid, Reply<()>)>,
     finds: HashMap<kad::QueryId, FindQuery>,
     advertise: bool,
@@ -296,7 +327,6 @@ async fn drive<S: BlockStore>(
         peers,
         dials: HashMap::new(),
         listens: HashMap::new(),
-        requests: HashMap::new(),
         provides: HashMap::new(),
         finds: HashMap::new(),
         advertise: config.advertise_listen_addrs,
@@ -319,14 +349,10 @@ async fn drive<S: BlockStore>(
                     Ok(id) => { st.listens.insert(id, (addr, reply)); }
                     Err(e) => { let _ = reply.send(Err(Error::Listen { addr, reason: e.to_string() })); }
                 },
-                Some(Command::Request(peer, req, reply)) => {
-                    let id = swarm.behaviour_mut().cas.send_request(&peer, Ok(req));
-                    st.requests.insert(id, (peer, reply));
-                }
                 Some(Command::Provide(cid, reply)) => {
                     match swarm.behaviour_mut().kad.start_providing(dht_key(&cid)) {
                         Ok(q) => { st.provides.insert(q, (cid, reply)); }
-                        Err(e) => { let _ = reply.send(Err(Error::Dht { op: "provide", cid, reason: e.to_string() })); }
+                        Err(e) => { let _ = reply.send(Err(Error::Dht { op: "provide", cid: Box::new(cid), reason: e.to_string() })); }
                     }
                 }
                 Some(Command::FindProviders(cid, reply)) => {
@@ -350,7 +376,7 @@ async fn drive<S: BlockStore>(
                         Ok(req) if answering.len() < config.max_inbound => {
                             answering.push(async move {
                                 let kind = req.kind();
-                                let resp = cas::answer(store, req, &config.limits, &config.caps).await;
+                                let resp = cas::answer(store, req, &config.cas.limits, &config.caps).await;
                                 if let Some(m) = &config.metrics {
                                     m.record_answer(kind, &resp);
                                 }
@@ -460,34 +486,13 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
                 let _ = reply.send(Err(Error::Listen { addr, reason }));
             }
         }
-        SwarmEvent::Behaviour(BehaviourEvent::Cas(e)) => match e {
-            request_response::Event::Message {
-                message:
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some((_, reply)) = st.requests.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
-                }
-            }
-            request_response::Event::OutboundFailure {
-                request_id, error, ..
-            } => {
-                if let Some((peer, reply)) = st.requests.remove(&request_id) {
-                    let _ = reply.send(Err(Error::Request {
-                        peer,
-                        reason: error.to_string(),
-                    }));
-                }
-            }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "inbound /cas request failed");
-            }
-            _ => {}
-        },
+        SwarmEvent::Behaviour(BehaviourEvent::Cas(request_response::Event::InboundFailure {
+            peer,
+            error,
+            ..
+        })) => {
+            tracing::debug!(%peer, %error, "inbound /cas request failed");
+        }
         SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
             peer_id,
             info,
@@ -522,7 +527,7 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
                 if let Some((cid, reply)) = st.provides.remove(&id) {
                     let _ = reply.send(out.map(|_| ()).map_err(|e| Error::Dht {
                         op: "provide",
-                        cid,
+                        cid: Box::new(cid),
                         reason: e.to_string(),
                     }));
                 }

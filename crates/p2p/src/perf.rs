@@ -1,7 +1,7 @@
 //! A raw-stream throughput probe, the ceiling that `/cas` transfers are measured against in
 //! `cargo xtask bench`: the client writes N bytes on one stream, the server reads them all
-//! and answers with the count (8 bytes, little-endian). Enabled only with
-//! [`crate::CasConfig::perf`]; a node without it does not speak the protocol.
+//! and answers with the count (8 bytes, little-endian). A node speaks it only while
+//! [`serve`] runs.
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol, Swarm};
@@ -11,13 +11,9 @@ use crate::Behaviour;
 /// The protocol id.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/cairn/perf/1.0.0");
 
-/// A handle for perf streams (clone it before the swarm moves into its driver).
-pub fn control(swarm: &Swarm<Behaviour>) -> Option<libp2p_stream::Control> {
-    swarm
-        .behaviour()
-        .perf
-        .as_ref()
-        .map(libp2p_stream::Behaviour::new_control)
+/// A handle for perf streams (take it before the swarm moves into its driver).
+pub fn control(swarm: &Swarm<Behaviour>) -> libp2p_stream::Control {
+    swarm.behaviour().streams.new_control()
 }
 
 /// Serves perf streams until the swarm goes away; spawn it on the caller's runtime.
