@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-pub use web_time::Instant;
+pub use web_time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Sleeps for `d`.
 pub async fn sleep(d: Duration) {

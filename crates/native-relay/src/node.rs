@@ -59,7 +59,10 @@ pub async fn swarm(
         .with_relay_client(noise::Config::new, yamux_config)
         .map_err(err)?
         .with_bandwidth_metrics(registry)
-        .with_behaviour(|key, client| Behaviour::new(key, Some(client), relay_server, &config.cas))
+        .with_behaviour(|key, client| {
+            Behaviour::new(key, Some(client), relay_server, &config.cas)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })
         .map_err(err)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build())

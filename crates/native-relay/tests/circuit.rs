@@ -11,7 +11,7 @@ use cairn_core::source::{Chain, Context, PeerRace, RaceConfig};
 use cairn_core::store::{BlockStore, Memory};
 use cairn_core::unixfs::{self, Profile, Range};
 use cairn_p2p::Node;
-use futures::TryStreamExt;
+use futures::{StreamExt as _, TryStreamExt};
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
@@ -582,4 +582,45 @@ async fn a_won_race_resets_the_losing_peers_stream() {
         sent < 4 << 20,
         "the loser stopped after {sent} bytes of 4 MiB ({error})"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcement_reaches_a_peer_through_the_relay() {
+    let relay = relay().await;
+    let a = node(Arc::new(Memory::new())).await;
+    let b = node(Arc::new(Memory::new())).await;
+    let mut heard = b.announcements(8).await.unwrap();
+    a.dial(relay.addrs[0].clone()).await.unwrap();
+    b.dial(relay.addrs[0].clone()).await.unwrap();
+    let root = cairn_core::cid::of(cairn_core::Codec::Raw, HashAlg::Sha2_256, b"announced");
+
+    // GossipSub learns who listens within a heartbeat or two; until then publishing fails
+    // or reaches only the relay, so announce once a second until B hears it (bounded).
+    let mut last_error = None;
+    let mut got = None;
+    for _ in 0..20 {
+        match a.announce(root, 9, Duration::from_secs(600)).await {
+            Ok(()) => {}
+            Err(e) => last_error = Some(e.to_string()),
+        }
+        if let Ok(Some(ann)) = tokio::time::timeout(Duration::from_secs(1), heard.next()).await {
+            got = Some(ann);
+            break;
+        }
+    }
+    let got = got.unwrap_or_else(|| panic!("B never heard A's announcement ({last_error:?})"));
+    assert_eq!(
+        got.peer,
+        a.peer_id(),
+        "signed by A, though the relay forwarded it"
+    );
+    assert_eq!(got.root, root);
+    assert_eq!(got.size, 9);
+    let now = cairn_p2p::announce::now();
+    assert!(
+        (now + 590..=now + 600).contains(&got.expires),
+        "{}",
+        got.expires
+    );
+    relay.shutdown().await;
 }

@@ -10,7 +10,7 @@ use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{identify, kad, ping, relay};
+use libp2p::{gossipsub, identify, kad, ping, relay};
 
 use crate::cas;
 
@@ -33,6 +33,8 @@ pub struct Behaviour {
     pub relay_client: Toggle<relay::client::Behaviour>,
     /// Kademlia: a server on the relay, a client elsewhere; provider records for roots.
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// GossipSub, for signed announcements on [`crate::announce::TOPIC`].
+    pub gossipsub: gossipsub::Behaviour,
     /// Raw streams: outbound `/cas` requests, and [`crate::perf`] where it is served.
     pub streams: libp2p_stream::Behaviour,
 }
@@ -45,7 +47,7 @@ impl Behaviour {
         relay_client: Option<relay::client::Behaviour>,
         relay_server: Option<relay::Config>,
         cas: &CasConfig,
-    ) -> Self {
+    ) -> Result<Self, Error> {
         let peer_id = key.public().to_peer_id();
         let mut kad_config = kad::Config::new(kad::PROTOCOL_NAME);
         // cairn's DHT is the relays': tables are filled by identify when a node connects to
@@ -70,7 +72,23 @@ impl Behaviour {
         let rr = request_response::Config::default()
             .with_request_timeout(cas.request_timeout)
             .with_max_concurrent_streams(cas.max_streams);
-        Self {
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            // Signature, author and sequence number required and checked by GossipSub.
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            // Nothing is forwarded until cairn has checked it (`announce::validate`).
+            .validate_messages()
+            .max_transmit_size(crate::announce::MAX_SIZE + 256)
+            .build()
+            .map_err(|e| Error::Gossipsub(e.to_string()))?;
+        let mut gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_config,
+        )
+        .map_err(|e| Error::Gossipsub(e.to_string()))?;
+        gossipsub
+            .subscribe(&gossipsub::IdentTopic::new(crate::announce::TOPIC))
+            .map_err(|e| Error::Gossipsub(e.to_string()))?;
+        Ok(Self {
             cas: request_response::Behaviour::with_codec(
                 cas::Codec { limits: cas.limits },
                 [(cas::PROTOCOL, support)],
@@ -86,9 +104,19 @@ impl Behaviour {
                 .into(),
             relay_client: relay_client.into(),
             kad,
+            gossipsub,
             streams: libp2p_stream::Behaviour::new(),
-        }
+        })
     }
+}
+
+/// Why the behaviour could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// GossipSub refused its configuration.
+    #[error("cannot set up GossipSub: {0}")]
+    Gossipsub(String),
 }
 
 /// `/cas` settings of the behaviour.

@@ -4,6 +4,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod announce;
 pub mod behaviour;
 pub mod cas;
 pub mod metrics;

@@ -31,6 +31,7 @@ use libp2p::swarm::dial_opts::PeerCondition;
 use libp2p::swarm::{ConnectionId, Swarm, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, identify, kad};
 
+use crate::announce::{self, Announcement};
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::cas;
 use crate::metrics::Metrics;
@@ -88,6 +89,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// An announcement could not be published.
+    #[error("cannot announce: {0}")]
+    Announce(String),
     /// A DHT operation failed.
     #[error("DHT {op} for {cid} failed: {reason}")]
     Dht {
@@ -118,6 +122,8 @@ enum Command {
     Listen(Multiaddr, Reply<Multiaddr>),
     Provide(Cid, Reply<()>),
     FindProviders(Cid, Reply<Vec<PeerId>>),
+    Announce(Cid, u64, Duration, Reply<()>),
+    Subscribe(mpsc::Sender<Announcement>),
     Stop,
 }
 
@@ -252,6 +258,29 @@ impl Node {
         self.ask(|r| Command::FindProviders(cid, r)).await
     }
 
+    /// Tells peers on [`crate::announce::TOPIC`] that this node holds `root` (`size` bytes)
+    /// for the next `ttl` (at most [`crate::announce::MAX_TTL`]). Fails if no connected
+    /// peer listens for announcements yet.
+    pub async fn announce(&self, root: Cid, size: u64, ttl: Duration) -> Result<(), Error> {
+        self.ask(|r| Command::Announce(root, size, ttl, r)).await
+    }
+
+    /// Announcements from other peers, validated, as they arrive. The stream holds up to
+    /// `capacity` unread ones; past that, new ones are dropped for this subscriber (with a
+    /// log line) until it catches up.
+    pub async fn announcements(
+        &self,
+        capacity: usize,
+    ) -> Result<mpsc::Receiver<Announcement>, Error> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.commands
+            .clone()
+            .send(Command::Subscribe(tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        Ok(rx)
+    }
+
     /// Connected peers and what we know of them.
     pub fn peers(&self) -> HashMap<PeerId, PeerInfo> {
         lock(&self.peers).clone()
@@ -312,6 +341,7 @@ struct State {
     listens: HashMap<ListenerId, (Multiaddr, Reply<Multiaddr>)>,
     provides: HashMap<kad::QueryId, (Cid, Reply<()>)>,
     finds: HashMap<kad::QueryId, FindQuery>,
+    subscribers: Vec<mpsc::Sender<Announcement>>,
     advertise: bool,
     metrics: Option<Arc<Metrics>>,
 }
@@ -329,6 +359,7 @@ async fn drive<S: BlockStore>(
         listens: HashMap::new(),
         provides: HashMap::new(),
         finds: HashMap::new(),
+        subscribers: Vec::new(),
         advertise: config.advertise_listen_addrs,
         metrics: config.metrics.clone(),
     };
@@ -359,6 +390,17 @@ async fn drive<S: BlockStore>(
                     let q = swarm.behaviour_mut().kad.get_providers(dht_key(&cid));
                     st.finds.insert(q, (cid, Vec::new(), reply));
                 }
+                Some(Command::Announce(root, size, ttl, reply)) => {
+                    let data = announce::encode(&root, size, announce::now(), ttl);
+                    let topic = libp2p::gossipsub::IdentTopic::new(announce::TOPIC);
+                    let out = swarm.behaviour_mut().gossipsub.publish(topic, data);
+                    let _ = reply.send(out.map(|_| ()).map_err(|e| Error::Announce(match e {
+                        libp2p::gossipsub::PublishError::NoPeersSubscribedToTopic =>
+                            "no connected peer listens for announcements yet".into(),
+                        e => e.to_string(),
+                    })));
+                }
+                Some(Command::Subscribe(tx)) => st.subscribers.push(tx),
                 Some(Command::Stop) | None => break,
             },
             (channel, response) = answering.select_next_some() => {
@@ -516,6 +558,39 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
         }
         SwarmEvent::Behaviour(BehaviourEvent::RelayServer(e)) => {
             tracing::info!(event = ?e, "relay");
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(libp2p::gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        })) => {
+            use libp2p::gossipsub::MessageAcceptance;
+            let verdict = if message.topic.as_str() != announce::TOPIC {
+                tracing::debug!(%propagation_source, topic = %message.topic, "message on an unknown topic");
+                MessageAcceptance::Reject
+            } else {
+                match announce::validate(message.source, &message.data, announce::now()) {
+                    Ok(a) => {
+                        tracing::debug!(peer = %a.peer, root = %a.root, "announcement");
+                        st.subscribers.retain(|s| !s.is_closed());
+                        for s in &mut st.subscribers {
+                            if s.try_send(a.clone()).is_err() {
+                                tracing::warn!(root = %a.root, "announcement subscriber is behind; dropped one");
+                            }
+                        }
+                        MessageAcceptance::Accept
+                    }
+                    Err(announce::Invalid::Expired) => MessageAcceptance::Ignore,
+                    Err(e) => {
+                        tracing::debug!(%propagation_source, error = %e, "announcement");
+                        MessageAcceptance::Reject
+                    }
+                }
+            };
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(&message_id, &propagation_source, verdict);
         }
         SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
             id,
