@@ -498,9 +498,32 @@ async fn hand_driven_peer() -> (Node, Multiaddr, libp2p_stream::IncomingStreams)
     (node, addr, incoming)
 }
 
+/// The next `get` a hand-driven peer receives, with its stream; the `caps` requests peers
+/// send on connecting are answered on the way (without a content index).
+async fn next_get(
+    incoming: &mut libp2p_stream::IncomingStreams,
+) -> (libp2p::Stream, cairn_p2p::cas::Request) {
+    use cairn_p2p::cas;
+    use futures::{AsyncWriteExt, StreamExt};
+    loop {
+        let (_, mut s) = incoming.next().await.unwrap();
+        let body = cas::read_frame(&mut s, cas::Limits::default().max_request)
+            .await
+            .unwrap();
+        match cas::decode(&body).unwrap() {
+            cas::Request::Caps {} => {
+                let caps = cas::Response::Caps(Default::default());
+                let _ = cas::write_frame(&mut s, &cas::encode(&caps)).await;
+                let _ = s.close().await;
+            }
+            req => return (s, req),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_won_race_resets_the_losing_peers_stream() {
-    use futures::{AsyncWriteExt, StreamExt};
+    use futures::AsyncWriteExt;
     use tokio::sync::{Notify, oneshot};
 
     let block = cairn_core::Block::from_data(
@@ -519,10 +542,7 @@ async fn a_won_race_resets_the_losing_peers_stream() {
     let (report, reported) = oneshot::channel::<(usize, Option<std::io::Error>)>();
     let loser_asked = asked.clone();
     tokio::spawn(async move {
-        let (_, mut s) = loser_in.next().await.unwrap();
-        cairn_p2p::cas::read_frame(&mut s, limits.max_request)
-            .await
-            .unwrap();
+        let (mut s, _) = next_get(&mut loser_in).await;
         loser_asked.notify_one();
         let mut header = Vec::new();
         cairn_core::varint::put(&mut header, 4 << 20);
@@ -546,11 +566,7 @@ async fn a_won_race_resets_the_losing_peers_stream() {
     let store = Memory::new();
     store.put(block.clone()).await.unwrap();
     tokio::spawn(async move {
-        let (_, mut s) = winner_in.next().await.unwrap();
-        let body = cairn_p2p::cas::read_frame(&mut s, limits.max_request)
-            .await
-            .unwrap();
-        let req = cairn_p2p::cas::decode(&body).unwrap();
+        let (mut s, req) = next_get(&mut winner_in).await;
         asked.notified().await;
         let resp = cairn_p2p::cas::answer(&store, req, &limits, &Default::default()).await;
         cairn_p2p::cas::write_frame(&mut s, &cairn_p2p::cas::encode(&resp))
@@ -623,4 +639,58 @@ async fn an_announcement_reaches_a_peer_through_the_relay() {
         got.expires
     );
     relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_content_index_arrives_with_caps_and_grows_with_its_announcements() {
+    use cairn_core::source::PeerClient;
+    let (store_a, root, _) = holding(1 << 20).await;
+    let a = node(store_a.clone()).await;
+    let addr = a
+        .listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .await
+        .unwrap();
+    let b = node(Arc::new(Memory::new())).await;
+    b.dial(addr).await.unwrap();
+    let key = cairn_core::source::PeerKey::new(a.peer_id().to_string());
+    let reps = b.reputations().expect("the node keeps a reputation table");
+    let mut index = None;
+    for _ in 0..200 {
+        index = reps.get(&key).index;
+        if index.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let index = index.expect("B asked A for caps and kept its content index");
+    assert!(
+        index.may_contain(&root),
+        "A's index lists the root it holds"
+    );
+    let later = cairn_core::Block::from_data(
+        cairn_core::Codec::Raw,
+        HashAlg::Sha2_256,
+        bytes::Bytes::from_static(b"added later"),
+    )
+    .unwrap();
+    assert!(!index.may_contain(later.cid()), "not yet held");
+
+    store_a.put(later.clone()).await.unwrap();
+    let mut heard = false;
+    for _ in 0..20 {
+        let _ = a.announce(*later.cid(), 11, Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if reps
+            .get(&key)
+            .index
+            .is_some_and(|ix| ix.may_contain(later.cid()))
+        {
+            heard = true;
+            break;
+        }
+    }
+    assert!(
+        heard,
+        "A's announcement added the new root to the index B keeps for A"
+    );
 }

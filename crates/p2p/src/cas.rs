@@ -12,6 +12,7 @@
 use std::io;
 
 use cairn_core::cid::Cid;
+use cairn_core::source::routing::ContentIndex;
 use cairn_core::store::BlockStore;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use serde::{Deserialize, Serialize};
@@ -126,6 +127,58 @@ pub struct Capabilities {
     pub ipfs: bool,
     /// Bytes per second it is willing to serve, if limited.
     pub bandwidth: Option<u64>,
+    /// A bloom filter of the CIDs it holds (absent from peers that do not send one).
+    #[serde(default)]
+    pub bloom: Option<WireBloom>,
+}
+
+/// A bloom filter of held CIDs: `k` hash functions over `bits`, laid out as
+/// [`cairn_core::source::routing::ContentIndex`] describes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireBloom {
+    /// Hash functions per CID (1 to 16).
+    pub k: u8,
+    /// The filter (1 byte to 1 MiB).
+    pub bits: ByteBuf,
+}
+
+impl From<&ContentIndex> for WireBloom {
+    fn from(ix: &ContentIndex) -> Self {
+        Self {
+            k: ix.k(),
+            bits: ByteBuf::from(ix.bits().to_vec()),
+        }
+    }
+}
+
+impl TryFrom<WireBloom> for ContentIndex {
+    type Error = cairn_core::source::routing::IndexError;
+    fn try_from(w: WireBloom) -> Result<Self, Self::Error> {
+        ContentIndex::from_parts(w.k, w.bits.into_vec())
+    }
+}
+
+/// A bloom filter of up to `max` CIDs held in `store` (the first `max` in its order).
+pub async fn held_index<S: BlockStore>(
+    store: &S,
+    max: usize,
+) -> Result<ContentIndex, cairn_core::store::Error> {
+    let total = store.stat().await?.blocks;
+    let mut ix = ContentIndex::new((total as usize).min(max));
+    let mut after: Option<Cid> = None;
+    let mut seen = 0;
+    while seen < max {
+        let page = store.list(after.as_ref(), 4096.min(max - seen)).await?;
+        let Some(last) = page.last().copied() else {
+            break;
+        };
+        for c in &page {
+            ix.insert(c);
+        }
+        seen += page.len();
+        after = Some(last);
+    }
+    Ok(ix)
 }
 
 /// Error codes of [`Response::Error`].
@@ -536,6 +589,10 @@ mod tests {
                 protocols: vec![PROTOCOL_NAME.into()],
                 ipfs: true,
                 bandwidth: Some(9),
+                bloom: Some(WireBloom {
+                    k: 7,
+                    bits: ByteBuf::from(vec![1, 2, 3]),
+                }),
             }),
             Response::Error {
                 code: code::BUSY,

@@ -19,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cairn_core::CondSend;
 use cairn_core::cid::Cid;
+use cairn_core::source::routing::{ContentIndex, Reputations};
 use cairn_core::source::{PeerClient, PeerError, PeerKey};
 use cairn_core::store::BlockStore;
 use futures::channel::{mpsc, oneshot};
@@ -62,6 +63,7 @@ impl Default for Config {
                 protocols: vec![cas::PROTOCOL_NAME.into()],
                 ipfs: false,
                 bandwidth: None,
+                bloom: None,
             },
             advertise_listen_addrs: true,
             metrics: None,
@@ -151,15 +153,49 @@ fn lock(p: &Peers) -> MutexGuard<'_, HashMap<PeerId, PeerInfo>> {
     p.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Sends `/cas` requests on streams of their own.
+#[derive(Clone)]
+struct Requester {
+    streams: libp2p_stream::Control,
+    limits: cas::Limits,
+    timeout: Duration,
+}
+
+impl Requester {
+    async fn request(&self, peer: PeerId, req: cas::Request) -> Result<cas::Response, Error> {
+        let fail = |reason: String| Error::Request { peer, reason };
+        let exchange = async {
+            let mut control = self.streams.clone();
+            let mut stream = control
+                .open_stream(peer, cas::PROTOCOL)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            // The write side stays open until the answer is in: dropping an open stream
+            // resets it, so a peer whose answer is no longer wanted stops sending at once
+            // (dropping a half-closed one would not tell it).
+            cas::write_frame(&mut stream, &cas::encode(&req))
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let body = cas::read_frame(&mut stream, self.limits.max_response)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let _ = stream.close().await;
+            cas::decode(&body).map_err(|e| fail(format!("undecodable response: {e}")))
+        };
+        cairn_core::rt::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or_else(|| Err(fail(format!("no answer within {:?}", self.timeout))))
+    }
+}
+
 /// A handle on a running node.
 #[derive(Clone)]
 pub struct Node {
     peer_id: PeerId,
     commands: mpsc::Sender<Command>,
     peers: Peers,
-    streams: libp2p_stream::Control,
-    limits: cas::Limits,
-    timeout: Duration,
+    requester: Requester,
+    reputations: Reputations,
 }
 
 impl std::fmt::Debug for Node {
@@ -185,11 +221,23 @@ impl Node {
             peer_id,
             commands: tx,
             peers: peers.clone(),
-            streams: swarm.behaviour().streams.new_control(),
-            limits: config.cas.limits,
-            timeout: config.cas.request_timeout,
+            requester: Requester {
+                streams: swarm.behaviour().streams.new_control(),
+                limits: config.cas.limits,
+                timeout: config.cas.request_timeout,
+            },
+            reputations: Reputations::default(),
         };
-        (node, drive(swarm, store, config, rx, peers))
+        let driver = drive(
+            swarm,
+            store,
+            config,
+            rx,
+            peers,
+            node.requester.clone(),
+            node.reputations.clone(),
+        );
+        (node, driver)
     }
 
     /// This node's peer id.
@@ -222,28 +270,7 @@ impl Node {
     /// knows) on a new stream, and reads the answer, within the configured request timeout.
     /// Dropping the future resets the stream.
     pub async fn request(&self, peer: PeerId, req: cas::Request) -> Result<cas::Response, Error> {
-        let fail = |reason: String| Error::Request { peer, reason };
-        let exchange = async {
-            let mut control = self.streams.clone();
-            let mut stream = control
-                .open_stream(peer, cas::PROTOCOL)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            // The write side stays open until the answer is in: dropping an open stream
-            // resets it, so a peer whose answer is no longer wanted stops sending at once
-            // (dropping a half-closed one would not tell it).
-            cas::write_frame(&mut stream, &cas::encode(&req))
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            let body = cas::read_frame(&mut stream, self.limits.max_response)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            let _ = stream.close().await;
-            cas::decode(&body).map_err(|e| fail(format!("undecodable response: {e}")))
-        };
-        cairn_core::rt::timeout(self.timeout, exchange)
-            .await
-            .unwrap_or_else(|| Err(fail(format!("no answer within {:?}", self.timeout))))
+        self.requester.request(peer, req).await
     }
 
     /// Announces in the DHT (through the relay) that this node provides `cid`; resolves once
@@ -330,6 +357,10 @@ impl PeerClient for Node {
             }
         }
     }
+
+    fn reputations(&self) -> Option<Reputations> {
+        Some(self.reputations.clone())
+    }
 }
 
 /// A provider lookup in flight: the providers found so far, and who is waiting.
@@ -342,6 +373,9 @@ struct State {
     provides: HashMap<kad::QueryId, (Cid, Reply<()>)>,
     finds: HashMap<kad::QueryId, FindQuery>,
     subscribers: Vec<mpsc::Sender<Announcement>>,
+    reputations: Reputations,
+    /// `/cas` peers just identified, whose `caps` (and content index) to ask for.
+    ask_caps: Vec<PeerId>,
     advertise: bool,
     metrics: Option<Arc<Metrics>>,
 }
@@ -352,6 +386,8 @@ async fn drive<S: BlockStore>(
     config: Config,
     mut commands: mpsc::Receiver<Command>,
     peers: Peers,
+    requester: Requester,
+    reputations: Reputations,
 ) {
     let mut st = State {
         peers,
@@ -360,11 +396,16 @@ async fn drive<S: BlockStore>(
         provides: HashMap::new(),
         finds: HashMap::new(),
         subscribers: Vec::new(),
+        reputations,
+        ask_caps: Vec::new(),
         advertise: config.advertise_listen_addrs,
         metrics: config.metrics.clone(),
     };
+    // Declared before the futures that borrow it, so it outlives them.
+    let index_cache: IndexCache = Mutex::new(None);
     let mut answering = FuturesUnordered::new();
-    let (store, config) = (&store, &config);
+    let mut asking_caps = FuturesUnordered::new();
+    let (store, config, index_cache) = (&store, &config, &index_cache);
     loop {
         futures::select! {
             cmd = commands.next() => match cmd {
@@ -403,6 +444,20 @@ async fn drive<S: BlockStore>(
                 Some(Command::Subscribe(tx)) => st.subscribers.push(tx),
                 Some(Command::Stop) | None => break,
             },
+            (peer, caps) = asking_caps.select_next_some() => {
+                let (peer, caps): (PeerId, Result<cas::Response, Error>) = (peer, caps);
+                let key = PeerKey::new(peer.to_string());
+                match caps {
+                    Ok(cas::Response::Caps(cas::Capabilities { bloom: Some(bloom), .. })) => {
+                        match ContentIndex::try_from(bloom) {
+                            Ok(ix) => st.reputations.set_index(&key, ix),
+                            Err(e) => tracing::debug!(%peer, error = %e, "caps"),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(%peer, error = %e, "caps request failed"),
+                }
+            },
             (channel, response) = answering.select_next_some() => {
                 let channel: ResponseChannel<cas::Response> = channel;
                 // The requester may have gone; nothing to do then.
@@ -418,7 +473,12 @@ async fn drive<S: BlockStore>(
                         Ok(req) if answering.len() < config.max_inbound => {
                             answering.push(async move {
                                 let kind = req.kind();
-                                let resp = cas::answer(store, req, &config.cas.limits, &config.caps).await;
+                                let resp = match req {
+                                    cas::Request::Caps {} => {
+                                        cas::Response::Caps(caps_with_index(store, index_cache, &config.caps).await)
+                                    }
+                                    req => cas::answer(store, req, &config.cas.limits, &config.caps).await,
+                                };
                                 if let Some(m) = &config.metrics {
                                     m.record_answer(kind, &resp);
                                 }
@@ -440,6 +500,12 @@ async fn drive<S: BlockStore>(
                     }
                 } else {
                     handle(&mut swarm, event, &mut st);
+                    for peer in st.ask_caps.drain(..) {
+                        let requester = requester.clone();
+                        asking_caps.push(async move {
+                            (peer, requester.request(peer, cas::Request::Caps {}).await)
+                        });
+                    }
                 }
             },
         }
@@ -545,6 +611,9 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
                 .iter()
                 .any(|p| p.as_ref() == cas::PROTOCOL_NAME);
             if let Some(i) = lock(&st.peers).get_mut(&peer_id) {
+                if cas && !i.cas {
+                    st.ask_caps.push(peer_id);
+                }
                 i.cas = cas;
                 i.agent = Some(info.agent_version);
             }
@@ -572,6 +641,8 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
                 match announce::validate(message.source, &message.data, announce::now()) {
                     Ok(a) => {
                         tracing::debug!(peer = %a.peer, root = %a.root, "announcement");
+                        st.reputations
+                            .note_held(&PeerKey::new(a.peer.to_string()), &a.root);
                         st.subscribers.retain(|s| !s.is_closed());
                         for s in &mut st.subscribers {
                             if s.try_send(a.clone()).is_err() {
@@ -645,5 +716,47 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
             tracing::debug!(%send_back_addr, %error, "incoming connection failed");
         }
         _ => {}
+    }
+}
+
+/// How long a computed content index is reused for `caps` answers.
+const INDEX_REFRESH: Duration = Duration::from_secs(10);
+
+/// Most CIDs put in the content index sent with `caps`.
+const INDEX_MAX_CIDS: usize = 1 << 20;
+
+type IndexCache = Mutex<Option<(cairn_core::rt::Instant, cas::WireBloom)>>;
+
+/// `caps` with a bloom filter of what `store` holds, recomputed at most every
+/// [`INDEX_REFRESH`]; without one if the store cannot be listed.
+async fn caps_with_index<S: BlockStore>(
+    store: &S,
+    cache: &IndexCache,
+    caps: &cas::Capabilities,
+) -> cas::Capabilities {
+    let cached = {
+        let c = cache.lock().unwrap_or_else(PoisonError::into_inner);
+        c.as_ref()
+            .filter(|(at, _)| at.elapsed() < INDEX_REFRESH)
+            .map(|(_, b)| b.clone())
+    };
+    let bloom = match cached {
+        Some(b) => Some(b),
+        None => match cas::held_index(store, INDEX_MAX_CIDS).await {
+            Ok(ix) => {
+                let b = cas::WireBloom::from(&ix);
+                *cache.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some((cairn_core::rt::Instant::now(), b.clone()));
+                Some(b)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the store for the content index");
+                None
+            }
+        },
+    };
+    cas::Capabilities {
+        bloom,
+        ..caps.clone()
     }
 }

@@ -64,6 +64,12 @@ pub trait PeerClient: CondSync {
         peer: &PeerKey,
         cid: &Cid,
     ) -> impl Future<Output = Result<Bytes, PeerError>> + CondSend;
+
+    /// A reputation table the client keeps up to date (with peers' content indexes, say),
+    /// which a race over this client then shares. `None`: the race keeps its own.
+    fn reputations(&self) -> Option<Reputations> {
+        None
+    }
 }
 
 /// Limits of a race.
@@ -113,9 +119,9 @@ impl<C: PeerClient, R: RoutingStrategy> PeerRace<C, R> {
     /// A race with a custom strategy.
     pub fn with_strategy(client: C, strategy: R) -> Self {
         Self {
+            reputations: client.reputations().unwrap_or_default(),
             client,
             strategy,
-            reputations: Reputations::default(),
             config: RaceConfig::default(),
         }
     }

@@ -9,32 +9,93 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use growable_bloom_filter::GrowableBloom;
-
 use super::PeerKey;
 use crate::CondSync;
 use crate::cid::Cid;
 
-/// A bloom filter of CIDs: what a node holds, in a few bytes per CID.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ContentIndex(GrowableBloom);
+/// A bloom filter of CIDs: what a node holds, in about 1.2 bytes per CID at a 1%
+/// false-positive rate. Its bits travel in `/cas` `caps` answers, so the layout is fixed
+/// (see `docs/protocol.md`):
+///
+/// - a CID's key is SHA-256 of its multihash (so the same bytes under another codec match);
+///   `h1` and `h2` are that key's first and second 8 bytes as little-endian integers, `h2`
+///   with its lowest bit set;
+/// - with `m` bits (8 × the byte length), the CID sets bits `(h1 + i·h2) mod m` for
+///   `i` in `0..k` (wrapping 64-bit arithmetic); bit `j` is bit `j % 8`, counted from the
+///   least significant, of byte `j / 8`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentIndex {
+    k: u8,
+    bits: Vec<u8>,
+}
+
+/// Why bloom bits from a peer are not a [`ContentIndex`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid content index: {0}")]
+pub struct IndexError(&'static str);
 
 impl ContentIndex {
-    /// An empty index sized for about `expected` CIDs at a 1% false-positive rate.
+    /// Largest filter, in bytes (about 870 000 CIDs at 1%).
+    pub const MAX_BYTES: usize = 1 << 20;
+    /// Hash functions per CID.
+    pub const K: u8 = 7;
+
+    /// An empty index sized for about `expected` CIDs at a 1% false-positive rate (the rate
+    /// grows past [`Self::MAX_BYTES`]).
     pub fn new(expected: usize) -> Self {
-        Self(GrowableBloom::new(0.01, expected.max(16)))
+        let bits = (expected.max(16) as f64 * 9.6).ceil() as usize;
+        Self {
+            k: Self::K,
+            bits: vec![0; bits.div_ceil(8).min(Self::MAX_BYTES)],
+        }
     }
+
+    /// An index from a peer's `k` and bits, checked: `k` in 1..=16, 1 to
+    /// [`Self::MAX_BYTES`] bytes.
+    pub fn from_parts(k: u8, bits: Vec<u8>) -> Result<Self, IndexError> {
+        if !(1..=16).contains(&k) {
+            return Err(IndexError("k must be between 1 and 16"));
+        }
+        if bits.is_empty() || bits.len() > Self::MAX_BYTES {
+            return Err(IndexError("the filter must have 1 byte to 1 MiB"));
+        }
+        Ok(Self { k, bits })
+    }
+
+    /// Hash functions per CID.
+    pub fn k(&self) -> u8 {
+        self.k
+    }
+
+    /// The filter's bits.
+    pub fn bits(&self) -> &[u8] {
+        &self.bits
+    }
+
+    fn positions(&self, cid: &Cid) -> impl Iterator<Item = usize> + use<> {
+        use sha2::Digest;
+        let key = sha2::Sha256::digest(cid.hash().to_bytes());
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&key[i..i + 8]);
+            u64::from_le_bytes(w)
+        };
+        let (h1, h2) = (word(0), word(8) | 1);
+        let m = self.bits.len() as u64 * 8;
+        (0..u64::from(self.k)).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % m) as usize)
+    }
+
     /// Adds a CID.
     pub fn insert(&mut self, cid: &Cid) {
-        self.0.insert(cid.hash().digest());
+        for j in self.positions(cid) {
+            self.bits[j / 8] |= 1 << (j % 8);
+        }
     }
+
     /// `false` means certainly absent; `true` means probably present.
     pub fn may_contain(&self, cid: &Cid) -> bool {
-        self.0.contains(cid.hash().digest())
-    }
-    /// The underlying filter.
-    pub fn filter(&self) -> &GrowableBloom {
-        &self.0
+        self.positions(cid)
+            .all(|j| self.bits[j / 8] & (1 << (j % 8)) != 0)
     }
 }
 
@@ -109,6 +170,14 @@ impl Reputations {
     pub fn set_index(&self, peer: &PeerKey, index: ContentIndex) {
         self.lock().entry(peer.clone()).or_default().index = Some(index);
     }
+
+    /// Notes that `peer` now holds `cid` (it announced it), in the index it sent earlier.
+    /// A peer without an index needs none: it is not ranked down for lacking anything.
+    pub fn note_held(&self, peer: &PeerKey, cid: &Cid) {
+        if let Some(ix) = self.lock().get_mut(peer).and_then(|r| r.index.as_mut()) {
+            ix.insert(cid);
+        }
+    }
     /// Forgets a peer.
     pub fn remove(&self, peer: &PeerKey) {
         self.lock().remove(peer);
@@ -175,6 +244,45 @@ impl RoutingStrategy for InOrder {
 mod tests {
     use super::*;
     use crate::cid::{Codec, HashAlg, of};
+
+    #[test]
+    fn the_index_layout_is_the_documented_one() {
+        // Worked out independently (Python's hashlib) from the rules in the type's docs:
+        // key = SHA-256(0x1220 ‖ SHA-256("a")), m = 64, k = 3.
+        let mut ix = ContentIndex::from_parts(3, vec![0; 8]).unwrap();
+        let cid = of(Codec::Raw, HashAlg::Sha2_256, b"a");
+        ix.insert(&cid);
+        assert_eq!(ix.bits(), [0, 0, 0, 0, 0, 0x38, 0, 0]);
+        // Keyed by the multihash: the same bytes as dag-pb match too.
+        assert!(ix.may_contain(&of(Codec::DagPb, HashAlg::Sha2_256, b"a")));
+    }
+
+    #[test]
+    fn the_index_has_no_false_negatives_and_few_false_positives() {
+        let mut ix = ContentIndex::new(10_000);
+        let held: Vec<Cid> = (0..10_000u32)
+            .map(|i| of(Codec::Raw, HashAlg::Blake3, &i.to_le_bytes()))
+            .collect();
+        for c in &held {
+            ix.insert(c);
+        }
+        assert!(held.iter().all(|c| ix.may_contain(c)));
+        let false_positives = (10_000..20_000u32)
+            .filter(|i| ix.may_contain(&of(Codec::Raw, HashAlg::Blake3, &i.to_le_bytes())))
+            .count();
+        assert!(false_positives < 200, "{false_positives} of 10000");
+        assert!(ix.bits().len() < 13_000, "{} bytes", ix.bits().len());
+    }
+
+    #[test]
+    fn index_parts_from_a_peer_are_checked() {
+        assert!(ContentIndex::from_parts(0, vec![0; 8]).is_err());
+        assert!(ContentIndex::from_parts(17, vec![0; 8]).is_err());
+        assert!(ContentIndex::from_parts(7, Vec::new()).is_err());
+        assert!(ContentIndex::from_parts(7, vec![0; ContentIndex::MAX_BYTES + 1]).is_err());
+        let huge = ContentIndex::new(usize::MAX / 16);
+        assert_eq!(huge.bits().len(), ContentIndex::MAX_BYTES);
+    }
 
     #[test]
     fn scored_prefers_fast_honest_peers_with_the_content() {
