@@ -28,6 +28,7 @@ async fn peer(store: Arc<Memory>) -> Peer {
         Keypair::generate_ed25519(),
         None,
         &config,
+        &Default::default(),
         &mut Default::default(),
     )
     .await

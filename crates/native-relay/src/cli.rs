@@ -89,7 +89,7 @@ enum Command {
 
 #[derive(Debug, Clone, clap::Args)]
 struct ServeArgs {
-    /// libp2p listen address (repeatable); replaces the defaults (TCP 4001, WebSocket 4002, QUIC UDP 4001).
+    /// libp2p listen address (repeatable); replaces the defaults (TCP 4001, WebSocket 4002, QUIC UDP 4001, WebRTC-direct UDP 4002, and WebSocket over TLS on 4003 when a certificate is given).
     #[arg(long = "listen", env = "CAIRN_LISTEN", value_delimiter = ',')]
     listen: Vec<Multiaddr>,
     /// The HTTP listener for the web app, /health, /metrics and the gateway [default: 127.0.0.1:8080].
@@ -107,6 +107,12 @@ struct ServeArgs {
     /// Serve the blocks of this store to peers over /cas/1.0.0 (content role).
     #[arg(long = "store", env = "CAIRN_SERVE_STORE")]
     store: Option<PathBuf>,
+    /// PEM certificate chain for WebSocket over TLS (/tls/ws listeners); needs --tls-key.
+    #[arg(long, env = "CAIRN_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "CAIRN_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// A failure with its exit code.
@@ -292,7 +298,7 @@ async fn connect(peers: &[Multiaddr], deadline: Duration) -> Result<cairn_p2p::N
         ..Default::default()
     };
     let mut registry = prometheus_client::registry::Registry::default();
-    let swarm = crate::node::swarm(key, None, &config, &mut registry)
+    let swarm = crate::node::swarm(key, None, &config, &Default::default(), &mut registry)
         .await
         .map_err(|e| fail(1, e))?;
     let (node, driver) = cairn_p2p::Node::new(swarm, Null::new(), config);
@@ -447,6 +453,8 @@ struct FileConfig {
     identity: Option<PathBuf>,
     web_root: Option<PathBuf>,
     store: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     #[serde(default)]
     limits: FileLimits,
 }
@@ -483,7 +491,23 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         Some(p) => read_config(p)?,
         None => FileConfig::default(),
     };
-    let key = load_identity(args.identity.or(file.identity))?;
+    let identity = args
+        .identity
+        .or(file.identity)
+        .unwrap_or_else(|| data_dir().join("identity.key"));
+    let key = crate::identity::load_or_create(&identity).map_err(|e| fail(7, e))?;
+    let webrtc = crate::node::load_or_create_webrtc_cert(&identity.with_extension("webrtc.pem"))
+        .map_err(|e| fail(7, e))?;
+    let tls = match (
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+    ) {
+        (Some(cert), Some(key)) => {
+            Some(crate::node::Tls::from_pem_files(&cert, &key).map_err(|e| fail(7, e))?)
+        }
+        (None, None) => None,
+        _ => return Err(fail(2, "give both tls_cert and tls_key, or neither")),
+    };
     let store = match args.store.or(file.store) {
         Some(dir) => Some(Disk::open(&dir).await.map_err(|e| fail(5, e))?),
         None => None,
@@ -491,8 +515,13 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let mut config = crate::relay::Config {
         web_root: args.web_root.or(file.web_root),
         store,
+        webrtc: Some(webrtc),
         ..Default::default()
     };
+    if tls.is_some() {
+        config.listen.push(crate::relay::default_tls_listen());
+    }
+    config.tls = tls;
     if let Some(http) = args.http.or(file.http) {
         config.http = http;
     }

@@ -39,6 +39,22 @@ pub enum Error {
     },
 }
 
+/// Creates `path` (and its directory) holding `bytes`, readable by its owner only; fails if
+/// it already exists.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 /// Loads the key at `path`, or creates one there.
 pub fn load_or_create(path: &Path) -> Result<Keypair, Error> {
     match std::fs::read(path) {
@@ -49,20 +65,10 @@ pub fn load_or_create(path: &Path) -> Result<Keypair, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = Keypair::generate_ed25519();
             let write = |path: &Path| -> std::io::Result<()> {
-                use std::io::Write;
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                let mut opts = std::fs::OpenOptions::new();
-                opts.write(true).create_new(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-                let mut f = opts.open(path)?;
                 let bytes = key
                     .to_protobuf_encoding()
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
-                f.write_all(&bytes)?;
-                f.sync_all()
+                write_private(path, &bytes)
             };
             write(path).map_err(|source| Error::Write {
                 path: path.to_owned(),

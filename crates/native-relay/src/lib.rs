@@ -11,6 +11,7 @@ pub mod identity;
 pub mod node;
 pub mod relay;
 pub mod store;
+pub mod webrtc;
 
 use cairn_core::HashAlg;
 use cairn_core::store::BlockStore;

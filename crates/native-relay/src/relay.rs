@@ -32,6 +32,12 @@ pub struct Config {
     pub web_root: Option<PathBuf>,
     /// The store whose blocks the relay serves over `/cas` (none: it only relays).
     pub store: Option<Disk>,
+    /// Certificate and key for `/tls/ws` listeners.
+    pub tls: Option<crate::node::Tls>,
+    /// The WebRTC-direct certificate; one is generated for this run if a `/webrtc-direct`
+    /// listener needs it and none is given (`cairn-relay serve` keeps one next to the
+    /// identity, so the address stays the same).
+    pub webrtc: Option<crate::node::WebRtcCertificate>,
     /// Reservations held at once, in total.
     pub max_reservations: usize,
     /// Reservations per peer.
@@ -65,6 +71,8 @@ impl Default for Config {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             web_root: None,
             store: None,
+            tls: None,
+            webrtc: None,
             max_reservations: 1024,
             max_reservations_per_peer: 4,
             reservation_duration: Duration::from_secs(60 * 60),
@@ -98,7 +106,18 @@ impl Config {
     }
 }
 
-/// TCP on 4001, WebSocket on 4002 and QUIC on UDP 4001, on all interfaces.
+/// WebSocket over TLS on 4003, on all interfaces: added to the defaults when a certificate
+/// is given.
+pub fn default_tls_listen() -> Multiaddr {
+    Multiaddr::empty()
+        .with(Protocol::Ip4([0, 0, 0, 0].into()))
+        .with(Protocol::Tcp(4003))
+        .with(Protocol::Tls)
+        .with(Protocol::Ws("/".into()))
+}
+
+/// TCP on 4001, WebSocket on 4002, QUIC on UDP 4001 and WebRTC-direct on UDP 4002, on all
+/// interfaces.
 pub fn default_listen() -> Vec<Multiaddr> {
     let tcp = Multiaddr::empty()
         .with(Protocol::Ip4([0, 0, 0, 0].into()))
@@ -111,7 +130,11 @@ pub fn default_listen() -> Vec<Multiaddr> {
         .with(Protocol::Ip4([0, 0, 0, 0].into()))
         .with(Protocol::Tcp(4002))
         .with(Protocol::Ws("/".into()));
-    vec![tcp, ws, quic]
+    let webrtc = Multiaddr::empty()
+        .with(Protocol::Ip4([0, 0, 0, 0].into()))
+        .with(Protocol::Udp(4002))
+        .with(Protocol::WebRTCDirect);
+    vec![tcp, ws, quic, webrtc]
 }
 
 /// Why the relay could not start.
@@ -141,6 +164,9 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A `/tls/ws` or `/wss` listener without a certificate.
+    #[error("cannot listen on {0}: WebSocket over TLS needs --tls-cert and --tls-key")]
+    NeedsTls(Multiaddr),
     /// A setting is out of range.
     #[error("invalid relay configuration: {0}")]
     Config(&'static str),
@@ -206,6 +232,33 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         )
         .circuit_src_per_peer(rate(config.circuits_per_peer_burst)?, config.rate_interval)
         .circuit_src_per_ip(rate(config.circuits_per_ip_burst)?, config.rate_interval);
+    let is = |a: &Multiaddr, f: fn(&Protocol<'_>) -> bool| a.iter().any(|p| f(&p));
+    let mut transports = crate::node::Transports {
+        tls: config.tls.clone(),
+        webrtc: config.webrtc.clone(),
+    };
+    if let Some(a) = config
+        .listen
+        .iter()
+        .find(|a| is(a, |p| matches!(p, Protocol::Tls | Protocol::Wss(_))))
+        && transports.tls.is_none()
+    {
+        return Err(Error::NeedsTls(a.clone()));
+    }
+    if transports.webrtc.is_none()
+        && config
+            .listen
+            .iter()
+            .any(|a| is(a, |p| matches!(p, Protocol::WebRTCDirect)))
+    {
+        tracing::warn!(
+            "no WebRTC certificate given: this run's /certhash will not survive a restart"
+        );
+        transports.webrtc = Some(
+            crate::node::WebRtcCertificate::generate(&mut rand::thread_rng())
+                .map_err(|e| Error::Transport(e.to_string()))?,
+        );
+    }
     let mut registry = prometheus_client::registry::Registry::default();
     let p2p = cairn_p2p::node::Config {
         cas: cairn_p2p::CasConfig {
@@ -215,7 +268,7 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         metrics: Some(Arc::new(cairn_p2p::metrics::Metrics::new(&mut registry))),
         ..Default::default()
     };
-    let mut swarm = crate::node::swarm(key, Some(relay_cfg), &p2p, &mut registry)
+    let mut swarm = crate::node::swarm(key, Some(relay_cfg), &p2p, &transports, &mut registry)
         .await
         .map_err(|e| Error::Transport(e.to_string()))?;
 

@@ -39,9 +39,15 @@ async fn node(store: Arc<Memory>) -> Node {
     logs();
     let mut registry = Default::default();
     let config = cairn_p2p::node::Config::default();
-    let swarm = cairn_relay::node::swarm(Keypair::generate_ed25519(), None, &config, &mut registry)
-        .await
-        .unwrap();
+    let swarm = cairn_relay::node::swarm(
+        Keypair::generate_ed25519(),
+        None,
+        &config,
+        &Default::default(),
+        &mut registry,
+    )
+    .await
+    .unwrap();
     let (node, driver) = Node::new(swarm, store, config);
     tokio::spawn(driver);
     node
@@ -482,6 +488,7 @@ async fn hand_driven_peer() -> (Node, Multiaddr, libp2p_stream::IncomingStreams)
         Keypair::generate_ed25519(),
         None,
         &config,
+        &Default::default(),
         &mut Default::default(),
     )
     .await

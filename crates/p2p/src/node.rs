@@ -153,6 +153,21 @@ fn lock(p: &Peers) -> MutexGuard<'_, HashMap<PeerId, PeerInfo>> {
     p.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// An error's message followed by its sources' (transport errors hide the cause there).
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        next = s.source();
+    }
+    out
+}
+
 /// Sends `/cas` requests on streams of their own.
 #[derive(Clone)]
 struct Requester {
@@ -169,16 +184,16 @@ impl Requester {
             let mut stream = control
                 .open_stream(peer, cas::PROTOCOL)
                 .await
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| fail(with_sources(&e)))?;
             // The write side stays open until the answer is in: dropping an open stream
             // resets it, so a peer whose answer is no longer wanted stops sending at once
             // (dropping a half-closed one would not tell it).
             cas::write_frame(&mut stream, &cas::encode(&req))
                 .await
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| fail(with_sources(&e)))?;
             let body = cas::read_frame(&mut stream, self.limits.max_response)
                 .await
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| fail(with_sources(&e)))?;
             let _ = stream.close().await;
             cas::decode(&body).map_err(|e| fail(format!("undecodable response: {e}")))
         };
