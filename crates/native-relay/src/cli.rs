@@ -474,6 +474,7 @@ struct FileLimits {
     circuits_per_peer_burst: Option<u32>,
     circuits_per_ip_burst: Option<u32>,
     rate_interval_secs: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
 }
 
 fn read_config(path: &Path) -> Result<FileConfig, Failure> {
@@ -556,6 +557,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     set!(circuits_per_peer_burst);
     set!(circuits_per_ip_burst);
     set!(rate_interval, rate_interval_secs, secs);
+    set!(shutdown_grace, shutdown_grace_secs, secs);
     let running = crate::relay::start(key, config)
         .await
         .map_err(|e| fail(7, e))?;

@@ -62,6 +62,8 @@ pub struct Config {
     pub circuits_per_ip_burst: u32,
     /// The refill interval of the rate limits above.
     pub rate_interval: Duration,
+    /// On shutdown, how long `/cas` answers in flight may take to finish.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Config {
@@ -86,6 +88,7 @@ impl Default for Config {
             circuits_per_peer_burst: 60,
             circuits_per_ip_burst: 240,
             rate_interval: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -193,7 +196,10 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, closes connections and waits for the tasks to end.
+    /// Stops accepting (HTTP and libp2p), lets `/cas` answers in flight finish (within the
+    /// node's grace period), closes connections and waits for the tasks to end. The store
+    /// needs no flushing: each block is in place (written whole, then renamed) before a put
+    /// returns.
     pub async fn shutdown(self) {
         let _ = self.http_stop.send(()).await;
         self.node.stop().await;
@@ -260,7 +266,7 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         );
     }
     let mut registry = prometheus_client::registry::Registry::default();
-    let p2p = cairn_p2p::node::Config {
+    let mut p2p = cairn_p2p::node::Config {
         cas: cairn_p2p::CasConfig {
             serve: config.store.is_some(),
             ..Default::default()
@@ -360,6 +366,8 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
+    p2p.listeners = pending.iter().map(|(id, _)| *id).collect();
+    p2p.shutdown_grace = config.shutdown_grace;
     let (node, driver) = match config.store {
         Some(store) => spawn_node(swarm, store, p2p),
         None => spawn_node(swarm, Null::new(), p2p),

@@ -24,7 +24,7 @@ use cairn_core::source::{PeerClient, PeerError, PeerKey};
 use cairn_core::store::BlockStore;
 use futures::channel::{mpsc, oneshot};
 use futures::stream::FuturesUnordered;
-use futures::{AsyncWriteExt, SinkExt, StreamExt};
+use futures::{AsyncWriteExt, FutureExt, SinkExt, StreamExt};
 use libp2p::core::transport::ListenerId;
 use libp2p::request_response::{self, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
@@ -51,6 +51,11 @@ pub struct Config {
     pub advertise_listen_addrs: bool,
     /// Where to record metrics, if anywhere.
     pub metrics: Option<Arc<Metrics>>,
+    /// How long [`Node::stop`] lets `/cas` answers in flight finish before it cuts them.
+    pub shutdown_grace: Duration,
+    /// Listeners opened on the swarm before it was handed to the driver; closed on stop
+    /// with those opened through [`Node::listen`].
+    pub listeners: Vec<ListenerId>,
 }
 
 impl Default for Config {
@@ -67,6 +72,8 @@ impl Default for Config {
             },
             advertise_listen_addrs: true,
             metrics: None,
+            shutdown_grace: Duration::from_secs(10),
+            listeners: Vec::new(),
         }
     }
 }
@@ -328,7 +335,10 @@ impl Node {
         lock(&self.peers).clone()
     }
 
-    /// Stops the driver (connections close as the swarm is dropped).
+    /// Stops the driver: it closes its listeners and refuses new connections and requests,
+    /// lets the `/cas` answers in flight finish (for at most [`Config::shutdown_grace`]),
+    /// then drops the swarm, closing every connection. Await the driver future to know
+    /// when it is done.
     pub async fn stop(&self) {
         let _ = self.commands.clone().send(Command::Stop).await;
     }
@@ -391,6 +401,11 @@ struct State {
     reputations: Reputations,
     /// `/cas` peers just identified, whose `caps` (and content index) to ask for.
     ask_caps: Vec<PeerId>,
+    listeners: std::collections::HashSet<ListenerId>,
+    /// Responses handed to request-response and not yet sent (or failed).
+    responding: usize,
+    /// Set once stopping: when to give up on the answers in flight.
+    draining: Option<cairn_core::rt::Instant>,
     advertise: bool,
     metrics: Option<Arc<Metrics>>,
 }
@@ -413,6 +428,9 @@ async fn drive<S: BlockStore>(
         subscribers: Vec::new(),
         reputations,
         ask_caps: Vec::new(),
+        listeners: config.listeners.iter().copied().collect(),
+        responding: 0,
+        draining: None,
         advertise: config.advertise_listen_addrs,
         metrics: config.metrics.clone(),
     };
@@ -422,8 +440,23 @@ async fn drive<S: BlockStore>(
     let mut asking_caps = FuturesUnordered::new();
     let (store, config, index_cache) = (&store, &config, &index_cache);
     loop {
+        if let Some(deadline) = st.draining {
+            if answering.is_empty() && st.responding == 0 {
+                tracing::debug!("stopped: every answer was sent");
+                break;
+            }
+            if cairn_core::rt::Instant::now() >= deadline {
+                tracing::warn!(
+                    in_flight = answering.len() + st.responding,
+                    "stopping: cutting /cas answers still in flight after the grace period"
+                );
+                break;
+            }
+        }
+        let draining = st.draining.is_some();
         futures::select! {
-            cmd = commands.next() => match cmd {
+            // Commands stop being read once stopping; a timer rechecks the deadline instead.
+            cmd = next_unless(&mut commands, draining).fuse() => match cmd {
                 Some(Command::Dial(addr, reply)) => {
                     let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
                     let id = opts.connection_id();
@@ -457,7 +490,12 @@ async fn drive<S: BlockStore>(
                     })));
                 }
                 Some(Command::Subscribe(tx)) => st.subscribers.push(tx),
-                Some(Command::Stop) | None => break,
+                Some(Command::Stop) | None => {
+                    for id in st.listeners.drain() {
+                        swarm.remove_listener(id);
+                    }
+                    st.draining = Some(cairn_core::rt::Instant::now() + config.shutdown_grace);
+                }
             },
             (peer, caps) = asking_caps.select_next_some() => {
                 let (peer, caps): (PeerId, Result<cas::Response, Error>) = (peer, caps);
@@ -476,8 +514,11 @@ async fn drive<S: BlockStore>(
             (channel, response) = answering.select_next_some() => {
                 let channel: ResponseChannel<cas::Response> = channel;
                 // The requester may have gone; nothing to do then.
-                let _ = swarm.behaviour_mut().cas.send_response(channel, response);
+                if swarm.behaviour_mut().cas.send_response(channel, response).is_ok() {
+                    st.responding += 1;
+                }
             },
+            () = tick_if(draining).fuse() => {},
             event = swarm.select_next_some() => {
                 if let SwarmEvent::Behaviour(BehaviourEvent::Cas(request_response::Event::Message {
                     peer,
@@ -485,6 +526,15 @@ async fn drive<S: BlockStore>(
                     ..
                 })) = event {
                     match request {
+                        Ok(_) if st.draining.is_some() => {
+                            let stopping = cas::Response::Error {
+                                code: cas::code::BUSY,
+                                message: "this node is shutting down; ask another".into(),
+                            };
+                            if swarm.behaviour_mut().cas.send_response(channel, stopping).is_ok() {
+                                st.responding += 1;
+                            }
+                        }
                         Ok(req) if answering.len() < config.max_inbound => {
                             answering.push(async move {
                                 let kind = req.kind();
@@ -506,11 +556,15 @@ async fn drive<S: BlockStore>(
                                 code: cas::code::BUSY,
                                 message: "too many requests in flight; retry later".into(),
                             };
-                            let _ = swarm.behaviour_mut().cas.send_response(channel, busy);
+                            if swarm.behaviour_mut().cas.send_response(channel, busy).is_ok() {
+                                st.responding += 1;
+                            }
                         }
                         Err(refusal) => {
                             tracing::debug!(%peer, ?refusal, "malformed /cas request");
-                            let _ = swarm.behaviour_mut().cas.send_response(channel, refusal);
+                            if swarm.behaviour_mut().cas.send_response(channel, refusal).is_ok() {
+                                st.responding += 1;
+                            }
                         }
                     }
                 } else {
@@ -537,6 +591,10 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
         }
     }
     match event {
+        SwarmEvent::ConnectionEstablished { connection_id, .. } if st.draining.is_some() => {
+            // Stopping: no new connections (the listeners may be closing still).
+            swarm.close_connection(connection_id);
+        }
         SwarmEvent::ConnectionEstablished {
             peer_id,
             connection_id,
@@ -586,6 +644,7 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
             address,
         } => {
             tracing::info!(%address, "listening");
+            st.listeners.insert(listener_id);
             if st.advertise {
                 swarm.add_external_address(address.clone());
             }
@@ -601,6 +660,7 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
             reason,
             ..
         } => {
+            st.listeners.remove(&listener_id);
             if let Some((addr, reply)) = st.listens.remove(&listener_id) {
                 let reason = match reason {
                     Err(e) => e.to_string(),
@@ -614,7 +674,13 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
             error,
             ..
         })) => {
+            st.responding = st.responding.saturating_sub(1);
             tracing::debug!(%peer, %error, "inbound /cas request failed");
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Cas(request_response::Event::ResponseSent {
+            ..
+        })) => {
+            st.responding = st.responding.saturating_sub(1);
         }
         SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
             peer_id,
@@ -773,5 +839,23 @@ async fn caps_with_index<S: BlockStore>(
     cas::Capabilities {
         bloom,
         ..caps.clone()
+    }
+}
+
+/// The next command, or never while `stopping` (commands are no longer taken then).
+async fn next_unless(commands: &mut mpsc::Receiver<Command>, stopping: bool) -> Option<Command> {
+    if stopping {
+        futures::future::pending().await
+    } else {
+        commands.next().await
+    }
+}
+
+/// A short tick while `draining` (to recheck the grace deadline), never otherwise.
+async fn tick_if(draining: bool) {
+    if draining {
+        cairn_core::rt::sleep(Duration::from_millis(50)).await;
+    } else {
+        futures::future::pending::<()>().await;
     }
 }
