@@ -754,3 +754,85 @@ async fn stopping_the_relay_lets_an_answer_in_flight_finish_then_refuses_new_pee
         "a stopped relay accepts no one"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circuit_flood_is_refused_and_others_still_get_circuits() {
+    let config = cairn_relay::relay::Config {
+        circuits_per_peer_burst: 5,
+        rate_interval: Duration::from_secs(3600),
+        ..cairn_relay::relay::Config::loopback()
+    };
+    let relay = cairn_relay::relay::start(Keypair::generate_ed25519(), config)
+        .await
+        .unwrap();
+    let relay_addr = relay.addrs[0].clone();
+    let (store_a, root, _) = holding(256 << 10).await;
+    let a = node(store_a).await;
+    a.dial(relay_addr.clone()).await.unwrap();
+    a.listen(relay_addr.clone().with(Protocol::P2pCircuit))
+        .await
+        .expect("reservation");
+    let via_relay: Multiaddr = relay_addr
+        .clone()
+        .with(Protocol::P2pCircuit)
+        .with(Protocol::P2p(a.peer_id()));
+
+    // One peer opens 30 circuits to A at once (each dial without a known peer id is a new
+    // connection, so a new circuit).
+    let flood = node(Arc::new(Memory::new())).await;
+    flood.dial(relay_addr.clone()).await.unwrap();
+    let dials = (0..30).map(|_| {
+        let flood = flood.clone();
+        let addr = via_relay.clone();
+        async move { tokio::time::timeout(Duration::from_secs(20), flood.dial(addr)).await }
+    });
+    let results = futures::future::join_all(dials).await;
+    let opened = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    let refused: Vec<String> = results
+        .iter()
+        .filter_map(|r| match r {
+            Ok(Err(e)) => Some(e.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        results.iter().all(|r| r.is_ok()),
+        "every dial got an answer, none hung"
+    );
+    assert!(
+        opened <= 5,
+        "at most the burst of 5 circuits: {opened} opened"
+    );
+    assert!(
+        refused.len() >= 25,
+        "{} refused: {refused:?}",
+        refused.len()
+    );
+    // Past the burst the relay says why; the relay client also drops circuit requests
+    // past its own limit of outstanding ones ("canceled"), before they reach the relay.
+    assert!(
+        refused
+            .iter()
+            .any(|e| e.contains("resource limit exceeded")),
+        "the relay says why: {refused:?}"
+    );
+
+    // Another peer still reaches A through the relay and fetches its content.
+    let b = node(Arc::new(Memory::new())).await;
+    b.dial(relay_addr).await.unwrap();
+    assert_eq!(b.dial(via_relay).await.unwrap(), a.peer_id());
+    until_cas(&b, a.peer_id()).await;
+    fetch_all(&b, 256 << 10, root).await;
+
+    let metrics = reqwest::get(format!("http://{}/metrics", relay.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("CircuitReqDenied"),
+        "denials are counted:\n{metrics}"
+    );
+    relay.shutdown().await;
+}
