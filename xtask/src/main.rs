@@ -379,6 +379,10 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
     sh(cargo()
         .args(["bench", "-p", "cairn-relay", "--bench", "transfer", "--"])
         .args(extra))?;
+    if extra.is_empty() || extra.iter().any(|f| "reservations".contains(f.as_str())) {
+        step("relay memory per reservation (1,000 peers, release cairn-relay process)");
+        sh(cargo().args(["bench", "-p", "cairn-relay", "--bench", "reservations"]))?;
+    }
     let dir = target_dir(root).join("criterion");
     let mean = |id: &str| -> Option<f64> {
         let text = std::fs::read_to_string(dir.join(id).join("new/estimates.json")).ok()?;
