@@ -6,6 +6,8 @@
 //!
 //! Run with `cargo xtask bench` (or `cargo bench -p cairn-relay --bench reservations`).
 
+#![allow(clippy::print_stdout)] // a benchmark reports on stdout
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
