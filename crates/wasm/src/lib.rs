@@ -5,6 +5,8 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod idb;
+
 use std::sync::Arc;
 
 use cairn_core::HashAlg;

@@ -105,3 +105,61 @@ async fn the_js_node_adds_and_cats() {
     assert!(String::from(msg).contains("unknown profile"));
     assert!(node.cat("garbage".into()).await.is_err());
 }
+
+/// A database name no other test (or earlier run in the same profile) uses.
+fn fresh_name(what: &str) -> String {
+    thread_local!(static N: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+    let n = N.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    });
+    format!("{what}-{}-{n}", js_sys::Date::now())
+}
+
+#[wasm_bindgen_test]
+async fn indexeddb_store_passes_the_suite() {
+    use cairn_wasm::idb::IdbStore;
+    cairn_core::store::suite::run(|| async {
+        IdbStore::open(&fresh_name("suite"), None).await.unwrap()
+    })
+    .await;
+    cairn_core::store::suite::run_quota(|q| async move {
+        IdbStore::open(&fresh_name("quota"), Some(q)).await.unwrap()
+    })
+    .await;
+}
+
+#[wasm_bindgen_test]
+async fn indexeddb_store_keeps_blocks_after_it_is_closed_and_reopened() {
+    use cairn_core::store::BlockStore;
+    use cairn_wasm::idb::IdbStore;
+    let name = fresh_name("reopen");
+    let blocks: Vec<cairn_core::Block> = (0..20u32)
+        .map(|i| {
+            cairn_core::Block::from_data(
+                cairn_core::Codec::Raw,
+                HashAlg::Sha2_256,
+                vec![i as u8; 10_000 + i as usize],
+            )
+            .unwrap()
+        })
+        .collect();
+    let store = IdbStore::open(&name, None).await.unwrap();
+    assert_eq!(store.put_many(blocks.clone()).await.unwrap(), 20);
+    drop(store);
+    let again = IdbStore::open(&name, None).await.unwrap();
+    let st = again.stat().await.unwrap();
+    assert_eq!(st.blocks, 20);
+    assert_eq!(st.bytes, blocks.iter().map(|b| b.len() as u64).sum::<u64>());
+    for b in &blocks {
+        assert_eq!(again.get(b.cid()).await.unwrap().as_ref(), Some(b));
+    }
+    again.destroy().await.unwrap();
+    let fresh = IdbStore::open(&name, None).await.unwrap();
+    assert_eq!(
+        fresh.stat().await.unwrap().blocks,
+        0,
+        "destroy removed it all"
+    );
+    fresh.destroy().await.unwrap();
+}

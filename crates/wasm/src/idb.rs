@@ -1,0 +1,347 @@
+//! The browser's block store: IndexedDB, through `indexed_db_futures`.
+//!
+//! Layout (database `cairn-<name>`, version 1):
+//!
+//! | object store | key | value |
+//! |---|---|---|
+//! | `blocks` | the binary CID (a byte-string key, so keys sort by CID bytes) | the block's bytes |
+//! | `meta` | `"stat"` | `[blocks, bytes]` |
+//!
+//! Cost is per transaction, not per byte, so [`IdbStore::put_many`] writes a whole batch,
+//! its existence checks and the byte count in **one** readwrite transaction: all of it
+//! lands or none of it does (a transaction that is not committed is rolled back, and one
+//! the browser refuses, for example over its storage quota, is aborted whole). Reads
+//! verify the bytes against their CID, as every cairn store does.
+
+use std::collections::HashSet;
+
+use cairn_core::block::Block;
+use cairn_core::cid::Cid;
+use cairn_core::store::{BlockStore, Error, Result, Stat};
+use indexed_db_futures::KeyRange;
+use indexed_db_futures::database::Database;
+use indexed_db_futures::internals::SystemRepr;
+use indexed_db_futures::prelude::*;
+use indexed_db_futures::transaction::TransactionMode;
+use wasm_bindgen::{JsCast, JsValue};
+
+const BLOCKS: &str = "blocks";
+const META: &str = "meta";
+const STAT: &str = "stat";
+
+/// A block store in the browser's IndexedDB.
+#[derive(Debug, Clone)]
+pub struct IdbStore {
+    db: Database,
+    name: String,
+    quota: Option<u64>,
+}
+
+fn backend(op: &'static str, e: impl std::fmt::Display) -> Error {
+    Error::Backend {
+        op,
+        reason: format!("IndexedDB: {e}"),
+    }
+}
+
+fn key(cid: &Cid) -> JsValue {
+    js_sys::Uint8Array::from(&cid.to_bytes()[..]).into()
+}
+
+fn bytes(v: &JsValue) -> Vec<u8> {
+    js_sys::Uint8Array::new(v).to_vec()
+}
+
+fn stat_value(blocks: u64, bytes: u64) -> JsValue {
+    let a = js_sys::Array::new();
+    a.push(&JsValue::from_f64(blocks as f64));
+    a.push(&JsValue::from_f64(bytes as f64));
+    a.into()
+}
+
+fn parse_stat(v: Option<JsValue>) -> (u64, u64) {
+    let Some(v) = v else { return (0, 0) };
+    let a: js_sys::Array = v.unchecked_into();
+    let n = |i| a.get(i).as_f64().map_or(0, |f| f as u64);
+    (n(0), n(1))
+}
+
+/// Whether a failed transaction failed for the browser's storage quota.
+fn quota_exceeded(e: &indexed_db_futures::error::Error, tx: &web_sys::IdbTransaction) -> bool {
+    use indexed_db_futures::error::Error as E;
+    matches!(e, E::DomException(d) if d.name() == "QuotaExceededError")
+        || tx.error().is_some_and(|d| d.name() == "QuotaExceededError")
+}
+
+impl IdbStore {
+    /// Opens (or creates) the store `name`; `quota` caps the bytes of blocks it holds, below
+    /// whatever the browser allows.
+    pub async fn open(name: &str, quota: Option<u64>) -> Result<Self> {
+        let db_name = format!("cairn-{name}");
+        let db = Database::open(db_name.as_str())
+            .with_version(1u32)
+            .with_on_upgrade_needed(|ev, db| {
+                if ev.old_version() < 1.0 {
+                    db.create_object_store(BLOCKS).build()?;
+                    db.create_object_store(META).build()?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| {
+                backend(
+                    "open",
+                    format!("cannot open database {db_name}: {e}; is storage blocked (private mode, site settings)?"),
+                )
+            })?;
+        Ok(Self {
+            db,
+            name: db_name,
+            quota,
+        })
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Closes this handle and deletes the whole database.
+    pub async fn destroy(self) -> Result<()> {
+        let name = self.name.clone();
+        self.db.close();
+        Database::delete_by_name(&name)
+            .map_err(|e| backend("delete", e))?
+            .await
+            .map_err(|e| backend("delete", e))
+    }
+
+    async fn read_stat(&self) -> Result<(u64, u64)> {
+        let tx = self
+            .db
+            .transaction(META)
+            .build()
+            .map_err(|e| backend("stat", e))?;
+        let meta = tx.object_store(META).map_err(|e| backend("stat", e))?;
+        let v: Option<JsValue> = meta
+            .get::<JsValue, JsValue, _>(JsValue::from_str(STAT))
+            .await
+            .map_err(|e| backend("stat", e))?;
+        Ok(parse_stat(v))
+    }
+
+    async fn write_batch(&self, blocks: Vec<Block>) -> Result<usize> {
+        let mut seen = HashSet::new();
+        let blocks: Vec<Block> = blocks
+            .into_iter()
+            .filter(|b| seen.insert(*b.cid()))
+            .collect();
+        if blocks.is_empty() {
+            return Ok(0);
+        }
+        let tx = self
+            .db
+            .transaction([BLOCKS, META])
+            .with_mode(TransactionMode::Readwrite)
+            .build()
+            .map_err(|e| backend("put", e))?;
+        let raw: web_sys::IdbTransaction = tx
+            .as_sys()
+            .unchecked_ref::<web_sys::IdbTransaction>()
+            .clone();
+        let new = {
+            let store = tx.object_store(BLOCKS).map_err(|e| backend("put", e))?;
+            let meta = tx.object_store(META).map_err(|e| backend("put", e))?;
+            let (held_blocks, held_bytes) = parse_stat(
+                meta.get::<JsValue, JsValue, _>(JsValue::from_str(STAT))
+                    .await
+                    .map_err(|e| backend("put", e))?,
+            );
+            // Only IndexedDB requests of this transaction are awaited until the commit, so it
+            // stays active (awaiting anything else would let it commit early).
+            let mut new = Vec::with_capacity(blocks.len());
+            for b in &blocks {
+                let held: Option<JsValue> = store
+                    .get_key::<JsValue, _>(key(b.cid()))
+                    .await
+                    .map_err(|e| backend("put", e))?;
+                if held.is_none() {
+                    new.push(b);
+                }
+            }
+            let needed: u64 = new.iter().map(|b| b.len() as u64).sum();
+            if let Some(quota) = self.quota
+                && held_bytes + needed > quota
+            {
+                // Dropping the transaction aborts it: nothing of the batch is written.
+                return Err(Error::Full {
+                    needed,
+                    used: held_bytes,
+                    quota,
+                });
+            }
+            for b in &new {
+                let value: JsValue = js_sys::Uint8Array::from(&b.data()[..]).into();
+                store
+                    .put(value)
+                    .with_key(key(b.cid()))
+                    .build()
+                    .map_err(|e| backend("put", e))?;
+            }
+            meta.put(stat_value(
+                held_blocks + new.len() as u64,
+                held_bytes + needed,
+            ))
+            .with_key(JsValue::from_str(STAT))
+            .build()
+            .map_err(|e| backend("put", e))?;
+            new.len()
+        };
+        match tx.commit().await {
+            Ok(()) => Ok(new),
+            Err(e) if quota_exceeded(&e, &raw) => Err(Error::Backend {
+                op: "put",
+                reason: "the browser's storage quota for this site is used up \
+                    (QuotaExceededError); nothing of this batch was written. \
+                    Free space (unpin and evict content) or allow the site more storage"
+                    .into(),
+            }),
+            Err(e) => Err(backend("put", e)),
+        }
+    }
+}
+
+impl BlockStore for IdbStore {
+    async fn get(&self, cid: &Cid) -> Result<Option<Block>> {
+        let tx = self
+            .db
+            .transaction(BLOCKS)
+            .build()
+            .map_err(|e| backend("get", e))?;
+        let store = tx.object_store(BLOCKS).map_err(|e| backend("get", e))?;
+        let v: Option<JsValue> = store
+            .get::<JsValue, JsValue, _>(key(cid))
+            .await
+            .map_err(|e| backend("get", e))?;
+        match v {
+            None => Ok(None),
+            Some(v) => Block::new(*cid, bytes(&v))
+                .map(Some)
+                .map_err(|e| Error::Corrupt {
+                    cid: *cid,
+                    reason: e.to_string(),
+                }),
+        }
+    }
+
+    async fn put(&self, block: Block) -> Result<bool> {
+        Ok(self.write_batch(vec![block]).await? == 1)
+    }
+
+    async fn put_many(&self, blocks: Vec<Block>) -> Result<usize> {
+        self.write_batch(blocks).await
+    }
+
+    async fn has(&self, cid: &Cid) -> Result<bool> {
+        let tx = self
+            .db
+            .transaction(BLOCKS)
+            .build()
+            .map_err(|e| backend("has", e))?;
+        let store = tx.object_store(BLOCKS).map_err(|e| backend("has", e))?;
+        let k: Option<JsValue> = store
+            .get_key::<JsValue, _>(key(cid))
+            .await
+            .map_err(|e| backend("has", e))?;
+        Ok(k.is_some())
+    }
+
+    async fn delete(&self, cid: &Cid) -> Result<bool> {
+        let tx = self
+            .db
+            .transaction([BLOCKS, META])
+            .with_mode(TransactionMode::Readwrite)
+            .build()
+            .map_err(|e| backend("delete", e))?;
+        let held = {
+            let store = tx.object_store(BLOCKS).map_err(|e| backend("delete", e))?;
+            let meta = tx.object_store(META).map_err(|e| backend("delete", e))?;
+            let v: Option<JsValue> = store
+                .get::<JsValue, JsValue, _>(key(cid))
+                .await
+                .map_err(|e| backend("delete", e))?;
+            match v {
+                None => false,
+                Some(v) => {
+                    let len = js_sys::Uint8Array::new(&v).length() as u64;
+                    let (n, b) = parse_stat(
+                        meta.get::<JsValue, JsValue, _>(JsValue::from_str(STAT))
+                            .await
+                            .map_err(|e| backend("delete", e))?,
+                    );
+                    store
+                        .delete::<JsValue, _>(key(cid))
+                        .build()
+                        .map_err(|e| backend("delete", e))?;
+                    meta.put(stat_value(n.saturating_sub(1), b.saturating_sub(len)))
+                        .with_key(JsValue::from_str(STAT))
+                        .build()
+                        .map_err(|e| backend("delete", e))?;
+                    true
+                }
+            }
+        };
+        tx.commit().await.map_err(|e| backend("delete", e))?;
+        Ok(held)
+    }
+
+    async fn list(&self, after: Option<&Cid>, limit: usize) -> Result<Vec<Cid>> {
+        if limit == 0 {
+            // IndexedDB reads a count of 0 as "no limit".
+            return Ok(Vec::new());
+        }
+        let tx = self
+            .db
+            .transaction(BLOCKS)
+            .build()
+            .map_err(|e| backend("list", e))?;
+        let store = tx.object_store(BLOCKS).map_err(|e| backend("list", e))?;
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        let keys: Vec<JsValue> = match after {
+            Some(a) => store
+                .get_all_keys::<JsValue>()
+                .with_query::<JsValue, _>(KeyRange::LowerBound(key(a), true))
+                .with_limit(limit)
+                .await
+                .map_err(|e| backend("list", e))?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| backend("list", e))?,
+            None => store
+                .get_all_keys::<JsValue>()
+                .with_limit(limit)
+                .await
+                .map_err(|e| backend("list", e))?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| backend("list", e))?,
+        };
+        keys.iter()
+            .map(|k| {
+                Cid::try_from(bytes(k).as_slice()).map_err(|e| {
+                    backend(
+                        "list",
+                        format!("a key is not a CID ({e}); the database is damaged"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    async fn stat(&self) -> Result<Stat> {
+        let (blocks, bytes) = self.read_stat().await?;
+        Ok(Stat {
+            blocks,
+            bytes,
+            quota: self.quota,
+        })
+    }
+}
