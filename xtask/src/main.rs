@@ -292,9 +292,14 @@ fn test(root: &Path) -> Result<()> {
         .env("CAIRN_REQUIRE_INTEROP", "1")
         .env("CAIRN_WEB_DIST", root.join("dist")))?;
 
-    step("browser tests (headless Chromium)");
+    step("browser tests (headless Chromium, against a cairn-relay started for them)");
+    let relay = TestRelay::start(root)?;
     sh(cargo()
         .args(["test", "--target", WASM_TARGET, "-p", "cairn-wasm"])
+        .env("CAIRN_REQUIRE_INTEROP", "1")
+        .env("CAIRN_TEST_RELAY", &relay.addr)
+        .env("CAIRN_TEST_CID", &relay.cid)
+        .env("CAIRN_TEST_LEN", TestRelay::LEN.to_string())
         .env(
             "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
             "wasm-bindgen-test-runner",
@@ -302,9 +307,91 @@ fn test(root: &Path) -> Result<()> {
         .env("CHROMEDRIVER", "/usr/bin/chromedriver")
         .env("WASM_BINDGEN_TEST_TIMEOUT", "120")
         .current_dir(root.join("crates/wasm")))?;
+    drop(relay);
 
     eprintln!("\nall checks passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// A `cairn-relay` (the debug build the native tests made) serving a known file over
+/// WebSocket, for the browser tests; stopped when dropped, pass or fail.
+struct TestRelay {
+    child: std::process::Child,
+    dir: PathBuf,
+    addr: String,
+    cid: String,
+}
+
+impl TestRelay {
+    /// The test file's length; byte `i` is `i % 251`.
+    const LEN: usize = 3 * 1024 * 1024 + 123;
+
+    fn start(root: &Path) -> Result<Self> {
+        use std::io::BufRead;
+        let bin = target_dir(root).join("debug/cairn-relay");
+        let dir = std::env::temp_dir().join(format!("cairn-browser-tests-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("file");
+        std::fs::write(
+            &file,
+            (0..Self::LEN).map(|i| (i % 251) as u8).collect::<Vec<u8>>(),
+        )?;
+        let store = dir.join("store");
+        let add = Command::new(&bin)
+            .arg("add")
+            .arg(&file)
+            .arg("--store")
+            .arg(&store)
+            .output()
+            .with_context(|| format!("cannot run {}", bin.display()))?;
+        if !add.status.success() {
+            bail!(
+                "cairn-relay add failed: {}",
+                String::from_utf8_lossy(&add.stderr)
+            );
+        }
+        let cid = String::from_utf8(add.stdout)?.trim().to_owned();
+        let mut child = Command::new(&bin)
+            .args([
+                "serve",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0/ws",
+                "--http",
+                "127.0.0.1:0",
+            ])
+            .arg("--identity")
+            .arg(dir.join("id.key"))
+            .arg("--store")
+            .arg(&store)
+            .env("CAIRN_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stdout = child.stdout.take().context("relay stdout")?;
+        let mut relay = TestRelay {
+            child,
+            dir,
+            addr: String::new(),
+            cid,
+        };
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        relay.addr = line.trim().to_owned();
+        if !relay.addr.contains("/ws/p2p/") {
+            bail!("the test relay printed no WebSocket address: {line:?}");
+        }
+        eprintln!("test relay at {} holding {}", relay.addr, relay.cid);
+        Ok(relay)
+    }
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn build_web(root: &Path, release: bool) -> Result<()> {

@@ -6,6 +6,10 @@
 )]
 
 pub mod idb;
+pub mod net;
+mod node;
+
+pub use node::CairnNode;
 
 use std::sync::Arc;
 

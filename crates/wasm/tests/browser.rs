@@ -163,3 +163,97 @@ async fn indexeddb_store_keeps_blocks_after_it_is_closed_and_reopened() {
     );
     fresh.destroy().await.unwrap();
 }
+
+/// The relay `cargo xtask test` starts for these tests, the CID of the file it holds and
+/// the file's length; `None` (and a loud skip) when run without it.
+fn test_relay() -> Option<(&'static str, &'static str, usize)> {
+    match (
+        option_env!("CAIRN_TEST_RELAY"),
+        option_env!("CAIRN_TEST_CID"),
+        option_env!("CAIRN_TEST_LEN"),
+    ) {
+        (Some(relay), Some(cid), Some(len)) => Some((relay, cid, len.parse().unwrap())),
+        _ => {
+            assert!(
+                option_env!("CAIRN_REQUIRE_INTEROP").is_none(),
+                "CAIRN_TEST_RELAY, CAIRN_TEST_CID and CAIRN_TEST_LEN must be set (cargo xtask test does)"
+            );
+            web_sys_log("SKIPPED: no test relay (run through `cargo xtask test`)");
+            None
+        }
+    }
+}
+
+fn web_sys_log(msg: &str) {
+    wasm_bindgen_test::console_log!("{msg}");
+}
+
+fn options(relays: &[&str]) -> wasm_bindgen::JsValue {
+    let o = js_sys::Object::new();
+    let list = js_sys::Array::new();
+    for r in relays {
+        list.push(&(*r).into());
+    }
+    js_sys::Reflect::set(&o, &"relays".into(), &list).unwrap();
+    js_sys::Reflect::set(&o, &"storage".into(), &"memory".into()).unwrap();
+    o.into()
+}
+
+#[wasm_bindgen_test]
+async fn a_browser_node_fetches_a_file_from_a_relay_over_websocket() {
+    use cairn_wasm::CairnNode;
+    let Some((relay, cid, len)) = test_relay() else {
+        return;
+    };
+    let node = CairnNode::create(options(&[relay])).await.unwrap();
+    assert!(node.peer_id().starts_with("12D3KooW"));
+    let bytes = node.cat(cid.into()).await.unwrap().to_vec();
+    assert_eq!(bytes.len(), len);
+    assert!(
+        bytes.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8),
+        "byte-identical"
+    );
+    let stats = node.stats().await.unwrap();
+    let blocks = js_sys::Reflect::get(&stats, &"blocks".into())
+        .unwrap()
+        .as_f64()
+        .unwrap();
+    assert!(
+        blocks > 1.0,
+        "the file's blocks were kept locally: {blocks}"
+    );
+
+    // A CID nobody has: a clear error, not a hang.
+    let missing = cairn_core::cid::of(
+        cairn_core::Codec::Raw,
+        HashAlg::Sha2_256,
+        b"nobody has this",
+    );
+    let err = node.cat(missing.to_string()).await.unwrap_err();
+    let msg = js_sys::Error::from(err).message().as_string().unwrap();
+    assert!(msg.contains("not found"), "{msg}");
+    node.stop().await;
+}
+
+#[wasm_bindgen_test]
+async fn a_browser_node_says_which_relay_it_cannot_reach() {
+    use cairn_wasm::CairnNode;
+    let Some((relay, _, _)) = test_relay() else {
+        return;
+    };
+    // The right peer id on a port where nothing listens.
+    let id = relay.rsplit('/').next().unwrap();
+    let nowhere = format!("/ip4/127.0.0.1/tcp/9/ws/p2p/{id}");
+    let err = CairnNode::create(options(&[&nowhere])).await.unwrap_err();
+    let msg = js_sys::Error::from(err).message().as_string().unwrap();
+    assert!(
+        msg.contains("cannot reach any relay") && msg.contains(&nowhere),
+        "{msg}"
+    );
+
+    let err = CairnNode::create(options(&["not a multiaddr"]))
+        .await
+        .unwrap_err();
+    let msg = js_sys::Error::from(err).message().as_string().unwrap();
+    assert!(msg.contains("not a multiaddr"), "{msg}");
+}

@@ -1,0 +1,266 @@
+//! `CairnNode`: the browser node as JavaScript sees it. A libp2p node (WebSocket and
+//! WebRTC-direct to relays, circuits through them) over an IndexedDB or in-memory store,
+//! whose `cat` asks the local store first and then races the connected peers over
+//! `/cas/1.0.0`, verifying every block.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::block::Block;
+use cairn_core::cid::Cid;
+use cairn_core::source::{Chain, Context, PeerRace};
+use cairn_core::store::{self, BlockStore, Memory, Stat};
+use cairn_core::unixfs::{self, Profile, Range};
+use cairn_core::{HashAlg, dag};
+use futures::TryStreamExt;
+use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
+use wasm_bindgen::prelude::*;
+
+use crate::idb::IdbStore;
+use crate::js_error;
+
+/// The node's store: IndexedDB (kept across reloads) or memory.
+#[derive(Debug, Clone)]
+enum Store {
+    Memory(Arc<Memory>),
+    Idb(IdbStore),
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Memory($s) => $e,
+            Store::Idb($s) => $e,
+        }
+    };
+}
+
+impl BlockStore for Store {
+    async fn get(&self, cid: &Cid) -> store::Result<Option<Block>> {
+        each!(self, s => s.get(cid).await)
+    }
+    async fn put(&self, block: Block) -> store::Result<bool> {
+        each!(self, s => s.put(block).await)
+    }
+    async fn put_many(&self, blocks: Vec<Block>) -> store::Result<usize> {
+        each!(self, s => s.put_many(blocks).await)
+    }
+    async fn has(&self, cid: &Cid) -> store::Result<bool> {
+        each!(self, s => s.has(cid).await)
+    }
+    async fn delete(&self, cid: &Cid) -> store::Result<bool> {
+        each!(self, s => s.delete(cid).await)
+    }
+    async fn list(&self, after: Option<&Cid>, limit: usize) -> store::Result<Vec<Cid>> {
+        each!(self, s => s.list(after, limit).await)
+    }
+    async fn stat(&self) -> store::Result<Stat> {
+        each!(self, s => s.stat().await)
+    }
+}
+
+/// Reads `options[key]` as a string, if set.
+fn opt_string(options: &JsValue, key: &str) -> Result<Option<String>, JsValue> {
+    let v = js_sys::Reflect::get(options, &key.into()).unwrap_or(JsValue::UNDEFINED);
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    v.as_string()
+        .map(Some)
+        .ok_or_else(|| js_error(format!("options.{key} must be a string")))
+}
+
+/// Reads `options[key]` as an array of strings (empty if unset).
+fn opt_strings(options: &JsValue, key: &str) -> Result<Vec<String>, JsValue> {
+    let v = js_sys::Reflect::get(options, &key.into()).unwrap_or(JsValue::UNDEFINED);
+    if v.is_undefined() || v.is_null() {
+        return Ok(Vec::new());
+    }
+    if !js_sys::Array::is_array(&v) {
+        return Err(js_error(format!(
+            "options.{key} must be an array of strings"
+        )));
+    }
+    js_sys::Array::from(&v)
+        .iter()
+        .map(|s| {
+            s.as_string()
+                .ok_or_else(|| js_error(format!("options.{key} must hold strings only")))
+        })
+        .collect()
+}
+
+/// A cairn node in the browser.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct CairnNode {
+    node: cairn_p2p::Node,
+    store: Store,
+    profile: Profile,
+}
+
+#[wasm_bindgen]
+impl CairnNode {
+    /// Starts a node. `options`:
+    /// - `relays`: multiaddrs of cairn relays (`/ip4/…/tcp/…/ws/p2p/…`, or
+    ///   `/webrtc-direct/certhash/…`); the node connects to each and reserves a slot, so
+    ///   other browsers can reach it through the relay;
+    /// - `storage`: `"indexeddb"` (default; kept across reloads) or `"memory"`;
+    /// - `name`: the IndexedDB database's name (default `"default"`);
+    /// - `profile`: the UnixFS import profile, `"default"` or `"unixfs-v1-2025"`.
+    ///
+    /// Fails if no relay can be reached (when some are given), naming each and why.
+    pub async fn create(options: JsValue) -> Result<CairnNode, JsValue> {
+        let options = if options.is_undefined() || options.is_null() {
+            js_sys::Object::new().into()
+        } else {
+            options
+        };
+        let profile: Profile = opt_string(&options, "profile")?
+            .as_deref()
+            .unwrap_or("default")
+            .parse()
+            .map_err(js_error)?;
+        let store = match opt_string(&options, "storage")?.as_deref() {
+            None | Some("indexeddb") => {
+                let name = opt_string(&options, "name")?.unwrap_or_else(|| "default".into());
+                Store::Idb(IdbStore::open(&name, None).await.map_err(js_error)?)
+            }
+            Some("memory") => Store::Memory(Arc::new(Memory::new())),
+            Some(other) => {
+                return Err(js_error(format!(
+                    "options.storage is \"{other}\"; use \"indexeddb\" or \"memory\""
+                )));
+            }
+        };
+        let relays: Vec<Multiaddr> = opt_strings(&options, "relays")?
+            .iter()
+            .map(|r| {
+                r.parse::<Multiaddr>()
+                    .map_err(|e| js_error(format!("relay address {r} is not a multiaddr: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+
+        let config = cairn_p2p::node::Config {
+            // A browser cannot be dialed at its listen addresses; only circuits are real.
+            advertise_listen_addrs: true,
+            ..Default::default()
+        };
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let swarm = crate::net::swarm(key, &config).map_err(js_error)?;
+        let (node, driver) = cairn_p2p::Node::new(swarm, store.clone(), config);
+        wasm_bindgen_futures::spawn_local(driver);
+
+        let mut failures = Vec::new();
+        let mut reached = 0;
+        for relay in &relays {
+            let dialed =
+                cairn_core::rt::timeout(Duration::from_secs(15), node.dial(relay.clone())).await;
+            match dialed {
+                Some(Ok(_)) => {
+                    reached += 1;
+                    let circuit = relay.clone().with(Protocol::P2pCircuit);
+                    if let Err(e) = node.listen(circuit).await {
+                        failures.push(format!("{relay}: no reservation ({e})"));
+                    }
+                }
+                Some(Err(e)) => failures.push(format!("{relay}: {e}")),
+                None => failures.push(format!("{relay}: no answer within 15 s")),
+            }
+        }
+        if !relays.is_empty() && reached == 0 {
+            node.stop().await;
+            return Err(js_error(format!(
+                "cannot reach any relay: {}. Check the addresses and that the relay runs",
+                failures.join("; ")
+            )));
+        }
+        for f in &failures {
+            web_sys::console::warn_1(&format!("cairn: relay {f}").into());
+        }
+        Ok(CairnNode {
+            node,
+            store,
+            profile,
+        })
+    }
+
+    /// This node's peer id.
+    #[wasm_bindgen(getter, js_name = peerId)]
+    pub fn peer_id(&self) -> String {
+        self.node.peer_id().to_string()
+    }
+
+    /// Imports bytes as a UnixFS file into the node's store; resolves to the root CID.
+    pub async fn add(&self, data: js_sys::Uint8Array) -> Result<String, JsValue> {
+        let bytes = data.to_vec();
+        let imported = unixfs::import(
+            &self.store,
+            &bytes[..],
+            self.profile,
+            HashAlg::Sha2_256,
+            |_| {},
+        )
+        .await
+        .map_err(js_error)?;
+        Ok(imported.root.to_string())
+    }
+
+    /// The bytes of a file: from the local store, else from connected peers (raced,
+    /// verified, kept locally as they arrive).
+    pub async fn cat(&self, cid: String) -> Result<js_sys::Uint8Array, JsValue> {
+        let root = cairn_core::cid::parse(&cid).map_err(js_error)?;
+        let chain = Chain::new().local(self.store.clone()).source(
+            PeerRace::new(self.node.clone()),
+            Some(Duration::from_secs(30)),
+        );
+        let ctx = Context::new();
+        dag::fetch(
+            &chain,
+            &self.store,
+            root,
+            dag::Options::default(),
+            &ctx,
+            |_| {},
+        )
+        .await
+        .map_err(js_error)?;
+        let bytes: Vec<u8> = unixfs::export(&chain, root, Range::ALL, 8, &ctx)
+            .map_ok(|b| b.to_vec())
+            .try_concat()
+            .await
+            .map_err(js_error)?;
+        Ok(js_sys::Uint8Array::from(&bytes[..]))
+    }
+
+    /// Connected peers: `[{ peerId, relayed, cas, agent }]`.
+    pub fn peers(&self) -> Result<JsValue, JsValue> {
+        let out = js_sys::Array::new();
+        for (id, info) in self.node.peers() {
+            let o = js_sys::Object::new();
+            js_sys::Reflect::set(&o, &"peerId".into(), &id.to_string().into())?;
+            js_sys::Reflect::set(&o, &"relayed".into(), &info.relayed.into())?;
+            js_sys::Reflect::set(&o, &"cas".into(), &info.cas.into())?;
+            if let Some(a) = info.agent {
+                js_sys::Reflect::set(&o, &"agent".into(), &a.into())?;
+            }
+            out.push(&o);
+        }
+        Ok(out.into())
+    }
+
+    /// Blocks and bytes held: `{ blocks, bytes }`.
+    pub async fn stats(&self) -> Result<JsValue, JsValue> {
+        let st = self.store.stat().await.map_err(js_error)?;
+        let obj = js_sys::Object::new();
+        js_sys::Reflect::set(&obj, &"blocks".into(), &(st.blocks as f64).into())?;
+        js_sys::Reflect::set(&obj, &"bytes".into(), &(st.bytes as f64).into())?;
+        Ok(obj.into())
+    }
+
+    /// Stops the node: closes its connections.
+    pub async fn stop(&self) {
+        self.node.stop().await;
+    }
+}
