@@ -91,6 +91,27 @@ fn opt_strings(options: &JsValue, key: &str) -> Result<Vec<String>, JsValue> {
         .collect()
 }
 
+/// Polls `node`'s peer table until `ok` holds for one of `peers` (or any peer when empty),
+/// for at most `limit`.
+async fn until_peer(
+    node: &cairn_p2p::Node,
+    peers: &[libp2p::PeerId],
+    limit: Duration,
+    ok: impl Fn(&cairn_p2p::node::PeerInfo) -> bool,
+) -> bool {
+    let started = cairn_core::rt::Instant::now();
+    loop {
+        let table = node.peers();
+        if peers.iter().any(|p| table.get(p).is_some_and(&ok)) {
+            return true;
+        }
+        if started.elapsed() >= limit {
+            return false;
+        }
+        cairn_core::rt::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A cairn node in the browser.
 #[wasm_bindgen]
 #[derive(Debug)]
@@ -158,8 +179,13 @@ impl CairnNode {
             let dialed =
                 cairn_core::rt::timeout(Duration::from_secs(15), node.dial(relay.clone())).await;
             match dialed {
-                Some(Ok(_)) => {
+                Some(Ok(peer)) => {
                     reached += 1;
+                    // Identify puts the relay in the DHT table; provider records need it.
+                    until_peer(&node, &[peer], Duration::from_secs(5), |p| {
+                        p.agent.is_some()
+                    })
+                    .await;
                     let circuit = relay.clone().with(Protocol::P2pCircuit);
                     if let Err(e) = node.listen(circuit).await {
                         failures.push(format!("{relay}: no reservation ({e})"));
@@ -192,7 +218,9 @@ impl CairnNode {
         self.node.peer_id().to_string()
     }
 
-    /// Imports bytes as a UnixFS file into the node's store; resolves to the root CID.
+    /// Imports bytes as a UnixFS file into the node's store, and announces it through the
+    /// relays' DHT (a provider record; failing that, the file is still added); resolves to
+    /// the root CID.
     pub async fn add(&self, data: js_sys::Uint8Array) -> Result<String, JsValue> {
         let bytes = data.to_vec();
         let imported = unixfs::import(
@@ -204,13 +232,37 @@ impl CairnNode {
         )
         .await
         .map_err(js_error)?;
+        let provided =
+            cairn_core::rt::timeout(Duration::from_secs(10), self.node.provide(imported.root))
+                .await;
+        if !matches!(provided, Some(Ok(()))) {
+            let why = match provided {
+                Some(Err(e)) => e.to_string(),
+                _ => "no answer within 10 s".into(),
+            };
+            web_sys::console::warn_1(
+                &format!("cairn: {} added but not announced: {why}", imported.root).into(),
+            );
+        }
         Ok(imported.root.to_string())
     }
 
-    /// The bytes of a file: from the local store, else from connected peers (raced,
-    /// verified, kept locally as they arrive).
+    /// The bytes of a file: from the local store, else from peers (raced, verified, kept
+    /// locally as they arrive). When the root is not held, the relays' DHT is asked who
+    /// provides it, and those peers are reached (through relay circuits) first.
     pub async fn cat(&self, cid: String) -> Result<js_sys::Uint8Array, JsValue> {
         let root = cairn_core::cid::parse(&cid).map_err(js_error)?;
+        if !self.store.has(&root).await.map_err(js_error)? {
+            let found =
+                cairn_core::rt::timeout(Duration::from_secs(10), self.node.find_providers(root))
+                    .await;
+            if let Some(Ok(providers)) = found
+                && !providers.is_empty()
+            {
+                // They are being dialed; wait until one speaks /cas.
+                until_peer(&self.node, &providers, Duration::from_secs(10), |p| p.cas).await;
+            }
+        }
         let chain = Chain::new().local(self.store.clone()).source(
             PeerRace::new(self.node.clone()),
             Some(Duration::from_secs(30)),

@@ -257,3 +257,35 @@ async fn a_browser_node_says_which_relay_it_cannot_reach() {
     let msg = js_sys::Error::from(err).message().as_string().unwrap();
     assert!(msg.contains("not a multiaddr"), "{msg}");
 }
+
+#[wasm_bindgen_test]
+async fn one_browser_node_fetches_from_another_it_finds_through_the_relay() {
+    use cairn_wasm::CairnNode;
+    let Some((relay, _, _)) = test_relay() else {
+        return;
+    };
+    let a = CairnNode::create(options(&[relay])).await.unwrap();
+    let b = CairnNode::create(options(&[relay])).await.unwrap();
+    let content: Vec<u8> = (0..(1 << 20) + 77u32)
+        .map(|i| (i * 7 % 253) as u8)
+        .collect();
+    let cid = a.add(js_sys::Uint8Array::from(&content[..])).await.unwrap();
+    // B was never told about A: the relay's DHT names A, and B reaches A through a circuit.
+    let got = b.cat(cid).await.unwrap().to_vec();
+    assert!(got == content, "byte-identical ({} bytes)", got.len());
+    let peers = b.peers().unwrap();
+    let a_id = a.peer_id();
+    let via_circuit = js_sys::Array::from(&peers).iter().any(|p| {
+        js_sys::Reflect::get(&p, &"peerId".into())
+            .unwrap()
+            .as_string()
+            == Some(a_id.clone())
+            && js_sys::Reflect::get(&p, &"relayed".into())
+                .unwrap()
+                .as_bool()
+                == Some(true)
+    });
+    assert!(via_circuit, "B reached A through the relay circuit");
+    a.stop().await;
+    b.stop().await;
+}
