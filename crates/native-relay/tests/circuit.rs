@@ -60,6 +60,16 @@ async fn relay() -> cairn_relay::relay::Running {
         .unwrap()
 }
 
+/// The relay's `/metrics` page.
+async fn metrics_of(relay: &cairn_relay::relay::Running) -> String {
+    reqwest::get(format!("http://{}/metrics", relay.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Waits until what `node` knows of `peer` satisfies `ok` (identify has run), or panics.
 async fn until(
     node: &Node,
@@ -202,12 +212,7 @@ async fn a_64_mib_file_moves_through_a_relay_circuit() {
     eprintln!("64 MiB through the relay circuit in {:.2?}", report.elapsed);
 
     // The relay's own counters show it carried the bytes, both ways.
-    let metrics = reqwest::get(format!("http://{}/metrics", relay.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&relay).await;
     let total = |direction: &str| -> u64 {
         metrics
             .lines()
@@ -288,12 +293,7 @@ async fn a_reservation_flood_is_refused_and_others_are_still_served() {
         .listen(circuit)
         .await
         .expect("the relay still serves other peers");
-    let metrics = reqwest::get(format!("http://{}/metrics", relay.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&relay).await;
     assert!(
         metrics.contains("ReservationReqDenied"),
         "denials are counted:\n{metrics}"
@@ -824,12 +824,7 @@ async fn a_circuit_flood_is_refused_and_others_still_get_circuits() {
     until_cas(&b, a.peer_id()).await;
     fetch_all(&b, 256 << 10, root).await;
 
-    let metrics = reqwest::get(format!("http://{}/metrics", relay.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&relay).await;
     assert!(
         metrics.contains("CircuitReqDenied"),
         "denials are counted:\n{metrics}"

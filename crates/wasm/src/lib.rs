@@ -77,21 +77,29 @@ impl Node {
     pub async fn cat(&self, cid: String) -> Result<js_sys::Uint8Array, JsValue> {
         let root = cairn_core::cid::parse(&cid).map_err(js_error)?;
         let chain = Chain::new().local(self.store.clone());
-        let ctx = Context::new();
-        let bytes: Vec<u8> = unixfs::export(&chain, root, Range::ALL, 8, &ctx)
-            .map_ok(|b| b.to_vec())
-            .try_concat()
-            .await
-            .map_err(js_error)?;
-        Ok(js_sys::Uint8Array::from(&bytes[..]))
+        export_all(&chain, root).await
     }
 
     /// Blocks and bytes held.
     pub async fn stats(&self) -> Result<JsValue, JsValue> {
-        let st = self.store.stat().await.map_err(js_error)?;
-        let obj = js_sys::Object::new();
-        js_sys::Reflect::set(&obj, &"blocks".into(), &(st.blocks as f64).into())?;
-        js_sys::Reflect::set(&obj, &"bytes".into(), &(st.bytes as f64).into())?;
-        Ok(obj.into())
+        stat_object(self.store.stat().await.map_err(js_error)?)
     }
+}
+
+/// The whole file under `root`, read through `chain`, as one `Uint8Array`.
+async fn export_all(chain: &Chain, root: cairn_core::Cid) -> Result<js_sys::Uint8Array, JsValue> {
+    let bytes: Vec<u8> = unixfs::export(chain, root, Range::ALL, 8, &Context::new())
+        .map_ok(|b| b.to_vec())
+        .try_concat()
+        .await
+        .map_err(js_error)?;
+    Ok(js_sys::Uint8Array::from(&bytes[..]))
+}
+
+/// `{ blocks, bytes }` for JS.
+fn stat_object(st: cairn_core::store::Stat) -> Result<JsValue, JsValue> {
+    let obj = js_sys::Object::new();
+    js_sys::Reflect::set(&obj, &"blocks".into(), &(st.blocks as f64).into())?;
+    js_sys::Reflect::set(&obj, &"bytes".into(), &(st.bytes as f64).into())?;
+    Ok(obj.into())
 }

@@ -10,9 +10,8 @@ use cairn_core::block::Block;
 use cairn_core::cid::Cid;
 use cairn_core::source::{Chain, Context, PeerRace};
 use cairn_core::store::{self, BlockStore, Memory, Stat};
-use cairn_core::unixfs::{self, Profile, Range};
+use cairn_core::unixfs::{self, Profile};
 use cairn_core::{HashAlg, dag};
-use futures::TryStreamExt;
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 use wasm_bindgen::prelude::*;
@@ -278,12 +277,7 @@ impl CairnNode {
         )
         .await
         .map_err(js_error)?;
-        let bytes: Vec<u8> = unixfs::export(&chain, root, Range::ALL, 8, &ctx)
-            .map_ok(|b| b.to_vec())
-            .try_concat()
-            .await
-            .map_err(js_error)?;
-        Ok(js_sys::Uint8Array::from(&bytes[..]))
+        crate::export_all(&chain, root).await
     }
 
     /// Connected peers: `[{ peerId, relayed, cas, agent }]`.
@@ -304,11 +298,7 @@ impl CairnNode {
 
     /// Blocks and bytes held: `{ blocks, bytes }`.
     pub async fn stats(&self) -> Result<JsValue, JsValue> {
-        let st = self.store.stat().await.map_err(js_error)?;
-        let obj = js_sys::Object::new();
-        js_sys::Reflect::set(&obj, &"blocks".into(), &(st.blocks as f64).into())?;
-        js_sys::Reflect::set(&obj, &"bytes".into(), &(st.bytes as f64).into())?;
-        Ok(obj.into())
+        crate::stat_object(self.store.stat().await.map_err(js_error)?)
     }
 
     /// Stops the node: closes its connections.
