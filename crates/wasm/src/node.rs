@@ -14,6 +14,7 @@ use cairn_core::unixfs::{self, Profile};
 use cairn_core::{HashAlg, dag};
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
+use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
 use crate::idb::IdbStore;
@@ -109,6 +110,59 @@ async fn until_peer(
         }
         cairn_core::rt::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `options.onProgress`, if it is a function.
+fn progress_callback(options: &JsValue) -> Result<Option<js_sys::Function>, JsValue> {
+    if options.is_undefined() || options.is_null() {
+        return Ok(None);
+    }
+    let f = js_sys::Reflect::get(options, &"onProgress".into()).unwrap_or(JsValue::UNDEFINED);
+    if f.is_undefined() || f.is_null() {
+        return Ok(None);
+    }
+    f.dyn_into::<js_sys::Function>()
+        .map(Some)
+        .map_err(|_| js_error("options.onProgress must be a function"))
+}
+
+/// A reader over what `add` was given, and its length when known.
+fn reader_of(data: JsValue) -> Result<(Box<dyn futures::AsyncRead + Unpin>, Option<u64>), JsValue> {
+    use futures::TryStreamExt;
+    if let Some(bytes) = data.dyn_ref::<js_sys::Uint8Array>() {
+        let len = bytes.length() as u64;
+        return Ok((
+            Box::new(futures::io::Cursor::new(bytes.to_vec())),
+            Some(len),
+        ));
+    }
+    let (stream, len) = if let Some(blob) = data.dyn_ref::<web_sys::Blob>() {
+        (blob.stream(), Some(blob.size() as u64))
+    } else if let Ok(stream) = data.clone().dyn_into::<web_sys::ReadableStream>() {
+        (stream, None)
+    } else {
+        return Err(js_error(format!(
+            "add takes a Uint8Array, a Blob or File, or a ReadableStream; got {}",
+            data.js_typeof().as_string().unwrap_or_default()
+        )));
+    };
+    let chunks = wasm_streams::ReadableStream::from_raw(stream)
+        .into_stream()
+        .map_err(|e| {
+            std::io::Error::other(format!(
+                "the stream failed: {}",
+                e.as_string().unwrap_or_else(|| format!("{e:?}"))
+            ))
+        })
+        .and_then(|chunk| async move {
+            chunk
+                .dyn_into::<js_sys::Uint8Array>()
+                .map(|c| c.to_vec())
+                .map_err(|_| {
+                    std::io::Error::other("the stream gave something other than a Uint8Array")
+                })
+        });
+    Ok((Box::new(Box::pin(chunks).into_async_read()), len))
 }
 
 /// A cairn node in the browser.
@@ -217,20 +271,30 @@ impl CairnNode {
         self.node.peer_id().to_string()
     }
 
-    /// Imports bytes as a UnixFS file into the node's store, and announces it through the
-    /// relays' DHT (a provider record; failing that, the file is still added); resolves to
-    /// the root CID.
-    pub async fn add(&self, data: js_sys::Uint8Array) -> Result<String, JsValue> {
-        let bytes = data.to_vec();
-        let imported = unixfs::import(
-            &self.store,
-            &bytes[..],
-            self.profile,
-            HashAlg::Sha2_256,
-            |_| {},
-        )
-        .await
-        .map_err(js_error)?;
+    /// Imports `data` (a `Uint8Array`, a `Blob` or `File`, or a `ReadableStream` of
+    /// `Uint8Array`s) as a UnixFS file into the node's store, streaming: a large file is never
+    /// held in memory whole. Then announces it through the relays' DHT (a provider record;
+    /// failing that, the file is still added). Resolves to the root CID.
+    ///
+    /// `options.onProgress`, if given, is called with `{ bytesDone, bytesTotal }` as the
+    /// import goes: after each 4 MiB stored, and at the end (`bytesTotal` is absent for a
+    /// stream).
+    pub async fn add(&self, data: JsValue, options: JsValue) -> Result<String, JsValue> {
+        let on_progress = progress_callback(&options)?;
+        let (reader, total) = reader_of(data)?;
+        let report = |done: u64| {
+            if let Some(f) = &on_progress {
+                let event = js_sys::Object::new();
+                let _ = js_sys::Reflect::set(&event, &"bytesDone".into(), &(done as f64).into());
+                if let Some(t) = total {
+                    let _ = js_sys::Reflect::set(&event, &"bytesTotal".into(), &(t as f64).into());
+                }
+                let _ = f.call1(&JsValue::NULL, &event);
+            }
+        };
+        let imported = unixfs::import(&self.store, reader, self.profile, HashAlg::Sha2_256, report)
+            .await
+            .map_err(js_error)?;
         let provided =
             cairn_core::rt::timeout(Duration::from_secs(10), self.node.provide(imported.root))
                 .await;

@@ -269,7 +269,13 @@ async fn one_browser_node_fetches_from_another_it_finds_through_the_relay() {
     let content: Vec<u8> = (0..(1 << 20) + 77u32)
         .map(|i| (i * 7 % 253) as u8)
         .collect();
-    let cid = a.add(js_sys::Uint8Array::from(&content[..])).await.unwrap();
+    let cid = a
+        .add(
+            js_sys::Uint8Array::from(&content[..]).into(),
+            wasm_bindgen::JsValue::UNDEFINED,
+        )
+        .await
+        .unwrap();
     // B was never told about A: the relay's DHT names A, and B reaches A through a circuit.
     let got = b.cat(cid).await.unwrap().to_vec();
     assert!(got == content, "byte-identical ({} bytes)", got.len());
@@ -288,4 +294,64 @@ async fn one_browser_node_fetches_from_another_it_finds_through_the_relay() {
     assert!(via_circuit, "B reached A through the relay circuit");
     a.stop().await;
     b.stop().await;
+}
+
+#[wasm_bindgen_test]
+async fn add_takes_bytes_blobs_and_streams_alike_and_reports_progress() {
+    use cairn_wasm::CairnNode;
+    use wasm_bindgen::JsCast;
+    let node = CairnNode::create(options(&[])).await.unwrap();
+    // 9 MiB: the importer reports after each 4 MiB batch it stores, and at the end.
+    let content: Vec<u8> = (0..(9 << 20) + 5u32).map(|i| (i % 241) as u8).collect();
+    let bytes = js_sys::Uint8Array::from(&content[..]);
+    let from_bytes = node
+        .add(bytes.clone().into(), wasm_bindgen::JsValue::UNDEFINED)
+        .await
+        .unwrap();
+
+    // A Blob, with progress events.
+    let parts = js_sys::Array::of1(&bytes);
+    let blob = web_sys::Blob::new_with_u8_array_sequence(&parts).unwrap();
+    let events = js_sys::Array::new();
+    let sink = events.clone();
+    let record = wasm_bindgen::closure::Closure::<dyn Fn(wasm_bindgen::JsValue)>::new(
+        move |e: wasm_bindgen::JsValue| {
+            sink.push(&e);
+        },
+    );
+    let opts = js_sys::Object::new();
+    js_sys::Reflect::set(&opts, &"onProgress".into(), record.as_ref().unchecked_ref()).unwrap();
+    let from_blob = node.add(blob.clone().into(), opts.into()).await.unwrap();
+    assert_eq!(from_blob, from_bytes, "same CID from a Blob");
+    assert!(
+        events.length() >= 3,
+        "progress was reported: {} events",
+        events.length()
+    );
+    let last = events.get(events.length() - 1);
+    let field = |k: &str| js_sys::Reflect::get(&last, &k.into()).unwrap().as_f64();
+    assert_eq!(field("bytesDone"), Some(content.len() as f64));
+    assert_eq!(field("bytesTotal"), Some(content.len() as f64));
+
+    // A ReadableStream (the Blob's), with no known total.
+    let from_stream = node
+        .add(blob.stream().into(), wasm_bindgen::JsValue::UNDEFINED)
+        .await
+        .unwrap();
+    assert_eq!(from_stream, from_bytes, "same CID from a stream");
+
+    // Anything else is refused, saying what is accepted.
+    let err = node
+        .add(
+            wasm_bindgen::JsValue::from(42),
+            wasm_bindgen::JsValue::UNDEFINED,
+        )
+        .await
+        .unwrap_err();
+    let msg = js_sys::Error::from(err).message().as_string().unwrap();
+    assert!(
+        msg.contains("Uint8Array, a Blob or File, or a ReadableStream"),
+        "{msg}"
+    );
+    node.stop().await;
 }
