@@ -19,14 +19,9 @@ use libp2p::{Multiaddr, noise, relay, tcp};
 
 const PEERS: usize = 1000;
 
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::Kill;
 
 /// Resident memory of `pid`, in bytes.
 fn rss(pid: u32) -> u64 {

@@ -54,7 +54,11 @@ async fn node(store: Arc<Memory>) -> Node {
 }
 
 async fn relay() -> cairn_relay::relay::Running {
-    let config = cairn_relay::relay::Config::loopback();
+    relay_with(cairn_relay::relay::Config::loopback()).await
+}
+
+/// A relay with `config` and a fresh identity.
+async fn relay_with(config: cairn_relay::relay::Config) -> cairn_relay::relay::Running {
     cairn_relay::relay::start(Keypair::generate_ed25519(), config)
         .await
         .unwrap()
@@ -269,9 +273,7 @@ async fn a_reservation_flood_is_refused_and_others_are_still_served() {
         rate_interval: Duration::from_secs(3600),
         ..cairn_relay::relay::Config::loopback()
     };
-    let relay = cairn_relay::relay::start(Keypair::generate_ed25519(), config)
-        .await
-        .unwrap();
+    let relay = relay_with(config).await;
     let addr = relay.addrs[0].clone();
     let greedy = node(Arc::new(Memory::new())).await;
     greedy.dial(addr.clone()).await.unwrap();
@@ -312,9 +314,7 @@ async fn garbage_on_the_ports_does_not_disturb_the_relay() {
         http: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()
     };
-    let relay = cairn_relay::relay::start(Keypair::generate_ed25519(), config)
-        .await
-        .unwrap();
+    let relay = relay_with(config).await;
     let port = |a: &Multiaddr| {
         a.iter()
             .find_map(|p| {
@@ -724,9 +724,7 @@ async fn stopping_the_relay_lets_an_answer_in_flight_finish_then_refuses_new_pee
         shutdown_grace: grace,
         ..cairn_relay::relay::Config::loopback()
     };
-    let relay = cairn_relay::relay::start(Keypair::generate_ed25519(), config)
-        .await
-        .unwrap();
+    let relay = relay_with(config).await;
     let client = node(Arc::new(Memory::new())).await;
     let addr = relay.addrs[0].clone();
     client.dial(addr.clone()).await.unwrap();
@@ -762,9 +760,7 @@ async fn a_circuit_flood_is_refused_and_others_still_get_circuits() {
         rate_interval: Duration::from_secs(3600),
         ..cairn_relay::relay::Config::loopback()
     };
-    let relay = cairn_relay::relay::start(Keypair::generate_ed25519(), config)
-        .await
-        .unwrap();
+    let relay = relay_with(config).await;
     let relay_addr = relay.addrs[0].clone();
     let (store_a, root, _) = holding(256 << 10).await;
     let a = node(store_a).await;

@@ -216,11 +216,9 @@ impl CairnNode {
             })
             .collect::<Result<_, _>>()?;
 
-        let config = cairn_p2p::node::Config {
-            // A browser cannot be dialed at its listen addresses; only circuits are real.
-            advertise_listen_addrs: true,
-            ..Default::default()
-        };
+        // The circuit listen addresses are announced as external ones (the default), so
+        // provider records carry them.
+        let config = cairn_p2p::node::Config::default();
         let key = libp2p::identity::Keypair::generate_ed25519();
         let swarm = crate::net::swarm(key, &config).map_err(js_error)?;
         let (node, driver) = cairn_p2p::Node::new(swarm, store.clone(), config);
