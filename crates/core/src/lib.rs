@@ -7,6 +7,7 @@
 pub mod block;
 pub mod cid;
 pub mod dag;
+pub mod pin;
 pub mod rt;
 pub mod source;
 pub mod store;
