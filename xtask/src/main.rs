@@ -299,6 +299,7 @@ fn test(root: &Path) -> Result<()> {
         .env("CAIRN_REQUIRE_INTEROP", "1")
         .env("CAIRN_TEST_RELAY", &relay.addr)
         .env("CAIRN_TEST_CID", &relay.cid)
+        .env("CAIRN_TEST_GATEWAY", &relay.gateway)
         .env("CAIRN_TEST_LEN", TestRelay::LEN.to_string())
         .env(
             "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
@@ -320,6 +321,8 @@ struct TestRelay {
     dir: PathBuf,
     addr: String,
     cid: String,
+    /// Its HTTP trustless gateway, `http://127.0.0.1:PORT`.
+    gateway: String,
 }
 
 impl TestRelay {
@@ -352,14 +355,12 @@ impl TestRelay {
             );
         }
         let cid = String::from_utf8(add.stdout)?.trim().to_owned();
+        // A port that was free a moment ago (the relay prints its HTTP address only to the
+        // log, so the tests are told it up front).
+        let http = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let mut child = Command::new(&bin)
-            .args([
-                "serve",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0/ws",
-                "--http",
-                "127.0.0.1:0",
-            ])
+            .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--http"])
+            .arg(http.to_string())
             .arg("--identity")
             .arg(dir.join("id.key"))
             .arg("--store")
@@ -374,6 +375,7 @@ impl TestRelay {
             dir,
             addr: String::new(),
             cid,
+            gateway: format!("http://{http}"),
         };
         let mut line = String::new();
         std::io::BufReader::new(stdout).read_line(&mut line)?;

@@ -29,7 +29,12 @@ pub async fn protected<S: BlockStore>(store: &S, roots: &[Cid]) -> Result<HashSe
         };
         // A block that does not decode has no links to follow; it is still kept.
         if let Ok(node) = Node::decode(block.data()) {
-            queue.extend(node.links.iter().map(|l| l.cid).filter(|c| !seen.contains(c)));
+            queue.extend(
+                node.links
+                    .iter()
+                    .map(|l| l.cid)
+                    .filter(|c| !seen.contains(c)),
+            );
         }
     }
     Ok(seen)
@@ -110,14 +115,25 @@ mod tests {
         let pinned = add(&store, &file(3 << 20, 1)).await;
         let cache = add(&store, &file(2 << 20, 2)).await;
         let pinned_blocks = protected(&store, &[pinned]).await.unwrap();
-        assert_eq!(pinned_blocks.len(), 1 + 12, "root and twelve 256 KiB leaves");
+        assert_eq!(
+            pinned_blocks.len(),
+            1 + 12,
+            "root and twelve 256 KiB leaves"
+        );
         let cache_root_len = store.get(&cache).await.unwrap().unwrap().len() as u64;
 
         let evicted = evict(&store, &[pinned], 0).await.unwrap();
-        assert_eq!(evicted.blocks, 1 + 8, "the unpinned file's root and its eight leaves");
+        assert_eq!(
+            evicted.blocks,
+            1 + 8,
+            "the unpinned file's root and its eight leaves"
+        );
         assert!(!store.has(&cache).await.unwrap());
         for cid in &pinned_blocks {
-            assert!(store.has(cid).await.unwrap(), "{cid} of the pinned DAG is gone");
+            assert!(
+                store.has(cid).await.unwrap(),
+                "{cid} of the pinned DAG is gone"
+            );
         }
         let stat = store.stat().await.unwrap();
         assert_eq!(stat.blocks, pinned_blocks.len() as u64);

@@ -152,6 +152,10 @@ pub struct PeerInfo {
     pub agent: Option<String>,
     /// Whether the (last) connection goes through a relay circuit.
     pub relayed: bool,
+    /// The remote address of the (last) connection.
+    pub addr: Option<Multiaddr>,
+    /// The last round trip measured by ping.
+    pub rtt: Option<Duration>,
 }
 
 type Peers = Arc<Mutex<HashMap<PeerId, PeerInfo>>>;
@@ -591,6 +595,15 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
         }
     }
     match event {
+        SwarmEvent::Behaviour(BehaviourEvent::Ping(libp2p::ping::Event {
+            peer,
+            result: Ok(rtt),
+            ..
+        })) => {
+            if let Some(info) = lock(&st.peers).get_mut(&peer) {
+                info.rtt = Some(rtt);
+            }
+        }
         SwarmEvent::ConnectionEstablished { connection_id, .. } if st.draining.is_some() => {
             // Stopping: no new connections (the listeners may be closing still).
             swarm.close_connection(connection_id);
@@ -610,6 +623,7 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
                 let info = p.entry(peer_id).or_default();
                 info.connections += 1;
                 info.relayed = relayed;
+                info.addr = Some(endpoint.get_remote_address().clone());
             }
             if let Some((_, reply)) = st.dials.remove(&connection_id) {
                 let _ = reply.send(Ok(peer_id));

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `blocks` | the binary CID (a byte-string key, so keys sort by CID bytes) | the block's bytes |
 //! | `meta` | `"stat"` | `[blocks, bytes]` |
+//! | `meta` | `"pins"` | the pinned roots, an array of CID strings |
 //!
 //! Cost is per transaction, not per byte, so [`IdbStore::put_many`] writes a whole batch,
 //! its existence checks and the byte count in **one** readwrite transaction: all of it
@@ -28,6 +29,7 @@ use wasm_bindgen::{JsCast, JsValue};
 const BLOCKS: &str = "blocks";
 const META: &str = "meta";
 const STAT: &str = "stat";
+const PINS: &str = "pins";
 
 /// A block store in the browser's IndexedDB.
 #[derive(Debug, Clone)]
@@ -64,6 +66,18 @@ fn parse_stat(v: Option<JsValue>) -> (u64, u64) {
     let a: js_sys::Array = v.unchecked_into();
     let n = |i| a.get(i).as_f64().map_or(0, |f| f as u64);
     (n(0), n(1))
+}
+
+/// The pins array; entries that do not parse (written by a newer version?) are skipped.
+fn parse_pins(v: Option<JsValue>) -> Vec<Cid> {
+    let Some(v) = v.filter(js_sys::Array::is_array) else {
+        return Vec::new();
+    };
+    js_sys::Array::from(&v)
+        .iter()
+        .filter_map(|s| s.as_string())
+        .filter_map(|s| cairn_core::cid::parse(&s).ok())
+        .collect()
 }
 
 /// Whether a failed transaction failed for the browser's storage quota.
@@ -106,6 +120,11 @@ impl IdbStore {
         &self.name
     }
 
+    /// Closes the database (every clone of this handle); later calls fail.
+    pub fn close(&self) {
+        self.db.clone().close();
+    }
+
     /// Closes this handle and deletes the whole database.
     pub async fn destroy(self) -> Result<()> {
         let name = self.name.clone();
@@ -128,6 +147,60 @@ impl IdbStore {
             .await
             .map_err(|e| backend("stat", e))?;
         Ok(parse_stat(v))
+    }
+
+    /// The pinned roots.
+    pub async fn pins(&self) -> Result<Vec<Cid>> {
+        let tx = self
+            .db
+            .transaction(META)
+            .build()
+            .map_err(|e| backend("pins", e))?;
+        let meta = tx.object_store(META).map_err(|e| backend("pins", e))?;
+        let v: Option<JsValue> = meta
+            .get::<JsValue, JsValue, _>(JsValue::from_str(PINS))
+            .await
+            .map_err(|e| backend("pins", e))?;
+        Ok(parse_pins(v))
+    }
+
+    /// Pins (`pinned`) or unpins `root`; returns whether that changed anything. One readwrite
+    /// transaction, so two tabs pinning at once do not lose each other's pins.
+    pub async fn set_pinned(&self, root: &Cid, pinned: bool) -> Result<bool> {
+        let tx = self
+            .db
+            .transaction(META)
+            .with_mode(TransactionMode::Readwrite)
+            .build()
+            .map_err(|e| backend("pin", e))?;
+        let changed = {
+            let meta = tx.object_store(META).map_err(|e| backend("pin", e))?;
+            let mut pins = parse_pins(
+                meta.get::<JsValue, JsValue, _>(JsValue::from_str(PINS))
+                    .await
+                    .map_err(|e| backend("pin", e))?,
+            );
+            let had = pins.contains(root);
+            if had == pinned {
+                return Ok(false);
+            }
+            if pinned {
+                pins.push(*root);
+            } else {
+                pins.retain(|c| c != root);
+            }
+            let value: js_sys::Array = pins
+                .iter()
+                .map(|c| JsValue::from_str(&c.to_string()))
+                .collect();
+            meta.put(JsValue::from(value))
+                .with_key(JsValue::from_str(PINS))
+                .build()
+                .map_err(|e| backend("pin", e))?;
+            true
+        };
+        tx.commit().await.map_err(|e| backend("pin", e))?;
+        Ok(changed)
     }
 
     async fn write_batch(&self, blocks: Vec<Block>) -> Result<usize> {

@@ -5,7 +5,10 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod error;
+pub mod http;
 pub mod idb;
+mod js;
 pub mod net;
 mod node;
 
@@ -20,10 +23,7 @@ use cairn_core::unixfs::{self, Profile, Range};
 use futures::TryStreamExt;
 use wasm_bindgen::prelude::*;
 
-/// Makes a JS `Error` with a readable message.
-fn js_error(message: impl std::fmt::Display) -> JsValue {
-    js_sys::Error::new(&message.to_string()).into()
-}
+use crate::error::js_error;
 
 /// The cairn version.
 #[wasm_bindgen]
@@ -96,10 +96,12 @@ async fn export_all(chain: &Chain, root: cairn_core::Cid) -> Result<js_sys::Uint
     Ok(js_sys::Uint8Array::from(&bytes[..]))
 }
 
-/// `{ blocks, bytes }` for JS.
+/// `{ blocks, bytes, quota }` for JS (`quota` is `null` when the store has none).
 fn stat_object(st: cairn_core::store::Stat) -> Result<JsValue, JsValue> {
     let obj = js_sys::Object::new();
     js_sys::Reflect::set(&obj, &"blocks".into(), &(st.blocks as f64).into())?;
     js_sys::Reflect::set(&obj, &"bytes".into(), &(st.bytes as f64).into())?;
+    let quota = st.quota.map_or(JsValue::NULL, |q| (q as f64).into());
+    js_sys::Reflect::set(&obj, &"quota".into(), &quota)?;
     Ok(obj.into())
 }

@@ -1,36 +1,44 @@
 //! `CairnNode`: the browser node as JavaScript sees it. A libp2p node (WebSocket and
-//! WebRTC-direct to relays, circuits through them) over an IndexedDB or in-memory store,
-//! whose `cat` asks the local store first and then races the connected peers over
-//! `/cas/1.0.0`, verifying every block.
+//! WebRTC-direct to relays, circuits through them) over an IndexedDB or in-memory store.
+//! Reads go local store → connected peers raced over `/cas/1.0.0` → HTTP gateways via
+//! `fetch()`, every block verified and kept locally as it arrives.
 
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::block::Block;
 use cairn_core::cid::Cid;
-use cairn_core::source::{Chain, Context, PeerRace};
+use cairn_core::source::{Chain, Gateway, PeerRace, SourceKind};
 use cairn_core::store::{self, BlockStore, Memory, Stat};
-use cairn_core::unixfs::{self, Profile};
-use cairn_core::{HashAlg, dag};
+use cairn_core::unixfs::{self, Profile, Range};
+use cairn_core::{HashAlg, dag, pin};
+use futures::{SinkExt, StreamExt};
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
-use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
+use crate::error::{js_error, js_error_from};
+use crate::http::Fetch;
 use crate::idb::IdbStore;
-use crate::js_error;
+use crate::js::{self, Abort, set};
 
-/// The node's store: IndexedDB (kept across reloads) or memory.
+/// How long one source may take for one block before the chain moves on.
+const SOURCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The node's store: IndexedDB (kept across reloads) or memory, with its pins.
 #[derive(Debug, Clone)]
 enum Store {
-    Memory(Arc<Memory>),
+    Memory(Arc<Memory>, Rc<RefCell<Vec<Cid>>>),
     Idb(IdbStore),
 }
 
 macro_rules! each {
     ($self:ident, $s:ident => $e:expr) => {
         match $self {
-            Store::Memory($s) => $e,
+            Store::Memory($s, _) => $e,
             Store::Idb($s) => $e,
         }
     };
@@ -60,35 +68,95 @@ impl BlockStore for Store {
     }
 }
 
-/// Reads `options[key]` as a string, if set.
-fn opt_string(options: &JsValue, key: &str) -> Result<Option<String>, JsValue> {
-    let v = js_sys::Reflect::get(options, &key.into()).unwrap_or(JsValue::UNDEFINED);
-    if v.is_undefined() || v.is_null() {
-        return Ok(None);
+impl Store {
+    async fn pins(&self) -> store::Result<Vec<Cid>> {
+        match self {
+            Store::Memory(_, pins) => Ok(pins.borrow().clone()),
+            Store::Idb(s) => s.pins().await,
+        }
     }
-    v.as_string()
-        .map(Some)
-        .ok_or_else(|| js_error(format!("options.{key} must be a string")))
+
+    async fn set_pinned(&self, root: &Cid, pinned: bool) -> store::Result<bool> {
+        match self {
+            Store::Memory(_, pins) => {
+                let mut pins = pins.borrow_mut();
+                let had = pins.contains(root);
+                if pinned && !had {
+                    pins.push(*root);
+                } else if !pinned {
+                    pins.retain(|c| c != root);
+                }
+                Ok(had != pinned)
+            }
+            Store::Idb(s) => s.set_pinned(root, pinned).await,
+        }
+    }
 }
 
-/// Reads `options[key]` as an array of strings (empty if unset).
-fn opt_strings(options: &JsValue, key: &str) -> Result<Vec<String>, JsValue> {
-    let v = js_sys::Reflect::get(options, &key.into()).unwrap_or(JsValue::UNDEFINED);
-    if v.is_undefined() || v.is_null() {
-        return Ok(Vec::new());
+/// A store that remembers what was put through it, so a failed import can take it back.
+struct Recording<'a> {
+    inner: &'a Store,
+    put: RefCell<Vec<Cid>>,
+}
+
+impl BlockStore for Recording<'_> {
+    async fn get(&self, cid: &Cid) -> store::Result<Option<Block>> {
+        self.inner.get(cid).await
     }
-    if !js_sys::Array::is_array(&v) {
-        return Err(js_error(format!(
-            "options.{key} must be an array of strings"
-        )));
+    async fn put(&self, block: Block) -> store::Result<bool> {
+        let cid = *block.cid();
+        let new = self.inner.put(block).await?;
+        self.put.borrow_mut().push(cid);
+        Ok(new)
     }
-    js_sys::Array::from(&v)
-        .iter()
-        .map(|s| {
-            s.as_string()
-                .ok_or_else(|| js_error(format!("options.{key} must hold strings only")))
-        })
-        .collect()
+    async fn put_many(&self, blocks: Vec<Block>) -> store::Result<usize> {
+        let cids: Vec<Cid> = blocks.iter().map(|b| *b.cid()).collect();
+        let n = self.inner.put_many(blocks).await?;
+        self.put.borrow_mut().extend(cids);
+        Ok(n)
+    }
+    async fn has(&self, cid: &Cid) -> store::Result<bool> {
+        self.inner.has(cid).await
+    }
+    async fn delete(&self, cid: &Cid) -> store::Result<bool> {
+        self.inner.delete(cid).await
+    }
+    async fn list(&self, after: Option<&Cid>, limit: usize) -> store::Result<Vec<Cid>> {
+        self.inner.list(after, limit).await
+    }
+    async fn stat(&self) -> store::Result<Stat> {
+        self.inner.stat().await
+    }
+}
+
+/// Roots in use by a running call; eviction keeps their DAGs.
+#[derive(Debug, Clone, Default)]
+struct InUse(Rc<RefCell<HashMap<Cid, usize>>>);
+
+/// Marks a root in use until dropped.
+struct Using(InUse, Cid);
+
+impl InUse {
+    fn hold(&self, root: Cid) -> Using {
+        *self.0.borrow_mut().entry(root).or_default() += 1;
+        Using(self.clone(), root)
+    }
+
+    fn roots(&self) -> Vec<Cid> {
+        self.0.borrow().keys().copied().collect()
+    }
+}
+
+impl Drop for Using {
+    fn drop(&mut self) {
+        let mut map = (self.0).0.borrow_mut();
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
 }
 
 /// Polls `node`'s peer table until `ok` holds for one of `peers` (or any peer when empty),
@@ -112,66 +180,110 @@ async fn until_peer(
     }
 }
 
-/// `options.onProgress`, if it is a function.
-fn progress_callback(options: &JsValue) -> Result<Option<js_sys::Function>, JsValue> {
-    if options.is_undefined() || options.is_null() {
-        return Ok(None);
-    }
-    let f = js_sys::Reflect::get(options, &"onProgress".into()).unwrap_or(JsValue::UNDEFINED);
-    if f.is_undefined() || f.is_null() {
-        return Ok(None);
-    }
-    f.dyn_into::<js_sys::Function>()
-        .map(Some)
-        .map_err(|_| js_error("options.onProgress must be a function"))
+fn parse_cid(cid: &str) -> Result<Cid, JsValue> {
+    cairn_core::cid::parse(cid.trim()).map_err(|e| {
+        js_error_from(
+            format!("\"{cid}\" is not a CID (expected something like bafy…)"),
+            &e,
+        )
+    })
 }
 
-/// A reader over what `add` was given, and its length when known.
-fn reader_of(data: JsValue) -> Result<(Box<dyn futures::AsyncRead + Unpin>, Option<u64>), JsValue> {
-    use futures::TryStreamExt;
-    if let Some(bytes) = data.dyn_ref::<js_sys::Uint8Array>() {
-        let len = bytes.length() as u64;
-        return Ok((
-            Box::new(futures::io::Cursor::new(bytes.to_vec())),
-            Some(len),
-        ));
+/// A fetch's progress for JS: `{ blocksDone, blocksKnown, bytesDone, bytesTotal, source,
+/// bySource: { local, peers, ipfs, gateway } }`.
+fn progress_object(p: &dag::Progress) -> js_sys::Object {
+    let o = js_sys::Object::new();
+    set(&o, "blocksDone", p.blocks_done as f64);
+    set(&o, "blocksKnown", p.blocks_known as f64);
+    set(&o, "bytesDone", p.bytes_done as f64);
+    set(&o, "bytesTotal", p.bytes_total as f64);
+    if let Some((cid, kind)) = &p.last {
+        set(&o, "cid", cid.to_string());
+        set(&o, "source", kind.as_str());
     }
-    let (stream, len) = if let Some(blob) = data.dyn_ref::<web_sys::Blob>() {
-        (blob.stream(), Some(blob.size() as u64))
-    } else if let Ok(stream) = data.clone().dyn_into::<web_sys::ReadableStream>() {
-        (stream, None)
-    } else {
-        return Err(js_error(format!(
-            "add takes a Uint8Array, a Blob or File, or a ReadableStream; got {}",
-            data.js_typeof().as_string().unwrap_or_default()
-        )));
-    };
-    let chunks = wasm_streams::ReadableStream::from_raw(stream)
-        .into_stream()
-        .map_err(|e| {
-            std::io::Error::other(format!(
-                "the stream failed: {}",
-                e.as_string().unwrap_or_else(|| format!("{e:?}"))
-            ))
-        })
-        .and_then(|chunk| async move {
-            chunk
-                .dyn_into::<js_sys::Uint8Array>()
-                .map(|c| c.to_vec())
-                .map_err(|_| {
-                    std::io::Error::other("the stream gave something other than a Uint8Array")
-                })
-        });
-    Ok((Box::new(Box::pin(chunks).into_async_read()), len))
+    let by = js_sys::Object::new();
+    for (kind, n) in SourceKind::ALL.iter().zip(p.by_source) {
+        set(&by, kind.as_str(), n as f64);
+    }
+    set(&o, "bySource", by);
+    o
+}
+
+/// What every call of a node shares.
+#[derive(Debug, Clone)]
+struct Inner {
+    node: cairn_p2p::Node,
+    store: Store,
+    profile: Profile,
+    gateways: Vec<String>,
+    in_use: InUse,
+    addresses: Vec<Multiaddr>,
+}
+
+impl Inner {
+    /// The source chain: local store, peers, then each gateway.
+    fn chain(&self) -> Chain {
+        let mut chain = Chain::new()
+            .local(self.store.clone())
+            .source(PeerRace::new(self.node.clone()), Some(SOURCE_TIMEOUT));
+        for g in &self.gateways {
+            chain = chain.source(Gateway::new(Fetch, g.clone()), Some(SOURCE_TIMEOUT));
+        }
+        chain
+    }
+
+    /// When `root` is not held, asks the relays' DHT who provides it and waits (briefly)
+    /// until one of them is connected and speaks `/cas`.
+    async fn locate(&self, root: Cid) -> Result<(), JsValue> {
+        if self
+            .store
+            .has(&root)
+            .await
+            .map_err(|e| js_error_from("the store failed", &e))?
+        {
+            return Ok(());
+        }
+        let found =
+            cairn_core::rt::timeout(Duration::from_secs(10), self.node.find_providers(root)).await;
+        if let Some(Ok(providers)) = found
+            && !providers.is_empty()
+        {
+            until_peer(&self.node, &providers, Duration::from_secs(10), |p| p.cas).await;
+        }
+        Ok(())
+    }
+
+    /// Fetches the whole DAG under `root` into the store, reporting to `on_progress`.
+    async fn fetch_dag(
+        &self,
+        root: Cid,
+        abort: &Abort,
+        on_progress: Option<&js_sys::Function>,
+    ) -> Result<dag::Report, JsValue> {
+        self.locate(root).await?;
+        let chain = self.chain();
+        let ctx = abort.context();
+        let report = |p: &dag::Progress| {
+            if let Some(f) = on_progress {
+                let _ = f.call1(&JsValue::NULL, &progress_object(p));
+            }
+        };
+        dag::fetch(&chain, &self.store, root, dag::Options::default(), &ctx, report)
+            .await
+            .map_err(|e| {
+                js_error_from(
+                    format!("cannot fetch {root}; the blocks fetched so far are kept, so asking again resumes"),
+                    &e,
+                )
+            })
+    }
 }
 
 /// A cairn node in the browser.
 #[wasm_bindgen]
 #[derive(Debug)]
 pub struct CairnNode {
-    node: cairn_p2p::Node,
-    store: Store,
-    profile: Profile,
+    inner: Inner,
 }
 
 #[wasm_bindgen]
@@ -180,39 +292,51 @@ impl CairnNode {
     /// - `relays`: multiaddrs of cairn relays (`/ip4/…/tcp/…/ws/p2p/…`, or
     ///   `/webrtc-direct/certhash/…`); the node connects to each and reserves a slot, so
     ///   other browsers can reach it through the relay;
+    /// - `gateways`: IPFS trustless gateway URLs (`https://…`), tried after peers;
     /// - `storage`: `"indexeddb"` (default; kept across reloads) or `"memory"`;
     /// - `name`: the IndexedDB database's name (default `"default"`);
+    /// - `quota`: the most bytes of blocks the store may hold (IndexedDB only);
     /// - `profile`: the UnixFS import profile, `"default"` or `"unixfs-v1-2025"`.
     ///
     /// Fails if no relay can be reached (when some are given), naming each and why.
     pub async fn create(options: JsValue) -> Result<CairnNode, JsValue> {
-        let options = if options.is_undefined() || options.is_null() {
-            js_sys::Object::new().into()
-        } else {
-            options
-        };
-        let profile: Profile = opt_string(&options, "profile")?
+        let options = js::or_empty(options);
+        let profile: Profile = js::opt_string(&options, "profile")?
             .as_deref()
             .unwrap_or("default")
             .parse()
-            .map_err(js_error)?;
-        let store = match opt_string(&options, "storage")?.as_deref() {
-            None | Some("indexeddb") => {
-                let name = opt_string(&options, "name")?.unwrap_or_else(|| "default".into());
-                Store::Idb(IdbStore::open(&name, None).await.map_err(js_error)?)
+            .map_err(|e| js_error(format!("options.profile: {e}")))?;
+        let gateways = js::opt_strings(&options, "gateways")?;
+        for g in &gateways {
+            if !(g.starts_with("https://") || g.starts_with("http://")) {
+                return Err(js_error(format!(
+                    "gateway \"{g}\" is not an http(s) URL (for example https://trustless-gateway.link)"
+                )));
             }
-            Some("memory") => Store::Memory(Arc::new(Memory::new())),
+        }
+        let quota = js::opt_u64(&options, "quota")?;
+        let store = match js::opt_string(&options, "storage")?.as_deref() {
+            None | Some("indexeddb") => {
+                let name = js::opt_string(&options, "name")?.unwrap_or_else(|| "default".into());
+                Store::Idb(
+                    IdbStore::open(&name, quota)
+                        .await
+                        .map_err(|e| js_error_from("cannot open the IndexedDB store", &e))?,
+                )
+            }
+            Some("memory") => Store::Memory(Arc::new(Memory::new()), Rc::default()),
             Some(other) => {
                 return Err(js_error(format!(
                     "options.storage is \"{other}\"; use \"indexeddb\" or \"memory\""
                 )));
             }
         };
-        let relays: Vec<Multiaddr> = opt_strings(&options, "relays")?
+        let relays: Vec<Multiaddr> = js::opt_strings(&options, "relays")?
             .iter()
             .map(|r| {
-                r.parse::<Multiaddr>()
-                    .map_err(|e| js_error(format!("relay address {r} is not a multiaddr: {e}")))
+                r.parse::<Multiaddr>().map_err(|e| {
+                    js_error_from(format!("relay address \"{r}\" is not a multiaddr"), &e)
+                })
             })
             .collect::<Result<_, _>>()?;
 
@@ -220,33 +344,34 @@ impl CairnNode {
         // provider records carry them.
         let config = cairn_p2p::node::Config::default();
         let key = libp2p::identity::Keypair::generate_ed25519();
-        let swarm = crate::net::swarm(key, &config).map_err(js_error)?;
+        let swarm = crate::net::swarm(key, &config)
+            .map_err(|e| js_error(format!("cannot start libp2p: {e}")))?;
         let (node, driver) = cairn_p2p::Node::new(swarm, store.clone(), config);
         wasm_bindgen_futures::spawn_local(driver);
 
         let mut failures = Vec::new();
-        let mut reached = 0;
+        let mut addresses = Vec::new();
         for relay in &relays {
             let dialed =
                 cairn_core::rt::timeout(Duration::from_secs(15), node.dial(relay.clone())).await;
             match dialed {
                 Some(Ok(peer)) => {
-                    reached += 1;
                     // Identify puts the relay in the DHT table; provider records need it.
                     until_peer(&node, &[peer], Duration::from_secs(5), |p| {
                         p.agent.is_some()
                     })
                     .await;
                     let circuit = relay.clone().with(Protocol::P2pCircuit);
-                    if let Err(e) = node.listen(circuit).await {
-                        failures.push(format!("{relay}: no reservation ({e})"));
+                    match node.listen(circuit.clone()).await {
+                        Ok(_) => addresses.push(circuit.with(Protocol::P2p(node.peer_id()))),
+                        Err(e) => failures.push(format!("{relay}: no reservation ({e})")),
                     }
                 }
                 Some(Err(e)) => failures.push(format!("{relay}: {e}")),
                 None => failures.push(format!("{relay}: no answer within 15 s")),
             }
         }
-        if !relays.is_empty() && reached == 0 {
+        if !relays.is_empty() && addresses.is_empty() {
             node.stop().await;
             return Err(js_error(format!(
                 "cannot reach any relay: {}. Check the addresses and that the relay runs",
@@ -257,114 +382,324 @@ impl CairnNode {
             web_sys::console::warn_1(&format!("cairn: relay {f}").into());
         }
         Ok(CairnNode {
-            node,
-            store,
-            profile,
+            inner: Inner {
+                node,
+                store,
+                profile,
+                gateways,
+                in_use: InUse::default(),
+                addresses,
+            },
         })
     }
 
     /// This node's peer id.
     #[wasm_bindgen(getter, js_name = peerId)]
     pub fn peer_id(&self) -> String {
-        self.node.peer_id().to_string()
+        self.inner.node.peer_id().to_string()
+    }
+
+    /// The addresses other nodes reach this one at: one `/p2p-circuit` address per relay
+    /// that holds a reservation for it.
+    #[wasm_bindgen(getter)]
+    pub fn addresses(&self) -> Vec<String> {
+        self.inner
+            .addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     /// Imports `data` (a `Uint8Array`, a `Blob` or `File`, or a `ReadableStream` of
     /// `Uint8Array`s) as a UnixFS file into the node's store, streaming: a large file is never
-    /// held in memory whole. Then announces it through the relays' DHT (a provider record;
-    /// failing that, the file is still added). Resolves to the root CID.
+    /// held in memory whole. Pins the root (unless `options.pin` is `false`) and announces it
+    /// through the relays' DHT (a provider record; failing that, the file is still added).
+    /// Resolves to the root CID.
     ///
-    /// `options.onProgress`, if given, is called with `{ bytesDone, bytesTotal }` as the
-    /// import goes: after each 4 MiB stored, and at the end (`bytesTotal` is absent for a
-    /// stream).
+    /// `options.onProgress`, if given, is called with `{ bytesDone, bytesTotal }` after
+    /// each 4 MiB stored and at the end (`bytesTotal` is absent for a stream).
+    /// `options.signal` (an `AbortSignal`) cancels it. A failed or cancelled add takes back
+    /// the blocks it wrote (those no pin needs), so the store holds no half-added file.
     pub async fn add(&self, data: JsValue, options: JsValue) -> Result<String, JsValue> {
-        let on_progress = progress_callback(&options)?;
-        let (reader, total) = reader_of(data)?;
+        let options = js::or_empty(options);
+        let on_progress = js::progress_callback(&options)?;
+        let pin_it = js::opt_bool(&options, "pin")?.unwrap_or(true);
+        let abort = Abort::from_options(&options, "add")?;
+        let (reader, total) = js::reader_of(data)?;
+        let inner = &self.inner;
         let report = |done: u64| {
             if let Some(f) = &on_progress {
                 let event = js_sys::Object::new();
-                let _ = js_sys::Reflect::set(&event, &"bytesDone".into(), &(done as f64).into());
+                set(&event, "bytesDone", done as f64);
                 if let Some(t) = total {
-                    let _ = js_sys::Reflect::set(&event, &"bytesTotal".into(), &(t as f64).into());
+                    set(&event, "bytesTotal", t as f64);
                 }
                 let _ = f.call1(&JsValue::NULL, &event);
             }
         };
-        let imported = unixfs::import(&self.store, reader, self.profile, HashAlg::Sha2_256, report)
-            .await
-            .map_err(js_error)?;
+        let recording = Recording {
+            inner: &inner.store,
+            put: RefCell::default(),
+        };
+        let imported = abort
+            .run("add", async {
+                unixfs::import(&recording, reader, inner.profile, HashAlg::Sha2_256, report)
+                    .await
+                    .map_err(|e| js_error_from("cannot add the data", &e))
+            })
+            .await;
+        let imported = match imported {
+            Ok(i) => i,
+            Err(e) => {
+                let written = recording.put.take();
+                if let Err(cleanup) = self.take_back(written).await {
+                    web_sys::console::warn_1(&cleanup);
+                }
+                return Err(e);
+            }
+        };
+        let root = imported.root;
+        if pin_it {
+            inner
+                .store
+                .set_pinned(&root, true)
+                .await
+                .map_err(|e| js_error_from(format!("{root} was added but not pinned"), &e))?;
+        }
         let provided =
-            cairn_core::rt::timeout(Duration::from_secs(10), self.node.provide(imported.root))
-                .await;
-        if !matches!(provided, Some(Ok(()))) {
+            cairn_core::rt::timeout(Duration::from_secs(10), inner.node.provide(root)).await;
+        if !matches!(provided, Some(Ok(()))) && !inner.addresses.is_empty() {
             let why = match provided {
                 Some(Err(e)) => e.to_string(),
                 _ => "no answer within 10 s".into(),
             };
             web_sys::console::warn_1(
-                &format!("cairn: {} added but not announced: {why}", imported.root).into(),
+                &format!("cairn: {root} added but not announced: {why}").into(),
             );
         }
-        Ok(imported.root.to_string())
+        Ok(root.to_string())
     }
 
-    /// The bytes of a file: from the local store, else from peers (raced, verified, kept
-    /// locally as they arrive). When the root is not held, the relays' DHT is asked who
-    /// provides it, and those peers are reached (through relay circuits) first.
-    pub async fn cat(&self, cid: String) -> Result<js_sys::Uint8Array, JsValue> {
-        let root = cairn_core::cid::parse(&cid).map_err(js_error)?;
-        if !self.store.has(&root).await.map_err(js_error)? {
-            let found =
-                cairn_core::rt::timeout(Duration::from_secs(10), self.node.find_providers(root))
-                    .await;
-            if let Some(Ok(providers)) = found
-                && !providers.is_empty()
-            {
-                // They are being dialed; wait until one speaks /cas.
-                until_peer(&self.node, &providers, Duration::from_secs(10), |p| p.cas).await;
+    /// The bytes of a file, whole: from the local store, else fetched (local → peers →
+    /// gateways), verified, and kept locally as they arrive. When the root is not held, the
+    /// relays' DHT is asked who provides it, and those peers are reached through relay
+    /// circuits. An interrupted fetch resumes: blocks already stored are not fetched again.
+    ///
+    /// `options.onProgress` gets `{ blocksDone, blocksKnown, bytesDone, bytesTotal, cid,
+    /// source, bySource: { local, peers, ipfs, gateway } }` after each block;
+    /// `options.signal` cancels (rejecting with an `AbortError`).
+    pub async fn cat(&self, cid: String, options: JsValue) -> Result<js_sys::Uint8Array, JsValue> {
+        let options = js::or_empty(options);
+        let root = parse_cid(&cid)?;
+        let on_progress = js::progress_callback(&options)?;
+        let abort = Abort::from_options(&options, "cat")?;
+        let _using = self.inner.in_use.hold(root);
+        abort
+            .run("cat", async {
+                self.inner
+                    .fetch_dag(root, &abort, on_progress.as_ref())
+                    .await?;
+                let local = Chain::new().local(self.inner.store.clone());
+                crate::export_all(&local, root).await
+            })
+            .await
+    }
+
+    /// The bytes of a file (or of `length` bytes from `offset`) as a `ReadableStream` of
+    /// `Uint8Array`s, fetched as they are read (only the blocks the range needs). Cancelling
+    /// the stream, or `options.signal`, stops the fetch.
+    #[wasm_bindgen(js_name = catStream)]
+    pub fn cat_stream(
+        &self,
+        cid: String,
+        options: JsValue,
+    ) -> Result<web_sys::ReadableStream, JsValue> {
+        let options = js::or_empty(options);
+        let root = parse_cid(&cid)?;
+        let range = Range {
+            offset: js::opt_u64(&options, "offset")?.unwrap_or(0),
+            length: js::opt_u64(&options, "length")?,
+        };
+        let abort = Abort::from_options(&options, "catStream")?;
+        let inner = self.inner.clone();
+        let (mut tx, rx) = futures::channel::mpsc::channel::<Result<JsValue, JsValue>>(2);
+        wasm_bindgen_futures::spawn_local(async move {
+            let _using = inner.in_use.hold(root);
+            if let Err(e) = inner.locate(root).await {
+                let _ = tx.send(Err(e)).await;
+                return;
             }
-        }
-        let chain = Chain::new().local(self.store.clone()).source(
-            PeerRace::new(self.node.clone()),
-            Some(Duration::from_secs(30)),
-        );
-        let ctx = Context::new();
-        dag::fetch(
-            &chain,
-            &self.store,
-            root,
-            dag::Options::default(),
-            &ctx,
-            |_| {},
-        )
-        .await
-        .map_err(js_error)?;
-        crate::export_all(&chain, root).await
+            let chain = inner.chain();
+            let ctx = abort.context();
+            let bytes = unixfs::export(&chain, root, range, 8, &ctx);
+            futures::pin_mut!(bytes);
+            while let Some(chunk) = bytes.next().await {
+                let item = match chunk {
+                    Ok(b) => Ok(JsValue::from(js_sys::Uint8Array::from(&b[..]))),
+                    Err(_) if abort.is_aborted() => Err(abort.aborted("catStream")),
+                    Err(e) => Err(js_error_from(format!("cannot read {root}"), &e)),
+                };
+                let failed = item.is_err();
+                // A send fails when the reader cancelled the stream: stop fetching.
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(wasm_streams::ReadableStream::from_stream(rx).into_raw())
     }
 
-    /// Connected peers: `[{ peerId, relayed, cas, agent }]`.
+    /// Fetches the whole DAG under `cid` (as `cat` does, with the same `options`) and pins
+    /// it: eviction never deletes a pinned DAG.
+    pub async fn pin(&self, cid: String, options: JsValue) -> Result<(), JsValue> {
+        let options = js::or_empty(options);
+        let root = parse_cid(&cid)?;
+        let on_progress = js::progress_callback(&options)?;
+        let abort = Abort::from_options(&options, "pin")?;
+        let _using = self.inner.in_use.hold(root);
+        abort
+            .run("pin", async {
+                self.inner
+                    .fetch_dag(root, &abort, on_progress.as_ref())
+                    .await?;
+                self.inner
+                    .store
+                    .set_pinned(&root, true)
+                    .await
+                    .map_err(|e| js_error_from("cannot record the pin", &e))?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Unpins `cid` (its blocks stay until evicted); resolves to whether it was pinned.
+    pub async fn unpin(&self, cid: String) -> Result<bool, JsValue> {
+        let root = parse_cid(&cid)?;
+        self.inner
+            .store
+            .set_pinned(&root, false)
+            .await
+            .map_err(|e| js_error_from("cannot remove the pin", &e))
+    }
+
+    /// The pinned roots, as CID strings.
+    pub async fn pins(&self) -> Result<Vec<String>, JsValue> {
+        Ok(self
+            .inner
+            .store
+            .pins()
+            .await
+            .map_err(|e| js_error_from("cannot read the pins", &e))?
+            .iter()
+            .map(ToString::to_string)
+            .collect())
+    }
+
+    /// Deletes blocks no pin (and no running call) needs until the store holds at most
+    /// `options.targetBytes` (default 0: every such block). Resolves to `{ blocks, bytes }`
+    /// deleted.
+    pub async fn evict(&self, options: JsValue) -> Result<JsValue, JsValue> {
+        let options = js::or_empty(options);
+        let target = js::opt_u64(&options, "targetBytes")?.unwrap_or(0);
+        let mut keep = self
+            .inner
+            .store
+            .pins()
+            .await
+            .map_err(|e| js_error_from("cannot read the pins", &e))?;
+        keep.extend(self.inner.in_use.roots());
+        let evicted = pin::evict(&self.inner.store, &keep, target)
+            .await
+            .map_err(|e| js_error_from("eviction failed", &e))?;
+        let o = js_sys::Object::new();
+        set(&o, "blocks", evicted.blocks as f64);
+        set(&o, "bytes", evicted.bytes as f64);
+        Ok(o.into())
+    }
+
+    /// Connected peers: `[{ peerId, relayed, cas, agent, addr, rttMs }]`.
     pub fn peers(&self) -> Result<JsValue, JsValue> {
         let out = js_sys::Array::new();
-        for (id, info) in self.node.peers() {
+        for (id, info) in self.inner.node.peers() {
             let o = js_sys::Object::new();
-            js_sys::Reflect::set(&o, &"peerId".into(), &id.to_string().into())?;
-            js_sys::Reflect::set(&o, &"relayed".into(), &info.relayed.into())?;
-            js_sys::Reflect::set(&o, &"cas".into(), &info.cas.into())?;
+            set(&o, "peerId", id.to_string());
+            set(&o, "relayed", info.relayed);
+            set(&o, "cas", info.cas);
             if let Some(a) = info.agent {
-                js_sys::Reflect::set(&o, &"agent".into(), &a.into())?;
+                set(&o, "agent", a);
+            }
+            if let Some(a) = info.addr {
+                set(&o, "addr", a.to_string());
+            }
+            if let Some(rtt) = info.rtt {
+                set(&o, "rttMs", rtt.as_secs_f64() * 1000.0);
             }
             out.push(&o);
         }
         Ok(out.into())
     }
 
-    /// Blocks and bytes held: `{ blocks, bytes }`.
+    /// What the store holds: `{ blocks, bytes, quota, pins }`, with `quota` the store's
+    /// own cap (`null` when none) and, where the browser tells, `browserUsage` and
+    /// `browserQuota` (the whole site's, from `navigator.storage.estimate()`).
     pub async fn stats(&self) -> Result<JsValue, JsValue> {
-        crate::stat_object(self.store.stat().await.map_err(js_error)?)
+        let st = self
+            .inner
+            .store
+            .stat()
+            .await
+            .map_err(|e| js_error_from("cannot read the store's size", &e))?;
+        let pins = self.inner.store.pins().await.map(|p| p.len()).unwrap_or(0);
+        let o: js_sys::Object = crate::stat_object(st)?.into();
+        set(&o, "pins", pins as f64);
+        if let Some((usage, quota)) = storage_estimate().await {
+            set(&o, "browserUsage", usage);
+            set(&o, "browserQuota", quota);
+        }
+        Ok(o.into())
     }
 
-    /// Stops the node: closes its connections.
+    /// Stops the node: closes its connections and its IndexedDB database (so that other
+    /// tabs can upgrade or delete it). Calls after `stop` fail.
     pub async fn stop(&self) {
-        self.node.stop().await;
+        self.inner.node.stop().await;
+        if let Store::Idb(s) = &self.inner.store {
+            s.close();
+        }
     }
+}
+
+impl CairnNode {
+    /// Deletes `written` blocks of a failed import that no pin or running call needs.
+    async fn take_back(&self, written: Vec<Cid>) -> Result<(), JsValue> {
+        let store = &self.inner.store;
+        let mut keep = store.pins().await.map_err(|e| js_error_from("pins", &e))?;
+        keep.extend(self.inner.in_use.roots());
+        let needed = pin::protected(store, &keep)
+            .await
+            .map_err(|e| js_error_from("pins", &e))?;
+        let written: HashSet<Cid> = written.into_iter().collect();
+        for cid in written.difference(&needed) {
+            store
+                .delete(cid)
+                .await
+                .map_err(|e| js_error_from("cannot take back a failed add", &e))?;
+        }
+        Ok(())
+    }
+}
+
+/// `navigator.storage.estimate()` as `(usage, quota)`, where the browser has it.
+async fn storage_estimate() -> Option<(f64, f64)> {
+    let global = js_sys::global();
+    let navigator = js_sys::Reflect::get(&global, &"navigator".into()).ok()?;
+    let storage = js_sys::Reflect::get(&navigator, &"storage".into()).ok()?;
+    let estimate: js_sys::Function = js_sys::Reflect::get(&storage, &"estimate".into())
+        .ok()?
+        .dyn_into()
+        .ok()?;
+    let promise: js_sys::Promise = estimate.call0(&storage).ok()?.dyn_into().ok()?;
+    let v = wasm_bindgen_futures::JsFuture::from(promise).await.ok()?;
+    let get = |k: &str| js_sys::Reflect::get(&v, &k.into()).ok()?.as_f64();
+    Some((get("usage")?, get("quota")?))
 }

@@ -8,6 +8,7 @@ use cairn_core::HashAlg;
 use cairn_core::source::{Chain, ChainError, ContentSource, Context, SourceError, SourceKind};
 use cairn_core::store::{Memory, Null};
 use cairn_core::unixfs::{self, Profile};
+use wasm_bindgen::JsValue;
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -184,6 +185,18 @@ fn test_relay() -> Option<(&'static str, &'static str, usize)> {
     }
 }
 
+/// The test relay's HTTP trustless gateway (`http://127.0.0.1:PORT`).
+fn test_gateway() -> Option<&'static str> {
+    test_relay()?;
+    option_env!("CAIRN_TEST_GATEWAY").or_else(|| {
+        assert!(
+            option_env!("CAIRN_REQUIRE_INTEROP").is_none(),
+            "CAIRN_TEST_GATEWAY must be set (cargo xtask test does)"
+        );
+        None
+    })
+}
+
 fn web_sys_log(msg: &str) {
     wasm_bindgen_test::console_log!("{msg}");
 }
@@ -207,7 +220,11 @@ async fn a_browser_node_fetches_a_file_from_a_relay_over_websocket() {
     };
     let node = CairnNode::create(options(&[relay])).await.unwrap();
     assert!(node.peer_id().starts_with("12D3KooW"));
-    let bytes = node.cat(cid.into()).await.unwrap().to_vec();
+    let bytes = node
+        .cat(cid.into(), JsValue::UNDEFINED)
+        .await
+        .unwrap()
+        .to_vec();
     assert_eq!(bytes.len(), len);
     assert!(
         bytes.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8),
@@ -229,7 +246,10 @@ async fn a_browser_node_fetches_a_file_from_a_relay_over_websocket() {
         HashAlg::Sha2_256,
         b"nobody has this",
     );
-    let err = node.cat(missing.to_string()).await.unwrap_err();
+    let err = node
+        .cat(missing.to_string(), JsValue::UNDEFINED)
+        .await
+        .unwrap_err();
     let msg = js_sys::Error::from(err).message().as_string().unwrap();
     assert!(msg.contains("not found"), "{msg}");
     node.stop().await;
@@ -277,7 +297,7 @@ async fn one_browser_node_fetches_from_another_it_finds_through_the_relay() {
         .await
         .unwrap();
     // B was never told about A: the relay's DHT names A, and B reaches A through a circuit.
-    let got = b.cat(cid).await.unwrap().to_vec();
+    let got = b.cat(cid, JsValue::UNDEFINED).await.unwrap().to_vec();
     assert!(got == content, "byte-identical ({} bytes)", got.len());
     let peers = b.peers().unwrap();
     let a_id = a.peer_id();
@@ -354,4 +374,318 @@ async fn add_takes_bytes_blobs_and_streams_alike_and_reports_progress() {
         "{msg}"
     );
     node.stop().await;
+}
+
+fn get(o: &JsValue, key: &str) -> JsValue {
+    js_sys::Reflect::get(o, &key.into()).unwrap()
+}
+
+fn num(o: &JsValue, key: &str) -> f64 {
+    get(o, key)
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {o:?}"))
+}
+
+fn message(e: &JsValue) -> String {
+    js_sys::Error::from(e.clone()).message().into()
+}
+
+/// `{ key: value, … }`.
+fn obj(pairs: &[(&str, JsValue)]) -> JsValue {
+    let o = js_sys::Object::new();
+    for (k, v) in pairs {
+        js_sys::Reflect::set(&o, &(*k).into(), v).unwrap();
+    }
+    o.into()
+}
+
+/// A JS function that pushes its argument onto the returned array.
+fn recorder() -> (js_sys::Array, js_sys::Function) {
+    use wasm_bindgen::JsCast;
+    let events = js_sys::Array::new();
+    let sink = events.clone();
+    let f = wasm_bindgen::closure::Closure::<dyn Fn(JsValue)>::new(move |e: JsValue| {
+        sink.push(&e);
+    });
+    let func: js_sys::Function = f.as_ref().unchecked_ref::<js_sys::Function>().clone();
+    f.forget();
+    (events, func)
+}
+
+fn test_bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+#[wasm_bindgen_test]
+async fn cat_reports_each_blocks_source_and_an_aborted_cat_resumes_where_it_stopped() {
+    use cairn_wasm::CairnNode;
+    let Some((relay, cid, len)) = test_relay() else {
+        return;
+    };
+    let node = CairnNode::create(options(&[relay])).await.unwrap();
+
+    // An already-aborted signal: refused at once.
+    let controller = web_sys::AbortController::new().unwrap();
+    controller.abort();
+    let err = node
+        .cat(cid.into(), obj(&[("signal", controller.signal().into())]))
+        .await
+        .unwrap_err();
+    assert_eq!(js_sys::Error::from(err.clone()).name(), "AbortError");
+    assert!(message(&err).contains("aborted"), "{}", message(&err));
+
+    // Aborted after the fifth block: an AbortError, and the blocks fetched so far are kept.
+    let controller = web_sys::AbortController::new().unwrap();
+    let (events, on_progress) = recorder();
+    let abort_after = {
+        let events = events.clone();
+        let controller = controller.clone();
+        let f = wasm_bindgen::closure::Closure::<dyn Fn(JsValue)>::new(move |e: JsValue| {
+            events.push(&e);
+            if events.length() == 5 {
+                controller.abort();
+            }
+        });
+        let func: js_sys::Function =
+            wasm_bindgen::JsCast::unchecked_ref::<js_sys::Function>(f.as_ref()).clone();
+        f.forget();
+        func
+    };
+    drop(on_progress);
+    let err = node
+        .cat(
+            cid.into(),
+            obj(&[
+                ("signal", controller.signal().into()),
+                ("onProgress", abort_after.into()),
+            ]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        js_sys::Error::from(err.clone()).name(),
+        "AbortError",
+        "{}",
+        message(&err)
+    );
+    let kept = num(&node.stats().await.unwrap(), "blocks");
+    assert!(
+        kept >= 5.0,
+        "the blocks fetched before the abort are kept: {kept}"
+    );
+
+    // Again, to the end: the kept blocks come from the local store, the rest from the peer.
+    let (events, on_progress) = recorder();
+    let bytes = node
+        .cat(cid.into(), obj(&[("onProgress", on_progress.into())]))
+        .await
+        .unwrap()
+        .to_vec();
+    assert_eq!(bytes, test_bytes(len));
+    let last = events.get(events.length() - 1);
+    let by = get(&last, "bySource");
+    let done = num(&last, "blocksDone");
+    assert_eq!(num(&last, "bytesDone"), num(&last, "bytesTotal"));
+    assert_eq!(num(&by, "local"), kept, "{last:?}");
+    assert_eq!(num(&by, "local") + num(&by, "peers"), done, "{last:?}");
+    assert!(num(&by, "peers") > 0.0);
+    assert_eq!(
+        get(&last, "source")
+            .as_string()
+            .as_deref()
+            .map(|s| s == "local" || s == "peers"),
+        Some(true)
+    );
+    node.stop().await;
+}
+
+#[wasm_bindgen_test]
+async fn cat_stream_reads_a_byte_range_fetching_as_it_goes() {
+    use cairn_wasm::CairnNode;
+    use futures::StreamExt;
+    let Some((relay, cid, len)) = test_relay() else {
+        return;
+    };
+    let node = CairnNode::create(options(&[relay])).await.unwrap();
+    let (offset, length) = (1_000_003usize, 700_001usize);
+    let stream = node
+        .cat_stream(
+            cid.into(),
+            obj(&[
+                ("offset", (offset as f64).into()),
+                ("length", (length as f64).into()),
+            ]),
+        )
+        .unwrap();
+    let mut chunks = wasm_streams::ReadableStream::from_raw(stream).into_stream();
+    let mut got = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        got.extend(js_sys::Uint8Array::new(&chunk.unwrap()).to_vec());
+    }
+    assert_eq!(got, test_bytes(len)[offset..offset + length]);
+    // Only the blocks the range needs were fetched: not the whole 3 MiB file.
+    let held = num(&node.stats().await.unwrap(), "bytes");
+    assert!(
+        held < (len as f64) * 0.6,
+        "{held} bytes fetched for a {length}-byte range"
+    );
+
+    // Bad input is refused before anything starts.
+    let err = node
+        .cat_stream(cid.into(), obj(&[("offset", (-1.0).into())]))
+        .unwrap_err();
+    assert!(
+        message(&err).contains("options.offset"),
+        "{}",
+        message(&err)
+    );
+    node.stop().await;
+}
+
+#[wasm_bindgen_test]
+async fn the_gateway_source_fetches_and_verifies_over_fetch() {
+    use cairn_wasm::CairnNode;
+    let (Some((_, cid, len)), Some(gateway)) = (test_relay(), test_gateway()) else {
+        return;
+    };
+    let node = CairnNode::create(obj(&[
+        ("storage", "memory".into()),
+        ("gateways", js_sys::Array::of1(&gateway.into()).into()),
+    ]))
+    .await
+    .unwrap();
+    let (events, on_progress) = recorder();
+    let bytes = node
+        .cat(cid.into(), obj(&[("onProgress", on_progress.into())]))
+        .await
+        .unwrap()
+        .to_vec();
+    assert_eq!(bytes, test_bytes(len));
+    let last = events.get(events.length() - 1);
+    assert_eq!(
+        num(&get(&last, "bySource"), "gateway"),
+        num(&last, "blocksDone"),
+        "every block came from the gateway: {last:?}"
+    );
+
+    let err = CairnNode::create(obj(&[(
+        "gateways",
+        js_sys::Array::of1(&"ftp://example".into()).into(),
+    )]))
+    .await
+    .unwrap_err();
+    assert!(
+        message(&err).contains("not an http(s) URL"),
+        "{}",
+        message(&err)
+    );
+    node.stop().await;
+}
+
+#[wasm_bindgen_test]
+async fn pins_keep_their_dags_through_eviction_and_errors_carry_a_cause() {
+    use cairn_wasm::CairnNode;
+    let node = CairnNode::create(options(&[])).await.unwrap();
+    let kept = node
+        .add(
+            js_sys::Uint8Array::from(&test_bytes(1 << 20)[..]).into(),
+            JsValue::UNDEFINED,
+        )
+        .await
+        .unwrap();
+    let cached: Vec<u8> = (0..(1 << 20)).map(|i| (i % 239) as u8).collect();
+    let cache = node
+        .add(
+            js_sys::Uint8Array::from(&cached[..]).into(),
+            obj(&[("pin", false.into())]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(node.pins().await.unwrap(), vec![kept.clone()]);
+    let before = num(&node.stats().await.unwrap(), "bytes");
+
+    let evicted = node.evict(JsValue::UNDEFINED).await.unwrap();
+    assert!(num(&evicted, "blocks") >= 5.0, "{evicted:?}");
+    let stats = node.stats().await.unwrap();
+    assert_eq!(num(&stats, "bytes"), before - num(&evicted, "bytes"));
+    assert_eq!(num(&stats, "pins"), 1.0);
+    let bytes = node
+        .cat(kept.clone(), JsValue::UNDEFINED)
+        .await
+        .unwrap()
+        .to_vec();
+    assert_eq!(bytes, test_bytes(1 << 20), "the pinned file is whole");
+    let err = node.cat(cache, JsValue::UNDEFINED).await.unwrap_err();
+    assert!(message(&err).contains("cannot fetch"), "{}", message(&err));
+
+    assert!(node.unpin(kept.clone()).await.unwrap());
+    assert!(!node.unpin(kept).await.unwrap(), "already unpinned");
+    node.evict(JsValue::UNDEFINED).await.unwrap();
+    assert_eq!(num(&node.stats().await.unwrap(), "blocks"), 0.0);
+
+    // A malformed CID: the message says what was expected; the parser's error is the cause.
+    let err = node
+        .cat("bafynot-a-cid".into(), JsValue::UNDEFINED)
+        .await
+        .unwrap_err();
+    assert!(message(&err).contains("is not a CID"), "{}", message(&err));
+    let cause = get(&err, "cause");
+    assert!(
+        wasm_bindgen::JsCast::is_instance_of::<js_sys::Error>(&cause),
+        "cause: {cause:?}"
+    );
+    node.stop().await;
+}
+
+#[wasm_bindgen_test]
+async fn a_full_store_refuses_an_add_and_keeps_nothing_of_it() {
+    use cairn_wasm::CairnNode;
+    let name = format!("quota-{}", js_sys::Math::random());
+    let node = CairnNode::create(obj(&[
+        ("name", name.clone().into()),
+        ("quota", ((6 << 20) as f64).into()),
+    ]))
+    .await
+    .unwrap();
+    let small = node
+        .add(
+            js_sys::Uint8Array::from(&test_bytes(1 << 20)[..]).into(),
+            JsValue::UNDEFINED,
+        )
+        .await
+        .unwrap();
+    let before = node.stats().await.unwrap();
+    // 9 MiB, stored in 4 MiB batches: the first lands, the second does not fit; the add
+    // fails and takes back what it wrote.
+    let big: Vec<u8> = (0..9 << 20).map(|i| (i % 233) as u8).collect();
+    let (events, on_progress) = recorder();
+    let err = node
+        .add(
+            js_sys::Uint8Array::from(&big[..]).into(),
+            obj(&[("onProgress", on_progress.into())]),
+        )
+        .await
+        .unwrap_err();
+    assert!(message(&err).contains("store is full"), "{}", message(&err));
+    assert!(
+        events.length() >= 1,
+        "a first batch was stored before the failure"
+    );
+    let after = node.stats().await.unwrap();
+    assert_eq!(
+        num(&after, "bytes"),
+        num(&before, "bytes"),
+        "nothing of it was kept"
+    );
+    assert_eq!(num(&after, "quota"), (6 << 20) as f64);
+    assert_eq!(node.pins().await.unwrap(), vec![small.clone()]);
+    let again = node.cat(small, JsValue::UNDEFINED).await.unwrap().to_vec();
+    assert_eq!(again, test_bytes(1 << 20), "the earlier file is untouched");
+    node.stop().await;
+    cairn_wasm::idb::IdbStore::open(&name, None)
+        .await
+        .unwrap()
+        .destroy()
+        .await
+        .unwrap();
 }

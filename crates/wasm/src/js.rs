@@ -1,0 +1,246 @@
+//! Reading what JavaScript passed: option bags, callbacks, `AbortSignal`s, and the kinds of
+//! data `add` takes.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use cairn_core::source::{CancelToken, Context, cancel_pair};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+
+use crate::error::{self, js_error};
+
+/// `options`, or an empty object when it is `undefined` or `null`.
+pub(crate) fn or_empty(options: JsValue) -> JsValue {
+    if options.is_undefined() || options.is_null() {
+        js_sys::Object::new().into()
+    } else {
+        options
+    }
+}
+
+/// `options[key]`, `None` when unset (`undefined` or `null`).
+fn get(options: &JsValue, key: &str) -> Option<JsValue> {
+    if options.is_undefined() || options.is_null() {
+        return None;
+    }
+    let v = js_sys::Reflect::get(options, &key.into()).unwrap_or(JsValue::UNDEFINED);
+    (!v.is_undefined() && !v.is_null()).then_some(v)
+}
+
+/// `options[key]` as a string, if set.
+pub(crate) fn opt_string(options: &JsValue, key: &str) -> Result<Option<String>, JsValue> {
+    get(options, key)
+        .map(|v| {
+            v.as_string()
+                .ok_or_else(|| js_error(format!("options.{key} must be a string")))
+        })
+        .transpose()
+}
+
+/// `options[key]` as a boolean, if set.
+pub(crate) fn opt_bool(options: &JsValue, key: &str) -> Result<Option<bool>, JsValue> {
+    get(options, key)
+        .map(|v| {
+            v.as_bool()
+                .ok_or_else(|| js_error(format!("options.{key} must be true or false")))
+        })
+        .transpose()
+}
+
+/// `options[key]` as a whole number of at least 0 (a byte count or offset), if set.
+pub(crate) fn opt_u64(options: &JsValue, key: &str) -> Result<Option<u64>, JsValue> {
+    get(options, key)
+        .map(|v| {
+            v.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0 && f.fract() == 0.0 && *f <= 2f64.powi(53))
+                .map(|f| f as u64)
+                .ok_or_else(|| {
+                    js_error(format!(
+                        "options.{key} must be a whole number of at least 0, got {}",
+                        v.as_f64()
+                            .map_or_else(|| format!("{v:?}"), |f| f.to_string())
+                    ))
+                })
+        })
+        .transpose()
+}
+
+/// `options[key]` as an array of strings (empty if unset).
+pub(crate) fn opt_strings(options: &JsValue, key: &str) -> Result<Vec<String>, JsValue> {
+    let Some(v) = get(options, key) else {
+        return Ok(Vec::new());
+    };
+    if !js_sys::Array::is_array(&v) {
+        return Err(js_error(format!(
+            "options.{key} must be an array of strings"
+        )));
+    }
+    js_sys::Array::from(&v)
+        .iter()
+        .map(|s| {
+            s.as_string()
+                .ok_or_else(|| js_error(format!("options.{key} must hold strings only")))
+        })
+        .collect()
+}
+
+/// `options.onProgress`, if it is a function.
+pub(crate) fn progress_callback(options: &JsValue) -> Result<Option<js_sys::Function>, JsValue> {
+    get(options, "onProgress")
+        .map(|f| {
+            f.dyn_into::<js_sys::Function>()
+                .map_err(|_| js_error("options.onProgress must be a function"))
+        })
+        .transpose()
+}
+
+/// Sets `obj[key] = value` on a fresh plain object.
+pub(crate) fn set(obj: &js_sys::Object, key: &str, value: impl Into<JsValue>) {
+    let _ = js_sys::Reflect::set(obj, &key.into(), &value.into());
+}
+
+/// An `options.signal` (`AbortSignal`), turned into a cancellation token for the sources.
+/// Removes its listener when dropped.
+pub(crate) struct Abort {
+    token: Option<CancelToken>,
+    signal: Option<web_sys::AbortSignal>,
+    listener: Option<Closure<dyn FnMut()>>,
+}
+
+impl Abort {
+    /// Reads `options.signal`; fails with an `AbortError` when it is already aborted.
+    pub(crate) fn from_options(options: &JsValue, what: &str) -> Result<Self, JsValue> {
+        let Some(signal) = get(options, "signal") else {
+            return Ok(Self {
+                token: None,
+                signal: None,
+                listener: None,
+            });
+        };
+        let signal: web_sys::AbortSignal = signal
+            .dyn_into()
+            .map_err(|_| js_error("options.signal must be an AbortSignal"))?;
+        if signal.aborted() {
+            return Err(error::Error::aborted(what, signal.reason()).into());
+        }
+        let (canceller, token) = cancel_pair();
+        let canceller = Rc::new(RefCell::new(Some(canceller)));
+        let listener = Closure::<dyn FnMut()>::new(move || {
+            if let Some(c) = canceller.borrow_mut().take() {
+                c.cancel();
+            }
+        });
+        signal
+            .add_event_listener_with_callback("abort", listener.as_ref().unchecked_ref())
+            .map_err(|_| js_error("cannot listen on options.signal"))?;
+        Ok(Self {
+            token: Some(token),
+            signal: Some(signal),
+            listener: Some(listener),
+        })
+    }
+
+    /// A source context that is cancelled with the signal.
+    pub(crate) fn context(&self) -> Context {
+        match &self.token {
+            Some(t) => Context::new().with_cancel(t.clone()),
+            None => Context::new(),
+        }
+    }
+
+    /// Runs `work`, giving up with an `AbortError` as soon as the signal fires (`work` is
+    /// dropped, which cancels what it was doing).
+    pub(crate) async fn run<T>(
+        &self,
+        what: &str,
+        work: impl std::future::Future<Output = Result<T, JsValue>>,
+    ) -> Result<T, JsValue> {
+        let ctx = self.context();
+        let cancelled = async {
+            if self.token.is_some() {
+                ctx.cancelled().await
+            } else {
+                std::future::pending().await
+            }
+        };
+        futures::pin_mut!(work, cancelled);
+        match futures::future::select(work, cancelled).await {
+            // The work may notice the cancellation first (its sources stop with "cancelled").
+            futures::future::Either::Left((Err(_), _)) if self.is_aborted() => {
+                Err(self.aborted(what))
+            }
+            futures::future::Either::Left((r, _)) => r,
+            futures::future::Either::Right(((), _)) => Err(self.aborted(what)),
+        }
+    }
+
+    /// Whether the signal has fired.
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.signal
+            .as_ref()
+            .is_some_and(web_sys::AbortSignal::aborted)
+    }
+
+    /// The `AbortError` for `what`.
+    pub(crate) fn aborted(&self, what: &str) -> JsValue {
+        let reason = self
+            .signal
+            .as_ref()
+            .map_or(JsValue::UNDEFINED, web_sys::AbortSignal::reason);
+        error::Error::aborted(what, reason).into()
+    }
+}
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        if let (Some(signal), Some(listener)) = (&self.signal, &self.listener) {
+            let _ = signal
+                .remove_event_listener_with_callback("abort", listener.as_ref().unchecked_ref());
+        }
+    }
+}
+
+/// A reader over what `add` was given, and its length when known.
+pub(crate) fn reader_of(
+    data: JsValue,
+) -> Result<(Box<dyn futures::AsyncRead + Unpin>, Option<u64>), JsValue> {
+    use futures::TryStreamExt;
+    if let Some(bytes) = data.dyn_ref::<js_sys::Uint8Array>() {
+        let len = bytes.length() as u64;
+        return Ok((
+            Box::new(futures::io::Cursor::new(bytes.to_vec())),
+            Some(len),
+        ));
+    }
+    let (stream, len) = if let Some(blob) = data.dyn_ref::<web_sys::Blob>() {
+        (blob.stream(), Some(blob.size() as u64))
+    } else if let Ok(stream) = data.clone().dyn_into::<web_sys::ReadableStream>() {
+        (stream, None)
+    } else {
+        return Err(js_error(format!(
+            "add takes a Uint8Array, a Blob or File, or a ReadableStream; got {}",
+            data.js_typeof().as_string().unwrap_or_default()
+        )));
+    };
+    let chunks = wasm_streams::ReadableStream::from_raw(stream)
+        .into_stream()
+        .map_err(|e| {
+            std::io::Error::other(format!(
+                "the stream failed: {}",
+                e.dyn_ref::<js_sys::Error>()
+                    .map(|e| String::from(e.message()))
+                    .or_else(|| e.as_string())
+                    .unwrap_or_else(|| format!("{e:?}"))
+            ))
+        })
+        .and_then(|chunk| async move {
+            chunk
+                .dyn_into::<js_sys::Uint8Array>()
+                .map(|c| c.to_vec())
+                .map_err(|_| {
+                    std::io::Error::other("the stream gave something other than a Uint8Array")
+                })
+        });
+    Ok((Box::new(Box::pin(chunks).into_async_read()), len))
+}
