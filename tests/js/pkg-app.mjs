@@ -1,0 +1,111 @@
+// The npm package test: installs the packed `cairn` tarball into pkg-app/, type-checks an
+// app against its types, bundles the app with esbuild, starts a cairn-relay serving it, and
+// runs it in headless Chromium: page A adds and fetches (in the page and in a Worker); page
+// B, in another browser context, fetches A's file through the relay.
+//
+// node pkg-app.mjs <cairn-x.y.z.tgz> <cairn-relay binary>
+// The relay and the browser are stopped at the end, pass or fail.
+import { execFileSync, spawn } from 'node:child_process'
+import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { createInterface } from 'node:readline'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { createServer } from 'node:net'
+import * as esbuild from 'esbuild'
+import { chromium } from 'playwright-core'
+
+const here = dirname(fileURLToPath(import.meta.url))
+const app = join(here, 'pkg-app')
+const [tarball, relayBin] = process.argv.slice(2)
+if (!tarball || !relayBin) {
+  console.error('usage: node pkg-app.mjs <cairn.tgz> <cairn-relay>')
+  process.exit(2)
+}
+
+function step (what) {
+  console.error(`pkg-app: ${what}`)
+}
+
+async function freePort () {
+  return new Promise((resolve, reject) => {
+    const s = createServer()
+    s.once('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address()
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+const work = mkdtempSync(join(tmpdir(), 'cairn-pkg-app-'))
+let relay = null
+let browser = null
+const cleanup = async () => {
+  await browser?.close().catch(() => {})
+  if (relay && relay.exitCode === null) relay.kill('SIGKILL')
+  rmSync(work, { recursive: true, force: true })
+}
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => cleanup().finally(() => process.exit(130)))
+}
+
+try {
+  step(`installing ${tarball}`)
+  rmSync(join(app, 'node_modules'), { recursive: true, force: true })
+  execFileSync('npm', ['install', '--no-save', '--no-package-lock', '--no-audit', '--no-fund', '--offline', tarball], { cwd: app, stdio: 'inherit' })
+
+  step('type-checking an app against the package\'s types (tsc --noEmit)')
+  execFileSync(process.execPath, [join(here, 'node_modules/typescript/bin/tsc'), '-p', app], { stdio: 'inherit' })
+
+  step('bundling with esbuild')
+  const out = join(work, 'site')
+  mkdirSync(out)
+  await esbuild.build({
+    entryPoints: { app: join(app, 'app.js'), worker: join(app, 'node_modules/cairn/worker.js') },
+    bundle: true,
+    format: 'esm',
+    outdir: out,
+    logLevel: 'warning'
+  })
+  cpSync(join(app, 'node_modules/cairn/dist/cairn_wasm_bg.wasm'), join(out, 'cairn_wasm_bg.wasm'))
+  cpSync(join(app, 'index.html'), join(out, 'index.html'))
+
+  step('starting cairn-relay')
+  const http = `127.0.0.1:${await freePort()}`
+  relay = spawn(relayBin, ['serve', '--listen', '/ip4/127.0.0.1/tcp/0/ws', '--http', http,
+    '--web-root', out, '--identity', join(work, 'id.key')], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, CAIRN_LOG: 'warn' } })
+  const addr = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the relay printed no address within 30 s')), 30_000)
+    relay.once('exit', (code) => reject(new Error(`the relay exited (${code})`)))
+    createInterface({ input: relay.stdout }).once('line', (l) => { clearTimeout(timer); resolve(l.trim()) })
+  })
+  if (!addr.includes('/ws/p2p/')) throw new Error(`unexpected relay address ${addr}`)
+
+  step('running the app in Chromium')
+  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: ['--no-sandbox'] })
+  const open = async (query) => {
+    const context = await browser.newContext()
+    const page = await context.newPage()
+    const log = []
+    page.on('console', (m) => log.push(`${m.type()}: ${m.text()}`))
+    page.on('pageerror', (e) => log.push(`pageerror: ${e.message}`))
+    await page.goto(`http://${http}/?relay=${encodeURIComponent(addr)}&${query}`)
+    await page.waitForFunction(() => window.cairnResult !== undefined, null, { timeout: 180_000 })
+      .catch((e) => { throw new Error(`${e.message}\n${log.join('\n')}`) })
+    const result = await page.evaluate(() => window.cairnResult)
+    if (!result.ok) throw new Error(`${query}: ${result.error}\n${log.join('\n')}`)
+    return result
+  }
+  const a = await open('role=a')
+  step(`page A: ${JSON.stringify(a)}`)
+  const b = await open(`role=b&cid=${a.cid}`)
+  step(`page B: ${JSON.stringify(b)}`)
+  if (b.fromPeers < 1) throw new Error('page B fetched nothing from peers')
+  console.log(`the npm package works: ${a.cid} added in page A and its Worker, fetched by page B (${b.blocks} blocks, ${b.fromPeers} from peers)`)
+} catch (e) {
+  console.error(`pkg-app: FAILED: ${e.stack ?? e}`)
+  process.exitCode = 1
+} finally {
+  await cleanup()
+}
