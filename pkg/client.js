@@ -68,6 +68,7 @@ export async function createWorkerNode (options = {}) {
     add: (data, options) =>
       call('add', data, options, typeof ReadableStream !== 'undefined' && data instanceof ReadableStream ? [data] : []),
     cat: (cid, options) => call('cat', cid, options),
+    fetch: (cid, options) => call('fetch', cid, options),
     catStream (cid, options) {
       const { readable, writable } = new TransformStream()
       call('catStream', cid, options).then(

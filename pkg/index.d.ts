@@ -45,6 +45,11 @@ export interface FetchProgress {
   bySource: Record<Source, number>
 }
 
+/** The last progress of a finished fetch, and how long it took. */
+export interface FetchReport extends FetchProgress {
+  elapsedMs: number
+}
+
 export interface CatOptions {
   signal?: AbortSignal
   onProgress?: (progress: FetchProgress) => void
@@ -96,6 +101,8 @@ export interface CairnNodeApi {
   add(data: Uint8Array | Blob | ReadableStream<Uint8Array>, options?: AddOptions): Promise<string>
   /** The whole file, verified: local store, then peers, then gateways. Rejects with an `AbortError` when aborted. */
   cat(cid: string, options?: CatOptions): Promise<Uint8Array>
+  /** Fetches the whole file into the local store (resumable), without returning its bytes. */
+  fetch(cid: string, options?: CatOptions): Promise<FetchReport>
   /** The file (or a byte range of it) as a stream, fetched as it is read. */
   catStream(cid: string, options?: CatStreamOptions): ReadableStream<Uint8Array>
   /** Fetches the whole file and pins it. */
@@ -119,6 +126,7 @@ export declare class CairnNode implements CairnNodeApi {
   readonly addresses: string[]
   add(data: Uint8Array | Blob | ReadableStream<Uint8Array>, options?: AddOptions): Promise<string>
   cat(cid: string, options?: CatOptions): Promise<Uint8Array>
+  fetch(cid: string, options?: CatOptions): Promise<FetchReport>
   catStream(cid: string, options?: CatStreamOptions): ReadableStream<Uint8Array>
   pin(cid: string, options?: CatOptions): Promise<void>
   unpin(cid: string): Promise<boolean>

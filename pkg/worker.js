@@ -35,6 +35,7 @@ async function call (id, op, args) {
       const bytes = await node.cat(first, opts)
       return [bytes, [bytes.buffer]]
     }
+    case 'fetch': return [await node.fetch(first, opts)]
     case 'catStream': {
       const stream = node.catStream(first, opts)
       return [stream, [stream]]

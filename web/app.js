@@ -1,46 +1,393 @@
-// The page's glue: Trunk loads the wasm module and fires TrunkApplicationStarted.
-const status = document.getElementById('status')
-const list = document.getElementById('files')
+// The cairn web app: a CairnNode in this page (IndexedDB storage), connected to the relay
+// that serves the page. Trunk loads the wasm module and fires TrunkApplicationStarted.
+//
+// URL parameters (all optional): relay=<multiaddr> (repeatable; "none" for none; default:
+// the serving relay's WebSocket address from /health), gateway=<url> (repeatable; "none"
+// for none; default: the serving relay's own gateway when it has a store), store=<name>
+// (the IndexedDB database; default "app").
+const $ = (id) => document.getElementById(id)
+const params = new URLSearchParams(location.search)
+let node = null
+let cairn = null
+let relayPeer = null
+let current = null
 
-function start () {
-  const cairn = window.wasmBindings
-  const node = new cairn.Node()
-  document.getElementById('version').textContent = cairn.version()
-  status.textContent = 'Ready.'
-  document.body.dataset.ready = 'true'
+function fmtBytes (n) {
+  if (n < 1024) return `${n} B`
+  const units = ['KiB', 'MiB', 'GiB', 'TiB']
+  let u = -1
+  do { n /= 1024; u++ } while (n >= 1024 && u < units.length - 1)
+  return `${n.toFixed(n < 10 ? 2 : 1)} ${units[u]}`
+}
 
-  async function add (file) {
-    const profile = document.getElementById('profile').value
-    status.textContent = `Hashing ${file.name}…`
-    try {
-      const started = performance.now()
-      const cid = await node.add(new Uint8Array(await file.arrayBuffer()), profile)
-      const ms = performance.now() - started
-      const li = document.createElement('li')
-      const link = `${location.origin}${location.pathname}#/cid/${cid}`
-      li.innerHTML = '<strong></strong> <span class="size"></span><br><code class="cid"></code><br><a class="share">share link</a>'
-      li.querySelector('strong').textContent = file.name
-      li.querySelector('.size').textContent = `${file.size.toLocaleString()} bytes`
-      li.querySelector('.cid').textContent = cid
-      li.querySelector('.share').href = link
-      list.prepend(li)
-      status.textContent = `Added ${file.name} in ${ms.toFixed(0)} ms.`
-    } catch (e) {
-      status.textContent = `Could not add ${file.name}: ${e.message}`
+function short (id) {
+  return id.length > 16 ? `${id.slice(0, 8)}…${id.slice(-6)}` : id
+}
+
+/** An error and its causes, outermost first. */
+function describe (e) {
+  let out = e?.message ?? String(e)
+  for (let c = e?.cause, i = 0; c && i < 4; c = c.cause, i++) {
+    const m = c.message ?? String(c)
+    if (!out.includes(m)) out += ` (${m})`
+  }
+  return out
+}
+
+function nodeStatus (text, state) {
+  const el = $('node-status')
+  el.textContent = text
+  el.dataset.state = state
+}
+
+/** The CID in what the user typed or pasted: a CID, a share link, or an /ipfs/ path. */
+function cidFrom (text) {
+  const t = text.trim()
+  const m = t.match(/#\/cid\/([^/?#\s]+)/) ?? t.match(/\/ipfs\/([^/?#\s]+)/)
+  return m ? decodeURIComponent(m[1]) : t
+}
+
+function shareLink (cid) {
+  return `${location.origin}${location.pathname}${location.search}#/cid/${cid}`
+}
+
+/** The relay's WebSocket address for this page, from /health's list. */
+function pickRelay (addrs) {
+  const secure = location.protocol === 'https:'
+  const usable = addrs.filter((a) => /\/p2p\//.test(a) &&
+    (secure ? /\/(tls\/ws|wss)\//.test(a) : /\/ws\//.test(a) && !/\/(tls|wss)\//.test(a)))
+  const host = location.hostname
+  const exact = usable.find((a) => a.includes(`/${host}/`))
+  if (exact) return exact
+  const first = usable.find((a) => !a.startsWith('/ip6/')) ?? usable[0]
+  if (!first) return null
+  // Reach it under the name this page was loaded from.
+  const proto = /^\d+\.\d+\.\d+\.\d+$/.test(host) ? 'ip4' : (host.includes(':') ? 'ip6' : 'dns4')
+  return first.replace(/^\/(ip4|ip6|dns4|dns6|dns)\/[^/]+/, `/${proto}/${host.replace(/^\[|\]$/g, '')}`)
+}
+
+async function config () {
+  let health = null
+  try {
+    const r = await fetch('/health')
+    if (r.ok) health = await r.json()
+  } catch {}
+  let relays = params.getAll('relay')
+  if (relays.length === 0 && health) {
+    const r = pickRelay(health.addrs ?? [])
+    if (r) relays = [r]
+  }
+  relays = relays.filter((r) => r && r !== 'none')
+  let gateways = params.getAll('gateway')
+  if (gateways.length === 0 && health?.gateway) gateways = [location.origin]
+  gateways = gateways.filter((g) => g && g !== 'none')
+  return { relays, gateways, name: params.get('store') ?? 'app' }
+}
+
+// ---------------------------------------------------------------------------------------
+// Adding
+
+async function addFile (file) {
+  const li = document.createElement('li')
+  li.innerHTML = '<strong class="name"></strong> <span class="size"></span><br><progress max="1" value="0"></progress><span class="state">hashing…</span>'
+  li.querySelector('.name').textContent = file.name
+  li.querySelector('.size').textContent = fmtBytes(file.size)
+  $('files').prepend(li)
+  const bar = li.querySelector('progress')
+  const state = li.querySelector('.state')
+  const started = performance.now()
+  try {
+    const cid = await node.add(file, {
+      onProgress: (p) => {
+        bar.value = p.bytesTotal ? p.bytesDone / p.bytesTotal : 0
+        state.textContent = ` ${fmtBytes(p.bytesDone)}`
+      }
+    })
+    const secs = (performance.now() - started) / 1000
+    bar.remove()
+    li.dataset.cid = cid
+    state.innerHTML = '<br><code class="cid"></code><br><a class="share">share link</a> <button type="button" class="copy">copy link</button> <span class="took"></span>'
+    state.querySelector('.cid').textContent = cid
+    const link = state.querySelector('.share')
+    link.href = shareLink(cid)
+    state.querySelector('.copy').addEventListener('click', async (e) => {
+      try {
+        await navigator.clipboard.writeText(shareLink(cid))
+        e.target.textContent = 'copied'
+      } catch {
+        e.target.textContent = 'select the link to copy it'
+      }
+    })
+    state.querySelector('.took').textContent = `added in ${secs.toFixed(1)} s (${fmtBytes(file.size / Math.max(secs, 0.001))}/s)`
+  } catch (e) {
+    bar.remove()
+    li.classList.add('error')
+    state.textContent = ` could not be added: ${describe(e)}`
+  }
+  refreshStorage()
+}
+
+// ---------------------------------------------------------------------------------------
+// Fetching
+
+const SNIFF = [
+  ['image/png', [0x89, 0x50, 0x4e, 0x47]],
+  ['image/jpeg', [0xff, 0xd8, 0xff]],
+  ['image/gif', [0x47, 0x49, 0x46, 0x38]],
+  ['image/webp', [0x52, 0x49, 0x46, 0x46], [0x57, 0x45, 0x42, 0x50]]
+]
+
+function sniff (head) {
+  for (const [type, magic, at8] of SNIFF) {
+    if (magic.every((b, i) => head[i] === b) && (!at8 || at8.every((b, i) => head[8 + i] === b))) return type
+  }
+  try {
+    new TextDecoder('utf-8', { fatal: true }).decode(head.subarray(0, 4096), { stream: true })
+    if (!head.subarray(0, 4096).includes(0)) return 'text/plain'
+  } catch {}
+  return 'application/octet-stream'
+}
+
+function showProgress (p, started, firstByte) {
+  const elapsed = (performance.now() - started) / 1000
+  const total = p.bytesTotal || 0
+  $('progress').value = total ? Math.min(p.bytesDone / total, 1) : 0
+  $('transfer-status').textContent = `${p.blocksDone} of ${Math.max(p.blocksKnown, p.blocksDone)} blocks, ${fmtBytes(p.bytesDone)}${total ? ` of ${fmtBytes(total)}` : ''}`
+  for (const k of ['local', 'peers', 'ipfs', 'gateway']) $(`by-${k}`).textContent = p.bySource?.[k] ?? 0
+  $('throughput').textContent = elapsed > 0 ? `${fmtBytes(p.bytesDone / elapsed)}/s` : ''
+  $('ttfb').textContent = firstByte !== null ? `· first byte after ${firstByte.toFixed(0)} ms` : ''
+}
+
+async function readAll (stream) {
+  const parts = []
+  const reader = stream.getReader()
+  for (;;) {
+    const { done, value } = await reader.read()
+    if (done) return parts
+    parts.push(value)
+  }
+}
+
+async function fetchCid (text) {
+  const cid = cidFrom(text)
+  const error = $('fetch-error')
+  error.hidden = true
+  $('result').hidden = true
+  if (!cid) return
+  if (!node) {
+    error.textContent = 'The node has not started (see the status above).'
+    error.hidden = false
+    return
+  }
+  current?.abort()
+  const controller = new AbortController()
+  current = controller
+  const transfer = $('transfer')
+  transfer.hidden = false
+  transfer.dataset.state = 'running'
+  $('cancel-button').hidden = false
+  const started = performance.now()
+  let firstByte = null
+  let last = null
+  window.cairnApp.last = null
+  showProgress({ blocksDone: 0, blocksKnown: 1, bytesDone: 0, bytesTotal: 0, bySource: {} }, started, null)
+  $('transfer-status').textContent = `Looking for ${short(cid)}…`
+  try {
+    const report = await node.fetch(cid, {
+      signal: controller.signal,
+      onProgress: (p) => {
+        if (firstByte === null && p.bytesDone > 0) firstByte = performance.now() - started
+        last = p
+        window.cairnApp.last = p
+        showProgress(p, started, firstByte)
+      }
+    })
+    last = report
+    window.cairnApp.last = report
+    showProgress(report, started, firstByte)
+    const parts = await readAll(node.catStream(cid))
+    const size = parts.reduce((n, p) => n + p.length, 0)
+    const head = parts[0] ?? new Uint8Array()
+    const type = sniff(head)
+    const blob = new Blob(parts, { type })
+    const link = $('download')
+    if (link.href) URL.revokeObjectURL(link.href)
+    link.href = URL.createObjectURL(blob)
+    link.download = cid
+    $('result-size').textContent = `${fmtBytes(size)} (${type})`
+    const preview = $('preview')
+    preview.replaceChildren()
+    if (type.startsWith('image/')) {
+      const img = document.createElement('img')
+      img.src = link.href
+      img.alt = `preview of ${cid}`
+      preview.append(img)
+    } else if (type === 'text/plain') {
+      const pre = document.createElement('pre')
+      pre.textContent = new TextDecoder().decode(head.subarray(0, 65536)) + (size > 65536 ? '\n…' : '')
+      preview.append(pre)
+    }
+    $('result').hidden = false
+    $('result').dataset.size = String(size)
+    const secs = report.elapsedMs / 1000
+    $('transfer-status').textContent = `Done: ${report.blocksDone} blocks, ${fmtBytes(size)} in ${secs.toFixed(1)} s`
+    transfer.dataset.state = 'done'
+  } catch (e) {
+    if (e.name === 'AbortError') {
+      transfer.dataset.state = 'cancelled'
+      $('transfer-status').textContent = 'Cancelled. What arrived is kept: fetching again resumes.'
+    } else {
+      transfer.dataset.state = 'error'
+      error.textContent = `Could not fetch ${cid}: ${describe(e)}`
+      error.hidden = false
+      if (last) showProgress(last, started, firstByte)
+    }
+  } finally {
+    if (current === controller) {
+      current = null
+      $('cancel-button').hidden = true
+    }
+    refreshStorage()
+  }
+}
+
+function route () {
+  const m = location.hash.match(/^#\/cid\/(.+)$/)
+  if (!m) return
+  const cid = decodeURIComponent(m[1])
+  $('cid-input').value = cid
+  fetchCid(cid)
+}
+
+// ---------------------------------------------------------------------------------------
+// Panels
+
+function refreshPeers () {
+  if (!node) return
+  const peers = node.peers()
+  $('peer-count').textContent = peers.length
+  const rows = peers.map((p) => {
+    const tr = document.createElement('tr')
+    const transport = /webrtc/.test(p.addr ?? '') ? 'WebRTC' : /\/ws/.test(p.addr ?? '') ? 'WebSocket' : 'other'
+    const path = p.relayed ? `relayed (${transport})` : `direct (${transport})`
+    for (const [text, title] of [[short(p.peerId), p.peerId], [path, p.addr ?? ''], [p.rttMs !== undefined ? `${p.rttMs.toFixed(0)} ms` : '…', ''], [p.agent ?? '', '']]) {
+      const td = document.createElement('td')
+      td.textContent = text
+      if (title) td.title = title
+      tr.append(td)
+    }
+    tr.dataset.peer = p.peerId
+    return tr
+  })
+  $('peers').replaceChildren(...rows)
+  if (relayPeer) {
+    const connected = peers.some((p) => p.peerId === relayPeer)
+    if (!connected && $('node-status').dataset.state === 'ready') {
+      nodeStatus('Lost the relay: sharing and fetching from others stop until it is back (reload to reconnect). Your files stay here.', 'error')
     }
   }
+}
 
-  document.getElementById('file').addEventListener('change', (e) => {
-    for (const f of e.target.files) add(f)
+async function refreshStorage () {
+  if (!node) return
+  try {
+    const s = await node.stats()
+    $('used').textContent = fmtBytes(s.bytes)
+    $('blocks').textContent = s.blocks
+    $('quota').textContent = s.quota != null
+      ? ` (quota ${fmtBytes(s.quota)})`
+      : s.browserQuota ? ` (this site may use up to ${fmtBytes(s.browserQuota)})` : ''
+    const pins = await node.pins()
+    $('pins').replaceChildren(...pins.map((cid) => {
+      const li = document.createElement('li')
+      li.dataset.cid = cid
+      const a = document.createElement('a')
+      a.href = shareLink(cid)
+      a.textContent = cid
+      const b = document.createElement('button')
+      b.type = 'button'
+      b.textContent = 'unpin'
+      b.addEventListener('click', async () => {
+        await node.unpin(cid)
+        refreshStorage()
+      })
+      li.append(a, ' ', b)
+      return li
+    }))
+    if (!pins.length) $('pins').innerHTML = '<li class="hint">nothing pinned</li>'
+  } catch (e) {
+    $('storage-status').textContent = `Cannot read the store: ${describe(e)}`
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+
+async function start () {
+  cairn = window.wasmBindings
+  window.cairnApp = { last: null }
+  $('version').textContent = cairn.version()
+  const cfg = await config()
+  $('relay-addr').textContent = cfg.relays.join(' ') || 'none'
+  $('gateways').textContent = cfg.gateways.join(' ') || 'none'
+  nodeStatus(cfg.relays.length ? 'Connecting to the relay…' : 'Starting (no relay configured)…', 'starting')
+  const options = { relays: cfg.relays, gateways: cfg.gateways, storage: 'indexeddb', name: cfg.name }
+  try {
+    node = await cairn.CairnNode.create(options)
+    relayPeer = cfg.relays[0]?.split('/p2p/').pop()?.split('/')[0] ?? null
+    nodeStatus(cfg.relays.length ? 'Connected to the relay: files you add can be fetched by others.' : 'Running without a relay: files stay in this browser.', 'ready')
+  } catch (e) {
+    try {
+      node = await cairn.CairnNode.create({ ...options, relays: [] })
+      nodeStatus(`The relay cannot be reached: ${describe(e)}. Files you add stay in this browser; reload to try again.`, 'error')
+    } catch (e2) {
+      nodeStatus(`cairn cannot start: ${describe(e2)}`, 'error')
+      document.body.dataset.ready = 'failed'
+      return
+    }
+  }
+  window.cairnApp.node = node
+  $('peer-id').textContent = node.peerId
+  $('my-address').textContent = node.addresses.join(' ') || 'none (no relay reservation)'
+
+  $('file').addEventListener('change', (e) => {
+    for (const f of e.target.files) addFile(f)
+    e.target.value = ''
   })
-  const drop = document.getElementById('drop')
+  const drop = $('drop')
   drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over') })
   drop.addEventListener('dragleave', () => drop.classList.remove('over'))
   drop.addEventListener('drop', (e) => {
     e.preventDefault()
     drop.classList.remove('over')
-    for (const f of e.dataTransfer.files) add(f)
+    for (const f of e.dataTransfer.files) addFile(f)
   })
+  drop.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' || e.key === ' ') $('file').click()
+  })
+  $('fetch-form').addEventListener('submit', (e) => {
+    e.preventDefault()
+    const cid = cidFrom($('cid-input').value)
+    if (!cid) return
+    if (location.hash !== `#/cid/${cid}`) location.hash = `#/cid/${cid}`
+    else fetchCid(cid)
+  })
+  $('cancel-button').addEventListener('click', () => current?.abort())
+  $('evict').addEventListener('click', async () => {
+    try {
+      const r = await node.evict()
+      $('storage-status').textContent = `Freed ${fmtBytes(r.bytes)} (${r.blocks} blocks).`
+    } catch (e) {
+      $('storage-status').textContent = `Could not free space: ${describe(e)}`
+    }
+    refreshStorage()
+  })
+  addEventListener('hashchange', route)
+  setInterval(refreshPeers, 2000)
+  setInterval(refreshStorage, 5000)
+  refreshPeers()
+  await refreshStorage()
+  document.body.dataset.ready = 'true'
+  route()
 }
 
 if (window.wasmBindings) start()

@@ -5,15 +5,13 @@
 //
 // node pkg-app.mjs <cairn-x.y.z.tgz> <cairn-relay binary>
 // The relay and the browser are stopped at the end, pass or fail.
-import { execFileSync, spawn } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
-import { createInterface } from 'node:readline'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { createServer } from 'node:net'
 import * as esbuild from 'esbuild'
-import { chromium } from 'playwright-core'
+import { atExit, capture, cleanup, freePort, launchChromium, startRelay, step as say } from './harness.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const app = join(here, 'pkg-app')
@@ -22,33 +20,9 @@ if (!tarball || !relayBin) {
   console.error('usage: node pkg-app.mjs <cairn.tgz> <cairn-relay>')
   process.exit(2)
 }
-
-function step (what) {
-  console.error(`pkg-app: ${what}`)
-}
-
-async function freePort () {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address()
-      s.close(() => resolve(port))
-    })
-  })
-}
-
+const step = (what) => say('pkg-app', what)
 const work = mkdtempSync(join(tmpdir(), 'cairn-pkg-app-'))
-let relay = null
-let browser = null
-const cleanup = async () => {
-  await browser?.close().catch(() => {})
-  if (relay && relay.exitCode === null) relay.kill('SIGKILL')
-  rmSync(work, { recursive: true, force: true })
-}
-for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.on(sig, () => cleanup().finally(() => process.exit(130)))
-}
+atExit(() => rmSync(work, { recursive: true, force: true }))
 
 try {
   step(`installing ${tarball}`)
@@ -73,23 +47,14 @@ try {
 
   step('starting cairn-relay')
   const http = `127.0.0.1:${await freePort()}`
-  relay = spawn(relayBin, ['serve', '--listen', '/ip4/127.0.0.1/tcp/0/ws', '--http', http,
-    '--web-root', out, '--identity', join(work, 'id.key')], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, CAIRN_LOG: 'warn' } })
-  const addr = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the relay printed no address within 30 s')), 30_000)
-    relay.once('exit', (code) => reject(new Error(`the relay exited (${code})`)))
-    createInterface({ input: relay.stdout }).once('line', (l) => { clearTimeout(timer); resolve(l.trim()) })
-  })
-  if (!addr.includes('/ws/p2p/')) throw new Error(`unexpected relay address ${addr}`)
+  const { addr } = await startRelay(relayBin, http, ['--web-root', out, '--identity', join(work, 'id.key')])
 
   step('running the app in Chromium')
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: ['--no-sandbox'] })
+  const browser = await launchChromium()
   const open = async (query) => {
     const context = await browser.newContext()
     const page = await context.newPage()
-    const log = []
-    page.on('console', (m) => log.push(`${m.type()}: ${m.text()}`))
-    page.on('pageerror', (e) => log.push(`pageerror: ${e.message}`))
+    const log = capture(page)
     await page.goto(`http://${http}/?relay=${encodeURIComponent(addr)}&${query}`)
     await page.waitForFunction(() => window.cairnResult !== undefined, null, { timeout: 180_000 })
       .catch((e) => { throw new Error(`${e.message}\n${log.join('\n')}`) })

@@ -320,6 +320,14 @@ fn test(root: &Path) -> Result<()> {
         .arg(target_dir(root).join("debug/cairn-relay"))
         .current_dir(root.join("tests/js")))?;
 
+    step("web app end to end in Chromium (Playwright; screenshots in tests/artifacts/e2e)");
+    sh(Command::new(node_bin(root))
+        .arg(root.join("tests/js/e2e.mjs"))
+        .arg(target_dir(root).join("debug/cairn-relay"))
+        .arg(root.join("dist"))
+        .arg(root.join("tests/artifacts/e2e"))
+        .current_dir(root.join("tests/js")))?;
+
     eprintln!("\nall checks passed in {:.0?}", started.elapsed());
     Ok(())
 }

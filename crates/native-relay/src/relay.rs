@@ -400,7 +400,8 @@ fn web_app(
 ) -> Result<axum::Router, Error> {
     use axum::routing::get;
     let info = format!(
-        "{{\"status\":\"ok\",\"peer_id\":\"{peer_id}\",\"addrs\":[{}]}}",
+        "{{\"status\":\"ok\",\"peer_id\":\"{peer_id}\",\"gateway\":{},\"addrs\":[{}]}}",
+        store.is_some(),
         addrs
             .iter()
             .map(|a| format!("\"{a}\""))

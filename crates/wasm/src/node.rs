@@ -11,11 +11,14 @@ use std::time::Duration;
 
 use cairn_core::block::Block;
 use cairn_core::cid::Cid;
-use cairn_core::source::{Chain, Gateway, PeerRace, SourceKind};
+use cairn_core::source::{
+    Chain, ContentSource, Context, Gateway, PeerRace, SourceError, SourceKind,
+};
 use cairn_core::store::{self, BlockStore, Memory, Stat};
 use cairn_core::unixfs::{self, Profile, Range};
 use cairn_core::{HashAlg, dag, pin};
-use futures::{SinkExt, StreamExt};
+use futures::future::{LocalBoxFuture, Shared};
+use futures::{FutureExt, SinkExt, StreamExt};
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 use wasm_bindgen::prelude::*;
@@ -180,6 +183,74 @@ async fn until_peer(
     }
 }
 
+/// The peer race, which asks the relays' DHT who provides the root (once per call, shared
+/// by the blocks in flight) when no connected peer gives a block: a fetch that starts, or
+/// resumes, without the right peer connected finds it.
+struct Discovering {
+    race: PeerRace<cairn_p2p::Node>,
+    node: cairn_p2p::Node,
+    root: Cid,
+    lookup: RefCell<Option<Shared<LocalBoxFuture<'static, bool>>>>,
+}
+
+impl Discovering {
+    fn new(node: cairn_p2p::Node, root: Cid) -> Self {
+        Self {
+            race: PeerRace::new(node.clone()),
+            node,
+            root,
+            lookup: RefCell::default(),
+        }
+    }
+
+    /// Asks the DHT for providers of the root and waits (briefly) until one is connected
+    /// and speaks `/cas`; resolves to whether one is.
+    fn lookup(&self) -> Shared<LocalBoxFuture<'static, bool>> {
+        self.lookup
+            .borrow_mut()
+            .get_or_insert_with(|| {
+                let (node, root) = (self.node.clone(), self.root);
+                async move {
+                    let found =
+                        cairn_core::rt::timeout(Duration::from_secs(10), node.find_providers(root))
+                            .await;
+                    match found {
+                        Some(Ok(providers)) if !providers.is_empty() => {
+                            until_peer(&node, &providers, Duration::from_secs(10), |p| p.cas).await
+                        }
+                        _ => false,
+                    }
+                }
+                .boxed_local()
+                .shared()
+            })
+            .clone()
+    }
+}
+
+impl ContentSource for Discovering {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Peers
+    }
+
+    fn name(&self) -> String {
+        self.race.name()
+    }
+
+    async fn retrieve(&self, cid: &Cid, ctx: &Context) -> Result<Block, SourceError> {
+        match self.race.retrieve(cid, ctx).await {
+            Ok(block) => Ok(block),
+            Err(first) => {
+                if self.lookup().await {
+                    self.race.retrieve(cid, ctx).await
+                } else {
+                    Err(first)
+                }
+            }
+        }
+    }
+}
+
 fn parse_cid(cid: &str) -> Result<Cid, JsValue> {
     cairn_core::cid::parse(cid.trim()).map_err(|e| {
         js_error_from(
@@ -221,36 +292,17 @@ struct Inner {
 }
 
 impl Inner {
-    /// The source chain: local store, peers, then each gateway.
-    fn chain(&self) -> Chain {
-        let mut chain = Chain::new()
-            .local(self.store.clone())
-            .source(PeerRace::new(self.node.clone()), Some(SOURCE_TIMEOUT));
+    /// The source chain for the DAG under `root`: local store, peers (found through the DHT
+    /// when the connected ones do not have it), then each gateway.
+    fn chain(&self, root: Cid) -> Chain {
+        let mut chain = Chain::new().local(self.store.clone()).source(
+            Discovering::new(self.node.clone(), root),
+            Some(SOURCE_TIMEOUT),
+        );
         for g in &self.gateways {
             chain = chain.source(Gateway::new(Fetch, g.clone()), Some(SOURCE_TIMEOUT));
         }
         chain
-    }
-
-    /// When `root` is not held, asks the relays' DHT who provides it and waits (briefly)
-    /// until one of them is connected and speaks `/cas`.
-    async fn locate(&self, root: Cid) -> Result<(), JsValue> {
-        if self
-            .store
-            .has(&root)
-            .await
-            .map_err(|e| js_error_from("the store failed", &e))?
-        {
-            return Ok(());
-        }
-        let found =
-            cairn_core::rt::timeout(Duration::from_secs(10), self.node.find_providers(root)).await;
-        if let Some(Ok(providers)) = found
-            && !providers.is_empty()
-        {
-            until_peer(&self.node, &providers, Duration::from_secs(10), |p| p.cas).await;
-        }
-        Ok(())
     }
 
     /// Fetches the whole DAG under `root` into the store, reporting to `on_progress`.
@@ -260,8 +312,7 @@ impl Inner {
         abort: &Abort,
         on_progress: Option<&js_sys::Function>,
     ) -> Result<dag::Report, JsValue> {
-        self.locate(root).await?;
-        let chain = self.chain();
+        let chain = self.chain(root);
         let ctx = abort.context();
         let report = |p: &dag::Progress| {
             if let Some(f) = on_progress {
@@ -481,9 +532,10 @@ impl CairnNode {
     }
 
     /// The bytes of a file, whole: from the local store, else fetched (local → peers →
-    /// gateways), verified, and kept locally as they arrive. When the root is not held, the
-    /// relays' DHT is asked who provides it, and those peers are reached through relay
-    /// circuits. An interrupted fetch resumes: blocks already stored are not fetched again.
+    /// gateways), verified, and kept locally as they arrive. When no connected peer has a
+    /// block, the relays' DHT is asked who provides the file, and those peers are reached
+    /// through relay circuits. An interrupted fetch resumes: blocks already stored are not
+    /// fetched again.
     ///
     /// `options.onProgress` gets `{ blocksDone, blocksKnown, bytesDone, bytesTotal, cid,
     /// source, bySource: { local, peers, ipfs, gateway } }` after each block;
@@ -501,6 +553,29 @@ impl CairnNode {
                     .await?;
                 let local = Chain::new().local(self.inner.store.clone());
                 crate::export_all(&local, root).await
+            })
+            .await
+    }
+
+    /// Fetches the whole DAG under `cid` into the local store (as `cat` does, with the same
+    /// `options`), without returning its bytes: read them afterwards with `catStream`, from
+    /// the store, without holding the file in memory. Resolves to the final progress (as
+    /// `onProgress` gets it) plus `elapsedMs`.
+    pub async fn fetch(&self, cid: String, options: JsValue) -> Result<JsValue, JsValue> {
+        let options = js::or_empty(options);
+        let root = parse_cid(&cid)?;
+        let on_progress = js::progress_callback(&options)?;
+        let abort = Abort::from_options(&options, "fetch")?;
+        let _using = self.inner.in_use.hold(root);
+        abort
+            .run("fetch", async {
+                let report = self
+                    .inner
+                    .fetch_dag(root, &abort, on_progress.as_ref())
+                    .await?;
+                let o = progress_object(&report.progress);
+                set(&o, "elapsedMs", report.elapsed.as_secs_f64() * 1000.0);
+                Ok(o.into())
             })
             .await
     }
@@ -525,11 +600,7 @@ impl CairnNode {
         let (mut tx, rx) = futures::channel::mpsc::channel::<Result<JsValue, JsValue>>(2);
         wasm_bindgen_futures::spawn_local(async move {
             let _using = inner.in_use.hold(root);
-            if let Err(e) = inner.locate(root).await {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-            let chain = inner.chain();
+            let chain = inner.chain(root);
             let ctx = abort.context();
             let bytes = unixfs::export(&chain, root, range, 8, &ctx);
             futures::pin_mut!(bytes);

@@ -1,0 +1,206 @@
+// End-to-end tests of the web app in headless Chromium (Playwright, Debian's chromium).
+// Starts its own cairn-relays and stops them at the end, pass or fail.
+//
+// node e2e.mjs <cairn-relay binary> <dist/ (the built app)> <artifacts dir>
+//
+// - A (one browser context) adds 32 MiB; B (another context, its own storage, a narrow
+//   screen) opens A's share link and gets the same bytes through the relay, no gateway.
+// - B reloads in the middle of a 128 MiB transfer; after the reload only the missing blocks
+//   are fetched (the counts say so).
+// - Content only a gateway has (a second relay's store, behind a test gateway) arrives
+//   through the gateway source; a gateway that tampers with bytes is refused, visibly.
+// - A's content survives closing and reopening the page (IndexedDB).
+// - Bad input: a malformed CID, an unreachable relay, a 0-byte file.
+// Screenshots of each moment go to the artifacts directory.
+import { execFileSync } from 'node:child_process'
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { atExit, capture, cleanup, freePort, launchChromium, startRelay, step as say } from './harness.mjs'
+
+const [relayBin, dist, artifacts] = process.argv.slice(2)
+if (!relayBin || !dist || !artifacts) {
+  console.error('usage: node e2e.mjs <cairn-relay> <dist> <artifacts>')
+  process.exit(2)
+}
+const step = (what) => say('e2e', what)
+const MiB = 1024 * 1024
+const work = mkdtempSync(join(tmpdir(), 'cairn-e2e-'))
+atExit(() => rmSync(work, { recursive: true, force: true }))
+mkdirSync(artifacts, { recursive: true })
+
+function file (name, size) {
+  const path = join(work, name)
+  const bytes = randomBytes(size)
+  writeFileSync(path, bytes)
+  return { path, name, size, sha256: createHash('sha256').update(bytes).digest('hex') }
+}
+
+function assert (ok, what) {
+  if (!ok) throw new Error(`assertion failed: ${what}`)
+}
+
+/** A gateway in front of `upstream` (a relay's HTTP), CORS-open; `tamper` flips a byte of every block. */
+async function testGateway (upstream, tamper) {
+  const port = await freePort()
+  const server = createServer(async (req, res) => {
+    res.setHeader('Access-Control-Allow-Origin', '*')
+    res.setHeader('Access-Control-Allow-Headers', '*')
+    if (req.method === 'OPTIONS') return res.end()
+    try {
+      const r = await fetch(`http://${upstream}${req.url}`, { headers: { accept: req.headers.accept ?? '*/*' } })
+      const body = Buffer.from(await r.arrayBuffer())
+      if (tamper && r.status === 200 && body.length) body[body.length >> 1] ^= 0xff
+      res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/octet-stream' })
+      res.end(body)
+    } catch (e) {
+      res.writeHead(502)
+      res.end(String(e))
+    }
+  })
+  await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve))
+  atExit(() => new Promise((resolve) => server.close(resolve)))
+  return `http://127.0.0.1:${port}`
+}
+
+async function open (context, url, name) {
+  const page = await context.newPage()
+  const log = capture(page)
+  await page.goto(url)
+  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 })
+    .catch((e) => { throw new Error(`${name}: the app did not start: ${e.message}\n${log.join('\n')}`) })
+  return { page, log, name }
+}
+
+async function shot ({ page }, what) {
+  await page.screenshot({ path: join(artifacts, `${what}.png`), fullPage: true })
+}
+
+async function add (p, f) {
+  const before = await p.page.locator('#files li[data-cid]').count()
+  await p.page.setInputFiles('#file', f.path)
+  await p.page.waitForFunction((n) => document.querySelectorAll('#files li[data-cid]').length > n, before, { timeout: 300_000 })
+    .catch((e) => { throw new Error(`${p.name}: adding ${f.name} did not finish: ${e.message}\n${p.log.join('\n')}`) })
+  const li = p.page.locator('#files li[data-cid]').first()
+  return { cid: await li.getAttribute('data-cid'), link: await li.locator('.share').getAttribute('href') }
+}
+
+/** Waits for the transfer to end; returns its last progress, or throws with the app's error. */
+async function transferEnds (p, want = 'done') {
+  await p.page.waitForSelector('#transfer[data-state="done"], #transfer[data-state="error"]', { timeout: 300_000 })
+  const state = await p.page.getAttribute('#transfer', 'data-state')
+  const error = await p.page.locator('#fetch-error').textContent()
+  if (state !== want) throw new Error(`${p.name}: the transfer ended ${state}, expected ${want}: ${error}\n${p.log.slice(-20).join('\n')}`)
+  return { last: await p.page.evaluate(() => window.cairnApp.last), error }
+}
+
+/** The downloadable result's length and SHA-256, computed in the page. */
+async function downloaded (p) {
+  return p.page.evaluate(async () => {
+    const bytes = await (await fetch(document.getElementById('download').href)).arrayBuffer()
+    const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))
+    return { size: bytes.byteLength, sha256: [...digest].map((b) => b.toString(16).padStart(2, '0')).join('') }
+  })
+}
+
+try {
+  step('starting the relay that serves the app (no store: no gateway)')
+  const http = `127.0.0.1:${await freePort()}`
+  const relay = await startRelay(relayBin, http, ['--web-root', dist, '--identity', join(work, 'relay.key')])
+  const origin = `http://${http}/`
+
+  const browser = await launchChromium()
+  const ctxA = await browser.newContext()
+  const ctxB = await browser.newContext({ viewport: { width: 390, height: 844 } })
+
+  step('A adds 32 MiB and a 0-byte file')
+  const a = await open(ctxA, origin, 'A')
+  const status = await a.page.locator('#node-status').textContent()
+  assert(await a.page.getAttribute('#node-status', 'data-state') === 'ready', `A connected: ${status}`)
+  const f32 = file('thirty-two.bin', 32 * MiB)
+  const shared = await add(a, f32)
+  const empty = await add(a, file('empty.txt', 0))
+  assert(empty.cid === 'bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku', `the empty file's CID is IPFS's: ${empty.cid}`)
+  await shot(a, '01-a-added')
+
+  step('B opens the share link (another context, narrow screen)')
+  const b = await open(ctxB, shared.link, 'B')
+  const got = await transferEnds(b)
+  const dl = await downloaded(b)
+  assert(dl.size === f32.size && dl.sha256 === f32.sha256, `B's bytes are A's: ${JSON.stringify(dl)}`)
+  assert(got.last.bySource.peers === got.last.blocksDone && got.last.bySource.gateway === 0, `all from peers: ${JSON.stringify(got.last)}`)
+  const peerRows = await b.page.locator('#peers tr').count()
+  assert(peerRows >= 2, `B's peers panel lists the relay and A: ${peerRows}`)
+  await shot(b, '02-b-fetched-narrow')
+  step(`B got ${got.last.blocksDone} blocks from peers`)
+
+  step('B reloads in the middle of a 128 MiB transfer')
+  const f128 = file('big.bin', 128 * MiB)
+  const big = await add(a, f128)
+  await b.page.goto(big.link)
+  await b.page.waitForFunction(() => (window.cairnApp?.last?.blocksDone ?? 0) >= 100, null, { timeout: 300_000, polling: 20 })
+  const before = await b.page.evaluate(() => window.cairnApp.last.blocksDone)
+  await shot(b, '03-b-mid-transfer')
+  await b.page.reload()
+  await b.page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 })
+  const resumed = await transferEnds(b)
+  const { bySource, blocksDone } = resumed.last
+  step(`before the reload: ${before} blocks; after: ${JSON.stringify(bySource)} of ${blocksDone}`)
+  assert(bySource.local >= before, `the ${before} blocks stored before the reload were read locally (${bySource.local})`)
+  assert(bySource.local + bySource.peers === blocksDone, 'every block was local or fetched')
+  assert(bySource.peers > 0 && bySource.peers <= blocksDone - before, `only the missing blocks were fetched: ${bySource.peers}`)
+  const dlBig = await downloaded(b)
+  assert(dlBig.size === f128.size && dlBig.sha256 === f128.sha256, 'the resumed 128 MiB file is whole')
+  await shot(b, '04-b-resumed')
+
+  step('content only a gateway has: through the gateway source, and refused when tampered with')
+  const store = join(work, 'gateway-store')
+  const gf = file('gateway.bin', 5 * MiB + 3)
+  const gcid = execFileSync(relayBin, ['add', gf.path, '--store', store]).toString().trim()
+  const http2 = `127.0.0.1:${await freePort()}`
+  await startRelay(relayBin, http2, ['--store', store, '--identity', join(work, 'store.key')])
+  const honest = await testGateway(http2, false)
+  const liar = await testGateway(http2, true)
+  const c = await open(await browser.newContext(), `${origin}?gateway=${encodeURIComponent(honest)}#/cid/${gcid}`, 'C')
+  const viaGateway = await transferEnds(c)
+  assert(viaGateway.last.bySource.gateway === viaGateway.last.blocksDone, `all from the gateway: ${JSON.stringify(viaGateway.last)}`)
+  const dlG = await downloaded(c)
+  assert(dlG.sha256 === gf.sha256, 'the gateway\'s bytes are the file')
+  await shot(c, '05-c-gateway')
+  const d = await open(await browser.newContext(), `${origin}?gateway=${encodeURIComponent(liar)}#/cid/${gcid}`, 'D')
+  const refused = await transferEnds(d, 'error')
+  assert(await d.page.locator('#fetch-error').isVisible(), 'the error is shown')
+  assert(/invalid data/.test(refused.error), `the error says the bytes were wrong: ${refused.error}`)
+  await shot(d, '06-d-tampered-refused')
+
+  step('A closes and reopens the page: the content is still there')
+  await a.page.close()
+  const a2 = await open(ctxA, origin, 'A again')
+  assert(await a2.page.locator(`#pins li[data-cid="${shared.cid}"]`).count() === 1, 'the 32 MiB file is still pinned')
+  await a2.page.goto(shared.link)
+  const local = await transferEnds(a2)
+  assert(local.last.bySource.local === local.last.blocksDone, `all from IndexedDB: ${JSON.stringify(local.last)}`)
+  await shot(a2, '07-a-reopened')
+
+  step('bad input: a malformed CID, an unreachable relay')
+  await a2.page.fill('#cid-input', 'bafy-not-a-cid')
+  await a2.page.press('#cid-input', 'Enter')
+  await a2.page.waitForSelector('#fetch-error:not([hidden])', { timeout: 30_000 })
+  const bad = await a2.page.locator('#fetch-error').textContent()
+  assert(/is not a CID/.test(bad), `a malformed CID is named: ${bad}`)
+  await shot(a2, '08-bad-cid')
+  const nowhere = `/ip4/127.0.0.1/tcp/9/ws/p2p/${relay.peerId}`
+  const e = await open(await browser.newContext(), `${origin}?relay=${encodeURIComponent(nowhere)}`, 'E')
+  const st = await e.page.locator('#node-status').textContent()
+  assert(await e.page.getAttribute('#node-status', 'data-state') === 'error' && /cannot be reached/.test(st), `unreachable relay: ${st}`)
+  await shot(e, '09-relay-unreachable')
+
+  console.log(`e2e: all passed; screenshots in ${artifacts}`)
+} catch (e) {
+  console.error(`e2e: FAILED: ${e.stack ?? e}`)
+  process.exitCode = 1
+} finally {
+  await cleanup()
+}

@@ -1,0 +1,83 @@
+// What the browser tests share: free ports, a cairn-relay started and always stopped,
+// Debian's Chromium through playwright-core, and cleanup on every exit path.
+import { spawn } from 'node:child_process'
+import { createServer } from 'node:net'
+import { createInterface } from 'node:readline'
+import { chromium } from 'playwright-core'
+
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export async function freePort () {
+  return new Promise((resolve, reject) => {
+    const s = createServer()
+    s.once('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address()
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+const cleanups = []
+let cleaning = null
+
+/** Runs `fn` when the test ends, pass or fail (or on SIGINT/SIGTERM), last added first. */
+export function atExit (fn) {
+  cleanups.push(fn)
+}
+
+export async function cleanup () {
+  cleaning ??= (async () => {
+    while (cleanups.length) {
+      try { await cleanups.pop()() } catch {}
+    }
+  })()
+  return cleaning
+}
+
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => cleanup().finally(() => process.exit(130)))
+}
+
+/**
+ * Starts `cairn-relay serve` with `args` (plus a WebSocket listener on a free port and HTTP
+ * on `http`), and resolves once it printed its first address: `{ addr, peerId, http, proc }`.
+ */
+export async function startRelay (bin, http, args) {
+  const proc = spawn(bin, ['serve', '--listen', '/ip4/127.0.0.1/tcp/0/ws', '--http', http, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, CAIRN_LOG: 'error' }
+  })
+  atExit(() => { if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL') })
+  let stderr = ''
+  proc.stderr.on('data', (d) => { stderr = (stderr + d).slice(-4000) })
+  const addr = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`the relay printed no address within 30 s: ${stderr}`)), 30_000)
+    proc.once('exit', (code) => reject(new Error(`the relay exited (${code}): ${stderr}`)))
+    createInterface({ input: proc.stdout }).once('line', (l) => { clearTimeout(timer); resolve(l.trim()) })
+  })
+  if (!addr.includes('/ws/p2p/')) throw new Error(`unexpected relay address ${addr}`)
+  return { addr, peerId: addr.split('/p2p/').pop(), http, proc }
+}
+
+/** Debian's Chromium, headless; closed at exit. */
+export async function launchChromium () {
+  const browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox', '--disable-dev-shm-usage']
+  })
+  atExit(() => browser.close())
+  return browser
+}
+
+/** Collects a page's console and errors, for failure messages. */
+export function capture (page) {
+  const log = []
+  page.on('console', (m) => log.push(`${m.type()}: ${m.text()}`))
+  page.on('pageerror', (e) => log.push(`pageerror: ${e.message}`))
+  return log
+}
+
+export function step (name, what) {
+  console.error(`${name}: ${what}`)
+}
