@@ -5,7 +5,8 @@
 //!   browser tests in headless Chromium, the web app build and its page-load test.
 //! - `cargo xtask run` — builds the web app and the relay, and starts `cairn-relay` serving
 //!   the app on <http://127.0.0.1:8080>.
-//! - `cargo xtask bench` — criterion benchmarks, printed as ratios against their baselines.
+//! - `cargo xtask bench` — criterion benchmarks, printed as ratios against their baselines,
+//!   and the browser benchmarks (`tests/js/bench.mjs`, JSON in `target/bench/browser.json`).
 
 #![allow(clippy::print_stdout)] // bench results are this tool's output
 
@@ -534,6 +535,7 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         step("relay memory per reservation (1,000 peers, release cairn-relay process)");
         sh(cargo().args(["bench", "-p", "cairn-relay", "--bench", "reservations"]))?;
     }
+    let browser = extra.is_empty() || extra.iter().any(|f| "browser".contains(f.as_str()));
     let dir = target_dir(root).join("criterion");
     let mean = |id: &str| -> Option<f64> {
         let text = std::fs::read_to_string(dir.join(id).join("new/estimates.json")).ok()?;
@@ -595,6 +597,21 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         if let Some(ns) = mean(id) {
             println!("{id:<24} {:>10.0} blocks/s", 1000.0 / (ns / 1e9));
         }
+    }
+    if browser {
+        step(
+            "browser benchmarks (headless Chromium; release builds of the package, app and relay)",
+        );
+        install(root, Needs::ALL)?;
+        build_pkg(root)?;
+        build_web(root, true)?;
+        sh(cargo().args(["build", "--release", "-p", "cairn-relay"]))?;
+        sh(Command::new(node_bin(root))
+            .arg(root.join("tests/js/bench.mjs"))
+            .arg(target_dir(root).join("release/cairn-relay"))
+            .arg(root.join("dist"))
+            .arg(target_dir(root).join("bench/browser.json"))
+            .current_dir(root.join("tests/js")))?;
     }
     Ok(())
 }

@@ -105,3 +105,50 @@ fn stat_object(st: cairn_core::store::Stat) -> Result<JsValue, JsValue> {
     js_sys::Reflect::set(&obj, &"quota".into(), &quota)?;
     Ok(obj.into())
 }
+
+/// For `cargo xtask bench` (not part of the API): writes `count` blocks of `size` bytes into
+/// a fresh IndexedDB store, in one batch or one transaction per block (as the `blockstore`
+/// crate's IndexedDB backend does), then reads them back one by one; resolves to
+/// `{ putMs, getMs, bytes }` and deletes the database.
+#[doc(hidden)]
+#[wasm_bindgen(js_name = benchIndexedDb)]
+pub async fn bench_indexed_db(count: u32, size: u32, per_block: bool) -> Result<JsValue, JsValue> {
+    use cairn_core::block::Block;
+    use cairn_core::store::BlockStore;
+    let store = idb::IdbStore::open(&format!("bench-{}", js_sys::Math::random()), None)
+        .await
+        .map_err(js_error)?;
+    let blocks: Vec<Block> = (0..count)
+        .map(|i| {
+            let mut data = vec![0u8; size as usize];
+            data[..4].copy_from_slice(&i.to_le_bytes());
+            Block::from_data(cairn_core::Codec::Raw, HashAlg::Sha2_256, data)
+        })
+        .collect::<Result<_, _>>()
+        .map_err(js_error)?;
+    let now = || js_sys::Date::now();
+    let started = now();
+    if per_block {
+        for b in &blocks {
+            store.put(b.clone()).await.map_err(js_error)?;
+        }
+    } else {
+        store.put_many(blocks.clone()).await.map_err(js_error)?;
+    }
+    let put_ms = now() - started;
+    let started = now();
+    for b in &blocks {
+        store.get(b.cid()).await.map_err(js_error)?;
+    }
+    let get_ms = now() - started;
+    store.destroy().await.map_err(js_error)?;
+    let out = js_sys::Object::new();
+    js_sys::Reflect::set(&out, &"putMs".into(), &put_ms.into())?;
+    js_sys::Reflect::set(&out, &"getMs".into(), &get_ms.into())?;
+    js_sys::Reflect::set(
+        &out,
+        &"bytes".into(),
+        &(f64::from(count) * f64::from(size)).into(),
+    )?;
+    Ok(out.into())
+}
