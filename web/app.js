@@ -4,7 +4,7 @@
 // URL parameters (all optional): relay=<multiaddr> (repeatable; "none" for none; default:
 // the serving relay's WebSocket address from /health), gateway=<url> (repeatable; "none"
 // for none; default: the serving relay's own gateway when it has a store), store=<name>
-// (the IndexedDB database; default "app").
+// (the IndexedDB database; default "app"), quota=<bytes> (a cap on the store).
 const $ = (id) => document.getElementById(id)
 const params = new URLSearchParams(location.search)
 let node = null
@@ -81,7 +81,8 @@ async function config () {
   let gateways = params.getAll('gateway')
   if (gateways.length === 0 && health?.gateway) gateways = [location.origin]
   gateways = gateways.filter((g) => g && g !== 'none')
-  return { relays, gateways, name: params.get('store') ?? 'app' }
+  const quota = params.get('quota')
+  return { relays, gateways, name: params.get('store') ?? 'app', quota: quota ? Number(quota) : undefined }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -330,7 +331,7 @@ async function start () {
   $('relay-addr').textContent = cfg.relays.join(' ') || 'none'
   $('gateways').textContent = cfg.gateways.join(' ') || 'none'
   nodeStatus(cfg.relays.length ? 'Connecting to the relay…' : 'Starting (no relay configured)…', 'starting')
-  const options = { relays: cfg.relays, gateways: cfg.gateways, storage: 'indexeddb', name: cfg.name }
+  const options = { relays: cfg.relays, gateways: cfg.gateways, storage: 'indexeddb', name: cfg.name, quota: cfg.quota }
   try {
     node = await cairn.CairnNode.create(options)
     relayPeer = cfg.relays[0]?.split('/p2p/').pop()?.split('/')[0] ?? null

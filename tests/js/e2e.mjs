@@ -10,7 +10,8 @@
 // - Content only a gateway has (a second relay's store, behind a test gateway) arrives
 //   through the gateway source; a gateway that tampers with bytes is refused, visibly.
 // - A's content survives closing and reopening the page (IndexedDB).
-// - Bad input: a malformed CID, an unreachable relay, a 0-byte file.
+// - Bad input: a malformed CID, an unreachable relay, a 0-byte file, a full store, a
+//   cancelled fetch, and the relay going away in the middle of a transfer.
 // Screenshots of each moment go to the artifacts directory.
 import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
@@ -89,7 +90,7 @@ async function add (p, f) {
 
 /** Waits for the transfer to end; returns its last progress, or throws with the app's error. */
 async function transferEnds (p, want = 'done') {
-  await p.page.waitForSelector('#transfer[data-state="done"], #transfer[data-state="error"]', { timeout: 300_000 })
+  await p.page.waitForSelector('#transfer[data-state="done"], #transfer[data-state="error"], #transfer[data-state="cancelled"]', { timeout: 300_000 })
   const state = await p.page.getAttribute('#transfer', 'data-state')
   const error = await p.page.locator('#fetch-error').textContent()
   if (state !== want) throw new Error(`${p.name}: the transfer ended ${state}, expected ${want}: ${error}\n${p.log.slice(-20).join('\n')}`)
@@ -196,6 +197,37 @@ try {
   const st = await e.page.locator('#node-status').textContent()
   assert(await e.page.getAttribute('#node-status', 'data-state') === 'error' && /cannot be reached/.test(st), `unreachable relay: ${st}`)
   await shot(e, '09-relay-unreachable')
+
+  step('a full store: the add fails with a clear message and keeps nothing')
+  const q = await open(await browser.newContext(), `${origin}?quota=${10 * MiB}`, 'Q')
+  await q.page.setInputFiles('#file', f32.path)
+  await q.page.waitForSelector('#files li.error', { timeout: 120_000 })
+  const full = await q.page.locator('#files li.error').textContent()
+  assert(/store is full/.test(full), `the add says the store is full: ${full}`)
+  const held = await q.page.evaluate(async () => (await window.cairnApp.node.stats()).bytes)
+  assert(held === 0, `nothing of the failed add was kept: ${held} bytes`)
+  await shot(q, '10-store-full')
+
+  step('a cancelled fetch, then the relay going away in the middle of a transfer')
+  const g = await open(await browser.newContext(), big.link, 'G')
+  await g.page.waitForFunction(() => (window.cairnApp?.last?.blocksDone ?? 0) >= 20, null, { timeout: 120_000, polling: 20 })
+  await g.page.click('#cancel-button')
+  await transferEnds(g, 'cancelled')
+  const cancelled = await g.page.locator('#transfer-status').textContent()
+  assert(/Cancelled/.test(cancelled), `the cancel is said: ${cancelled}`)
+  await shot(g, '11-cancelled')
+  await g.page.click('#fetch-button')
+  await g.page.waitForFunction(() => (window.cairnApp?.last?.bySource?.peers ?? 0) >= 20, null, { timeout: 120_000, polling: 20 })
+    .catch(async (e) => {
+      const state = await g.page.evaluate(() => [window.cairnApp.last, document.getElementById('transfer').dataset.state, document.getElementById('transfer-status').textContent, document.getElementById('fetch-error').textContent])
+      throw new Error(`G did not resume: ${e.message}: ${JSON.stringify(state)}\n${g.log.slice(-20).join('\n')}`)
+    })
+  relay.proc.kill('SIGKILL')
+  const lost = await transferEnds(g, 'error')
+  assert(await g.page.locator('#fetch-error').isVisible(), 'the failure is shown')
+  step(`with the relay gone: ${lost.error}`)
+  await g.page.waitForSelector('#node-status[data-state="error"]', { timeout: 30_000 })
+  await shot(g, '12-relay-gone')
 
   console.log(`e2e: all passed; screenshots in ${artifacts}`)
 } catch (e) {

@@ -7,6 +7,7 @@
 //! | `blocks` | the binary CID (a byte-string key, so keys sort by CID bytes) | the block's bytes |
 //! | `meta` | `"stat"` | `[blocks, bytes]` |
 //! | `meta` | `"pins"` | the pinned roots, an array of CID strings |
+//! | `meta` | `"identity"` | the node's libp2p key (protobuf encoding), so its peer id outlives reloads |
 //!
 //! Cost is per transaction, not per byte, so [`IdbStore::put_many`] writes a whole batch,
 //! its existence checks and the byte count in **one** readwrite transaction: all of it
@@ -30,6 +31,7 @@ const BLOCKS: &str = "blocks";
 const META: &str = "meta";
 const STAT: &str = "stat";
 const PINS: &str = "pins";
+const IDENTITY: &str = "identity";
 
 /// A block store in the browser's IndexedDB.
 #[derive(Debug, Clone)]
@@ -162,6 +164,40 @@ impl IdbStore {
             .await
             .map_err(|e| backend("pins", e))?;
         Ok(parse_pins(v))
+    }
+
+    /// The node identity kept with this store, if any.
+    pub async fn identity(&self) -> Result<Option<Vec<u8>>> {
+        let tx = self
+            .db
+            .transaction(META)
+            .build()
+            .map_err(|e| backend("identity", e))?;
+        let meta = tx.object_store(META).map_err(|e| backend("identity", e))?;
+        let v: Option<JsValue> = meta
+            .get::<JsValue, JsValue, _>(JsValue::from_str(IDENTITY))
+            .await
+            .map_err(|e| backend("identity", e))?;
+        Ok(v.filter(|v| v.is_instance_of::<js_sys::Uint8Array>())
+            .map(|v| bytes(&v)))
+    }
+
+    /// Keeps `key` (a protobuf-encoded libp2p keypair) as this store's node identity.
+    pub async fn set_identity(&self, key: &[u8]) -> Result<()> {
+        let tx = self
+            .db
+            .transaction(META)
+            .with_mode(TransactionMode::Readwrite)
+            .build()
+            .map_err(|e| backend("identity", e))?;
+        {
+            let meta = tx.object_store(META).map_err(|e| backend("identity", e))?;
+            meta.put(JsValue::from(js_sys::Uint8Array::from(key)))
+                .with_key(JsValue::from_str(IDENTITY))
+                .build()
+                .map_err(|e| backend("identity", e))?;
+        }
+        tx.commit().await.map_err(|e| backend("identity", e))
     }
 
     /// Pins (`pinned`) or unpins `root`; returns whether that changed anything. One readwrite

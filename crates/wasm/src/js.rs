@@ -244,3 +244,64 @@ pub(crate) fn reader_of(
         });
     Ok((Box::new(Box::pin(chunks).into_async_read()), len))
 }
+
+/// A Web Lock held until dropped (`navigator.locks`).
+#[derive(Debug)]
+pub(crate) struct Lock {
+    release: js_sys::Function,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = self.release.call0(&JsValue::NULL);
+    }
+}
+
+/// What [`try_lock`] found.
+pub(crate) enum Locked {
+    /// The lock is ours until the guard is dropped.
+    Held(Lock),
+    /// Another tab or worker holds it.
+    Taken,
+    /// This browser has no Web Locks.
+    Unsupported,
+}
+
+/// Takes the Web Lock `name` if no other tab or worker of this site holds it.
+pub(crate) async fn try_lock(name: &str) -> Locked {
+    let get = |o: &JsValue, k: &str| js_sys::Reflect::get(o, &k.into()).ok();
+    let Some(locks) = get(&js_sys::global(), "navigator")
+        .and_then(|n| get(&n, "locks"))
+        .filter(|l| !l.is_undefined())
+    else {
+        return Locked::Unsupported;
+    };
+    let Some(request) = get(&locks, "request").and_then(|r| r.dyn_into::<js_sys::Function>().ok())
+    else {
+        return Locked::Unsupported;
+    };
+    let (tx, rx) = futures::channel::oneshot::channel::<Option<js_sys::Function>>();
+    let callback = Closure::once_into_js(move |lock: JsValue| -> JsValue {
+        if lock.is_null() {
+            let _ = tx.send(None);
+            return JsValue::UNDEFINED;
+        }
+        // The lock is held until this promise settles: its resolve function is the guard.
+        let mut release = None;
+        let held = js_sys::Promise::new(&mut |resolve, _| release = Some(resolve));
+        let _ = tx.send(release);
+        held.into()
+    });
+    let options = js_sys::Object::new();
+    set(&options, "ifAvailable", true);
+    if request
+        .call3(&locks, &name.into(), &options, &callback)
+        .is_err()
+    {
+        return Locked::Unsupported;
+    }
+    match rx.await {
+        Ok(Some(release)) => Locked::Held(Lock { release }),
+        _ => Locked::Taken,
+    }
+}

@@ -28,6 +28,40 @@ use crate::http::Fetch;
 use crate::idb::IdbStore;
 use crate::js::{self, Abort, set};
 
+/// Pinned roots announced again to the DHT when a node starts (the newest pins first).
+const MAX_REPROVIDE: usize = 256;
+
+/// The node's key: kept in the IndexedDB store (so the peer id, and the provider records that
+/// name it, outlive reloads), or new for a memory store, or when another tab already runs a
+/// node on this store (two nodes must not share a peer id). The returned lock, while held,
+/// keeps other tabs off the kept identity.
+async fn identity(store: &Store) -> Result<(libp2p::identity::Keypair, Option<js::Lock>), JsValue> {
+    use libp2p::identity::Keypair;
+    let Store::Idb(idb) = store else {
+        return Ok((Keypair::generate_ed25519(), None));
+    };
+    let lock = match js::try_lock(&format!("cairn-identity-{}", idb.name())).await {
+        js::Locked::Held(lock) => Some(lock),
+        js::Locked::Taken => return Ok((Keypair::generate_ed25519(), None)),
+        js::Locked::Unsupported => None,
+    };
+    let kept = idb
+        .identity()
+        .await
+        .map_err(|e| js_error_from("cannot read the node's identity", &e))?;
+    if let Some(key) = kept.and_then(|k| Keypair::from_protobuf_encoding(&k).ok()) {
+        return Ok((key, lock));
+    }
+    let key = Keypair::generate_ed25519();
+    let encoded = key
+        .to_protobuf_encoding()
+        .map_err(|e| js_error(format!("cannot encode the node's key: {e}")))?;
+    idb.set_identity(&encoded)
+        .await
+        .map_err(|e| js_error_from("cannot keep the node's identity", &e))?;
+    Ok((key, lock))
+}
+
 /// How long one source may take for one block before the chain moves on.
 const SOURCE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -289,6 +323,8 @@ struct Inner {
     gateways: Vec<String>,
     in_use: InUse,
     addresses: Vec<Multiaddr>,
+    /// The Web Lock on the kept identity, released by `stop`.
+    lock: Rc<RefCell<Option<js::Lock>>>,
 }
 
 impl Inner {
@@ -394,7 +430,7 @@ impl CairnNode {
         // The circuit listen addresses are announced as external ones (the default), so
         // provider records carry them.
         let config = cairn_p2p::node::Config::default();
-        let key = libp2p::identity::Keypair::generate_ed25519();
+        let (key, lock) = identity(&store).await?;
         let swarm = crate::net::swarm(key, &config)
             .map_err(|e| js_error(format!("cannot start libp2p: {e}")))?;
         let (node, driver) = cairn_p2p::Node::new(swarm, store.clone(), config);
@@ -432,6 +468,23 @@ impl CairnNode {
         for f in &failures {
             web_sys::console::warn_1(&format!("cairn: relay {f}").into());
         }
+        if !addresses.is_empty() {
+            // Tell the DHT again what this node holds: its records name this peer id, which
+            // the store keeps, and its new relayed addresses.
+            let (node, store) = (node.clone(), store.clone());
+            wasm_bindgen_futures::spawn_local(async move {
+                let pins = store.pins().await.unwrap_or_default();
+                for root in pins.into_iter().rev().take(MAX_REPROVIDE) {
+                    let provided =
+                        cairn_core::rt::timeout(Duration::from_secs(10), node.provide(root)).await;
+                    if !matches!(provided, Some(Ok(()))) {
+                        web_sys::console::warn_1(
+                            &format!("cairn: could not announce {root} again").into(),
+                        );
+                    }
+                }
+            });
+        }
         Ok(CairnNode {
             inner: Inner {
                 node,
@@ -440,6 +493,7 @@ impl CairnNode {
                 gateways,
                 in_use: InUse::default(),
                 addresses,
+                lock: Rc::new(RefCell::new(lock)),
             },
         })
     }
@@ -737,6 +791,7 @@ impl CairnNode {
         if let Store::Idb(s) = &self.inner.store {
             s.close();
         }
+        self.inner.lock.borrow_mut().take();
     }
 }
 

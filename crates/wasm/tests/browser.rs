@@ -689,3 +689,31 @@ async fn a_full_store_refuses_an_add_and_keeps_nothing_of_it() {
         .await
         .unwrap();
 }
+
+#[wasm_bindgen_test]
+async fn an_indexeddb_node_keeps_its_peer_id_and_a_second_tab_gets_its_own() {
+    use cairn_wasm::CairnNode;
+    let name = format!("identity-{}", js_sys::Math::random());
+    let opts = || obj(&[("name", name.clone().into())]);
+    let first = CairnNode::create(opts()).await.unwrap();
+    let id = first.peer_id();
+    // The same store while the first node runs (another tab): a peer id of its own.
+    let second = CairnNode::create(opts()).await.unwrap();
+    assert_ne!(second.peer_id(), id, "two running nodes never share a peer id");
+    second.stop().await;
+    first.stop().await;
+    // Reopened (a reload): the kept identity.
+    let again = CairnNode::create(opts()).await.unwrap();
+    assert_eq!(again.peer_id(), id, "the peer id outlives a reload");
+    again.stop().await;
+    // A memory node has a fresh one each time.
+    let a = CairnNode::create(options(&[])).await.unwrap();
+    let b = CairnNode::create(options(&[])).await.unwrap();
+    assert_ne!(a.peer_id(), b.peer_id());
+    cairn_wasm::idb::IdbStore::open(&name, None)
+        .await
+        .unwrap()
+        .destroy()
+        .await
+        .unwrap();
+}
