@@ -34,6 +34,15 @@ function describe (e) {
   return out
 }
 
+/** A one-line reading of a failed fetch; the full chain goes below it. */
+function headline (message) {
+  if (/is not a CID/.test(message)) return 'That is not a CID or a share link.'
+  if (/invalid data/.test(message)) return 'A source sent bytes that do not match the CID; they were refused.'
+  if (/unavailable|end of file|connection|timed out/.test(message)) return 'The peers or gateways that had it could not be reached (they went away or did not answer). What arrived is kept: fetching again resumes.'
+  if (/no candidates|not found/.test(message)) return 'Nobody reachable has this content: no connected peer, no peer known to the relay, and no gateway.'
+  return 'Could not fetch it.'
+}
+
 function nodeStatus (text, state) {
   const el = $('node-status')
   el.textContent = text
@@ -239,8 +248,14 @@ async function fetchCid (text) {
       $('transfer-status').textContent = 'Cancelled. What arrived is kept: fetching again resumes.'
     } else {
       transfer.dataset.state = 'error'
-      error.textContent = `Could not fetch ${cid}: ${describe(e)}`
+      const full = describe(e)
+      error.textContent = headline(full)
+      const details = document.createElement('details')
+      details.innerHTML = '<summary>details</summary><code></code>'
+      details.querySelector('code').textContent = full
+      error.append(details)
       error.hidden = false
+      $('transfer-status').textContent = 'Failed.'
       if (last) showProgress(last, started, firstByte)
     }
   } finally {

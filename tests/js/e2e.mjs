@@ -173,7 +173,7 @@ try {
   const d = await open(await browser.newContext(), `${origin}?gateway=${encodeURIComponent(liar)}#/cid/${gcid}`, 'D')
   const refused = await transferEnds(d, 'error')
   assert(await d.page.locator('#fetch-error').isVisible(), 'the error is shown')
-  assert(/invalid data/.test(refused.error), `the error says the bytes were wrong: ${refused.error}`)
+  assert(/do not match the CID/.test(refused.error) && /invalid data/.test(refused.error), `the error says the bytes were wrong: ${refused.error}`)
   await shot(d, '06-d-tampered-refused')
 
   step('A closes and reopens the page: the content is still there')
@@ -226,6 +226,7 @@ try {
   const lost = await transferEnds(g, 'error')
   assert(await g.page.locator('#fetch-error').isVisible(), 'the failure is shown')
   step(`with the relay gone: ${lost.error}`)
+  assert(/could not be reached/.test(lost.error), `the failure says the source went away: ${lost.error}`)
   await g.page.waitForSelector('#node-status[data-state="error"]', { timeout: 30_000 })
   await shot(g, '12-relay-gone')
 
