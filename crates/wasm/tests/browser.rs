@@ -699,7 +699,11 @@ async fn an_indexeddb_node_keeps_its_peer_id_and_a_second_tab_gets_its_own() {
     let id = first.peer_id();
     // The same store while the first node runs (another tab): a peer id of its own.
     let second = CairnNode::create(opts()).await.unwrap();
-    assert_ne!(second.peer_id(), id, "two running nodes never share a peer id");
+    assert_ne!(
+        second.peer_id(),
+        id,
+        "two running nodes never share a peer id"
+    );
     second.stop().await;
     first.stop().await;
     // Reopened (a reload): the kept identity.
