@@ -15,11 +15,11 @@
 // Screenshots of each moment go to the artifacts directory.
 import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { atExit, capture, cleanup, freePort, launchChromium, startRelay, step as say } from './harness.mjs'
+import { atExit, capture, cleanup, freePort, launchChromium, launchPersistent, startRelay, step as say } from './harness.mjs'
 
 const [relayBin, dist, artifacts] = process.argv.slice(2)
 if (!relayBin || !dist || !artifacts) {
@@ -37,6 +37,20 @@ function file (name, size) {
   const bytes = randomBytes(size)
   writeFileSync(path, bytes)
   return { path, name, size, sha256: createHash('sha256').update(bytes).digest('hex') }
+}
+
+/** A `gib` GiB file written in 1 MiB pieces, never held whole: a random MiB with a counter at
+ * every 256 KiB, so that no two chunks are alike (and nothing deduplicates). */
+function hugeFile (name, gib) {
+  const path = join(work, name)
+  const fd = openSync(path, 'w')
+  const piece = randomBytes(MiB)
+  for (let i = 0; i < gib * 1024; i++) {
+    for (let q = 0; q < 4; q++) piece.writeUInt32LE(i * 4 + q, q * 256 * 1024)
+    writeSync(fd, piece)
+  }
+  closeSync(fd)
+  return { path, name, size: gib * 1024 * MiB }
 }
 
 function assert (ok, what) {
@@ -82,8 +96,14 @@ async function shot ({ page }, what) {
 async function add (p, f) {
   const before = await p.page.locator('#files li[data-cid]').count()
   await p.page.setInputFiles('#file', f.path)
-  await p.page.waitForFunction((n) => document.querySelectorAll('#files li[data-cid]').length > n, before, { timeout: 300_000 })
-    .catch((e) => { throw new Error(`${p.name}: adding ${f.name} did not finish: ${e.message}\n${p.log.join('\n')}`) })
+  await p.page.waitForFunction((n) => document.querySelectorAll('#files li[data-cid]').length > n ||
+    document.querySelector('#files li.error'), before, { timeout: 300_000 })
+    .catch(async (e) => {
+      const state = await p.page.locator('#files li').first().textContent().catch(() => '?')
+      throw new Error(`${p.name}: adding ${f.name} did not finish: ${e.message}: ${state}\n${p.log.join('\n')}`)
+    })
+  const failed = await p.page.locator('#files li.error').first().textContent({ timeout: 100 }).catch(() => null)
+  if (failed) throw new Error(`${p.name}: adding ${f.name} failed: ${failed}`)
   const li = p.page.locator('#files li[data-cid]').first()
   return { cid: await li.getAttribute('data-cid'), link: await li.locator('.share').getAttribute('href') }
 }
@@ -208,6 +228,34 @@ try {
   assert(held === 0, `nothing of the failed add was kept: ${held} bytes`)
   await shot(q, '10-store-full')
 
+  step('a 2 GiB file: added by streaming, the page never freezes, the CID is the native one')
+  const huge = hugeFile('huge.bin', 2)
+  const hugeCid = execFileSync(relayBin, ['add', huge.path, '--store', join(work, 'native-store')]).toString().trim()
+  // A profile on disk: an off-the-record context's IndexedDB holds about 1.3 GiB.
+  const h = await open(await launchPersistent(join(work, 'profile-h')), origin, 'H')
+  // The longest gap between timer ticks while the add runs: a frozen tab would show seconds.
+  await h.page.evaluate(() => {
+    window.maxGap = 0
+    let last = performance.now()
+    window.ticker = setInterval(() => {
+      const now = performance.now()
+      window.maxGap = Math.max(window.maxGap, now - last)
+      last = now
+    }, 50)
+  })
+  const added = await add(h, huge)
+  const maxGap = await h.page.evaluate(() => { clearInterval(window.ticker); return window.maxGap })
+  step(`2 GiB added in the page; the longest pause of the page's timers was ${maxGap.toFixed(0)} ms`)
+  assert(added.cid === hugeCid, `the browser's CID ${added.cid} is cairn-relay's ${hugeCid}`)
+  assert(maxGap < 5000, `the page kept running while it hashed 2 GiB (longest pause ${maxGap.toFixed(0)} ms)`)
+  const hugeStats = await h.page.evaluate(async () => (await window.cairnApp.node.stats()).bytes)
+  assert(hugeStats > huge.size, `all of it is in IndexedDB: ${hugeStats} bytes`)
+  await shot(h, '11-two-gib-added')
+  await h.page.context().close()
+  rmSync(huge.path)
+  rmSync(join(work, 'native-store'), { recursive: true, force: true })
+  rmSync(join(work, 'profile-h'), { recursive: true, force: true })
+
   step('a cancelled fetch, then the relay going away in the middle of a transfer')
   const g = await open(await browser.newContext(), big.link, 'G')
   await g.page.waitForFunction(() => (window.cairnApp?.last?.blocksDone ?? 0) >= 20, null, { timeout: 120_000, polling: 20 })
@@ -215,7 +263,7 @@ try {
   await transferEnds(g, 'cancelled')
   const cancelled = await g.page.locator('#transfer-status').textContent()
   assert(/Cancelled/.test(cancelled), `the cancel is said: ${cancelled}`)
-  await shot(g, '11-cancelled')
+  await shot(g, '12-cancelled')
   await g.page.click('#fetch-button')
   await g.page.waitForFunction(() => (window.cairnApp?.last?.bySource?.peers ?? 0) >= 20, null, { timeout: 120_000, polling: 20 })
     .catch(async (e) => {
@@ -228,7 +276,7 @@ try {
   step(`with the relay gone: ${lost.error}`)
   assert(/could not be reached/.test(lost.error), `the failure says the source went away: ${lost.error}`)
   await g.page.waitForSelector('#node-status[data-state="error"]', { timeout: 30_000 })
-  await shot(g, '12-relay-gone')
+  await shot(g, '13-relay-gone')
 
   console.log(`e2e: all passed; screenshots in ${artifacts}`)
 } catch (e) {

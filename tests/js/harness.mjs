@@ -70,6 +70,20 @@ export async function launchChromium () {
   return browser
 }
 
+/**
+ * Chromium with a profile on disk (`dir`), closed at exit. Playwright's `newContext()` is
+ * off the record: its IndexedDB lives in memory with a quota of about 1.3 GiB here.
+ */
+export async function launchPersistent (dir) {
+  const context = await chromium.launchPersistentContext(dir, {
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox', '--disable-dev-shm-usage']
+  })
+  atExit(() => context.close())
+  return context
+}
+
 /** Collects a page's console and errors, for failure messages. */
 export function capture (page) {
   const log = []
