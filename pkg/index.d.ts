@@ -118,23 +118,14 @@ export interface CairnNodeApi {
 }
 
 /** A cairn node running in this thread. */
-export declare class CairnNode implements CairnNodeApi {
+export declare class CairnNode {
   private constructor()
   /** Loads the wasm module (once), starts a node and connects it to its relays. */
   static create(options?: CreateOptions): Promise<CairnNode>
-  readonly peerId: string
-  readonly addresses: string[]
-  add(data: Uint8Array | Blob | ReadableStream<Uint8Array>, options?: AddOptions): Promise<string>
-  cat(cid: string, options?: CatOptions): Promise<Uint8Array>
-  fetch(cid: string, options?: CatOptions): Promise<FetchReport>
-  catStream(cid: string, options?: CatStreamOptions): ReadableStream<Uint8Array>
-  pin(cid: string, options?: CatOptions): Promise<void>
-  unpin(cid: string): Promise<boolean>
-  pins(): Promise<string[]>
-  evict(options?: { targetBytes?: number }): Promise<Evicted>
+}
+export interface CairnNode extends CairnNodeApi {
   peers(): PeerInfo[]
-  stats(): Promise<Stats>
-  stop(): Promise<void>
+  /** Frees the wasm side of the handle (after `stop`). */
   free(): void
 }
 

@@ -5,13 +5,12 @@
 // node bench.mjs <cairn-relay (release)> <dist/ (the app, release)> <out.json>
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { gzipSync } from 'node:zlib'
-import * as esbuild from 'esbuild'
-import { atExit, capture, cleanup, freePort, launchChromium, startRelay, step as say } from './harness.mjs'
+import { atExit, bundleSite, capture, cleanup, freePort, launchChromium, startRelay, step as say } from './harness.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const [relayBin, dist, outJson] = process.argv.slice(2)
@@ -31,16 +30,12 @@ const mbps = (bytes, ms) => bytes / 1e6 / (ms / 1000)
 try {
   step('bundling the bench page (esbuild)')
   const site = join(work, 'site')
-  mkdirSync(site)
-  await esbuild.build({
+  await bundleSite({
     entryPoints: { bench: join(here, 'bench-app/bench.js'), worker: join(here, '../../pkg/worker.js') },
-    bundle: true,
-    format: 'esm',
-    outdir: site,
-    logLevel: 'warning'
+    wasm: join(here, '../../pkg/dist/cairn_wasm_bg.wasm'),
+    html: join(here, 'bench-app/index.html'),
+    outdir: site
   })
-  cpSync(join(here, '../../pkg/dist/cairn_wasm_bg.wasm'), join(site, 'cairn_wasm_bg.wasm'))
-  cpSync(join(here, 'bench-app/index.html'), join(site, 'index.html'))
 
   step(`a release relay holding a ${MIB} MiB file`)
   const store = join(work, 'store')

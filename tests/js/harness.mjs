@@ -1,8 +1,11 @@
 // What the browser tests share: free ports, a cairn-relay started and always stopped,
 // Debian's Chromium through playwright-core, and cleanup on every exit path.
 import { spawn } from 'node:child_process'
+import { cpSync, mkdirSync } from 'node:fs'
+import { join } from 'node:path'
 import { createServer } from 'node:net'
 import { createInterface } from 'node:readline'
+import * as esbuild from 'esbuild'
 import { chromium } from 'playwright-core'
 
 /** A TCP port on 127.0.0.1 that was free a moment ago. */
@@ -94,4 +97,16 @@ export function capture (page) {
 
 export function step (name, what) {
   console.error(`${name}: ${what}`)
+}
+
+/**
+ * A static site in `outdir`: `entryPoints` ({ name: file }) bundled by esbuild as ES
+ * modules, cairn's wasm beside them (where the package's loader looks by default), and
+ * `html` as index.html.
+ */
+export async function bundleSite ({ entryPoints, wasm, html, outdir }) {
+  mkdirSync(outdir, { recursive: true })
+  await esbuild.build({ entryPoints, bundle: true, format: 'esm', outdir, logLevel: 'warning' })
+  cpSync(wasm, join(outdir, 'cairn_wasm_bg.wasm'))
+  cpSync(html, join(outdir, 'index.html'))
 }

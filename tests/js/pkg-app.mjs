@@ -6,12 +6,11 @@
 // node pkg-app.mjs <cairn-x.y.z.tgz> <cairn-relay binary>
 // The relay and the browser are stopped at the end, pass or fail.
 import { execFileSync } from 'node:child_process'
-import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import * as esbuild from 'esbuild'
-import { atExit, capture, cleanup, freePort, launchChromium, startRelay, step as say } from './harness.mjs'
+import { atExit, bundleSite, capture, cleanup, freePort, launchChromium, startRelay, step as say } from './harness.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const app = join(here, 'pkg-app')
@@ -34,16 +33,12 @@ try {
 
   step('bundling with esbuild')
   const out = join(work, 'site')
-  mkdirSync(out)
-  await esbuild.build({
+  await bundleSite({
     entryPoints: { app: join(app, 'app.js'), worker: join(app, 'node_modules/cairn/worker.js') },
-    bundle: true,
-    format: 'esm',
-    outdir: out,
-    logLevel: 'warning'
+    wasm: join(app, 'node_modules/cairn/dist/cairn_wasm_bg.wasm'),
+    html: join(app, 'index.html'),
+    outdir: out
   })
-  cpSync(join(app, 'node_modules/cairn/dist/cairn_wasm_bg.wasm'), join(out, 'cairn_wasm_bg.wasm'))
-  cpSync(join(app, 'index.html'), join(out, 'index.html'))
 
   step('starting cairn-relay')
   const http = `127.0.0.1:${await freePort()}`

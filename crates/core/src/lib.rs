@@ -11,6 +11,8 @@ pub mod pin;
 pub mod rt;
 pub mod source;
 pub mod store;
+#[cfg(test)]
+mod test_util;
 pub mod unixfs;
 pub mod varint;
 

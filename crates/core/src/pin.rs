@@ -96,17 +96,8 @@ mod tests {
             .root
     }
 
-    /// `len` pseudo-random bytes (no two 256 KiB chunks alike).
     fn file(len: usize, seed: u8) -> Vec<u8> {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(seed);
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        crate::test_util::pseudo_random(len, u64::from(seed))
     }
 
     #[tokio::test]

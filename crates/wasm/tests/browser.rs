@@ -412,6 +412,17 @@ fn recorder() -> (js_sys::Array, js_sys::Function) {
     (events, func)
 }
 
+/// `node.cat(cid)` with progress: the bytes and the last progress event.
+async fn cat_with_progress(node: &cairn_wasm::CairnNode, cid: &str) -> (Vec<u8>, JsValue) {
+    let (events, on_progress) = recorder();
+    let bytes = node
+        .cat(cid.into(), obj(&[("onProgress", on_progress.into())]))
+        .await
+        .unwrap()
+        .to_vec();
+    (bytes, events.get(events.length() - 1))
+}
+
 fn test_bytes(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
@@ -475,14 +486,8 @@ async fn cat_reports_each_blocks_source_and_an_aborted_cat_resumes_where_it_stop
     );
 
     // Again, to the end: the kept blocks come from the local store, the rest from the peer.
-    let (events, on_progress) = recorder();
-    let bytes = node
-        .cat(cid.into(), obj(&[("onProgress", on_progress.into())]))
-        .await
-        .unwrap()
-        .to_vec();
+    let (bytes, last) = cat_with_progress(&node, cid).await;
     assert_eq!(bytes, test_bytes(len));
-    let last = events.get(events.length() - 1);
     let by = get(&last, "bySource");
     let done = num(&last, "blocksDone");
     assert_eq!(num(&last, "bytesDone"), num(&last, "bytesTotal"));
@@ -554,14 +559,8 @@ async fn the_gateway_source_fetches_and_verifies_over_fetch() {
     ]))
     .await
     .unwrap();
-    let (events, on_progress) = recorder();
-    let bytes = node
-        .cat(cid.into(), obj(&[("onProgress", on_progress.into())]))
-        .await
-        .unwrap()
-        .to_vec();
+    let (bytes, last) = cat_with_progress(&node, cid).await;
     assert_eq!(bytes, test_bytes(len));
-    let last = events.get(events.length() - 1);
     assert_eq!(
         num(&get(&last, "bySource"), "gateway"),
         num(&last, "blocksDone"),

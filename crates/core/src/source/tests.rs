@@ -363,15 +363,7 @@ mod dag_and_export {
     }
 
     fn data(len: usize) -> Vec<u8> {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        crate::test_util::pseudo_random(len, 0)
     }
 
     const SMALL: Profile = Profile {
