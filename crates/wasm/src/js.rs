@@ -157,13 +157,7 @@ impl Abort {
         work: impl std::future::Future<Output = Result<T, JsValue>>,
     ) -> Result<T, JsValue> {
         let ctx = self.context();
-        let cancelled = async {
-            if self.token.is_some() {
-                ctx.cancelled().await
-            } else {
-                std::future::pending().await
-            }
-        };
+        let cancelled = ctx.cancelled();
         futures::pin_mut!(work, cancelled);
         match futures::future::select(work, cancelled).await {
             // The work may notice the cancellation first (its sources stop with "cancelled").
@@ -172,6 +166,16 @@ impl Abort {
             }
             futures::future::Either::Left((r, _)) => r,
             futures::future::Either::Right(((), _)) => Err(self.aborted(what)),
+        }
+    }
+
+    /// `reader`, failing its next read once the signal fires: a consumer that cleans up on
+    /// a read error (the importer deletes the blocks it added) then does so on abort too.
+    pub(crate) fn reader<R: futures::AsyncRead + Unpin>(&self, reader: R) -> AbortableRead<R> {
+        let ctx = self.context();
+        AbortableRead {
+            inner: reader,
+            cancelled: Box::pin(async move { ctx.cancelled().await }),
         }
     }
 
@@ -198,6 +202,25 @@ impl Drop for Abort {
             let _ = signal
                 .remove_event_listener_with_callback("abort", listener.as_ref().unchecked_ref());
         }
+    }
+}
+
+/// See [`Abort::reader`].
+pub(crate) struct AbortableRead<R> {
+    inner: R,
+    cancelled: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+}
+
+impl<R: futures::AsyncRead + Unpin> futures::AsyncRead for AbortableRead<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.cancelled.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Err(std::io::Error::other("aborted")));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 

@@ -4,7 +4,7 @@
 //! `fetch()`, every block verified and kept locally as it arrives.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,42 +127,6 @@ impl Store {
             }
             Store::Idb(s) => s.set_pinned(root, pinned).await,
         }
-    }
-}
-
-/// A store that remembers what was put through it, so a failed import can take it back.
-struct Recording<'a> {
-    inner: &'a Store,
-    put: RefCell<Vec<Cid>>,
-}
-
-impl BlockStore for Recording<'_> {
-    async fn get(&self, cid: &Cid) -> store::Result<Option<Block>> {
-        self.inner.get(cid).await
-    }
-    async fn put(&self, block: Block) -> store::Result<bool> {
-        let cid = *block.cid();
-        let new = self.inner.put(block).await?;
-        self.put.borrow_mut().push(cid);
-        Ok(new)
-    }
-    async fn put_many(&self, blocks: Vec<Block>) -> store::Result<usize> {
-        let cids: Vec<Cid> = blocks.iter().map(|b| *b.cid()).collect();
-        let n = self.inner.put_many(blocks).await?;
-        self.put.borrow_mut().extend(cids);
-        Ok(n)
-    }
-    async fn has(&self, cid: &Cid) -> store::Result<bool> {
-        self.inner.has(cid).await
-    }
-    async fn delete(&self, cid: &Cid) -> store::Result<bool> {
-        self.inner.delete(cid).await
-    }
-    async fn list(&self, after: Option<&Cid>, limit: usize) -> store::Result<Vec<Cid>> {
-        self.inner.list(after, limit).await
-    }
-    async fn stat(&self) -> store::Result<Stat> {
-        self.inner.stat().await
     }
 }
 
@@ -523,8 +487,8 @@ impl CairnNode {
     ///
     /// `options.onProgress`, if given, is called with `{ bytesDone, bytesTotal }` after
     /// each 4 MiB stored and at the end (`bytesTotal` is absent for a stream).
-    /// `options.signal` (an `AbortSignal`) cancels it. A failed or cancelled add takes back
-    /// the blocks it wrote (those no pin needs), so the store holds no half-added file.
+    /// `options.signal` (an `AbortSignal`) cancels it. A failed or cancelled add deletes the
+    /// blocks it added (the importer's own clean-up), so the store holds no half-added file.
     pub async fn add(&self, data: JsValue, options: JsValue) -> Result<String, JsValue> {
         let options = js::or_empty(options);
         let on_progress = js::progress_callback(&options)?;
@@ -542,27 +506,22 @@ impl CairnNode {
                 let _ = f.call1(&JsValue::NULL, &event);
             }
         };
-        let recording = Recording {
-            inner: &inner.store,
-            put: RefCell::default(),
-        };
-        let imported = abort
-            .run("add", async {
-                unixfs::import(&recording, reader, inner.profile, HashAlg::Sha2_256, report)
-                    .await
-                    .map_err(|e| js_error_from("cannot add the data", &e))
-            })
-            .await;
-        let imported = match imported {
-            Ok(i) => i,
-            Err(e) => {
-                let written = recording.put.take();
-                if let Err(cleanup) = self.take_back(written).await {
-                    web_sys::console::warn_1(&cleanup);
-                }
-                return Err(e);
+        let reader = abort.reader(reader);
+        let imported = unixfs::import(
+            &inner.store,
+            reader,
+            inner.profile,
+            HashAlg::Sha2_256,
+            report,
+        )
+        .await
+        .map_err(|e| {
+            if abort.is_aborted() {
+                abort.aborted("add")
+            } else {
+                js_error_from("cannot add the data", &e)
             }
-        };
+        })?;
         let root = imported.root;
         if pin_it {
             inner
@@ -792,26 +751,6 @@ impl CairnNode {
             s.close();
         }
         self.inner.lock.borrow_mut().take();
-    }
-}
-
-impl CairnNode {
-    /// Deletes `written` blocks of a failed import that no pin or running call needs.
-    async fn take_back(&self, written: Vec<Cid>) -> Result<(), JsValue> {
-        let store = &self.inner.store;
-        let mut keep = store.pins().await.map_err(|e| js_error_from("pins", &e))?;
-        keep.extend(self.inner.in_use.roots());
-        let needed = pin::protected(store, &keep)
-            .await
-            .map_err(|e| js_error_from("pins", &e))?;
-        let written: HashSet<Cid> = written.into_iter().collect();
-        for cid in written.difference(&needed) {
-            store
-                .delete(cid)
-                .await
-                .map_err(|e| js_error_from("cannot take back a failed add", &e))?;
-        }
-        Ok(())
     }
 }
 

@@ -390,6 +390,13 @@ fn message(e: &JsValue) -> String {
     js_sys::Error::from(e.clone()).message().into()
 }
 
+/// Asserts that `err`'s message contains `needle`.
+#[track_caller]
+fn assert_says(err: &JsValue, needle: &str) {
+    let m = message(err);
+    assert!(m.contains(needle), "expected \"{needle}\" in: {m}");
+}
+
 /// `{ key: value, … }`.
 fn obj(pairs: &[(&str, JsValue)]) -> JsValue {
     let o = js_sys::Object::new();
@@ -443,7 +450,7 @@ async fn cat_reports_each_blocks_source_and_an_aborted_cat_resumes_where_it_stop
         .await
         .unwrap_err();
     assert_eq!(js_sys::Error::from(err.clone()).name(), "AbortError");
-    assert!(message(&err).contains("aborted"), "{}", message(&err));
+    assert_says(&err, "aborted");
 
     // Aborted after the fifth block: an AbortError, and the blocks fetched so far are kept.
     let controller = web_sys::AbortController::new().unwrap();
@@ -539,11 +546,7 @@ async fn cat_stream_reads_a_byte_range_fetching_as_it_goes() {
     let err = node
         .cat_stream(cid.into(), obj(&[("offset", (-1.0).into())]))
         .unwrap_err();
-    assert!(
-        message(&err).contains("options.offset"),
-        "{}",
-        message(&err)
-    );
+    assert_says(&err, "options.offset");
     node.stop().await;
 }
 
@@ -573,11 +576,7 @@ async fn the_gateway_source_fetches_and_verifies_over_fetch() {
     )]))
     .await
     .unwrap_err();
-    assert!(
-        message(&err).contains("not an http(s) URL"),
-        "{}",
-        message(&err)
-    );
+    assert_says(&err, "not an http(s) URL");
     node.stop().await;
 }
 
@@ -615,7 +614,7 @@ async fn pins_keep_their_dags_through_eviction_and_errors_carry_a_cause() {
         .to_vec();
     assert_eq!(bytes, test_bytes(1 << 20), "the pinned file is whole");
     let err = node.cat(cache, JsValue::UNDEFINED).await.unwrap_err();
-    assert!(message(&err).contains("cannot fetch"), "{}", message(&err));
+    assert_says(&err, "cannot fetch");
 
     assert!(node.unpin(kept.clone()).await.unwrap());
     assert!(!node.unpin(kept).await.unwrap(), "already unpinned");
@@ -627,7 +626,7 @@ async fn pins_keep_their_dags_through_eviction_and_errors_carry_a_cause() {
         .cat("bafynot-a-cid".into(), JsValue::UNDEFINED)
         .await
         .unwrap_err();
-    assert!(message(&err).contains("is not a CID"), "{}", message(&err));
+    assert_says(&err, "is not a CID");
     let cause = get(&err, "cause");
     assert!(
         wasm_bindgen::JsCast::is_instance_of::<js_sys::Error>(&cause),
@@ -665,7 +664,7 @@ async fn a_full_store_refuses_an_add_and_keeps_nothing_of_it() {
         )
         .await
         .unwrap_err();
-    assert!(message(&err).contains("store is full"), "{}", message(&err));
+    assert_says(&err, "store is full");
     assert!(
         events.length() >= 1,
         "a first batch was stored before the failure"
@@ -719,4 +718,47 @@ async fn an_indexeddb_node_keeps_its_peer_id_and_a_second_tab_gets_its_own() {
         .destroy()
         .await
         .unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn an_aborted_add_rejects_and_keeps_nothing_of_it() {
+    use cairn_wasm::CairnNode;
+    let node = CairnNode::create(options(&[])).await.unwrap();
+    // 9 MiB: aborted when the first 4 MiB batch is stored.
+    let content: Vec<u8> = (0..9 << 20).map(|i| (i % 227) as u8).collect();
+    let controller = web_sys::AbortController::new().unwrap();
+    let abort_now = {
+        let controller = controller.clone();
+        let f = wasm_bindgen::closure::Closure::<dyn Fn(JsValue)>::new(move |_: JsValue| {
+            controller.abort();
+        });
+        let func: js_sys::Function =
+            wasm_bindgen::JsCast::unchecked_ref::<js_sys::Function>(f.as_ref()).clone();
+        f.forget();
+        func
+    };
+    let err = node
+        .add(
+            js_sys::Uint8Array::from(&content[..]).into(),
+            obj(&[
+                ("signal", controller.signal().into()),
+                ("onProgress", abort_now.into()),
+            ]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        js_sys::Error::from(err.clone()).name(),
+        "AbortError",
+        "{}",
+        message(&err)
+    );
+    let stats = node.stats().await.unwrap();
+    assert_eq!(
+        num(&stats, "blocks"),
+        0.0,
+        "the stored batch was deleted again"
+    );
+    assert_eq!(num(&stats, "pins"), 0.0);
+    node.stop().await;
 }
