@@ -8,6 +8,7 @@ pub mod block;
 pub mod cid;
 pub mod dag;
 pub mod pin;
+pub mod protobuf;
 pub mod rt;
 pub mod source;
 pub mod store;

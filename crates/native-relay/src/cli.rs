@@ -4,7 +4,8 @@
 //! cairn-relay [serve] [--listen MULTIADDR]... [--http ADDR] [--identity FILE] [--web-root DIR] [--store DIR]
 //! cairn-relay id [--identity FILE]
 //! cairn-relay add FILE [--profile default|unixfs-v1-2025] [--hash sha2-256|blake3] [--only-hash] [--store DIR]
-//! cairn-relay cat CID [--store DIR] [--peer MULTIADDR]... [--gateway URL]... [--timeout SECS] [-o FILE]
+//! cairn-relay cat CID [--store DIR] [--peer MULTIADDR]... [--ipfs-via MULTIADDR]... [--routing URL]...
+//!                    [--gateway URL]... [--timeout SECS] [-o FILE]
 //! ```
 //! Exit codes: 0 success, 1 other failure, 2 bad usage, 3 content not found, 4 a source sent
 //! bytes that do not match the CID, 5 store or output not writable, 6 input unreadable,
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::cid::{self, HashAlg};
-use cairn_core::source::{Chain, Context, Gateway, PeerRace, SourceError};
+use cairn_core::source::{Chain, Context, Gateway, Ipfs, PeerRace, SourceError};
 use cairn_core::store::{BlockStore, Null};
 use cairn_core::unixfs::{self, ExportError, ImportError, Profile, Range};
 use clap::{Parser, Subcommand};
@@ -75,6 +76,14 @@ enum Command {
         /// relay circuit), raced in parallel before any gateway.
         #[arg(long = "peer")]
         peers: Vec<Multiaddr>,
+        /// The IPFS source: DHT servers (a cairn-relay's multiaddr ending in /p2p/<id>) to
+        /// ask for providers, which are then asked over bitswap.
+        #[arg(long = "ipfs-via")]
+        ipfs_via: Vec<Multiaddr>,
+        /// The IPFS source: Delegated Routing V1 endpoints (`http://host:port`, as a
+        /// cairn-relay serves) to ask for providers, which are then asked over bitswap.
+        #[arg(long = "routing")]
+        routing: Vec<String>,
         /// Trustless gateways to ask for blocks the store lacks, in order.
         #[arg(long = "gateway")]
         gateways: Vec<String>,
@@ -199,12 +208,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             cid,
             store,
             peers,
+            ipfs_via,
+            routing,
             gateways,
             timeout,
             output,
         }) => {
             let store = open_store(store).await?;
-            let sources = Sources { peers, gateways };
+            let sources = Sources {
+                peers,
+                ipfs_via,
+                routing,
+                gateways,
+            };
             let timeout = Duration::from_secs(timeout);
             cat(store, &cid, &sources, timeout, output.as_deref()).await
         }
@@ -271,6 +287,8 @@ fn has_invalid(e: &SourceError) -> bool {
 /// Where `cat` looks beyond the local store.
 struct Sources {
     peers: Vec<Multiaddr>,
+    ipfs_via: Vec<Multiaddr>,
+    routing: Vec<String>,
     gateways: Vec<String>,
 }
 
@@ -295,6 +313,11 @@ async fn connect(peers: &[Multiaddr], deadline: Duration) -> Result<cairn_p2p::N
             ..Default::default()
         },
         advertise_listen_addrs: false,
+        // A one-shot fetch with an empty store has nothing to serve.
+        bitswap: cairn_p2p::bitswap::Config {
+            serve: false,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let mut registry = prometheus_client::registry::Registry::default();
@@ -345,10 +368,40 @@ async fn cat(
     let root = cid::parse(cid_text).map_err(|e| fail(2, e))?;
     let http = crate::http::Client::new().map_err(|e| fail(1, e))?;
     let mut chain = Chain::new().local(store);
-    if !sources.peers.is_empty() {
-        let node = connect(&sources.peers, timeout.min(Duration::from_secs(20))).await?;
-        let race = PeerRace::new(node);
-        chain = chain.source(race, Some(Duration::from_secs(30)));
+    for r in &sources.routing {
+        if !(r.starts_with("http://") || r.starts_with("https://")) {
+            return Err(fail(
+                2,
+                format!("routing endpoint `{r}` is not an http:// or https:// URL"),
+            ));
+        }
+    }
+    let ipfs = !sources.ipfs_via.is_empty() || !sources.routing.is_empty();
+    if !sources.peers.is_empty() || ipfs {
+        let dial: Vec<Multiaddr> = sources
+            .peers
+            .iter()
+            .chain(&sources.ipfs_via)
+            .cloned()
+            .collect();
+        let node = connect(&dial, timeout.min(Duration::from_secs(20))).await?;
+        if !sources.peers.is_empty() {
+            chain = chain.source(PeerRace::new(node.clone()), Some(Duration::from_secs(30)));
+        }
+        if ipfs {
+            let routers = sources
+                .routing
+                .iter()
+                .map(|r| cairn_p2p::routing_v1::Client::new(http.clone(), r))
+                .collect();
+            let net = cairn_p2p::ipfs::Network::new(
+                node,
+                routers,
+                !sources.ipfs_via.is_empty(),
+                cairn_p2p::ipfs::any_address,
+            );
+            chain = chain.source(Ipfs::new(net, Some(root)), Some(Duration::from_secs(60)));
+        }
     }
     for g in &sources.gateways {
         if !(g.starts_with("http://") || g.starts_with("https://")) {

@@ -10,6 +10,7 @@ pub mod http;
 pub mod identity;
 pub mod node;
 pub mod relay;
+pub mod routing;
 pub mod store;
 pub mod webrtc;
 

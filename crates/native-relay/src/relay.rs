@@ -346,13 +346,23 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         source,
     })?;
     let registry = Arc::new(std::sync::Mutex::new(registry));
+    let late_node = Arc::new(std::sync::OnceLock::new());
     let app = web_app(
         config.web_root.clone(),
         config.store.clone(),
         registry,
         peer_id,
         addrs.clone(),
-    )?;
+    )?
+    .merge(
+        crate::routing::Routing {
+            node: late_node.clone(),
+            store: config.store.clone(),
+            addrs: addrs.clone(),
+        }
+        .router()
+        .layer(tower_http::cors::CorsLayer::permissive()),
+    );
 
     let (http_stop, mut http_stop_rx) = mpsc::channel::<()>(1);
     let http_task = tokio::spawn(async move {
@@ -372,6 +382,7 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         Some(store) => spawn_node(swarm, store, p2p),
         None => spawn_node(swarm, Null::new(), p2p),
     };
+    let _ = late_node.set(node.clone());
     Ok(Running {
         peer_id,
         addrs,

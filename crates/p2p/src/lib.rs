@@ -6,10 +6,13 @@
 
 pub mod announce;
 pub mod behaviour;
+pub mod bitswap;
 pub mod cas;
+pub mod ipfs;
 pub mod metrics;
 pub mod node;
 pub mod perf;
+pub mod routing_v1;
 
 pub use behaviour::{Behaviour, CasConfig};
 

@@ -34,6 +34,7 @@ use libp2p::{Multiaddr, PeerId, identify, kad};
 
 use crate::announce::{self, Announcement};
 use crate::behaviour::{Behaviour, BehaviourEvent};
+use crate::bitswap::{self, Bitswap};
 use crate::cas;
 use crate::metrics::Metrics;
 
@@ -56,6 +57,8 @@ pub struct Config {
     /// Listeners opened on the swarm before it was handed to the driver; closed on stop
     /// with those opened through [`Node::listen`].
     pub listeners: Vec<ListenerId>,
+    /// Bitswap settings (whether to serve the store to IPFS peers, limits).
+    pub bitswap: bitswap::Config,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             metrics: None,
             shutdown_grace: Duration::from_secs(10),
             listeners: Vec::new(),
+            bitswap: bitswap::Config::default(),
         }
     }
 }
@@ -111,6 +115,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A connection to a known peer could not be made.
+    #[error("cannot connect to {peer}: {reason}")]
+    Connect {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
     /// A `/cas` request failed.
     #[error("/cas request to {peer} failed: {reason}")]
     Request {
@@ -131,6 +143,8 @@ enum Command {
     Listen(Multiaddr, Reply<Multiaddr>),
     Provide(Cid, Reply<()>),
     FindProviders(Cid, Reply<Vec<PeerId>>),
+    Connect(PeerId, Vec<Multiaddr>, Reply<()>),
+    Providers(Cid, Reply<Vec<(PeerId, Vec<Multiaddr>)>>),
     Announce(Cid, u64, Duration, Reply<()>),
     Subscribe(mpsc::Sender<Announcement>),
     Stop,
@@ -148,6 +162,8 @@ pub struct PeerInfo {
     pub connections: usize,
     /// Whether identify says it speaks `/cas/1.0.0`.
     pub cas: bool,
+    /// Whether identify says it speaks bitswap 1.2.0.
+    pub bitswap: bool,
     /// Its agent string.
     pub agent: Option<String>,
     /// Whether the (last) connection goes through a relay circuit.
@@ -222,6 +238,7 @@ pub struct Node {
     peers: Peers,
     requester: Requester,
     reputations: Reputations,
+    bitswap: Bitswap,
 }
 
 impl std::fmt::Debug for Node {
@@ -234,7 +251,7 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// Wraps `swarm`; returns the handle and the driver future, which the caller must spawn.
-    /// `store` answers inbound `/cas` requests.
+    /// `store` answers inbound `/cas` requests and bitswap wants.
     pub fn new<S: BlockStore + 'static>(
         swarm: Swarm<Behaviour>,
         store: S,
@@ -243,6 +260,12 @@ impl Node {
         let peer_id = *swarm.local_peer_id();
         let (tx, rx) = mpsc::channel(64);
         let peers: Peers = Arc::default();
+        let store = Arc::new(store);
+        let (bitswap, engine) = Bitswap::new(
+            swarm.behaviour().streams.new_control(),
+            store.clone(),
+            config.bitswap.clone(),
+        );
         let node = Node {
             peer_id,
             commands: tx,
@@ -253,6 +276,7 @@ impl Node {
                 timeout: config.cas.request_timeout,
             },
             reputations: Reputations::default(),
+            bitswap: bitswap.clone(),
         };
         let driver = drive(
             swarm,
@@ -262,8 +286,32 @@ impl Node {
             peers,
             node.requester.clone(),
             node.reputations.clone(),
+            bitswap,
         );
+        // The engine runs as long as the driver: it ends with the swarm.
+        let driver = async move {
+            futures::pin_mut!(driver, engine);
+            futures::future::select(driver, engine).await;
+        };
         (node, driver)
+    }
+
+    /// The bitswap client: asks one peer for one block at a time (see [`crate::bitswap`]).
+    pub fn bitswap(&self) -> &Bitswap {
+        &self.bitswap
+    }
+
+    /// Connects to `peer` at `addrs` (added to those already known) unless already
+    /// connected; resolves once connected. The caller bounds the wait.
+    pub async fn connect(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), Error> {
+        self.ask(|r| Command::Connect(peer, addrs, r)).await
+    }
+
+    /// The providers of `cid` this node's own DHT store holds records for (on a relay: what
+    /// browsers and other peers announced to it), with the addresses the records and
+    /// identify gave. Asks no other node.
+    pub async fn local_providers(&self, cid: Cid) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, Error> {
+        self.ask(|r| Command::Providers(cid, r)).await
     }
 
     /// This node's peer id.
@@ -401,6 +449,9 @@ struct State {
     listens: HashMap<ListenerId, (Multiaddr, Reply<Multiaddr>)>,
     provides: HashMap<kad::QueryId, (Cid, Reply<()>)>,
     finds: HashMap<kad::QueryId, FindQuery>,
+    /// Who waits for a connection to a peer ([`Node::connect`]).
+    connects: HashMap<PeerId, Vec<Reply<()>>>,
+    bitswap: Bitswap,
     subscribers: Vec<mpsc::Sender<Announcement>>,
     reputations: Reputations,
     /// `/cas` peers just identified, whose `caps` (and content index) to ask for.
@@ -414,14 +465,16 @@ struct State {
     metrics: Option<Arc<Metrics>>,
 }
 
+#[allow(clippy::too_many_arguments)] // one call site, in `Node::new`
 async fn drive<S: BlockStore>(
     mut swarm: Swarm<Behaviour>,
-    store: S,
+    store: Arc<S>,
     config: Config,
     mut commands: mpsc::Receiver<Command>,
     peers: Peers,
     requester: Requester,
     reputations: Reputations,
+    bitswap: Bitswap,
 ) {
     let mut st = State {
         peers,
@@ -429,6 +482,8 @@ async fn drive<S: BlockStore>(
         listens: HashMap::new(),
         provides: HashMap::new(),
         finds: HashMap::new(),
+        connects: HashMap::new(),
+        bitswap,
         subscribers: Vec::new(),
         reputations,
         ask_caps: Vec::new(),
@@ -442,7 +497,7 @@ async fn drive<S: BlockStore>(
     let index_cache: IndexCache = Mutex::new(None);
     let mut answering = FuturesUnordered::new();
     let mut asking_caps = FuturesUnordered::new();
-    let (store, config, index_cache) = (&store, &config, &index_cache);
+    let (store, config, index_cache) = (&*store, &config, &index_cache);
     loop {
         if let Some(deadline) = st.draining {
             if answering.is_empty() && st.responding == 0 {
@@ -482,6 +537,10 @@ async fn drive<S: BlockStore>(
                 Some(Command::FindProviders(cid, reply)) => {
                     let q = swarm.behaviour_mut().kad.get_providers(dht_key(&cid));
                     st.finds.insert(q, (cid, Vec::new(), reply));
+                }
+                Some(Command::Connect(peer, addrs, reply)) => connect(&mut swarm, &mut st, peer, addrs, reply),
+                Some(Command::Providers(cid, reply)) => {
+                    let _ = reply.send(Ok(local_providers(&mut swarm, &cid)));
                 }
                 Some(Command::Announce(root, size, ttl, reply)) => {
                     let data = announce::encode(&root, size, announce::now(), ttl);
@@ -628,6 +687,9 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
             if let Some((_, reply)) = st.dials.remove(&connection_id) {
                 let _ = reply.send(Ok(peer_id));
             }
+            for reply in st.connects.remove(&peer_id).unwrap_or_default() {
+                let _ = reply.send(Ok(()));
+            }
         }
         SwarmEvent::ConnectionClosed {
             peer_id,
@@ -637,6 +699,7 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
             let mut p = lock(&st.peers);
             if num_established == 0 {
                 p.remove(&peer_id);
+                st.bitswap.peer_gone(&peer_id);
             } else if let Some(i) = p.get_mut(&peer_id) {
                 i.connections = num_established as usize;
             }
@@ -644,8 +707,19 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
         SwarmEvent::OutgoingConnectionError {
             connection_id,
             error,
-            ..
+            peer_id,
         } => {
+            if let Some(peer) = peer_id
+                && !swarm.is_connected(&peer)
+            {
+                let reason = with_sources(&error);
+                for reply in st.connects.remove(&peer).unwrap_or_default() {
+                    let _ = reply.send(Err(Error::Connect {
+                        peer,
+                        reason: reason.clone(),
+                    }));
+                }
+            }
             if let Some((addr, reply)) = st.dials.remove(&connection_id) {
                 let _ = reply.send(Err(Error::Dial {
                     addr,
@@ -705,11 +779,13 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
                 .protocols
                 .iter()
                 .any(|p| p.as_ref() == cas::PROTOCOL_NAME);
+            let speaks_bitswap = info.protocols.contains(&bitswap::PROTOCOL);
             if let Some(i) = lock(&st.peers).get_mut(&peer_id) {
                 if cas && !i.cas {
                     st.ask_caps.push(peer_id);
                 }
                 i.cas = cas;
+                i.bitswap = speaks_bitswap;
                 i.agent = Some(info.agent_version);
             }
             let dht = info.protocols.contains(&kad::PROTOCOL_NAME);
@@ -812,6 +888,53 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
         }
         _ => {}
     }
+}
+
+/// Starts a connection to `peer` (or joins one being made) for [`Node::connect`].
+fn connect(
+    swarm: &mut Swarm<Behaviour>,
+    st: &mut State,
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+    reply: Reply<()>,
+) {
+    if swarm.is_connected(&peer) {
+        let _ = reply.send(Ok(()));
+        return;
+    }
+    let opts = DialOpts::peer_id(peer)
+        .addresses(addrs)
+        .extend_addresses_through_behaviour()
+        .condition(PeerCondition::DisconnectedAndNotDialing)
+        .build();
+    match swarm.dial(opts) {
+        // A dial already under way resolves the waiters when it ends.
+        Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
+            st.connects.entry(peer).or_default().push(reply);
+        }
+        Err(e) => {
+            let _ = reply.send(Err(Error::Connect {
+                peer,
+                reason: with_sources(&e),
+            }));
+        }
+    }
+}
+
+/// Provider records for `cid` in this node's own DHT store, with addresses.
+fn local_providers(swarm: &mut Swarm<Behaviour>, cid: &Cid) -> Vec<(PeerId, Vec<Multiaddr>)> {
+    use libp2p::kad::store::RecordStore;
+    let records = swarm
+        .behaviour_mut()
+        .kad
+        .store_mut()
+        .providers(&dht_key(cid));
+    let me = *swarm.local_peer_id();
+    records
+        .into_iter()
+        .filter(|r| r.provider != me)
+        .map(|r| (r.provider, r.addresses))
+        .collect()
 }
 
 /// How long a computed content index is reused for `caps` answers.

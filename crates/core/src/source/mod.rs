@@ -4,11 +4,13 @@
 //! order (local store → peers → IPFS → gateway, any subset), writes blocks found further down
 //! back to the local store, applies a timeout per source and the request's deadline and
 //! cancellation from the [`Context`], and reports which source served each block and how long
-//! each step took. [`PeerRace`] asks connected peers in parallel; [`Gateway`] asks an IPFS
-//! trustless gateway over a small [`HttpClient`] trait.
+//! each step took. [`PeerRace`] asks connected peers in parallel; [`Ipfs`] finds providers
+//! through content routing and asks them over bitswap (an [`IpfsNetwork`]); [`Gateway`] asks
+//! an IPFS trustless gateway over a small [`HttpClient`] trait.
 
 mod chain;
 mod gateway;
+mod ipfs;
 mod race;
 pub mod routing;
 
@@ -22,6 +24,7 @@ use futures::future::Shared;
 
 pub use chain::{Attempt, Chain, ChainError, Retrieval, Step, WriteBack};
 pub use gateway::{Gateway, HttpClient, HttpError, HttpResponse, RAW_BLOCK};
+pub use ipfs::{Ipfs, IpfsNetwork};
 pub use race::{PeerClient, PeerError, PeerKey, PeerRace, RaceConfig};
 
 use crate::block::Block;

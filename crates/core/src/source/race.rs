@@ -51,6 +51,9 @@ pub enum PeerError {
     /// The request failed (stream reset, disconnected, protocol error).
     #[error("{0}")]
     Failed(String),
+    /// The peer sent data that does not match what was asked for.
+    #[error("sent invalid data: {0}")]
+    Invalid(String),
 }
 
 /// The network side of a [`PeerRace`]: who may be asked, and how to ask one peer.
@@ -138,14 +141,30 @@ impl<C: PeerClient, R: RoutingStrategy> PeerRace<C, R> {
         self
     }
 
+    /// The client the race asks.
+    pub(crate) fn client(&self) -> &C {
+        &self.client
+    }
+
     /// The reputation table this race updates.
     pub fn reputation_table(&self) -> &Reputations {
         &self.reputations
     }
 
     async fn race(&self, cid: &Cid, ctx: &Context) -> Result<Block, SourceError> {
-        let candidates = self.client.candidates(cid);
-        let order = self.strategy.order(cid, &candidates, &self.reputations);
+        self.race_among(cid, ctx, &self.client.candidates(cid))
+            .await
+    }
+
+    /// Races `candidates` (instead of the client's own) for `cid`, with the same ordering,
+    /// penalties and limits.
+    pub(crate) async fn race_among(
+        &self,
+        cid: &Cid,
+        ctx: &Context,
+        candidates: &[PeerKey],
+    ) -> Result<Block, SourceError> {
+        let order = self.strategy.order(cid, candidates, &self.reputations);
         if order.is_empty() {
             return Err(SourceError::AllFailed(Vec::new()));
         }
@@ -160,6 +179,7 @@ impl<C: PeerClient, R: RoutingStrategy> PeerRace<C, R> {
                     self.client.fetch(&peer, cid).await.map_err(|e| match e {
                         PeerError::NotFound => SourceError::NotFound,
                         PeerError::Failed(m) => SourceError::Unavailable(m),
+                        PeerError::Invalid(m) => SourceError::Invalid(m),
                     })
                 });
                 let out = out.await;

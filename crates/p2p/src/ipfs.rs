@@ -1,0 +1,187 @@
+//! The network side of cairn-core's IPFS source ([`cairn_core::source::Ipfs`]): providers
+//! from the Kademlia DHT (through the relay) and from Delegated Routing V1 endpoints,
+//! connected to at the addresses this node can dial, then asked over [`crate::bitswap`].
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cairn_core::cid::Cid;
+use cairn_core::source::routing::Reputations;
+use cairn_core::source::{HttpClient, IpfsNetwork, PeerClient, PeerError, PeerKey};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+
+use crate::Node;
+use crate::bitswap::WantError;
+use crate::routing_v1;
+
+/// Most providers connected to per lookup.
+pub const MAX_PROVIDERS: usize = 16;
+
+/// Whether a browser can dial `addr`: WebSocket (plain or TLS), WebRTC-direct, or a relay
+/// circuit. Everything else (TCP, QUIC) is out of a page's reach.
+pub fn browser_dialable(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| {
+        matches!(
+            p,
+            Protocol::Ws(_) | Protocol::Wss(_) | Protocol::WebRTCDirect | Protocol::P2pCircuit
+        )
+    })
+}
+
+/// Every address (a native node has every transport).
+pub fn any_address(_: &Multiaddr) -> bool {
+    true
+}
+
+/// Content routing plus bitswap over a [`Node`].
+pub struct Network<H> {
+    node: Node,
+    routers: Vec<routing_v1::Client<H>>,
+    dht: bool,
+    dialable: fn(&Multiaddr) -> bool,
+    /// How long one routing system may take to answer.
+    pub lookup_timeout: Duration,
+    /// How long connecting to one provider may take.
+    pub connect_timeout: Duration,
+}
+
+impl<H> std::fmt::Debug for Network<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field(
+                "routers",
+                &self.routers.iter().map(|r| r.base()).collect::<Vec<_>>(),
+            )
+            .field("dht", &self.dht)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: HttpClient> Network<H> {
+    /// Lookups through `routers`, and through the DHT if `dht`; only addresses `dialable`
+    /// accepts are dialed.
+    pub fn new(
+        node: Node,
+        routers: Vec<routing_v1::Client<H>>,
+        dht: bool,
+        dialable: fn(&Multiaddr) -> bool,
+    ) -> Self {
+        Self {
+            node,
+            routers,
+            dht,
+            dialable,
+            lookup_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Providers from every routing system, with what each said.
+    async fn lookup(&self, cid: &Cid) -> (Vec<(PeerId, Vec<Multiaddr>)>, Vec<String>) {
+        let t = self.lookup_timeout;
+        let dht = async {
+            if !self.dht {
+                return None;
+            }
+            Some(
+                match cairn_core::rt::timeout(t, self.node.find_providers(*cid)).await {
+                    Some(Ok(p)) => Ok(p.into_iter().map(|p| (p, Vec::new())).collect::<Vec<_>>()),
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err(format!("no answer within {t:?}")),
+                },
+            )
+        };
+        let routers = futures::future::join_all(self.routers.iter().map(|r| async move {
+            let out = match cairn_core::rt::timeout(t, r.providers(cid)).await {
+                Some(Ok(p)) => Ok(p.into_iter().map(|p| (p.peer, p.addrs)).collect()),
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err(format!("no answer within {t:?}")),
+            };
+            (r.base().to_owned(), out)
+        }));
+        let (dht, routers) = futures::future::join(dht, routers).await;
+        let mut found: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
+        let mut notes = Vec::new();
+        let answers = dht
+            .map(|d| ("DHT".to_owned(), d))
+            .into_iter()
+            .chain(routers);
+        for (who, out) in answers {
+            match out {
+                Ok(list) => {
+                    notes.push(format!("{who}: {} provider(s)", list.len()));
+                    for (peer, addrs) in list {
+                        if peer == self.node.peer_id() {
+                            continue;
+                        }
+                        match found.iter_mut().find(|(p, _)| *p == peer) {
+                            Some((_, a)) => a.extend(addrs),
+                            None => found.push((peer, addrs)),
+                        }
+                    }
+                }
+                Err(e) => notes.push(format!("{who}: {e}")),
+            }
+        }
+        (found, notes)
+    }
+}
+
+impl<H: HttpClient> IpfsNetwork for Network<H> {
+    async fn providers(&self, cid: &Cid) -> Result<Vec<PeerKey>, String> {
+        let (found, mut notes) = self.lookup(cid).await;
+        let mut connecting = FuturesUnordered::new();
+        for (peer, addrs) in found.into_iter().take(MAX_PROVIDERS) {
+            let total = addrs.len();
+            let addrs: Vec<Multiaddr> = addrs.into_iter().filter(self.dialable).collect();
+            if total > 0 && addrs.is_empty() && !self.node.peers().contains_key(&peer) {
+                notes.push(format!(
+                    "{peer}: none of its {total} address(es) can be dialed from here"
+                ));
+                continue;
+            }
+            let t = self.connect_timeout;
+            connecting.push(async move {
+                let out = match cairn_core::rt::timeout(t, self.node.connect(peer, addrs)).await {
+                    Some(r) => r.map_err(|e| e.to_string()),
+                    None => Err(format!("cannot connect to {peer}: no answer within {t:?}")),
+                };
+                (peer, out)
+            });
+        }
+        let mut connected = Vec::new();
+        while let Some((peer, out)) = connecting.next().await {
+            match out {
+                Ok(()) => connected.push(PeerKey::new(peer.to_string())),
+                Err(e) => notes.push(e),
+            }
+        }
+        if connected.is_empty() {
+            return Err(notes.join("; "));
+        }
+        tracing::debug!(%cid, providers = connected.len(), notes = %notes.join("; "), "IPFS providers");
+        Ok(connected)
+    }
+
+    async fn want(&self, peer: &PeerKey, cid: &Cid) -> Result<Bytes, PeerError> {
+        let peer = PeerId::from_str(peer.as_str())
+            .map_err(|e| PeerError::Failed(format!("bad peer id: {e}")))?;
+        self.node
+            .bitswap()
+            .want(peer, *cid)
+            .await
+            .map_err(|e| match e {
+                WantError::DontHave => PeerError::NotFound,
+                WantError::Invalid(m) => PeerError::Invalid(m),
+                e => PeerError::Failed(e.to_string()),
+            })
+    }
+
+    fn reputations(&self) -> Option<Reputations> {
+        PeerClient::reputations(&self.node)
+    }
+}
