@@ -545,6 +545,11 @@ impl Bitswap {
         }
     }
 
+    /// Sends a raw message to `peer` (tools and tests; [`Bitswap::want`] is the client).
+    pub async fn send_message(&self, peer: PeerId, msg: Message) -> Result<(), WantError> {
+        self.send(peer, msg).await
+    }
+
     /// Queues `msg` to `peer`, starting its sender if there is none.
     async fn send(&self, peer: PeerId, msg: Message) -> Result<(), WantError> {
         for _ in 0..2 {

@@ -134,6 +134,9 @@ impl<H: HttpClient> Network<H> {
 impl<H: HttpClient> IpfsNetwork for Network<H> {
     async fn providers(&self, cid: &Cid) -> Result<Vec<PeerKey>, String> {
         let (found, mut notes) = self.lookup(cid).await;
+        if found.is_empty() {
+            return Err(format!("found none ({})", notes.join("; ")));
+        }
         let mut connecting = FuturesUnordered::new();
         for (peer, addrs) in found.into_iter().take(MAX_PROVIDERS) {
             let total = addrs.len();
@@ -161,7 +164,10 @@ impl<H: HttpClient> IpfsNetwork for Network<H> {
             }
         }
         if connected.is_empty() {
-            return Err(notes.join("; "));
+            return Err(format!(
+                "none of those found could be reached ({})",
+                notes.join("; ")
+            ));
         }
         tracing::debug!(%cid, providers = connected.len(), notes = %notes.join("; "), "IPFS providers");
         Ok(connected)

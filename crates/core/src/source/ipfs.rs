@@ -134,7 +134,7 @@ impl<N: IpfsNetwork> Ipfs<N> {
                 "no provider of {key} found"
             ))),
             Some(Err(why)) => Err(SourceError::Unavailable(format!(
-                "no reachable provider of {key}: {why}"
+                "no provider of {key}: {why}"
             ))),
             None => Err(SourceError::Unavailable("no lookup was made".into())),
         }

@@ -1,0 +1,512 @@
+//! The IPFS source and bitswap.
+//!
+//! Against Helia (npm, Node 22; `tests/js/helia-peer.mjs`), a peer no one here wrote, in both
+//! directions and in bulk (64 MiB, which also covers js-libp2p's large yamux frames): Helia
+//! adds and provides through cairn-relay's DHT, a native cairn node fetches it through the
+//! IPFS source alone; cairn-relay adds, Helia fetches it over bitswap.
+//!
+//! Against bad peers and bad routing endpoints, in process: a provider that sends blocks that
+//! do not match their CIDs, a routing endpoint that answers garbage or never answers, a
+//! provider record pointing at an address nobody listens on, oversized wantlists.
+
+mod common;
+
+use std::io::Read as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn_core::block::Block;
+use cairn_core::cid::{Cid, Codec, HashAlg};
+use cairn_core::source::{ContentSource, Context, Ipfs, SourceError};
+use cairn_core::store::{self, BlockStore, Memory, Stat};
+use cairn_core::unixfs::{self, Profile};
+use cairn_p2p::Node;
+use cairn_p2p::bitswap::{Entry, Message, WantError};
+use cairn_p2p::ipfs::Network;
+use cairn_p2p::routing_v1;
+use cairn_relay::store::Disk;
+use cairn_scenarios::{Data, node22, repo_root};
+use common::{Kill, bin, lines};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use sha2::Digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MIB: u64 = 1024 * 1024;
+
+fn sha256_hex(b: &[u8]) -> String {
+    let d = sha2::Sha256::digest(b);
+    d.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn relay(store: Option<Disk>) -> cairn_relay::relay::Running {
+    let config = cairn_relay::relay::Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        http: "127.0.0.1:0".parse().unwrap(),
+        store,
+        ..Default::default()
+    };
+    cairn_relay::relay::start(Keypair::generate_ed25519(), config)
+        .await
+        .unwrap()
+}
+
+/// The relay's TCP address (with its `/p2p/` id).
+fn full(relay: &cairn_relay::relay::Running) -> String {
+    relay.addrs[0].to_string()
+}
+
+/// A Helia node serving `bytes` it added and provided through `relay`; stops when dropped.
+struct Helia {
+    _child: Kill,
+    info: serde_json::Value,
+}
+
+fn helia_serve(relay: &str, bytes: u64, seed: &str) -> Option<Helia> {
+    let node = node22("ipfs (Helia)")?;
+    let mut child = Command::new(node)
+        .arg(repo_root().join("tests/js/helia-peer.mjs"))
+        .args(["serve", relay, &bytes.to_string(), seed])
+        .env("CAIRN_JS_TIMEOUT_MS", "300000")
+        .current_dir(repo_root().join("tests/js"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start Helia");
+    let out = lines(child.stdout.take().unwrap());
+    let mut stderr = child.stderr.take().unwrap();
+    let child = Kill(child);
+    match out.recv_timeout(Duration::from_secs(120)) {
+        Ok(line) => Some(Helia {
+            _child: child,
+            info: serde_json::from_str(&line).expect("Helia's JSON line"),
+        }),
+        Err(_) => {
+            drop(child);
+            let mut err = String::new();
+            let _ = stderr.read_to_string(&mut err);
+            panic!("Helia did not start serving:\n{err}");
+        }
+    }
+}
+
+fn helia_fetch(peer: &str, cid: &str) -> Option<serde_json::Value> {
+    let node = node22("ipfs (Helia)")?;
+    let out = Command::new(node)
+        .arg(repo_root().join("tests/js/helia-peer.mjs"))
+        .args(["fetch", peer, cid])
+        .env("CAIRN_JS_TIMEOUT_MS", "240000")
+        .current_dir(repo_root().join("tests/js"))
+        .output()
+        .expect("run Helia");
+    assert!(
+        out.status.success(),
+        "Helia fetch failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).expect("Helia's JSON line"))
+}
+
+fn cat(args: &[&str]) -> std::process::Output {
+    bin()
+        .arg("cat")
+        .args(args)
+        .output()
+        .expect("run cairn-relay cat")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helia_content_reaches_cairn_through_the_ipfs_source_alone() {
+    let relay = relay(None).await;
+    let addr = full(&relay);
+    let Some(helia) = tokio::task::spawn_blocking(move || helia_serve(&addr, 64 * MIB, "a"))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let cid = helia.info["cid"].as_str().unwrap().to_owned();
+    let want_sha = helia.info["sha256"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let relay_addr = full(&relay);
+    let routing = format!("http://{}", relay.http);
+
+    // Providers from the relay's DHT; blocks over bitswap from Helia. No /cas, no gateway.
+    let out_dht = dir.path().join("via-dht");
+    let started = Instant::now();
+    let store = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let o = cat(&[
+        &cid,
+        "--store",
+        &store("s1"),
+        "--ipfs-via",
+        &relay_addr,
+        "-o",
+        out_dht.to_str().unwrap(),
+    ]);
+    let dht_time = started.elapsed();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = std::fs::read(&out_dht).unwrap();
+    assert_eq!(got.len() as u64, 64 * MIB);
+    assert_eq!(
+        sha256_hex(&got),
+        want_sha,
+        "byte-identical to what Helia added"
+    );
+
+    // The same root CID: Helia's default import is cairn's unixfs-v1-2025 profile.
+    let o = bin()
+        .args(["add", "--only-hash", "--profile", "unixfs-v1-2025"])
+        .arg(&out_dht)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), cid);
+
+    // Providers from the relay's Delegated Routing V1 endpoint instead.
+    let out_http = dir.path().join("via-routing");
+    let started = Instant::now();
+    let o = cat(&[
+        &cid,
+        "--store",
+        &store("s2"),
+        "--routing",
+        &routing,
+        "-o",
+        out_http.to_str().unwrap(),
+    ]);
+    let http_time = started.elapsed();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(sha256_hex(&std::fs::read(&out_http).unwrap()), want_sha);
+    eprintln!(
+        "64 MiB from Helia: providers by DHT {dht_time:?}, by delegated routing {http_time:?}"
+    );
+
+    // Content nobody provides: a clear, prompt failure, not a retry loop.
+    let nobody = cairn_core::cid::of(Codec::Raw, HashAlg::Sha2_256, b"held by nobody");
+    let o = cat(&[
+        &nobody.to_string(),
+        "--store",
+        &store("s3"),
+        "--ipfs-via",
+        &relay_addr,
+        "--routing",
+        &routing,
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "no provider of {nobody}: found none (DHT: 0 provider(s); {routing}: 0 provider(s))"
+        )),
+        "{err}"
+    );
+    drop(helia);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_helia_node_fetches_what_cairn_relay_added() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Disk::open(d.path()).await.unwrap();
+    let bytes = Data::new(5).bytes(64 * MIB as usize);
+    let root = unixfs::import(
+        &store,
+        &bytes[..],
+        Profile::DEFAULT,
+        HashAlg::Sha2_256,
+        |_| {},
+    )
+    .await
+    .unwrap()
+    .root;
+    let relay = relay(Some(store)).await;
+    let addr = full(&relay);
+    let cid = root.to_string();
+    let Some(got) = tokio::task::spawn_blocking(move || helia_fetch(&addr, &cid))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    assert_eq!(got["bytes"].as_u64(), Some(64 * MIB), "{got}");
+    assert_eq!(got["sha256"].as_str().unwrap(), sha256_hex(&bytes), "{got}");
+    eprintln!("Helia fetched 64 MiB from cairn-relay over bitswap: {got}");
+    let served = relay.node.bitswap().stats();
+    assert!(served.blocks_sent >= 256, "{served:?}");
+    relay.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad peers and bad routing, in process
+
+/// A native node on loopback TCP serving `store` over bitswap.
+async fn node<S: BlockStore + 'static>(store: S) -> (Node, Multiaddr) {
+    let config = cairn_p2p::node::Config {
+        advertise_listen_addrs: false,
+        ..Default::default()
+    };
+    let mut registry = Default::default();
+    let swarm = cairn_relay::node::swarm(
+        Keypair::generate_ed25519(),
+        None,
+        &config,
+        &Default::default(),
+        &mut registry,
+    )
+    .await
+    .unwrap();
+    let (node, driver) = Node::new(swarm, store, config);
+    tokio::spawn(driver);
+    let addr = node
+        .listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .await
+        .unwrap();
+    let full = addr.with(libp2p::multiaddr::Protocol::P2p(node.peer_id()));
+    (node, full)
+}
+
+/// A store that answers every `get` with the same wrong block: a provider that lies.
+#[derive(Default)]
+struct Liar(Memory);
+
+impl BlockStore for Liar {
+    async fn get(&self, _cid: &Cid) -> store::Result<Option<Block>> {
+        Ok(Some(
+            Block::from_data(Codec::Raw, HashAlg::Sha2_256, Bytes::from_static(b"lies")).unwrap(),
+        ))
+    }
+    async fn put(&self, block: Block) -> store::Result<bool> {
+        self.0.put(block).await
+    }
+    async fn put_many(&self, blocks: Vec<Block>) -> store::Result<usize> {
+        self.0.put_many(blocks).await
+    }
+    async fn has(&self, _cid: &Cid) -> store::Result<bool> {
+        Ok(true)
+    }
+    async fn delete(&self, cid: &Cid) -> store::Result<bool> {
+        self.0.delete(cid).await
+    }
+    async fn list(&self, after: Option<&Cid>, limit: usize) -> store::Result<Vec<Cid>> {
+        self.0.list(after, limit).await
+    }
+    async fn stat(&self) -> store::Result<Stat> {
+        self.0.stat().await
+    }
+}
+
+/// What a fake routing endpoint does.
+#[derive(Clone)]
+enum Fake {
+    /// Answers 200 with this body.
+    Body(String),
+    /// Accepts and never answers.
+    Hang,
+}
+
+/// A one-route HTTP server on loopback; returns its base URL.
+async fn fake_routing(mode: Fake) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            match &mode {
+                Fake::Body(body) => {
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                }
+                Fake::Hang => held.push(sock),
+            }
+        }
+    });
+    format!("http://{addr}")
+}
+
+async fn client(routing: &str) -> (Node, Network<cairn_relay::http::Client>) {
+    let (node, _) = node(Memory::new()).await;
+    let http = cairn_relay::http::Client::new().unwrap();
+    let mut net = Network::new(
+        node.clone(),
+        vec![routing_v1::Client::new(http, routing)],
+        false,
+        cairn_p2p::ipfs::any_address,
+    );
+    net.lookup_timeout = Duration::from_secs(2);
+    net.connect_timeout = Duration::from_secs(5);
+    (node, net)
+}
+
+fn record(peer: PeerId, addr: &Multiaddr) -> String {
+    routing_v1::to_json(&[routing_v1::Provider {
+        peer,
+        addrs: vec![addr.clone()],
+        protocols: vec!["transport-bitswap".into()],
+    }])
+}
+
+fn some_cid() -> Cid {
+    cairn_core::cid::of(Codec::Raw, HashAlg::Sha2_256, b"wanted")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_sends_blocks_not_matching_their_cids_is_refused_and_penalised() {
+    let (liar, liar_addr) = node(Liar::default()).await;
+    let routing = fake_routing(Fake::Body(record(liar.peer_id(), &liar_addr))).await;
+    let (_client, net) = client(&routing).await;
+    let source = Ipfs::new(net, None);
+    let started = Instant::now();
+    let err = source
+        .retrieve(
+            &some_cid(),
+            &Context::new().with_timeout(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("invalid data"), "{text}");
+    assert!(text.contains("matches none of the CIDs"), "{text}");
+    let key = cairn_core::source::PeerKey::new(liar.peer_id().to_string());
+    assert!(
+        source.reputations().get(&key).trust() < 1.0,
+        "the liar lost trust"
+    );
+    eprintln!("tampered block refused in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_routing_answers_and_unreachable_providers_fail_clearly_and_in_bounded_time() {
+    let cid = some_cid();
+    let ctx = || Context::new().with_timeout(Duration::from_secs(30));
+
+    let garbage = fake_routing(Fake::Body("<html>busy</html>".into())).await;
+    let (_c, net) = client(&garbage).await;
+    let err = Ipfs::new(net, None)
+        .retrieve(&cid, &ctx())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not provider records"), "{err}");
+
+    let hang = fake_routing(Fake::Hang).await;
+    let (_c, net) = client(&hang).await;
+    let started = Instant::now();
+    let err = Ipfs::new(net, None)
+        .retrieve(&cid, &ctx())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no answer within 2s"), "{err}");
+    assert!(
+        !matches!(err, SourceError::DeadlineExceeded),
+        "the lookup's own bound cut it, not the request's deadline: {err}"
+    );
+    eprintln!(
+        "hanging routing endpoint given up after {:?}",
+        started.elapsed()
+    );
+
+    // A record pointing at a port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let nobody: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    let ghost = PeerId::random();
+    let unreachable = fake_routing(Fake::Body(record(ghost, &nobody))).await;
+    let (_c, net) = client(&unreachable).await;
+    let source = Ipfs::new(net, None);
+    let err = source.retrieve(&cid, &ctx()).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("none of those found could be reached"),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("cannot connect to {ghost}")),
+        "{err}"
+    );
+    // The session remembers: the next block fails at once, without asking again.
+    let started = Instant::now();
+    let again = source.retrieve(&cid, &ctx()).await.unwrap_err();
+    assert_eq!(again.to_string(), err.to_string());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no second lookup"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_oversized_wantlists_is_cut_off_and_others_are_still_served() {
+    let store = Arc::new(Memory::new());
+    let block =
+        Block::from_data(Codec::Raw, HashAlg::Sha2_256, Bytes::from_static(b"held")).unwrap();
+    store.put(block.clone()).await.unwrap();
+    let (server, server_addr) = node(store).await;
+    let (abuser, _) = node(Memory::new()).await;
+    let (honest, _) = node(Memory::new()).await;
+    for n in [&abuser, &honest] {
+        n.dial(server_addr.clone()).await.unwrap();
+    }
+    let spam = Message {
+        wantlist: (0..=cairn_p2p::bitswap::MAX_WANTLIST as u32)
+            .map(|i| {
+                Entry::want_block(cairn_core::cid::of(
+                    Codec::Raw,
+                    HashAlg::Sha2_256,
+                    &i.to_be_bytes(),
+                ))
+            })
+            .collect(),
+        ..Default::default()
+    };
+    // Each refused message drops the stream it came on; the sender opens a new one.
+    for _ in 0..cairn_p2p::bitswap::MAX_STRIKES {
+        abuser
+            .bitswap()
+            .send_message(server.peer_id(), spam.clone())
+            .await
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        let before = server.bitswap().stats().bad_messages;
+        while server.bitswap().stats().bad_messages == before && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(
+        server.bitswap().stats().bad_messages,
+        u64::from(cairn_p2p::bitswap::MAX_STRIKES)
+    );
+    // The abuser is no longer served…
+    let cut_off = tokio::time::timeout(
+        Duration::from_secs(3),
+        abuser.bitswap().want(server.peer_id(), *block.cid()),
+    )
+    .await;
+    assert!(
+        !matches!(cut_off, Ok(Ok(_))),
+        "a peer past its strikes got a block: {cut_off:?}"
+    );
+    // …while an honest peer is, and a missing block is a prompt DontHave.
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        honest.bitswap().want(server.peer_id(), *block.cid()),
+    )
+    .await
+    .expect("answered")
+    .expect("the block");
+    assert_eq!(&got[..], b"held");
+    let missing = tokio::time::timeout(
+        Duration::from_secs(10),
+        honest.bitswap().want(server.peer_id(), some_cid()),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(missing, Err(WantError::DontHave));
+}
