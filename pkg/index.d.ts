@@ -4,7 +4,9 @@ export type Source = 'local' | 'peers' | 'ipfs' | 'gateway'
 export interface CreateOptions {
   /** Multiaddrs of cairn relays (`/ip4/…/tcp/…/ws/p2p/12D3KooW…`). The node reserves a slot on each. */
   relays?: string[]
-  /** IPFS trustless gateway base URLs (`https://…`), tried after peers. */
+  /** Delegated Routing V1 endpoints (`https://…`; a cairn relay's HTTP address serves one) where the IPFS source finds providers, besides the relays' DHT; providers are asked over bitswap. */
+  routers?: string[]
+  /** IPFS trustless gateway base URLs (`https://…`), tried after peers and IPFS. */
   gateways?: string[]
   /** `'indexeddb'` (default; kept across reloads) or `'memory'`. */
   storage?: 'indexeddb' | 'memory'

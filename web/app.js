@@ -90,8 +90,12 @@ async function config () {
   let gateways = params.getAll('gateway')
   if (gateways.length === 0 && health?.gateway) gateways = [location.origin]
   gateways = gateways.filter((g) => g && g !== 'none')
+  // The relay serving this page answers Delegated Routing V1 for the IPFS source.
+  let routers = params.getAll('routing')
+  if (routers.length === 0 && health) routers = [location.origin]
+  routers = routers.filter((r) => r && r !== 'none')
   const quota = params.get('quota')
-  return { relays, gateways, name: params.get('store') ?? 'app', quota: quota ? Number(quota) : undefined }
+  return { relays, routers, gateways, name: params.get('store') ?? 'app', quota: quota ? Number(quota) : undefined }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -346,7 +350,7 @@ async function start () {
   $('relay-addr').textContent = cfg.relays.join(' ') || 'none'
   $('gateways').textContent = cfg.gateways.join(' ') || 'none'
   nodeStatus(cfg.relays.length ? 'Connecting to the relay…' : 'Starting (no relay configured)…', 'starting')
-  const options = { relays: cfg.relays, gateways: cfg.gateways, storage: 'indexeddb', name: cfg.name, quota: cfg.quota }
+  const options = { relays: cfg.relays, routers: cfg.routers, gateways: cfg.gateways, storage: 'indexeddb', name: cfg.name, quota: cfg.quota }
   try {
     node = await cairn.CairnNode.create(options)
     relayPeer = cfg.relays[0]?.split('/p2p/').pop()?.split('/')[0] ?? null

@@ -295,12 +295,15 @@ fn test(root: &Path) -> Result<()> {
 
     step("browser tests (headless Chromium, against a cairn-relay started for them)");
     let relay = TestRelay::start(root)?;
+    let helia = HeliaPeer::start(root, &relay.addr)?;
     sh(cargo()
         .args(["test", "--target", WASM_TARGET, "-p", "cairn-wasm"])
         .env("CAIRN_REQUIRE_INTEROP", "1")
         .env("CAIRN_TEST_RELAY", &relay.addr)
         .env("CAIRN_TEST_CID", &relay.cid)
         .env("CAIRN_TEST_GATEWAY", &relay.gateway)
+        .env("CAIRN_TEST_HELIA_CID", &helia.cid)
+        .env("CAIRN_TEST_HELIA_LEN", HeliaPeer::LEN.to_string())
         .env("CAIRN_TEST_LEN", TestRelay::LEN.to_string())
         .env(
             "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
@@ -309,6 +312,7 @@ fn test(root: &Path) -> Result<()> {
         .env("CHROMEDRIVER", "/usr/bin/chromedriver")
         .env("WASM_BINDGEN_TEST_TIMEOUT", "120")
         .current_dir(root.join("crates/wasm")))?;
+    drop(helia);
     drop(relay);
 
     step(
@@ -404,6 +408,54 @@ impl TestRelay {
         }
         eprintln!("test relay at {} holding {}", relay.addr, relay.cid);
         Ok(relay)
+    }
+}
+
+/// A Helia node (`tests/js/helia-peer.mjs serve`) holding a file only it has, provided
+/// through the test relay's DHT, for the browser tests of the IPFS source.
+struct HeliaPeer {
+    child: std::process::Child,
+    cid: String,
+}
+
+impl HeliaPeer {
+    /// The file's length.
+    const LEN: usize = 8 * 1024 * 1024 + 7;
+
+    fn start(root: &Path, relay: &str) -> Result<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new(node_bin(root))
+            .arg(root.join("tests/js/helia-peer.mjs"))
+            .args(["serve", relay, &Self::LEN.to_string(), "browser"])
+            .current_dir(root.join("tests/js"))
+            .env("CAIRN_JS_TIMEOUT_MS", "1800000")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("cannot start the Helia peer")?;
+        let stdout = child.stdout.take().context("Helia stdout")?;
+        let mut peer = HeliaPeer {
+            child,
+            cid: String::new(),
+        };
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        // {"cid":"…",…}: the first field.
+        peer.cid = line
+            .split('"')
+            .nth(3)
+            .filter(|c| c.starts_with("baf"))
+            .with_context(|| format!("the Helia peer printed no CID: {line:?}"))?
+            .to_owned();
+        eprintln!("Helia peer holding {}", peer.cid);
+        Ok(peer)
+    }
+}
+
+impl Drop for HeliaPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use cairn_core::block::Block;
 use cairn_core::cid::Cid;
 use cairn_core::source::{
-    Chain, ContentSource, Context, Gateway, PeerRace, SourceError, SourceKind,
+    Chain, ContentSource, Context, Gateway, Ipfs, PeerRace, SourceError, SourceKind,
 };
 use cairn_core::store::{self, BlockStore, Memory, Stat};
 use cairn_core::unixfs::{self, Profile, Range};
@@ -174,6 +174,14 @@ async fn until_peer(
         if peers.iter().any(|p| table.get(p).is_some_and(&ok)) {
             return true;
         }
+        // Every provider connected and identified, and none will do (IPFS peers that do not
+        // speak /cas, say): no point waiting out the limit.
+        if peers
+            .iter()
+            .all(|p| table.get(p).is_some_and(|i| i.agent.is_some()))
+        {
+            return false;
+        }
         if started.elapsed() >= limit {
             return false;
         }
@@ -285,6 +293,8 @@ struct Inner {
     store: Store,
     profile: Profile,
     gateways: Vec<String>,
+    /// Delegated Routing V1 endpoints for the IPFS source.
+    routers: Vec<String>,
     in_use: InUse,
     addresses: Vec<Multiaddr>,
     /// The Web Lock on the kept identity, released by `stop`.
@@ -293,12 +303,27 @@ struct Inner {
 
 impl Inner {
     /// The source chain for the DAG under `root`: local store, peers (found through the DHT
-    /// when the connected ones do not have it), then each gateway.
+    /// when the connected ones do not have it), IPFS peers over bitswap (providers from the
+    /// relays' DHT and the routing endpoints, dialed where a browser can), then each gateway.
     fn chain(&self, root: Cid) -> Chain {
-        let mut chain = Chain::new().local(self.store.clone()).source(
-            Discovering::new(self.node.clone(), root),
-            Some(SOURCE_TIMEOUT),
+        let routers = self
+            .routers
+            .iter()
+            .map(|r| cairn_p2p::routing_v1::Client::new(Fetch, r))
+            .collect();
+        let ipfs = cairn_p2p::ipfs::Network::new(
+            self.node.clone(),
+            routers,
+            true,
+            cairn_p2p::ipfs::browser_dialable,
         );
+        let mut chain = Chain::new()
+            .local(self.store.clone())
+            .source(
+                Discovering::new(self.node.clone(), root),
+                Some(SOURCE_TIMEOUT),
+            )
+            .source(Ipfs::new(ipfs, Some(root)), Some(SOURCE_TIMEOUT));
         for g in &self.gateways {
             chain = chain.source(Gateway::new(Fetch, g.clone()), Some(SOURCE_TIMEOUT));
         }
@@ -343,6 +368,9 @@ impl CairnNode {
     /// - `relays`: multiaddrs of cairn relays (`/ip4/…/tcp/…/ws/p2p/…`, or
     ///   `/webrtc-direct/certhash/…`); the node connects to each and reserves a slot, so
     ///   other browsers can reach it through the relay;
+    /// - `routers`: Delegated Routing V1 endpoints (`https://…`; a cairn relay's HTTP
+    ///   address serves one) where the IPFS source looks for providers, besides the relays'
+    ///   DHT; providers are then asked over bitswap;
     /// - `gateways`: IPFS trustless gateway URLs (`https://…`), tried after peers;
     /// - `storage`: `"indexeddb"` (default; kept across reloads) or `"memory"`;
     /// - `name`: the IndexedDB database's name (default `"default"`);
@@ -362,6 +390,14 @@ impl CairnNode {
             if !(g.starts_with("https://") || g.starts_with("http://")) {
                 return Err(js_error(format!(
                     "gateway \"{g}\" is not an http(s) URL (for example https://trustless-gateway.link)"
+                )));
+            }
+        }
+        let routers = js::opt_strings(&options, "routers")?;
+        for r in &routers {
+            if !(r.starts_with("https://") || r.starts_with("http://")) {
+                return Err(js_error(format!(
+                    "router \"{r}\" is not an http(s) URL (for example https://delegated-ipfs.dev)"
                 )));
             }
         }
@@ -455,6 +491,7 @@ impl CairnNode {
                 store,
                 profile,
                 gateways,
+                routers,
                 in_use: InUse::default(),
                 addresses,
                 lock: Rc::new(RefCell::new(lock)),

@@ -581,6 +581,51 @@ async fn the_gateway_source_fetches_and_verifies_over_fetch() {
 }
 
 #[wasm_bindgen_test]
+async fn a_browser_node_fetches_helia_content_over_bitswap() {
+    use cairn_wasm::CairnNode;
+    let (Some((relay, _, _)), Some(gateway)) = (test_relay(), test_gateway()) else {
+        return;
+    };
+    let (Some(cid), Some(len)) = (
+        option_env!("CAIRN_TEST_HELIA_CID"),
+        option_env!("CAIRN_TEST_HELIA_LEN"),
+    ) else {
+        assert!(
+            option_env!("CAIRN_REQUIRE_INTEROP").is_none(),
+            "CAIRN_TEST_HELIA_CID must be set (cargo xtask test does)"
+        );
+        return;
+    };
+    // Helia (a js IPFS node that does not speak /cas) holds the file and provided it through
+    // the relay's DHT; the relay's HTTP address also answers Delegated Routing V1.
+    let node = CairnNode::create(obj(&[
+        ("storage", "memory".into()),
+        ("relays", js_sys::Array::of1(&relay.into()).into()),
+        ("routers", js_sys::Array::of1(&gateway.into()).into()),
+    ]))
+    .await
+    .unwrap();
+    let (bytes, last) = cat_with_progress(&node, cid).await;
+    assert_eq!(bytes.len(), len.parse::<usize>().unwrap());
+    let by = get(&last, "bySource");
+    assert_eq!(
+        num(&by, "ipfs"),
+        num(&last, "blocksDone"),
+        "every block came over bitswap: {last:?}"
+    );
+    assert_eq!(num(&by, "gateway"), 0.0);
+
+    let err = CairnNode::create(obj(&[(
+        "routers",
+        js_sys::Array::of1(&"ws://example".into()).into(),
+    )]))
+    .await
+    .unwrap_err();
+    assert_says(&err, "not an http(s) URL");
+    node.stop().await;
+}
+
+#[wasm_bindgen_test]
 async fn pins_keep_their_dags_through_eviction_and_errors_carry_a_cause() {
     use cairn_wasm::CairnNode;
     let node = CairnNode::create(options(&[])).await.unwrap();
