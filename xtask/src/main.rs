@@ -650,6 +650,16 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
             println!("{id:<24} {:>10.0} blocks/s", 1000.0 / (ns / 1e9));
         }
     }
+    if extra.is_empty() || extra.iter().any(|f| "ipfs".contains(f.as_str())) {
+        step("64 MiB from a Helia provider: cairn's IPFS source beside Helia (release cairn-relay)");
+        install(root, Needs::ALL)?;
+        sh(cargo().args(["build", "--release", "-p", "cairn-relay"]))?;
+        sh(Command::new(node_bin(root))
+            .arg(root.join("tests/js/bench-ipfs.mjs"))
+            .arg(target_dir(root).join("release/cairn-relay"))
+            .arg(target_dir(root).join("bench/ipfs.json"))
+            .current_dir(root.join("tests/js")))?;
+    }
     if browser {
         step(
             "browser benchmarks (headless Chromium; release builds of the package, app and relay)",
