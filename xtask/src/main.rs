@@ -651,7 +651,9 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         }
     }
     if extra.is_empty() || extra.iter().any(|f| "ipfs".contains(f.as_str())) {
-        step("64 MiB from a Helia provider: cairn's IPFS source beside Helia (release cairn-relay)");
+        step(
+            "64 MiB from a Helia provider: cairn's IPFS source beside Helia (release cairn-relay)",
+        );
         install(root, Needs::ALL)?;
         sh(cargo().args(["build", "--release", "-p", "cairn-relay"]))?;
         sh(Command::new(node_bin(root))

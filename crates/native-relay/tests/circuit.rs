@@ -2,6 +2,8 @@
 //! connected to A only through a circuit on the relay, fetches it with the peer race over
 //! `/cas/1.0.0`, byte-identical. The same over a direct TCP connection.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,20 +39,7 @@ fn logs() {
 
 async fn node(store: Arc<Memory>) -> Node {
     logs();
-    let mut registry = Default::default();
-    let config = cairn_p2p::node::Config::default();
-    let swarm = cairn_relay::node::swarm(
-        Keypair::generate_ed25519(),
-        None,
-        &config,
-        &Default::default(),
-        &mut registry,
-    )
-    .await
-    .unwrap();
-    let (node, driver) = Node::new(swarm, store, config);
-    tokio::spawn(driver);
-    node
+    common::native_node(store, Default::default()).await
 }
 
 async fn relay() -> cairn_relay::relay::Running {

@@ -29,7 +29,6 @@ use cairn_p2p::routing_v1;
 use cairn_relay::store::Disk;
 use cairn_scenarios::{Data, node22, repo_root};
 use common::{Kill, bin, lines};
-use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,15 +41,7 @@ fn sha256_hex(b: &[u8]) -> String {
 }
 
 async fn relay(store: Option<Disk>) -> cairn_relay::relay::Running {
-    let config = cairn_relay::relay::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        http: "127.0.0.1:0".parse().unwrap(),
-        store,
-        ..Default::default()
-    };
-    cairn_relay::relay::start(Keypair::generate_ed25519(), config)
-        .await
-        .unwrap()
+    common::relay_on("/ip4/127.0.0.1/tcp/0", store).await
 }
 
 /// The relay's TCP address (with its `/p2p/` id).
@@ -248,18 +239,7 @@ async fn node<S: BlockStore + 'static>(store: S) -> (Node, Multiaddr) {
         advertise_listen_addrs: false,
         ..Default::default()
     };
-    let mut registry = Default::default();
-    let swarm = cairn_relay::node::swarm(
-        Keypair::generate_ed25519(),
-        None,
-        &config,
-        &Default::default(),
-        &mut registry,
-    )
-    .await
-    .unwrap();
-    let (node, driver) = Node::new(swarm, store, config);
-    tokio::spawn(driver);
+    let node = common::native_node(store, config).await;
     let addr = node
         .listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .await

@@ -4,6 +4,8 @@
 //! `cairn_relay::node::yamux_config`), and a js client fetches a block over `/cas/1.0.0`
 //! written from `docs/protocol.md` alone. The script is `tests/js/libp2p-interop.mjs`.
 
+mod common;
+
 use std::process::Command;
 
 use cairn_core::HashAlg;
@@ -11,7 +13,6 @@ use cairn_core::store::BlockStore;
 use cairn_core::unixfs::{self, Profile};
 use cairn_relay::store::Disk;
 use cairn_scenarios::{node22, repo_root};
-use libp2p::identity::Keypair;
 
 /// The script's one JSON line, or `None` when Node 22 is not installed (a loud skip outside
 /// `cargo xtask test` and CI, a failure inside them).
@@ -43,15 +44,7 @@ fn has(json: &str, key: &str, value: &str) -> bool {
 }
 
 async fn relay(store: Option<Disk>) -> cairn_relay::relay::Running {
-    let config = cairn_relay::relay::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0/ws".parse().unwrap()],
-        http: "127.0.0.1:0".parse().unwrap(),
-        store,
-        ..Default::default()
-    };
-    cairn_relay::relay::start(Keypair::generate_ed25519(), config)
-        .await
-        .unwrap()
+    common::relay_on("/ip4/127.0.0.1/tcp/0/ws", store).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

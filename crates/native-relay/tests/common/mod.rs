@@ -12,6 +12,42 @@ pub(crate) fn bin() -> Command {
     c
 }
 
+/// A relay with a fresh identity listening on `listen` (loopback) with `store`.
+pub(crate) async fn relay_on(
+    listen: &str,
+    store: Option<cairn_relay::store::Disk>,
+) -> cairn_relay::relay::Running {
+    let config = cairn_relay::relay::Config {
+        listen: vec![listen.parse().unwrap()],
+        http: "127.0.0.1:0".parse().unwrap(),
+        store,
+        ..Default::default()
+    };
+    cairn_relay::relay::start(libp2p::identity::Keypair::generate_ed25519(), config)
+        .await
+        .unwrap()
+}
+
+/// A native node (no relay server) with a fresh identity over `store`; its driver spawned.
+pub(crate) async fn native_node<S: cairn_core::store::BlockStore + 'static>(
+    store: S,
+    config: cairn_p2p::node::Config,
+) -> cairn_p2p::Node {
+    let mut registry = Default::default();
+    let swarm = cairn_relay::node::swarm(
+        libp2p::identity::Keypair::generate_ed25519(),
+        None,
+        &config,
+        &Default::default(),
+        &mut registry,
+    )
+    .await
+    .unwrap();
+    let (node, driver) = cairn_p2p::Node::new(swarm, store, config);
+    tokio::spawn(driver);
+    node
+}
+
 /// Kills the process when dropped, so a failing test leaves no stray relay behind.
 pub(crate) struct Kill(pub(crate) Child);
 
