@@ -93,16 +93,7 @@ async fn until_identified(node: &Node, peer: libp2p::PeerId) {
 async fn holding(len: usize) -> (Arc<Memory>, cairn_core::Cid, Vec<u8>) {
     let content = data(len);
     let store = Arc::new(Memory::new());
-    let root = unixfs::import(
-        &*store,
-        &content[..],
-        Profile::DEFAULT,
-        HashAlg::Sha2_256,
-        |_| {},
-    )
-    .await
-    .unwrap()
-    .root;
+    let root = common::import(&*store, &content).await;
     (store, root, content)
 }
 

@@ -8,9 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use cairn_core::HashAlg;
 use cairn_core::store::BlockStore;
-use cairn_core::unixfs::{self, Profile};
 use cairn_relay::store::Disk;
 use cairn_scenarios::{node22, repo_root};
 
@@ -77,16 +75,7 @@ async fn a_js_client_fetches_a_block_over_cas() {
     let bytes: Vec<u8> = (0..200_000u32)
         .map(|i| (i.wrapping_mul(40503) >> 7) as u8)
         .collect();
-    let cid = unixfs::import(
-        &store,
-        &bytes[..],
-        Profile::DEFAULT,
-        HashAlg::Sha2_256,
-        |_| {},
-    )
-    .await
-    .unwrap()
-    .root;
+    let cid = common::import(&store, &bytes).await;
     assert_eq!(store.stat().await.unwrap().blocks, 1, "one raw block");
     let relay = relay(Some(store)).await;
     let addr = relay.addrs[0].to_string();

@@ -112,7 +112,7 @@ impl<N: IpfsNetwork> Ipfs<N> {
         if !s.looked_up.contains(key) {
             // Cancelled or out of time: not marked as looked up, so a later call asks again.
             let found = ctx
-                .run(None, async { Ok(self.race_net().providers(key).await) })
+                .run(None, async { Ok(self.net().providers(key).await) })
                 .await?;
             s.looked_up.insert(*key);
             s.providers = Some(match (s.providers.take(), found) {
@@ -140,12 +140,8 @@ impl<N: IpfsNetwork> Ipfs<N> {
         }
     }
 
-    fn race_net(&self) -> &N {
-        &self.race_client().0
-    }
-
-    fn race_client(&self) -> &Wants<N> {
-        self.race.client()
+    fn net(&self) -> &N {
+        &self.race.client().0
     }
 
     async fn fetch(&self, cid: &Cid, ctx: &Context) -> Result<Block, SourceError> {

@@ -48,6 +48,23 @@ pub(crate) async fn native_node<S: cairn_core::store::BlockStore + 'static>(
     node
 }
 
+/// Imports `bytes` into `store` with the default profile and sha2-256; returns the root.
+pub(crate) async fn import<S: cairn_core::store::BlockStore>(
+    store: &S,
+    bytes: &[u8],
+) -> cairn_core::cid::Cid {
+    cairn_core::unixfs::import(
+        store,
+        bytes,
+        cairn_core::unixfs::Profile::DEFAULT,
+        cairn_core::HashAlg::Sha2_256,
+        |_| {},
+    )
+    .await
+    .unwrap()
+    .root
+}
+
 /// Kills the process when dropped, so a failing test leaves no stray relay behind.
 pub(crate) struct Kill(pub(crate) Child);
 
