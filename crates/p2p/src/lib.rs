@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod node;
 pub mod perf;
 pub mod routing_v1;
+pub mod webrtc_signal;
 
 pub use behaviour::{Behaviour, CasConfig};
 
