@@ -59,6 +59,12 @@ pub struct Config {
     pub listeners: Vec<ListenerId>,
     /// Bitswap settings (whether to serve the store to IPFS peers, limits).
     pub bitswap: bitswap::Config,
+    /// Whether a relayed connection this node dialed is moved to a direct `/webrtc` one
+    /// when the peer speaks [`crate::webrtc_signal::PROTOCOL`] (browsers; the transport is
+    /// the caller's). The relayed connection is closed once the direct one is up; when the
+    /// direct one cannot be made, traffic stays on the relay and
+    /// [`PeerInfo::direct_error`] says why.
+    pub upgrade_direct: bool,
 }
 
 impl Default for Config {
@@ -78,6 +84,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             listeners: Vec::new(),
             bitswap: bitswap::Config::default(),
+            upgrade_direct: false,
         }
     }
 }
@@ -166,8 +173,14 @@ pub struct PeerInfo {
     pub bitswap: bool,
     /// Its agent string.
     pub agent: Option<String>,
-    /// Whether the (last) connection goes through a relay circuit.
+    /// Whether every connection to it goes through a relay circuit.
     pub relayed: bool,
+    /// Whether a direct `/webrtc` connection to it is open.
+    pub direct: bool,
+    /// Whether a direct `/webrtc` connection to it is being made.
+    pub upgrading: bool,
+    /// Why traffic to it stays on the relay (no direct connection could be made).
+    pub direct_error: Option<String>,
     /// The remote address of the (last) connection.
     pub addr: Option<Multiaddr>,
     /// The last round trip measured by ping.
@@ -463,6 +476,47 @@ struct State {
     draining: Option<cairn_core::rt::Instant>,
     advertise: bool,
     metrics: Option<Arc<Metrics>>,
+    /// Open connections: peer, whether relayed, whether `/webrtc`.
+    conns: HashMap<ConnectionId, Conn>,
+    /// Relayed connections this node dialed, and the `/webrtc` address to try through each.
+    upgradable: HashMap<ConnectionId, Multiaddr>,
+    /// `/webrtc` dials in flight.
+    upgrades: HashMap<ConnectionId, PeerId>,
+    upgrade_direct: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Conn {
+    peer: PeerId,
+    relayed: bool,
+    webrtc: bool,
+}
+
+/// The `/webrtc` address through the relayed connection at `remote` (`…/p2p-circuit[/p2p/peer]`).
+fn webrtc_through(remote: &Multiaddr, peer: PeerId) -> Option<Multiaddr> {
+    use libp2p::multiaddr::Protocol;
+    let mut a = remote.clone();
+    if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+        a.pop();
+    }
+    matches!(a.iter().last(), Some(Protocol::P2pCircuit))
+        .then(|| a.with(Protocol::WebRTC).with(Protocol::P2p(peer)))
+}
+
+impl State {
+    /// Recomputes what the peer table says of `peer`'s connections.
+    fn refresh(&self, peer: &PeerId) {
+        let mine: Vec<Conn> = self
+            .conns
+            .values()
+            .filter(|c| c.peer == *peer)
+            .copied()
+            .collect();
+        if let Some(i) = lock(&self.peers).get_mut(peer) {
+            i.relayed = !mine.is_empty() && mine.iter().all(|c| c.relayed);
+            i.direct = mine.iter().any(|c| c.webrtc);
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)] // one call site, in `Node::new`
@@ -492,6 +546,10 @@ async fn drive<S: BlockStore>(
         draining: None,
         advertise: config.advertise_listen_addrs,
         metrics: config.metrics.clone(),
+        conns: HashMap::new(),
+        upgradable: HashMap::new(),
+        upgrades: HashMap::new(),
+        upgrade_direct: config.upgrade_direct,
     };
     // Declared before the futures that borrow it, so it outlives them.
     let index_cache: IndexCache = Mutex::new(None);
@@ -644,6 +702,56 @@ async fn drive<S: BlockStore>(
     }
 }
 
+/// Dials `peer` over `/webrtc` through a relayed connection this node made to it, once, if
+/// it `speaks` the signalling protocol and no direct connection is open or being made.
+fn upgrade(swarm: &mut Swarm<Behaviour>, st: &mut State, peer: PeerId, speaks: bool) {
+    let Some(conn) = st
+        .upgradable
+        .iter()
+        .find(|(id, _)| st.conns.get(id).is_some_and(|c| c.peer == peer))
+        .map(|(id, _)| *id)
+    else {
+        return;
+    };
+    let busy = st.upgrades.values().any(|p| *p == peer)
+        || st.conns.values().any(|c| c.peer == peer && c.webrtc);
+    let Some(addr) = st.upgradable.remove(&conn) else {
+        return;
+    };
+    if busy {
+        return;
+    }
+    if !speaks {
+        if let Some(i) = lock(&st.peers).get_mut(&peer) {
+            i.direct_error = Some(format!(
+                "the peer does not speak {} (not a browser node?)",
+                crate::webrtc_signal::PROTOCOL
+            ));
+        }
+        return;
+    }
+    let opts = DialOpts::peer_id(peer)
+        .addresses(vec![addr.clone()])
+        .condition(PeerCondition::Always)
+        .build();
+    let id = opts.connection_id();
+    match swarm.dial(opts) {
+        Ok(()) => {
+            tracing::info!(%peer, %addr, "trying a direct /webrtc connection");
+            st.upgrades.insert(id, peer);
+            if let Some(i) = lock(&st.peers).get_mut(&peer) {
+                i.upgrading = true;
+                i.direct_error = None;
+            }
+        }
+        Err(e) => {
+            if let Some(i) = lock(&st.peers).get_mut(&peer) {
+                i.direct_error = Some(with_sources(&e));
+            }
+        }
+    }
+}
+
 fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &mut State) {
     if let Some(m) = &st.metrics {
         m.record(&event);
@@ -673,16 +781,50 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
             endpoint,
             ..
         } => {
-            let relayed = endpoint
-                .get_remote_address()
-                .iter()
-                .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit));
+            use libp2p::multiaddr::Protocol;
+            let remote = endpoint.get_remote_address();
+            let webrtc = remote.iter().any(|p| matches!(p, Protocol::WebRTC));
+            let relayed = !webrtc && remote.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+            st.conns.insert(
+                connection_id,
+                Conn {
+                    peer: peer_id,
+                    relayed,
+                    webrtc,
+                },
+            );
             {
                 let mut p = lock(&st.peers);
                 let info = p.entry(peer_id).or_default();
                 info.connections += 1;
-                info.relayed = relayed;
-                info.addr = Some(endpoint.get_remote_address().clone());
+                info.addr = Some(remote.clone());
+                if webrtc {
+                    info.upgrading = false;
+                    info.direct_error = None;
+                }
+            }
+            st.refresh(&peer_id);
+            st.upgrades.remove(&connection_id);
+            if webrtc {
+                // Traffic moves to the direct connection: the relayed ones are closed (both
+                // ends do this; the relay's own connection is not relayed and stays).
+                tracing::info!(peer = %peer_id, "direct /webrtc connection open; closing the relayed ones");
+                let relayed: Vec<ConnectionId> = st
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.peer == peer_id && c.relayed)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in relayed {
+                    swarm.close_connection(id);
+                }
+            } else if relayed
+                && st.upgrade_direct
+                && endpoint.is_dialer()
+                && let Some(addr) = webrtc_through(remote, peer_id)
+            {
+                // Tried once identify says the peer speaks the signalling protocol.
+                st.upgradable.insert(connection_id, addr);
             }
             if let Some((_, reply)) = st.dials.remove(&connection_id) {
                 let _ = reply.send(Ok(peer_id));
@@ -693,9 +835,13 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
         }
         SwarmEvent::ConnectionClosed {
             peer_id,
+            connection_id,
             num_established,
             ..
         } => {
+            st.conns.remove(&connection_id);
+            st.upgradable.remove(&connection_id);
+            st.refresh(&peer_id);
             let mut p = lock(&st.peers);
             if num_established == 0 {
                 p.remove(&peer_id);
@@ -709,6 +855,14 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
             error,
             peer_id,
         } => {
+            if let Some(peer) = st.upgrades.remove(&connection_id) {
+                let reason = with_sources(&error);
+                tracing::warn!(%peer, %reason, "no direct /webrtc connection; staying on the relay");
+                if let Some(i) = lock(&st.peers).get_mut(&peer) {
+                    i.upgrading = false;
+                    i.direct_error = Some(reason);
+                }
+            }
             if let Some(peer) = peer_id
                 && !swarm.is_connected(&peer)
             {
@@ -787,6 +941,14 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
                 i.cas = cas;
                 i.bitswap = speaks_bitswap;
                 i.agent = Some(info.agent_version);
+            }
+            if st.upgrade_direct {
+                upgrade(
+                    swarm,
+                    st,
+                    peer_id,
+                    info.protocols.contains(&crate::webrtc_signal::PROTOCOL),
+                );
             }
             let dht = info.protocols.contains(&kad::PROTOCOL_NAME);
             for a in info.listen_addrs.into_iter().take(16) {

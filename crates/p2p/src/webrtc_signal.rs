@@ -170,7 +170,10 @@ mod tests {
     #[test]
     fn malformed_and_oversized_messages_are_refused_with_a_reason() {
         let e = decode(Bytes::from_static(&[0x08, 0x07])).unwrap_err();
-        assert!(e.to_string().contains("unknown signalling message type 7"), "{e}");
+        assert!(
+            e.to_string().contains("unknown signalling message type 7"),
+            "{e}"
+        );
         let e = decode(Bytes::from_static(&[0x12, 0x01, b'x'])).unwrap_err();
         assert!(e.to_string().contains("without a type"), "{e}");
         let e = decode(Bytes::from_static(&[0x08, 0x02, 0x12, 0x02, 0xff, 0xfe])).unwrap_err();
@@ -182,7 +185,10 @@ mod tests {
         let mut wire = Vec::new();
         cairn_core::varint::put(&mut wire, MAX_MESSAGE as u64 + 1);
         let e = block_on(read(&mut futures::io::Cursor::new(wire))).unwrap_err();
-        assert!(e.to_string().contains("exceeds the 16384-byte limit"), "{e}");
+        assert!(
+            e.to_string().contains("exceeds the 16384-byte limit"),
+            "{e}"
+        );
         // A truncated frame is an I/O error, not a message.
         let mut wire = Vec::new();
         cairn_core::varint::put(&mut wire, 10);

@@ -19,6 +19,16 @@ pub(crate) fn or_empty(options: JsValue) -> JsValue {
     }
 }
 
+/// What a thrown JavaScript value says: an `Error`'s message, or the value as a string.
+pub(crate) fn describe(e: &JsValue) -> String {
+    if let Some(e) = e.dyn_ref::<js_sys::Error>() {
+        return String::from(e.message());
+    }
+    e.as_string()
+        .or_else(|| js_sys::JSON::stringify(e).ok().and_then(|s| s.as_string()))
+        .unwrap_or_else(|| "an unknown error".into())
+}
+
 /// `options[key]`, `None` when unset (`undefined` or `null`).
 fn get(options: &JsValue, key: &str) -> Option<JsValue> {
     if options.is_undefined() || options.is_null() {

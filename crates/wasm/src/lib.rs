@@ -11,6 +11,7 @@ pub mod idb;
 mod js;
 pub mod net;
 mod node;
+pub mod webrtc;
 
 pub use node::CairnNode;
 

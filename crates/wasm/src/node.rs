@@ -176,10 +176,11 @@ async fn until_peer(
         }
         // Every provider connected and identified, and none will do (IPFS peers that do not
         // speak /cas, say): no point waiting out the limit.
-        if peers
-            .iter()
-            .all(|p| table.get(p).is_some_and(|i| i.agent.is_some()))
-        {
+        if peers.iter().all(|p| {
+            table
+                .get(p)
+                .is_some_and(|i| i.agent.is_some() && !i.upgrading)
+        }) {
             return false;
         }
         if started.elapsed() >= limit {
@@ -210,7 +211,8 @@ impl Discovering {
     }
 
     /// Asks the DHT for providers of the root and waits (briefly) until one is connected
-    /// and speaks `/cas`; resolves to whether one is.
+    /// and speaks `/cas` (and, if a direct `/webrtc` connection to it is being made, until
+    /// that is open or has failed); resolves to whether one is.
     fn lookup(&self) -> Shared<LocalBoxFuture<'static, bool>> {
         self.lookup
             .borrow_mut()
@@ -221,8 +223,13 @@ impl Discovering {
                         cairn_core::rt::timeout(Duration::from_secs(10), node.find_providers(root))
                             .await;
                     match found {
+                        // A provider reached through a relay is moved to a direct connection
+                        // first, when it can be: the transfer then never loads the relay.
                         Some(Ok(providers)) if !providers.is_empty() => {
-                            until_peer(&node, &providers, Duration::from_secs(10), |p| p.cas).await
+                            until_peer(&node, &providers, Duration::from_secs(25), |p| {
+                                p.cas && !p.upgrading
+                            })
+                            .await
                         }
                         _ => false,
                     }
@@ -297,6 +304,8 @@ struct Inner {
     routers: Vec<String>,
     in_use: InUse,
     addresses: Vec<Multiaddr>,
+    /// Whether direct `/webrtc` connections to other browsers are made.
+    direct: bool,
     /// The Web Lock on the kept identity, released by `stop`.
     lock: Rc<RefCell<Option<js::Lock>>>,
 }
@@ -375,7 +384,13 @@ impl CairnNode {
     /// - `storage`: `"indexeddb"` (default; kept across reloads) or `"memory"`;
     /// - `name`: the IndexedDB database's name (default `"default"`);
     /// - `quota`: the most bytes of blocks the store may hold (IndexedDB only);
-    /// - `profile`: the UnixFS import profile, `"default"` or `"unixfs-v1-2025"`.
+    /// - `profile`: the UnixFS import profile, `"default"` or `"unixfs-v1-2025"`;
+    /// - `direct`: whether connections to other browsers move from the relay to a direct
+    ///   WebRTC connection (`/webrtc`) when one can be made (default `true`);
+    /// - `iceServers`: STUN/TURN URLs for those (`stun:host:port`; default none: host
+    ///   candidates only, enough on one network);
+    /// - `maxWebrtc`: the most WebRTC connections the node keeps open (default 64; browsers
+    ///   cap them per page).
     ///
     /// Fails if no relay can be reached (when some are given), naming each and why.
     pub async fn create(options: JsValue) -> Result<CairnNode, JsValue> {
@@ -427,11 +442,35 @@ impl CairnNode {
             })
             .collect::<Result<_, _>>()?;
 
+        let mut rtc = crate::webrtc::Config {
+            ice_servers: js::opt_strings(&options, "iceServers")?,
+            ..Default::default()
+        };
+        for s in &rtc.ice_servers {
+            if !(s.starts_with("stun:") || s.starts_with("turn:") || s.starts_with("turns:")) {
+                return Err(js_error(format!(
+                    "ICE server \"{s}\" is not a stun: or turn: URL (for example stun:stun.l.google.com:19302)"
+                )));
+            }
+        }
+        if let Some(max) = js::opt_u64(&options, "maxWebrtc")? {
+            if max == 0 {
+                return Err(js_error(
+                    "options.maxWebrtc is 0; use at least 1, or direct: false to turn /webrtc off",
+                ));
+            }
+            rtc.max_connections = usize::try_from(max).unwrap_or(usize::MAX);
+        }
+        let direct = js::opt_bool(&options, "direct")?.unwrap_or(true);
+
         // The circuit listen addresses are announced as external ones (the default), so
         // provider records carry them.
-        let config = cairn_p2p::node::Config::default();
+        let config = cairn_p2p::node::Config {
+            upgrade_direct: direct,
+            ..Default::default()
+        };
         let (key, lock) = identity(&store).await?;
-        let swarm = crate::net::swarm(key, &config)
+        let swarm = crate::net::swarm(key, &config, rtc)
             .map_err(|e| js_error(format!("cannot start libp2p: {e}")))?;
         let (node, driver) = cairn_p2p::Node::new(swarm, store.clone(), config);
         wasm_bindgen_futures::spawn_local(driver);
@@ -450,7 +489,21 @@ impl CairnNode {
                     .await;
                     let circuit = relay.clone().with(Protocol::P2pCircuit);
                     match node.listen(circuit.clone()).await {
-                        Ok(_) => addresses.push(circuit.with(Protocol::P2p(node.peer_id()))),
+                        Ok(_) => {
+                            addresses.push(circuit.clone().with(Protocol::P2p(node.peer_id())));
+                            // Other browsers reach this one directly through the circuit.
+                            let webrtc = circuit.with(Protocol::WebRTC);
+                            if direct {
+                                match node.listen(webrtc.clone()).await {
+                                    Ok(_) => {
+                                        addresses.push(webrtc.with(Protocol::P2p(node.peer_id())))
+                                    }
+                                    Err(e) => web_sys::console::warn_1(
+                                        &format!("cairn: cannot listen on {webrtc}: {e}").into(),
+                                    ),
+                                }
+                            }
+                        }
                         Err(e) => failures.push(format!("{relay}: no reservation ({e})")),
                     }
                 }
@@ -494,9 +547,60 @@ impl CairnNode {
                 routers,
                 in_use: InUse::default(),
                 addresses,
+                direct,
                 lock: Rc::new(RefCell::new(lock)),
             },
         })
+    }
+
+    /// Connects to a peer at `addr`, a multiaddr: a relay, a peer's circuit address
+    /// (`…/p2p-circuit/p2p/<peer>`), or its `/webrtc` address through a relay
+    /// (`…/p2p-circuit/webrtc/p2p/<peer>`): then the relayed connection is made first and
+    /// moved to a direct one, and the call fails (saying why, the relayed connection kept)
+    /// if no direct one could be made. Resolves with the peer's id; gives up after 30 s.
+    pub async fn connect(&self, addr: String) -> Result<String, JsValue> {
+        let ma: Multiaddr = addr
+            .parse()
+            .map_err(|e| js_error_from(format!("\"{addr}\" is not a multiaddr"), &e))?;
+        let webrtc = ma.iter().any(|p| matches!(p, Protocol::WebRTC));
+        if webrtc && !self.inner.direct {
+            return Err(js_error(
+                "direct connections are turned off (options.direct is false)",
+            ));
+        }
+        let circuit: Multiaddr = ma
+            .iter()
+            .filter(|p| !matches!(p, Protocol::WebRTC))
+            .collect();
+        let limit = Duration::from_secs(30);
+        let node = &self.inner.node;
+        let work = async {
+            let peer = node
+                .dial(circuit)
+                .await
+                .map_err(|e| js_error_from(format!("cannot connect to {addr}"), &e))?;
+            if !webrtc {
+                return Ok(peer.to_string());
+            }
+            // The driver tries `/webrtc` once identify says the peer speaks it.
+            until_peer(node, &[peer], limit, |i| {
+                i.agent.is_some() && !i.upgrading && (i.direct || i.direct_error.is_some())
+            })
+            .await;
+            let info = node.peers().remove(&peer).unwrap_or_default();
+            if info.direct {
+                Ok(peer.to_string())
+            } else {
+                Err(js_error(format!(
+                    "connected to {peer} through the relay, but not directly: {}",
+                    info.direct_error
+                        .unwrap_or_else(|| "the peer did not answer in time".into())
+                )))
+            }
+        };
+        cairn_core::rt::timeout(limit, work)
+            .await
+            .unwrap_or_else(|| Err(js_error(format!("cannot connect to {addr} within 30 s"))))
     }
 
     /// This node's peer id.
@@ -745,6 +849,11 @@ impl CairnNode {
             let o = js_sys::Object::new();
             set(&o, "peerId", id.to_string());
             set(&o, "relayed", info.relayed);
+            set(&o, "direct", info.direct);
+            set(&o, "upgrading", info.upgrading);
+            if let Some(e) = info.direct_error {
+                set(&o, "directError", e);
+            }
             set(&o, "cas", info.cas);
             if let Some(a) = info.agent {
                 set(&o, "agent", a);
@@ -773,6 +882,7 @@ impl CairnNode {
         let pins = self.inner.store.pins().await.map(|p| p.len()).unwrap_or(0);
         let o: js_sys::Object = crate::stat_object(st)?.into();
         set(&o, "pins", pins as f64);
+        set(&o, "webrtcConnections", crate::webrtc::open_count() as f64);
         if let Some((usage, quota)) = storage_estimate().await {
             set(&o, "browserUsage", usage);
             set(&o, "browserQuota", quota);

@@ -1,0 +1,247 @@
+//! An `RTCPeerConnection` as a libp2p connection: every libp2p stream is a data channel of
+//! its own, framed as the WebRTC spec says (libp2p-webrtc-utils' `Stream`), with
+//! multistream-select on top as on any connection.
+//!
+//! [`PeerConnection`] owns the browser object: the page-wide count of open ones goes up when
+//! it is made and down when it is dropped, which closes it, so a failed handshake or a
+//! dropped connection never leaves one behind.
+
+use std::cell::Cell;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use futures::StreamExt;
+use futures::channel::mpsc;
+use futures::stream::FuturesUnordered;
+use libp2p::core::muxing::{StreamMuxer, StreamMuxerEvent};
+use send_wrapper::SendWrapper;
+use wasm_bindgen::prelude::*;
+use web_sys::{
+    Event, RtcConfiguration, RtcDataChannel, RtcDataChannelEvent, RtcPeerConnectionIceEvent,
+    RtcPeerConnectionState,
+};
+
+use super::Error;
+use super::channel::DataChannel;
+
+thread_local! {
+    static OPEN: Cell<usize> = const { Cell::new(0) };
+}
+
+/// `RTCPeerConnection`s this page has open through cairn.
+pub fn open_count() -> usize {
+    OPEN.with(Cell::get)
+}
+
+/// The label of the channel the dialer opens to start ICE (before any libp2p stream).
+pub(crate) const INIT_LABEL: &str = "init";
+
+/// The browser's events of one peer connection, as channels (set up when it is made, so
+/// nothing that fires during the handshake is lost).
+pub(crate) struct Events {
+    /// Local ICE candidates as JSON; `None` when gathering is complete.
+    pub(crate) candidates: mpsc::Receiver<Option<String>>,
+    /// A tick on connection state changes (one pending tick stands for any number).
+    pub(crate) state: mpsc::Receiver<()>,
+    /// Data channels the peer opened.
+    inbound: mpsc::Receiver<RtcDataChannel>,
+    _on_candidate: Closure<dyn FnMut(RtcPeerConnectionIceEvent)>,
+    _on_channel: Closure<dyn FnMut(RtcDataChannelEvent)>,
+    _on_state: Closure<dyn FnMut(Event)>,
+}
+
+/// An `RTCPeerConnection`, closed on drop.
+pub(crate) struct PeerConnection {
+    pub(crate) pc: web_sys::RtcPeerConnection,
+    pub(crate) events: Events,
+}
+
+/// Inbound data channels waiting to be taken as streams, past which new ones are refused.
+const MAX_PENDING_CHANNELS: usize = 64;
+
+impl PeerConnection {
+    /// A new peer connection, unless `max` are open already.
+    pub(crate) fn new(max: usize, config: &RtcConfiguration) -> Result<Self, Error> {
+        if open_count() >= max {
+            return Err(Error::TooMany(max));
+        }
+        let pc = web_sys::RtcPeerConnection::new_with_configuration(config)
+            .map_err(|e| Error::Browser(crate::js::describe(&e)))?;
+        OPEN.with(|n| n.set(n.get() + 1));
+
+        // More local candidates than this (one per interface and kind) are not sent.
+        let (mut cand_tx, candidates) = mpsc::channel(cairn_p2p::webrtc_signal::MAX_CANDIDATES);
+        let on_candidate = Closure::<dyn FnMut(RtcPeerConnectionIceEvent)>::new(
+            move |ev: RtcPeerConnectionIceEvent| {
+                let json = ev
+                    .candidate()
+                    .and_then(|c| js_sys::JSON::stringify(&c.to_json()).ok())
+                    .and_then(|s| s.as_string());
+                let _ = cand_tx.try_send(json);
+            },
+        );
+        pc.set_onicecandidate(Some(on_candidate.as_ref().unchecked_ref()));
+
+        let (mut tx, inbound) = mpsc::channel(MAX_PENDING_CHANNELS);
+        let on_channel = Closure::<dyn FnMut(RtcDataChannelEvent)>::new(
+            move |ev: RtcDataChannelEvent| {
+                let dc = ev.channel();
+                if dc.label() == INIT_LABEL {
+                    // The dialer's ICE starter carries no libp2p stream.
+                    return;
+                }
+                if tx.try_send(dc.clone()).is_err() {
+                    web_sys::console::warn_1(
+                        &"cairn: a WebRTC peer opens data channels faster than they are taken; refusing one".into(),
+                    );
+                    dc.close();
+                }
+            },
+        );
+        pc.set_ondatachannel(Some(on_channel.as_ref().unchecked_ref()));
+
+        let (mut state_tx, state) = mpsc::channel(1);
+        let on_state = Closure::<dyn FnMut(Event)>::new(move |_: Event| {
+            let _ = state_tx.try_send(());
+        });
+        pc.set_onconnectionstatechange(Some(on_state.as_ref().unchecked_ref()));
+        Ok(Self {
+            pc,
+            events: Events {
+                candidates,
+                state,
+                inbound,
+                _on_candidate: on_candidate,
+                _on_channel: on_channel,
+                _on_state: on_state,
+            },
+        })
+    }
+}
+
+impl Drop for PeerConnection {
+    fn drop(&mut self) {
+        self.pc.set_onicecandidate(None);
+        self.pc.set_onconnectionstatechange(None);
+        self.pc.set_ondatachannel(None);
+        self.pc.close();
+        OPEN.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+type DropListener = SendWrapper<libp2p_webrtc_utils::DropListener<DataChannel>>;
+
+/// A stream: one data channel.
+#[allow(missing_debug_implementations)] // wraps browser objects
+pub struct Stream(SendWrapper<libp2p_webrtc_utils::Stream<DataChannel>>);
+
+impl futures::AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl futures::AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().0).poll_close(cx)
+    }
+}
+
+/// A WebRTC connection between two browsers, as a libp2p stream muxer.
+#[allow(missing_debug_implementations)] // wraps browser objects
+pub struct Connection {
+    pc: SendWrapper<PeerConnection>,
+    drop_listeners: FuturesUnordered<DropListener>,
+    idle_waker: Option<Waker>,
+}
+
+impl Connection {
+    /// Takes over `pc` once its handshake is done.
+    pub(crate) fn new(pc: PeerConnection) -> Self {
+        Self {
+            pc: SendWrapper::new(pc),
+            drop_listeners: FuturesUnordered::new(),
+            idle_waker: None,
+        }
+    }
+
+    fn stream(&mut self, dc: RtcDataChannel) -> Stream {
+        let (stream, listener) = libp2p_webrtc_utils::Stream::new(DataChannel::new(dc));
+        self.drop_listeners.push(SendWrapper::new(listener));
+        if let Some(w) = self.idle_waker.take() {
+            w.wake();
+        }
+        Stream(SendWrapper::new(stream))
+    }
+
+    fn failed(&self) -> Option<Error> {
+        match self.pc.pc.connection_state() {
+            RtcPeerConnectionState::Failed => Some(Error::Closed("ICE failed".into())),
+            RtcPeerConnectionState::Closed => Some(Error::Closed("closed".into())),
+            _ => None,
+        }
+    }
+}
+
+impl StreamMuxer for Connection {
+    type Substream = Stream;
+    type Error = Error;
+
+    fn poll_inbound(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Stream, Error>> {
+        match futures::ready!(self.pc.events.inbound.poll_next_unpin(cx)) {
+            Some(dc) => Poll::Ready(Ok(self.stream(dc))),
+            None => Poll::Ready(Err(Error::Closed("closed".into()))),
+        }
+    }
+
+    fn poll_outbound(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Result<Stream, Error>> {
+        if let Some(e) = self.failed() {
+            return Poll::Ready(Err(e));
+        }
+        let dc = self.pc.pc.create_data_channel("");
+        Poll::Ready(Ok(self.stream(dc)))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.pc.pc.close();
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<StreamMuxerEvent, Error>> {
+        // A connection the browser gave up on ends here, so the swarm drops it.
+        while let Poll::Ready(Some(())) = self.pc.events.state.poll_next_unpin(cx) {}
+        if let Some(e) = self.failed() {
+            return Poll::Ready(Err(e));
+        }
+        loop {
+            match self.drop_listeners.poll_next_unpin(cx) {
+                Poll::Ready(Some(_)) => {}
+                Poll::Ready(None) => {
+                    self.idle_waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
