@@ -95,7 +95,9 @@ async function config () {
   if (routers.length === 0 && health) routers = [location.origin]
   routers = routers.filter((r) => r && r !== 'none')
   const quota = params.get('quota')
-  return { relays, routers, gateways, name: params.get('store') ?? 'app', quota: quota ? Number(quota) : undefined }
+  // ?direct=off keeps connections to other browsers on the relay (no WebRTC).
+  const direct = params.get('direct') !== 'off'
+  return { relays, routers, gateways, direct, name: params.get('store') ?? 'app', quota: quota ? Number(quota) : undefined }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -282,6 +284,9 @@ function route () {
 // ---------------------------------------------------------------------------------------
 // Panels
 
+// Peers whose failed direct connection was logged already.
+const warned = new Set()
+
 function refreshPeers () {
   if (!node) return
   const peers = node.peers()
@@ -289,7 +294,20 @@ function refreshPeers () {
   const rows = peers.map((p) => {
     const tr = document.createElement('tr')
     const transport = /webrtc/.test(p.addr ?? '') ? 'WebRTC' : /\/ws/.test(p.addr ?? '') ? 'WebSocket' : 'other'
-    const path = p.relayed ? `relayed (${transport})` : `direct (${transport})`
+    let path, state
+    if (p.direct) {
+      [path, state] = ['direct (WebRTC)', 'direct']
+    } else if (p.upgrading) {
+      [path, state] = ['relayed, going direct…', 'upgrading']
+    } else if (p.relayed) {
+      [path, state] = [p.directError ? `relayed: ${p.directError}` : `relayed (${transport})`, 'relayed']
+      if (p.directError && !warned.has(p.peerId)) {
+        warned.add(p.peerId)
+        console.warn(`cairn: ${p.peerId} stays on the relay: ${p.directError}`)
+      }
+    } else {
+      [path, state] = [`direct (${transport})`, 'direct']
+    }
     for (const [text, title] of [[short(p.peerId), p.peerId], [path, p.addr ?? ''], [p.rttMs !== undefined ? `${p.rttMs.toFixed(0)} ms` : '…', ''], [p.agent ?? '', '']]) {
       const td = document.createElement('td')
       td.textContent = text
@@ -297,6 +315,7 @@ function refreshPeers () {
       tr.append(td)
     }
     tr.dataset.peer = p.peerId
+    tr.dataset.path = state
     return tr
   })
   $('peers').replaceChildren(...rows)

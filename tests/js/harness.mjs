@@ -62,12 +62,12 @@ export async function startRelay (bin, http, args) {
   return { addr, peerId: addr.split('/p2p/').pop(), http, proc }
 }
 
-/** Debian's Chromium, headless; closed at exit. */
-export async function launchChromium () {
+/** Debian's Chromium, headless, with `args` besides the usual ones; closed at exit. */
+export async function launchChromium (args = []) {
   const browser = await chromium.launch({
     executablePath: '/usr/bin/chromium',
     headless: true,
-    args: ['--no-sandbox', '--disable-dev-shm-usage']
+    args: ['--no-sandbox', '--disable-dev-shm-usage', ...args]
   })
   atExit(() => browser.close())
   return browser
@@ -93,6 +93,20 @@ export function capture (page) {
   page.on('console', (m) => log.push(`${m.type()}: ${m.text()}`))
   page.on('pageerror', (e) => log.push(`pageerror: ${e.message}`))
   return log
+}
+
+/** Chromium flags for WebRTC between pages of one machine: real host candidates instead
+ * of mDNS names (which need a resolver the sandbox does not have). */
+export const WEBRTC_FLAGS = ['--disable-features=WebRtcHideLocalIpsWithMdns']
+
+/** The bytes a cairn-relay's transports carried so far, both ways (from its /metrics). */
+export async function relayBytes (http) {
+  const text = await (await fetch(`http://${http}/metrics`)).text()
+  let total = 0
+  for (const line of text.split('\n')) {
+    if (line.startsWith('libp2p_bandwidth_bytes_total')) total += Number(line.split(' ').pop())
+  }
+  return total
 }
 
 export function step (name, what) {

@@ -333,6 +333,14 @@ fn test(root: &Path) -> Result<()> {
         .arg(root.join("tests/artifacts/e2e"))
         .current_dir(root.join("tests/js")))?;
 
+    step("browser to browser over /webrtc in Chromium (Playwright; the relay's byte counters)");
+    sh(Command::new(node_bin(root))
+        .arg(root.join("tests/js/webrtc.mjs"))
+        .arg(target_dir(root).join("debug/cairn-relay"))
+        .arg(root.join("dist"))
+        .arg(root.join("tests/artifacts/e2e"))
+        .current_dir(root.join("tests/js")))?;
+
     eprintln!("\nall checks passed in {:.0?}", started.elapsed());
     Ok(())
 }

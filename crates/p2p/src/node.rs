@@ -413,7 +413,9 @@ impl PeerClient for Node {
     fn candidates(&self, _cid: &Cid) -> Vec<PeerKey> {
         lock(&self.peers)
             .iter()
-            .filter(|(_, i)| i.cas)
+            // A peer being moved to a direct connection is asked once it is there (or the
+            // attempt failed), so that its bytes do not cross the relay meanwhile.
+            .filter(|(_, i)| i.cas && !i.upgrading)
             .map(|(p, _)| PeerKey::new(p.to_string()))
             .collect()
     }
@@ -482,6 +484,8 @@ struct State {
     upgradable: HashMap<ConnectionId, Multiaddr>,
     /// `/webrtc` dials in flight.
     upgrades: HashMap<ConnectionId, PeerId>,
+    /// When a `/webrtc` dial to a peer last failed: not tried again for [`RETRY_DIRECT`].
+    failed_upgrades: HashMap<PeerId, cairn_core::rt::Instant>,
     upgrade_direct: bool,
 }
 
@@ -549,6 +553,7 @@ async fn drive<S: BlockStore>(
         conns: HashMap::new(),
         upgradable: HashMap::new(),
         upgrades: HashMap::new(),
+        failed_upgrades: HashMap::new(),
         upgrade_direct: config.upgrade_direct,
     };
     // Declared before the futures that borrow it, so it outlives them.
@@ -702,6 +707,10 @@ async fn drive<S: BlockStore>(
     }
 }
 
+/// How long after a failed `/webrtc` attempt another relayed connection to the same peer
+/// stays relayed without trying again.
+const RETRY_DIRECT: Duration = Duration::from_secs(300);
+
 /// Dials `peer` over `/webrtc` through a relayed connection this node made to it, once, if
 /// it `speaks` the signalling protocol and no direct connection is open or being made.
 fn upgrade(swarm: &mut Swarm<Behaviour>, st: &mut State, peer: PeerId, speaks: bool) {
@@ -714,7 +723,11 @@ fn upgrade(swarm: &mut Swarm<Behaviour>, st: &mut State, peer: PeerId, speaks: b
         return;
     };
     let busy = st.upgrades.values().any(|p| *p == peer)
-        || st.conns.values().any(|c| c.peer == peer && c.webrtc);
+        || st.conns.values().any(|c| c.peer == peer && c.webrtc)
+        || st
+            .failed_upgrades
+            .get(&peer)
+            .is_some_and(|t| t.elapsed() < RETRY_DIRECT);
     let Some(addr) = st.upgradable.remove(&conn) else {
         return;
     };
@@ -856,8 +869,19 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
             peer_id,
         } => {
             if let Some(peer) = st.upgrades.remove(&connection_id) {
-                let reason = with_sources(&error);
+                // The transport's own words, without the address (the panel shows it).
+                let reason = match &error {
+                    libp2p::swarm::DialError::Transport(errs) => errs
+                        .iter()
+                        .map(|(_, e)| with_sources(e).trim_start_matches([':', ' ']).to_owned())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    e => with_sources(e),
+                };
                 tracing::warn!(%peer, %reason, "no direct /webrtc connection; staying on the relay");
+                st.failed_upgrades.retain(|_, t| t.elapsed() < RETRY_DIRECT);
+                st.failed_upgrades
+                    .insert(peer, cairn_core::rt::Instant::now());
                 if let Some(i) = lock(&st.peers).get_mut(&peer) {
                     i.upgrading = false;
                     i.direct_error = Some(reason);

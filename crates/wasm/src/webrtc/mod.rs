@@ -86,7 +86,8 @@ impl Default for Config {
         Self {
             ice_servers: Vec::new(),
             max_connections: 64,
-            handshake_timeout: Duration::from_secs(15),
+            // Under the swarm's 10 s connection timeout, so that the error says what failed.
+            handshake_timeout: Duration::from_secs(8),
         }
     }
 }

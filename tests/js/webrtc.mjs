@@ -1,0 +1,142 @@
+// Browser-to-browser WebRTC (`/webrtc`) in headless Chromium (Playwright, Debian's chromium).
+// Starts its own cairn-relay and stops it at the end, pass or fail.
+//
+// node webrtc.mjs <cairn-relay binary> <dist/ (the built app)> <artifacts dir>
+//
+// - A adds 64 MiB; B opens A's share link: B reaches A through the relay, the connection
+//   moves to a direct WebRTC one, and the relay carries almost none of the 64 MiB (its own
+//   byte counters say so). The peers panel says direct.
+// - C cannot make a direct connection (its ICE is blocked: no candidates): the transfer
+//   completes through the relay, and the app says it is relayed, and why.
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { WEBRTC_FLAGS, atExit, capture, cleanup, freePort, launchChromium, relayBytes, startRelay, step as say } from './harness.mjs'
+
+const [relayBin, dist, artifacts] = process.argv.slice(2)
+if (!relayBin || !dist || !artifacts) {
+  console.error('usage: node webrtc.mjs <cairn-relay> <dist> <artifacts>')
+  process.exit(2)
+}
+const step = (what) => say('webrtc', what)
+const MiB = 1024 * 1024
+const work = mkdtempSync(join(tmpdir(), 'cairn-webrtc-'))
+atExit(() => rmSync(work, { recursive: true, force: true }))
+mkdirSync(artifacts, { recursive: true })
+
+function assert (ok, what) {
+  if (!ok) throw new Error(`assertion failed: ${what}`)
+}
+
+function file (name, size) {
+  const path = join(work, name)
+  const bytes = randomBytes(size)
+  writeFileSync(path, bytes)
+  return { path, name, size, sha256: createHash('sha256').update(bytes).digest('hex') }
+}
+
+async function open (context, url, name) {
+  const page = await context.newPage()
+  const log = capture(page)
+  await page.goto(url)
+  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 })
+    .catch((e) => { throw new Error(`${name}: the app did not start: ${e.message}\n${log.join('\n')}`) })
+  return { page, log, name }
+}
+
+async function add (p, f) {
+  const before = await p.page.locator('#files li[data-cid]').count()
+  await p.page.setInputFiles('#file', f.path)
+  await p.page.waitForFunction((n) => document.querySelectorAll('#files li[data-cid]').length > n ||
+    document.querySelector('#files li.error'), before, { timeout: 300_000 })
+  const failed = await p.page.locator('#files li.error').first().textContent({ timeout: 100 }).catch(() => null)
+  if (failed) throw new Error(`${p.name}: adding ${f.name} failed: ${failed}`)
+  const li = p.page.locator('#files li[data-cid]').first()
+  return { cid: await li.getAttribute('data-cid'), link: await li.locator('.share').getAttribute('href') }
+}
+
+async function transferEnds (p) {
+  await p.page.waitForSelector('#transfer[data-state="done"], #transfer[data-state="error"]', { timeout: 300_000 })
+  const state = await p.page.getAttribute('#transfer', 'data-state')
+  const error = await p.page.locator('#fetch-error').textContent()
+  if (state !== 'done') throw new Error(`${p.name}: the transfer ended ${state}: ${error}\n${p.log.slice(-30).join('\n')}`)
+  return p.page.evaluate(() => window.cairnApp.last)
+}
+
+async function downloaded (p) {
+  return p.page.evaluate(async () => {
+    const bytes = await (await fetch(document.getElementById('download').href)).arrayBuffer()
+    const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))
+    return { size: bytes.byteLength, sha256: [...digest].map((b) => b.toString(16).padStart(2, '0')).join('') }
+  })
+}
+
+/** The peers panel's row for `peerId`: `{ path, text }`. */
+async function peerRow (p, peerId) {
+  const row = p.page.locator(`#peers tr[data-peer="${peerId}"]`)
+  await row.waitFor({ timeout: 30_000 })
+  return { path: await row.getAttribute('data-path'), text: await row.locator('td').nth(1).textContent() }
+}
+
+try {
+  step('starting the relay that serves the app')
+  const http = `127.0.0.1:${await freePort()}`
+  await startRelay(relayBin, http, ['--web-root', dist, '--identity', join(work, 'relay.key')])
+  const origin = `http://${http}/`
+  const browser = await launchChromium(WEBRTC_FLAGS)
+
+  step('A adds 64 MiB')
+  const a = await open(await browser.newContext(), origin, 'A')
+  const f = file('sixty-four.bin', 64 * MiB)
+  const shared = await add(a, f)
+  const aId = await a.page.evaluate(() => window.cairnApp.node.peerId)
+
+  step('B opens the share link: relayed first, then direct')
+  const before = await relayBytes(http)
+  const b = await open(await browser.newContext(), shared.link, 'B')
+  const got = await transferEnds(b)
+  const after = await relayBytes(http)
+  const dl = await downloaded(b)
+  assert(dl.size === f.size && dl.sha256 === f.sha256, `B's bytes are A's: ${JSON.stringify(dl)}`)
+  assert(got.bySource.peers === got.blocksDone, `all from peers: ${JSON.stringify(got)}`)
+  const row = await peerRow(b, aId)
+  assert(row.path === 'direct' && /WebRTC/.test(row.text), `B's peers panel says A is direct over WebRTC: ${JSON.stringify(row)}`)
+  const relayed = after - before
+  step(`64 MiB moved; the relay carried ${(relayed / MiB).toFixed(2)} MiB meanwhile`)
+  assert(relayed < 4 * MiB, `the relay carried almost none of the 64 MiB: ${relayed} bytes`)
+  const open1 = await b.page.evaluate(async () => (await window.cairnApp.node.stats()).webrtcConnections)
+  assert(open1 === 1, `B has one RTCPeerConnection open: ${open1}`)
+  await b.page.screenshot({ path: join(artifacts, 'webrtc-01-direct.png'), fullPage: true })
+
+  step('C cannot connect directly (ICE blocked): the transfer goes through the relay, and says so')
+  const ctxC = await browser.newContext()
+  // No host candidates and no servers: ICE has nothing to try.
+  await ctxC.addInitScript(() => {
+    const Real = window.RTCPeerConnection
+    window.RTCPeerConnection = function (config) {
+      return new Real({ ...(config ?? {}), iceServers: [], iceTransportPolicy: 'relay' })
+    }
+    window.RTCPeerConnection.prototype = Real.prototype
+    window.RTCPeerConnection.generateCertificate = Real.generateCertificate
+  })
+  const small = file('eight.bin', 8 * MiB)
+  const shared2 = await add(a, small)
+  const before2 = await relayBytes(http)
+  const c = await open(ctxC, shared2.link, 'C')
+  const got2 = await transferEnds(c)
+  const after2 = await relayBytes(http)
+  const dl2 = await downloaded(c)
+  assert(dl2.sha256 === small.sha256, 'C\'s bytes are A\'s')
+  assert(got2.bySource.peers === got2.blocksDone, `all from peers: ${JSON.stringify(got2)}`)
+  assert(after2 - before2 > small.size, `the relay carried the file: ${after2 - before2} bytes`)
+  const row2 = await peerRow(c, aId)
+  assert(row2.path === 'relayed' && /relayed: .*no direct connection/.test(row2.text), `C's peers panel says relayed, and why: ${JSON.stringify(row2)}`)
+  assert(c.log.some((l) => /stays on the relay/.test(l)), 'C logged why it stays on the relay')
+  const open2 = await c.page.evaluate(async () => (await window.cairnApp.node.stats()).webrtcConnections)
+  assert(open2 === 0, `the failed attempt left no RTCPeerConnection open: ${open2}`)
+  await c.page.screenshot({ path: join(artifacts, 'webrtc-02-relayed.png'), fullPage: true })
+  step('passed')
+} finally {
+  await cleanup()
+}
