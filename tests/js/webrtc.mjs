@@ -8,10 +8,15 @@
 //   byte counters say so). The peers panel says direct.
 // - C cannot make a direct connection (its ICE is blocked: no candidates): the transfer
 //   completes through the relay, and the app says it is relayed, and why.
+// - Interop: a js-libp2p browser node with @libp2p/webrtc (webrtc-peer.js, bundled with
+//   esbuild) and cairn pages connect over /webrtc both ways, and ping each other over it.
 import { createHash, randomBytes } from 'node:crypto'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:http'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import * as esbuild from 'esbuild'
 import { WEBRTC_FLAGS, atExit, capture, cleanup, freePort, launchChromium, relayBytes, startRelay, step as say } from './harness.mjs'
 
 const [relayBin, dist, artifacts] = process.argv.slice(2)
@@ -20,6 +25,7 @@ if (!relayBin || !dist || !artifacts) {
   process.exit(2)
 }
 const step = (what) => say('webrtc', what)
+const here = dirname(fileURLToPath(import.meta.url))
 const MiB = 1024 * 1024
 const work = mkdtempSync(join(tmpdir(), 'cairn-webrtc-'))
 atExit(() => rmSync(work, { recursive: true, force: true }))
@@ -72,10 +78,11 @@ async function downloaded (p) {
   })
 }
 
-/** The peers panel's row for `peerId`: `{ path, text }`. */
-async function peerRow (p, peerId) {
+/** The peers panel's row for `peerId` once it shows `path` (the panel refreshes on a timer),
+ * or as it is after 30 s: `{ path, text }`. */
+async function peerRow (p, peerId, path) {
   const row = p.page.locator(`#peers tr[data-peer="${peerId}"]`)
-  await row.waitFor({ timeout: 30_000 })
+  await p.page.locator(`#peers tr[data-peer="${peerId}"][data-path="${path}"]`).waitFor({ timeout: 30_000 }).catch(() => {})
   return { path: await row.getAttribute('data-path'), text: await row.locator('td').nth(1).textContent() }
 }
 
@@ -100,7 +107,7 @@ try {
   const dl = await downloaded(b)
   assert(dl.size === f.size && dl.sha256 === f.sha256, `B's bytes are A's: ${JSON.stringify(dl)}`)
   assert(got.bySource.peers === got.blocksDone, `all from peers: ${JSON.stringify(got)}`)
-  const row = await peerRow(b, aId)
+  const row = await peerRow(b, aId, 'direct')
   assert(row.path === 'direct' && /WebRTC/.test(row.text), `B's peers panel says A is direct over WebRTC: ${JSON.stringify(row)}`)
   const relayed = after - before
   step(`64 MiB moved; the relay carried ${(relayed / MiB).toFixed(2)} MiB meanwhile`)
@@ -130,12 +137,68 @@ try {
   assert(dl2.sha256 === small.sha256, 'C\'s bytes are A\'s')
   assert(got2.bySource.peers === got2.blocksDone, `all from peers: ${JSON.stringify(got2)}`)
   assert(after2 - before2 > small.size, `the relay carried the file: ${after2 - before2} bytes`)
-  const row2 = await peerRow(c, aId)
+  const row2 = await peerRow(c, aId, 'relayed')
   assert(row2.path === 'relayed' && /relayed: .*no direct connection/.test(row2.text), `C's peers panel says relayed, and why: ${JSON.stringify(row2)}`)
   assert(c.log.some((l) => /stays on the relay/.test(l)), 'C logged why it stays on the relay')
   const open2 = await c.page.evaluate(async () => (await window.cairnApp.node.stats()).webrtcConnections)
   assert(open2 === 0, `the failed attempt left no RTCPeerConnection open: ${open2}`)
   await c.page.screenshot({ path: join(artifacts, 'webrtc-02-relayed.png'), fullPage: true })
+  step('interop: a js-libp2p page (@libp2p/webrtc) and cairn pages, over /webrtc both ways')
+  const bundle = await esbuild.build({ entryPoints: [join(here, 'webrtc-peer.js')], bundle: true, format: 'esm', write: false, logLevel: 'warning' })
+  // Served from 127.0.0.1 like the app (a page the browser itself fulfils counts as public,
+  // and Chromium then refuses its connections to a loopback relay).
+  const jsPort = await freePort()
+  const jsServer = createServer((req, res) => {
+    if (req.url.endsWith('.js')) {
+      res.writeHead(200, { 'content-type': 'text/javascript' })
+      res.end(bundle.outputFiles[0].text)
+    } else {
+      res.writeHead(200, { 'content-type': 'text/html' })
+      res.end('<!doctype html><script type="module" src="/peer.js"></script>')
+    }
+  })
+  await new Promise((resolve) => jsServer.listen(jsPort, '127.0.0.1', resolve))
+  atExit(() => new Promise((resolve) => jsServer.close(resolve)))
+  const j = await (await browser.newContext()).newPage()
+  const jLog = capture(j)
+  await j.goto(`http://127.0.0.1:${jsPort}/`)
+  await j.waitForFunction(() => typeof window.startPeer === 'function', null, { timeout: 30_000 })
+  const relayAddr = await a.page.evaluate(() => window.cairnApp.node.addresses[0].split('/p2p-circuit')[0])
+  const js = await j.evaluate((r) => window.startPeer(r), relayAddr)
+    .catch((e) => { throw new Error(`the js-libp2p node did not start: ${e.message}\n${jLog.join('\n')}`) })
+  step(`js-libp2p listens at ${js.addr}`)
+
+  // cairn dials js-libp2p.
+  const d = await open(await browser.newContext(), origin, 'D')
+  const dId = await d.page.evaluate(() => window.cairnApp.node.peerId)
+  const reached = await d.page.evaluate((addr) => window.cairnApp.node.connect(addr), js.addr)
+    .catch((e) => { throw new Error(`cairn could not dial js-libp2p over /webrtc: ${e.message}\n${d.log.slice(-20).join('\n')}\n${jLog.slice(-20).join('\n')}`) })
+  assert(reached === js.peerId, `cairn reached the js node: ${reached}`)
+  const jsSees = await j.evaluate((p) => window.connectionsTo(p), dId)
+  assert(jsSees.some((c) => c.includes('/webrtc')), `js-libp2p has a /webrtc connection from cairn: ${jsSees}`)
+  const rtt1 = await j.evaluate((p) => window.pingPeer(p), dId)
+  await d.page.waitForFunction((p) => window.cairnApp.node.peers().some((x) => x.peerId === p && x.direct && x.rttMs !== undefined), js.peerId, { timeout: 30_000 })
+  // cairn closed the relayed connection: what js and cairn exchanged went over /webrtc.
+  await j.waitForFunction((p) => window.connectionsTo(p).every((c) => c.includes('/webrtc')), dId, { timeout: 15_000 })
+    .catch(async () => { throw new Error(`the relayed connection to cairn stayed open: ${await j.evaluate((p) => window.connectionsTo(p), dId)}; cairn: ${JSON.stringify(await d.page.evaluate(() => window.cairnApp.node.peers()))}`) })
+  step(`cairn → js-libp2p: direct; js pinged cairn in ${rtt1} ms, and cairn pinged js`)
+
+  // js-libp2p dials cairn.
+  const e = await open(await browser.newContext(), origin, 'E')
+  const eId = await e.page.evaluate(() => window.cairnApp.node.peerId)
+  const eAddr = await e.page.evaluate(() => window.cairnApp.node.addresses.find((x) => x.includes('/webrtc/')))
+  assert(eAddr, 'cairn lists a /webrtc address')
+  const remote = await j.evaluate((addr) => window.dialPeer(addr), eAddr)
+    .catch((err) => { throw new Error(`js-libp2p could not dial cairn over /webrtc: ${err.message}\n${e.log.slice(-20).join('\n')}\n${jLog.slice(-20).join('\n')}`) })
+  assert(remote.includes('/webrtc'), `js-libp2p's connection to cairn is /webrtc: ${remote}`)
+  const rtt2 = await j.evaluate((p) => window.pingPeer(p), eId)
+  await e.page.waitForFunction((p) => window.cairnApp.node.peers().some((x) => x.peerId === p && x.direct && x.rttMs !== undefined), js.peerId, { timeout: 30_000 })
+  // The relayed connection js-libp2p dialed is its own to close (it keeps it); the direct one
+  // must stay up.
+  await new Promise((resolve) => setTimeout(resolve, 12_000))
+  const later = await j.evaluate((p) => window.connectionsTo(p), eId)
+  assert(later.some((c) => c.includes('/webrtc')), `the /webrtc connection is still open 12 s later: ${later}`)
+  step(`js-libp2p → cairn: direct; js pinged cairn in ${rtt2} ms, and cairn pinged js`)
   step('passed')
 } finally {
   await cleanup()

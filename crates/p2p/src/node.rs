@@ -494,6 +494,7 @@ struct Conn {
     peer: PeerId,
     relayed: bool,
     webrtc: bool,
+    dialer: bool,
 }
 
 /// The `/webrtc` address through the relayed connection at `remote` (`…/p2p-circuit[/p2p/peer]`).
@@ -804,6 +805,7 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
                     peer: peer_id,
                     relayed,
                     webrtc,
+                    dialer: endpoint.is_dialer(),
                 },
             );
             {
@@ -819,13 +821,14 @@ fn handle(swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, st: &
             st.refresh(&peer_id);
             st.upgrades.remove(&connection_id);
             if webrtc {
-                // Traffic moves to the direct connection: the relayed ones are closed (both
-                // ends do this; the relay's own connection is not relayed and stays).
+                // Traffic moves to the direct connection: the relayed ones this node dialed
+                // are closed. Those the peer dialed are its to close (js-libp2p keeps them,
+                // and does not notice when the other end closes one).
                 tracing::info!(peer = %peer_id, "direct /webrtc connection open; closing the relayed ones");
                 let relayed: Vec<ConnectionId> = st
                     .conns
                     .iter()
-                    .filter(|(_, c)| c.peer == peer_id && c.relayed)
+                    .filter(|(_, c)| c.peer == peer_id && c.relayed && c.dialer)
                     .map(|(id, _)| *id)
                     .collect();
                 for id in relayed {
