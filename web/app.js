@@ -369,7 +369,7 @@ async function start () {
   $('relay-addr').textContent = cfg.relays.join(' ') || 'none'
   $('gateways').textContent = cfg.gateways.join(' ') || 'none'
   nodeStatus(cfg.relays.length ? 'Connecting to the relay…' : 'Starting (no relay configured)…', 'starting')
-  const options = { relays: cfg.relays, routers: cfg.routers, gateways: cfg.gateways, storage: 'indexeddb', name: cfg.name, quota: cfg.quota }
+  const options = { relays: cfg.relays, routers: cfg.routers, gateways: cfg.gateways, direct: cfg.direct, storage: 'indexeddb', name: cfg.name, quota: cfg.quota }
   try {
     node = await cairn.CairnNode.create(options)
     relayPeer = cfg.relays[0]?.split('/p2p/').pop()?.split('/')[0] ?? null

@@ -6,7 +6,8 @@
 //! - `cargo xtask run` — builds the web app and the relay, and starts `cairn-relay` serving
 //!   the app on <http://127.0.0.1:8080>.
 //! - `cargo xtask bench` — criterion benchmarks, printed as ratios against their baselines,
-//!   and the browser benchmarks (`tests/js/bench.mjs`, JSON in `target/bench/browser.json`).
+//!   the browser benchmarks (`tests/js/bench.mjs`, JSON in `target/bench/browser.json`), the
+//!   IPFS one (`ipfs`) and browser to browser over `/webrtc` beside the relay (`webrtc`).
 
 #![allow(clippy::print_stdout)] // bench results are this tool's output
 
@@ -668,6 +669,20 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
             .arg(root.join("tests/js/bench-ipfs.mjs"))
             .arg(target_dir(root).join("release/cairn-relay"))
             .arg(target_dir(root).join("bench/ipfs.json"))
+            .current_dir(root.join("tests/js")))?;
+    }
+    if extra.is_empty() || extra.iter().any(|f| "webrtc".contains(f.as_str())) {
+        step(
+            "64 MiB browser to browser: direct /webrtc beside the relay over WebSocket (release app and relay)",
+        );
+        install(root, Needs::ALL)?;
+        build_web(root, true)?;
+        sh(cargo().args(["build", "--release", "-p", "cairn-relay"]))?;
+        sh(Command::new(node_bin(root))
+            .arg(root.join("tests/js/bench-webrtc.mjs"))
+            .arg(target_dir(root).join("release/cairn-relay"))
+            .arg(root.join("dist"))
+            .arg(target_dir(root).join("bench/webrtc.json"))
             .current_dir(root.join("tests/js")))?;
     }
     if browser {

@@ -1,0 +1,87 @@
+// Browser-to-browser benchmark for `cargo xtask bench webrtc`: 64 MiB from one app page to
+// another over a direct WebRTC connection (`/webrtc`), beside the same transfer through the
+// relay over WebSocket (`?direct=off`), in one run. Each fetch is a fresh page (its own
+// store); the clock runs from the connected page's `cat` call to the last byte.
+//
+// node bench-webrtc.mjs <cairn-relay (release)> <dist/ (the app, release)> <out.json>
+import { randomBytes } from 'node:crypto'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { WEBRTC_FLAGS, atExit, capture, cleanup, freePort, launchChromium, relayBytes, startRelay, step as say } from './harness.mjs'
+
+const [relayBin, dist, outJson] = process.argv.slice(2)
+if (!relayBin || !dist || !outJson) {
+  console.error('usage: node bench-webrtc.mjs <cairn-relay> <dist> <out.json>')
+  process.exit(2)
+}
+const step = (what) => say('bench-webrtc', what)
+const RUNS = 3
+const MIB = 64
+const work = mkdtempSync(join(tmpdir(), 'cairn-bench-webrtc-'))
+atExit(() => rmSync(work, { recursive: true, force: true }))
+const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1]
+
+async function open (browser, url, name) {
+  const page = await (await browser.newContext()).newPage()
+  const log = capture(page)
+  await page.goto(url)
+  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 })
+    .catch((e) => { throw new Error(`${name}: the app did not start: ${e.message}\n${log.join('\n')}`) })
+  return { page, log, name }
+}
+
+try {
+  const http = `127.0.0.1:${await freePort()}`
+  await startRelay(relayBin, http, ['--web-root', dist, '--identity', join(work, 'relay.key')])
+  const origin = `http://${http}/`
+  const browser = await launchChromium(WEBRTC_FLAGS)
+
+  step(`A adds ${MIB} MiB`)
+  const file = join(work, 'file.bin')
+  writeFileSync(file, randomBytes(MIB * 1024 * 1024))
+  const a = await open(browser, origin, 'A')
+  await a.page.setInputFiles('#file', file)
+  await a.page.waitForSelector('#files li[data-cid]', { timeout: 300_000 })
+  const cid = await a.page.locator('#files li[data-cid]').first().getAttribute('data-cid')
+  const addrs = await a.page.evaluate(() => window.cairnApp.node.addresses)
+  const circuit = addrs.find((x) => !x.includes('/webrtc/'))
+  const webrtc = addrs.find((x) => x.includes('/webrtc/'))
+
+  const fetchOnce = async (query, addr) => {
+    const p = await open(browser, `${origin}${query}`, query)
+    const before = await relayBytes(http)
+    const ms = await p.page.evaluate(async ({ addr, cid }) => {
+      await window.cairnApp.node.connect(addr)
+      const t = performance.now()
+      const bytes = await window.cairnApp.node.cat(cid)
+      const ms = performance.now() - t
+      if (bytes.length !== 64 * 1024 * 1024) throw new Error(`got ${bytes.length} bytes`)
+      return ms
+    }, { addr, cid }).catch((e) => { throw new Error(`${query}: ${e.message}\n${p.log.slice(-10).join('\n')}`) })
+    const relayed = (await relayBytes(http)) - before
+    await p.page.context().close()
+    return { ms, relayed }
+  }
+  const results = {}
+  for (const [name, query, addr] of [['webrtc', '?', webrtc], ['relay_ws', '?direct=off', circuit]]) {
+    const runs = []
+    for (let i = 0; i < RUNS; i++) runs.push(await fetchOnce(query, addr))
+    step(`${name}: ${runs.map((r) => `${r.ms.toFixed(0)} ms (relay carried ${(r.relayed / 1048576).toFixed(1)} MiB)`).join(', ')}`)
+    const ms = median(runs.map((r) => r.ms))
+    results[name] = { ms, mbps: MIB * 1.048576 / (ms / 1000), relay_mib: median(runs.map((r) => r.relayed)) / 1048576 }
+  }
+  mkdirSync(dirname(outJson), { recursive: true })
+  writeFileSync(outJson, JSON.stringify({ runs: RUNS, mib: MIB, chromium: browser.version(), results }, null, 2))
+  const f = (x) => x.toFixed(0).padStart(6)
+  console.log(`\nbrowser → browser (Chromium ${browser.version()}), ${MIB} MiB, median of ${RUNS}:`)
+  console.log(`direct /webrtc       ${f(results.webrtc.mbps)} MB/s  (relay carried ${results.webrtc.relay_mib.toFixed(1)} MiB)`)
+  console.log(`relay over WebSocket ${f(results.relay_ws.mbps)} MB/s  (relay carried ${results.relay_ws.relay_mib.toFixed(1)} MiB)`)
+  console.log(`ratio webrtc/relay   ${(results.webrtc.mbps / results.relay_ws.mbps).toFixed(2)}`)
+  console.log(`(JSON: ${outJson})`)
+} catch (e) {
+  console.error(`bench-webrtc: FAILED: ${e.stack ?? e}`)
+  process.exitCode = 1
+} finally {
+  await cleanup()
+}
