@@ -82,6 +82,7 @@ export async function createWorkerNode (options = {}) {
     pins: () => call('pins'),
     evict: (options) => call('evict', options),
     peers: () => call('peers'),
+    connect: (addr) => call('connect', addr),
     stats: () => call('stats'),
     async stop () {
       try {

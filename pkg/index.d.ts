@@ -16,6 +16,12 @@ export interface CreateOptions {
   quota?: number
   /** The UnixFS import profile (default `'default'`: 256 KiB chunks, as Helia and Kubo). */
   profile?: 'default' | 'unixfs-v1-2025'
+  /** Move connections to other browsers from the relay to direct WebRTC (`/webrtc`) when possible (default `true`). */
+  direct?: boolean
+  /** STUN/TURN URLs for direct connections (`stun:host:port`); default none: host candidates only. */
+  iceServers?: string[]
+  /** The most WebRTC connections the node keeps open (default 64). */
+  maxWebrtc?: number
   /** Where `cairn_wasm_bg.wasm` is, when it is not served next to the bundle. */
   wasm?: string | URL | Response | BufferSource | WebAssembly.Module
 }
@@ -67,8 +73,14 @@ export interface CatStreamOptions {
 
 export interface PeerInfo {
   peerId: string
-  /** Whether the connection goes through a relay circuit. */
+  /** Whether every connection to it goes through a relay circuit. */
   relayed: boolean
+  /** Whether a direct WebRTC (`/webrtc`) connection to it is open. */
+  direct: boolean
+  /** Whether a direct connection to it is being made (it is not asked for blocks meanwhile). */
+  upgrading: boolean
+  /** Why it stays on the relay: the direct connection could not be made. */
+  directError?: string
   /** Whether the peer speaks `/cas/1.0.0` (a cairn node). */
   cas: boolean
   agent?: string
@@ -84,6 +96,8 @@ export interface Stats {
   /** The store's own cap (`quota` option), or `null`. */
   quota: number | null
   pins: number
+  /** `RTCPeerConnection`s this page has open through cairn. */
+  webrtcConnections: number
   /** The whole site's storage use and quota, from `navigator.storage.estimate()`. */
   browserUsage?: number
   browserQuota?: number
@@ -97,8 +111,10 @@ export interface Evicted {
 /** The operations of a node, in the page or in a Worker. */
 export interface CairnNodeApi {
   readonly peerId: string
-  /** This node's `/p2p-circuit` addresses, one per relay that holds a reservation. */
+  /** This node's addresses: per relay that holds a reservation, its `/p2p-circuit` address and (unless `direct: false`) its `/p2p-circuit/webrtc` one. */
   readonly addresses: string[]
+  /** Connects to a multiaddr (a relay, a circuit address, or a `/webrtc` one: then it resolves once the direct connection is open, and rejects saying why if it cannot be made). Resolves with the peer id. */
+  connect(addr: string): Promise<string>
   /** Imports a file (UnixFS, the CID IPFS gives it); resolves to its root CID. */
   add(data: Uint8Array | Blob | ReadableStream<Uint8Array>, options?: AddOptions): Promise<string>
   /** The whole file, verified: local store, then peers, then gateways. Rejects with an `AbortError` when aborted. */

@@ -45,6 +45,7 @@ async function call (id, op, args) {
     case 'pins': return [await node.pins()]
     case 'evict': return [await node.evict(first)]
     case 'peers': return [node.peers()]
+    case 'connect': return [await node.connect(first)]
     case 'stats': return [await node.stats()]
     case 'stop': {
       await node.stop()
