@@ -42,3 +42,38 @@ window.pingPeer = async (peerId) => node.services.ping.ping(peerIdFromString(pee
 
 /** The open connections to `peerId`: their remote addresses. */
 window.connectionsTo = (peerId) => node.getConnections(peerIdFromString(peerId)).map((c) => String(c.remoteAddr))
+
+/**
+ * A second js-libp2p node, reachable through `relay`, that speaks the signalling protocol
+ * badly, for cairn's bad-input tests. `mode`: 'silent' reads the offer and never answers;
+ * 'reset' reads it and resets the stream; 'garbage' answers with a frame claiming 1 GiB;
+ * 'wrong' answers the offer with an offer. Resolves with its `/webrtc` address.
+ */
+window.startMisbehaving = async (relay, mode) => {
+  const bad = await createLibp2p({
+    addresses: { listen: [`${relay}/p2p-circuit`] },
+    transports: [webSockets(), circuitRelayTransport()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    connectionGater: { denyDialMultiaddr: () => false },
+    services: { identify: identify() }
+  })
+  await bad.handle('/webrtc-signaling/0.0.1', async (arg) => {
+    const stream = arg.stream ?? arg
+    const send = (bytes) => typeof stream.send === 'function' ? stream.send(bytes) : stream.sink([bytes])
+    for await (const chunk of stream.source ?? stream) {
+      if (!chunk) continue
+      if (mode === 'reset') return stream.abort(new Error('dropped mid-handshake'))
+      if (mode === 'garbage') return send(new Uint8Array([0x80, 0x80, 0x80, 0x80, 0x04, 1, 2, 3]))
+      // type = SDP_OFFER (0), data = "v=0"
+      if (mode === 'wrong') return send(new Uint8Array([7, 0x08, 0x00, 0x12, 0x03, 0x76, 0x3d, 0x30]))
+    }
+  }, { runOnLimitedConnection: true })
+  const deadline = Date.now() + 20_000
+  while (Date.now() < deadline) {
+    const addr = bad.getMultiaddrs().map(String).find((a) => a.includes('/p2p-circuit/p2p/'))
+    if (addr) return addr.replace('/p2p-circuit/', '/p2p-circuit/webrtc/')
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  throw new Error(`no circuit address: ${bad.getMultiaddrs().join(' ')}`)
+}

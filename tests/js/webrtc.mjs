@@ -199,6 +199,18 @@ try {
   const later = await j.evaluate((p) => window.connectionsTo(p), eId)
   assert(later.some((c) => c.includes('/webrtc')), `the /webrtc connection is still open 12 s later: ${later}`)
   step(`js-libp2p → cairn: direct; js pinged cairn in ${rtt2} ms, and cairn pinged js`)
+  step('bad signalling: no answer, a reset mid-handshake, an oversized frame, a wrong message')
+  for (const [mode, want] of [['silent', /no direct connection within/], ['reset', /signalling failed|no direct connection/], ['garbage', /exceeds the 16384-byte limit/], ['wrong', /expected an SDP answer/]]) {
+    const addr = await j.evaluate(([r, m]) => window.startMisbehaving(r, m), [relayAddr, mode])
+    const t = Date.now()
+    const err = await e.page.evaluate((x) => window.cairnApp.node.connect(x).then(() => null, (err) => String(err.message ?? err)), addr)
+    const took = Date.now() - t
+    assert(err && want.test(err), `${mode}: connect fails with a clear error: ${err}`)
+    assert(took < 25_000, `${mode}: within bounded time: ${took} ms`)
+    const rtc = await e.page.evaluate(async () => (await window.cairnApp.node.stats()).webrtcConnections)
+    assert(rtc === 1, `${mode}: no RTCPeerConnection leaked (only js-libp2p's direct one is open): ${rtc}`)
+    step(`${mode}: refused in ${took} ms: ${err}`)
+  }
   step('passed')
 } finally {
   await cleanup()
