@@ -257,7 +257,8 @@ try {
   rmSync(join(work, 'profile-h'), { recursive: true, force: true })
 
   step('a cancelled fetch, then the relay going away in the middle of a transfer')
-  const g = await open(await browser.newContext(), big.link, 'G')
+  // Kept on the relay (?direct=off): a direct WebRTC connection would outlive it.
+  const g = await open(await browser.newContext(), big.link.replace('#', '?direct=off#'), 'G')
   await g.page.waitForFunction(() => (window.cairnApp?.last?.blocksDone ?? 0) >= 20, null, { timeout: 120_000, polling: 20 })
   await g.page.click('#cancel-button')
   await transferEnds(g, 'cancelled')
