@@ -8,7 +8,8 @@ import { randomBytes } from 'node:crypto'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
-import { WEBRTC_FLAGS, atExit, capture, cleanup, freePort, launchChromium, relayBytes, startRelay, step as say } from './harness.mjs'
+import { openApp } from './app.mjs'
+import { WEBRTC_FLAGS, atExit, cleanup, freePort, launchChromium, relayBytes, startRelay, step as say } from './harness.mjs'
 
 const [relayBin, dist, outJson] = process.argv.slice(2)
 if (!relayBin || !dist || !outJson) {
@@ -22,15 +23,6 @@ const work = mkdtempSync(join(tmpdir(), 'cairn-bench-webrtc-'))
 atExit(() => rmSync(work, { recursive: true, force: true }))
 const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1]
 
-async function open (browser, url, name) {
-  const page = await (await browser.newContext()).newPage()
-  const log = capture(page)
-  await page.goto(url)
-  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 })
-    .catch((e) => { throw new Error(`${name}: the app did not start: ${e.message}\n${log.join('\n')}`) })
-  return { page, log, name }
-}
-
 try {
   const http = `127.0.0.1:${await freePort()}`
   await startRelay(relayBin, http, ['--web-root', dist, '--identity', join(work, 'relay.key')])
@@ -40,7 +32,7 @@ try {
   step(`A adds ${MIB} MiB`)
   const file = join(work, 'file.bin')
   writeFileSync(file, randomBytes(MIB * 1024 * 1024))
-  const a = await open(browser, origin, 'A')
+  const a = await openApp(await browser.newContext(), origin, 'A')
   await a.page.setInputFiles('#file', file)
   await a.page.waitForSelector('#files li[data-cid]', { timeout: 300_000 })
   const cid = await a.page.locator('#files li[data-cid]').first().getAttribute('data-cid')
@@ -49,7 +41,7 @@ try {
   const webrtc = addrs.find((x) => x.includes('/webrtc/'))
 
   const fetchOnce = async (query, addr) => {
-    const p = await open(browser, `${origin}${query}`, query)
+    const p = await openApp(await browser.newContext(), `${origin}${query}`, query)
     const before = await relayBytes(http)
     const ms = await p.page.evaluate(async ({ addr, cid }) => {
       await window.cairnApp.node.connect(addr)

@@ -14,12 +14,13 @@
 //   cancelled fetch, and the relay going away in the middle of a transfer.
 // Screenshots of each moment go to the artifacts directory.
 import { execFileSync } from 'node:child_process'
-import { createHash, randomBytes } from 'node:crypto'
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
+import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { atExit, capture, cleanup, freePort, launchChromium, launchPersistent, startRelay, step as say } from './harness.mjs'
+import { addFile as add, assert, downloaded, openApp as open, randomFile, transferEnds } from './app.mjs'
+import { atExit, cleanup, freePort, launchChromium, launchPersistent, startRelay, step as say } from './harness.mjs'
 
 const [relayBin, dist, artifacts] = process.argv.slice(2)
 if (!relayBin || !dist || !artifacts) {
@@ -31,13 +32,6 @@ const MiB = 1024 * 1024
 const work = mkdtempSync(join(tmpdir(), 'cairn-e2e-'))
 atExit(() => rmSync(work, { recursive: true, force: true }))
 mkdirSync(artifacts, { recursive: true })
-
-function file (name, size) {
-  const path = join(work, name)
-  const bytes = randomBytes(size)
-  writeFileSync(path, bytes)
-  return { path, name, size, sha256: createHash('sha256').update(bytes).digest('hex') }
-}
 
 /** A `gib` GiB file written in 1 MiB pieces, never held whole: a random MiB with a counter at
  * every 256 KiB, so that no two chunks are alike (and nothing deduplicates). */
@@ -51,10 +45,6 @@ function hugeFile (name, gib) {
   }
   closeSync(fd)
   return { path, name, size: gib * 1024 * MiB }
-}
-
-function assert (ok, what) {
-  if (!ok) throw new Error(`assertion failed: ${what}`)
 }
 
 /** A gateway in front of `upstream` (a relay's HTTP), CORS-open; `tamper` flips a byte of every block. */
@@ -80,50 +70,8 @@ async function testGateway (upstream, tamper) {
   return `http://127.0.0.1:${port}`
 }
 
-async function open (context, url, name) {
-  const page = await context.newPage()
-  const log = capture(page)
-  await page.goto(url)
-  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 })
-    .catch((e) => { throw new Error(`${name}: the app did not start: ${e.message}\n${log.join('\n')}`) })
-  return { page, log, name }
-}
-
 async function shot ({ page }, what) {
   await page.screenshot({ path: join(artifacts, `${what}.png`), fullPage: true })
-}
-
-async function add (p, f) {
-  const before = await p.page.locator('#files li[data-cid]').count()
-  await p.page.setInputFiles('#file', f.path)
-  await p.page.waitForFunction((n) => document.querySelectorAll('#files li[data-cid]').length > n ||
-    document.querySelector('#files li.error'), before, { timeout: 300_000 })
-    .catch(async (e) => {
-      const state = await p.page.locator('#files li').first().textContent().catch(() => '?')
-      throw new Error(`${p.name}: adding ${f.name} did not finish: ${e.message}: ${state}\n${p.log.join('\n')}`)
-    })
-  const failed = await p.page.locator('#files li.error').first().textContent({ timeout: 100 }).catch(() => null)
-  if (failed) throw new Error(`${p.name}: adding ${f.name} failed: ${failed}`)
-  const li = p.page.locator('#files li[data-cid]').first()
-  return { cid: await li.getAttribute('data-cid'), link: await li.locator('.share').getAttribute('href') }
-}
-
-/** Waits for the transfer to end; returns its last progress, or throws with the app's error. */
-async function transferEnds (p, want = 'done') {
-  await p.page.waitForSelector('#transfer[data-state="done"], #transfer[data-state="error"], #transfer[data-state="cancelled"]', { timeout: 300_000 })
-  const state = await p.page.getAttribute('#transfer', 'data-state')
-  const error = await p.page.locator('#fetch-error').textContent()
-  if (state !== want) throw new Error(`${p.name}: the transfer ended ${state}, expected ${want}: ${error}\n${p.log.slice(-20).join('\n')}`)
-  return { last: await p.page.evaluate(() => window.cairnApp.last), error }
-}
-
-/** The downloadable result's length and SHA-256, computed in the page. */
-async function downloaded (p) {
-  return p.page.evaluate(async () => {
-    const bytes = await (await fetch(document.getElementById('download').href)).arrayBuffer()
-    const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))
-    return { size: bytes.byteLength, sha256: [...digest].map((b) => b.toString(16).padStart(2, '0')).join('') }
-  })
 }
 
 try {
@@ -140,9 +88,9 @@ try {
   const a = await open(ctxA, origin, 'A')
   const status = await a.page.locator('#node-status').textContent()
   assert(await a.page.getAttribute('#node-status', 'data-state') === 'ready', `A connected: ${status}`)
-  const f32 = file('thirty-two.bin', 32 * MiB)
+  const f32 = randomFile(work, 'thirty-two.bin', 32 * MiB)
   const shared = await add(a, f32)
-  const empty = await add(a, file('empty.txt', 0))
+  const empty = await add(a, randomFile(work, 'empty.txt', 0))
   assert(empty.cid === 'bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku', `the empty file's CID is IPFS's: ${empty.cid}`)
   await shot(a, '01-a-added')
 
@@ -158,7 +106,7 @@ try {
   step(`B got ${got.last.blocksDone} blocks from peers`)
 
   step('B reloads in the middle of a 128 MiB transfer')
-  const f128 = file('big.bin', 128 * MiB)
+  const f128 = randomFile(work, 'big.bin', 128 * MiB)
   const big = await add(a, f128)
   await b.page.goto(big.link)
   await b.page.waitForFunction(() => (window.cairnApp?.last?.blocksDone ?? 0) >= 100, null, { timeout: 300_000, polling: 20 })
@@ -178,7 +126,7 @@ try {
 
   step('content only a gateway has: through the gateway source, and refused when tampered with')
   const store = join(work, 'gateway-store')
-  const gf = file('gateway.bin', 5 * MiB + 3)
+  const gf = randomFile(work, 'gateway.bin', 5 * MiB + 3)
   const gcid = execFileSync(relayBin, ['add', gf.path, '--store', store]).toString().trim()
   const http2 = `127.0.0.1:${await freePort()}`
   await startRelay(relayBin, http2, ['--store', store, '--identity', join(work, 'store.key')])

@@ -10,13 +10,13 @@
 //   completes through the relay, and the app says it is relayed, and why.
 // - Interop: a js-libp2p browser node with @libp2p/webrtc (webrtc-peer.js, bundled with
 //   esbuild) and cairn pages connect over /webrtc both ways, and ping each other over it.
-import { createHash, randomBytes } from 'node:crypto'
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import * as esbuild from 'esbuild'
+import { addFile as add, assert, downloaded, openApp as open, randomFile, transferEnds } from './app.mjs'
 import { WEBRTC_FLAGS, atExit, capture, cleanup, freePort, launchChromium, relayBytes, startRelay, step as say } from './harness.mjs'
 
 const [relayBin, dist, artifacts] = process.argv.slice(2)
@@ -30,53 +30,6 @@ const MiB = 1024 * 1024
 const work = mkdtempSync(join(tmpdir(), 'cairn-webrtc-'))
 atExit(() => rmSync(work, { recursive: true, force: true }))
 mkdirSync(artifacts, { recursive: true })
-
-function assert (ok, what) {
-  if (!ok) throw new Error(`assertion failed: ${what}`)
-}
-
-function file (name, size) {
-  const path = join(work, name)
-  const bytes = randomBytes(size)
-  writeFileSync(path, bytes)
-  return { path, name, size, sha256: createHash('sha256').update(bytes).digest('hex') }
-}
-
-async function open (context, url, name) {
-  const page = await context.newPage()
-  const log = capture(page)
-  await page.goto(url)
-  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 })
-    .catch((e) => { throw new Error(`${name}: the app did not start: ${e.message}\n${log.join('\n')}`) })
-  return { page, log, name }
-}
-
-async function add (p, f) {
-  const before = await p.page.locator('#files li[data-cid]').count()
-  await p.page.setInputFiles('#file', f.path)
-  await p.page.waitForFunction((n) => document.querySelectorAll('#files li[data-cid]').length > n ||
-    document.querySelector('#files li.error'), before, { timeout: 300_000 })
-  const failed = await p.page.locator('#files li.error').first().textContent({ timeout: 100 }).catch(() => null)
-  if (failed) throw new Error(`${p.name}: adding ${f.name} failed: ${failed}`)
-  const li = p.page.locator('#files li[data-cid]').first()
-  return { cid: await li.getAttribute('data-cid'), link: await li.locator('.share').getAttribute('href') }
-}
-
-async function transferEnds (p) {
-  await p.page.waitForSelector('#transfer[data-state="done"], #transfer[data-state="error"]', { timeout: 300_000 })
-  const state = await p.page.getAttribute('#transfer', 'data-state')
-  const error = await p.page.locator('#fetch-error').textContent()
-  if (state !== 'done') throw new Error(`${p.name}: the transfer ended ${state}: ${error}\n${p.log.slice(-30).join('\n')}`)
-  return p.page.evaluate(() => window.cairnApp.last)
-}
-
-async function downloaded (p) {
-  return p.page.evaluate(async () => {
-    const bytes = await (await fetch(document.getElementById('download').href)).arrayBuffer()
-    const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))
-    return { size: bytes.byteLength, sha256: [...digest].map((b) => b.toString(16).padStart(2, '0')).join('') }
-  })
-}
 
 /** The peers panel's row for `peerId` once it shows `path` (the panel refreshes on a timer),
  * or as it is after 30 s: `{ path, text }`. */
@@ -95,14 +48,14 @@ try {
 
   step('A adds 64 MiB')
   const a = await open(await browser.newContext(), origin, 'A')
-  const f = file('sixty-four.bin', 64 * MiB)
+  const f = randomFile(work, 'sixty-four.bin', 64 * MiB)
   const shared = await add(a, f)
   const aId = await a.page.evaluate(() => window.cairnApp.node.peerId)
 
   step('B opens the share link: relayed first, then direct')
   const before = await relayBytes(http)
   const b = await open(await browser.newContext(), shared.link, 'B')
-  const got = await transferEnds(b)
+  const got = (await transferEnds(b)).last
   const after = await relayBytes(http)
   const dl = await downloaded(b)
   assert(dl.size === f.size && dl.sha256 === f.sha256, `B's bytes are A's: ${JSON.stringify(dl)}`)
@@ -127,11 +80,11 @@ try {
     window.RTCPeerConnection.prototype = Real.prototype
     window.RTCPeerConnection.generateCertificate = Real.generateCertificate
   })
-  const small = file('eight.bin', 8 * MiB)
+  const small = randomFile(work, 'eight.bin', 8 * MiB)
   const shared2 = await add(a, small)
   const before2 = await relayBytes(http)
   const c = await open(ctxC, shared2.link, 'C')
-  const got2 = await transferEnds(c)
+  const got2 = (await transferEnds(c)).last
   const after2 = await relayBytes(http)
   const dl2 = await downloaded(c)
   assert(dl2.sha256 === small.sha256, 'C\'s bytes are A\'s')
