@@ -17,10 +17,6 @@ use web_sys::{RtcIceCandidateInit, RtcPeerConnectionState, RtcSdpType, RtcSessio
 use super::connection::{INIT_LABEL, PeerConnection};
 use super::{Config, Error};
 
-fn browser(context: &'static str) -> impl Fn(wasm_bindgen::JsValue) -> Error {
-    move |e| Error::Browser(format!("{context}: {}", crate::js::describe(&e)))
-}
-
 fn description(kind: RtcSdpType, sdp: &str) -> RtcSessionDescriptionInit {
     let d = RtcSessionDescriptionInit::new(kind);
     d.set_sdp(sdp);
@@ -45,42 +41,76 @@ async fn write(w: &mut WriteHalf<Stream>, kind: Kind, data: String) -> Result<()
         .map_err(Error::Signal)
 }
 
+/// Reads the next message, which must be `want` (an SDP); its SDP.
+async fn expect(r: &mut ReadHalf<Stream>, want: Kind) -> Result<String, Error> {
+    let m = read(r).await?;
+    if m.kind != want {
+        let what = if want == Kind::Offer {
+            "offer"
+        } else {
+            "answer"
+        };
+        return Err(Error::Protocol(format!(
+            "expected an SDP {what}, got {:?}",
+            m.kind
+        )));
+    }
+    Ok(m.data)
+}
+
+/// Creates our offer or answer (`kind`) and makes it the local description; its SDP.
+async fn local(pc: &web_sys::RtcPeerConnection, kind: RtcSdpType) -> Result<String, Error> {
+    let (made, what) = match kind {
+        RtcSdpType::Offer => (pc.create_offer(), "offer"),
+        _ => (pc.create_answer(), "answer"),
+    };
+    let made = JsFuture::from(made).await.map_err(|e| {
+        Error::Browser(format!(
+            "cannot create an {what}: {}",
+            crate::js::describe(&e)
+        ))
+    })?;
+    let sdp = sdp_of(&made)?;
+    JsFuture::from(pc.set_local_description(&description(kind, &sdp)))
+        .await
+        .map_err(|e| {
+            Error::Browser(format!(
+                "the browser refused its own {what}: {}",
+                crate::js::describe(&e)
+            ))
+        })?;
+    Ok(sdp)
+}
+
+/// Makes the peer's offer or answer (`kind`) the remote description.
+async fn remote(pc: &web_sys::RtcPeerConnection, kind: RtcSdpType, sdp: &str) -> Result<(), Error> {
+    let what = if kind == RtcSdpType::Offer {
+        "offer"
+    } else {
+        "answer"
+    };
+    JsFuture::from(pc.set_remote_description(&description(kind, sdp)))
+        .await
+        .map_err(|e| {
+            Error::Protocol(format!(
+                "the peer's {what} was refused: {}",
+                crate::js::describe(&e)
+            ))
+        })?;
+    Ok(())
+}
+
 /// The dialer's side: offer, answer, candidates. Bound it with a timeout; dropping it closes
 /// the peer connection.
 pub(crate) async fn dial(stream: Stream, config: &Config) -> Result<PeerConnection, Error> {
     let mut pc = PeerConnection::new(config.max_connections, &config.rtc())?;
     // A data channel, so that the offer has an application section to gather ICE for.
     let init = pc.pc.create_data_channel(INIT_LABEL);
-    let offer = JsFuture::from(pc.pc.create_offer())
-        .await
-        .map_err(browser("cannot create an offer"))?;
-    let offer = sdp_of(&offer)?;
-    JsFuture::from(
-        pc.pc
-            .set_local_description(&description(RtcSdpType::Offer, &offer)),
-    )
-    .await
-    .map_err(browser("the browser refused its own offer"))?;
+    let offer = local(&pc.pc, RtcSdpType::Offer).await?;
     let (mut r, mut w) = stream.split();
     write(&mut w, Kind::Offer, offer).await?;
-    let answer = read(&mut r).await?;
-    if answer.kind != Kind::Answer {
-        return Err(Error::Protocol(format!(
-            "expected an SDP answer, got {:?}",
-            answer.kind
-        )));
-    }
-    JsFuture::from(
-        pc.pc
-            .set_remote_description(&description(RtcSdpType::Answer, &answer.data)),
-    )
-    .await
-    .map_err(|e| {
-        Error::Protocol(format!(
-            "the peer's answer was refused: {}",
-            crate::js::describe(&e)
-        ))
-    })?;
+    let answer = expect(&mut r, Kind::Answer).await?;
+    remote(&pc.pc, RtcSdpType::Answer, &answer).await?;
     exchange(&mut pc, r, w).await?;
     // It has done its work; closing it frees its id (the listener never takes it as a stream).
     init.close();
@@ -90,35 +120,10 @@ pub(crate) async fn dial(stream: Stream, config: &Config) -> Result<PeerConnecti
 /// The listener's side: takes the offer, answers, trades candidates.
 pub(crate) async fn answer(stream: Stream, config: &Config) -> Result<PeerConnection, Error> {
     let (mut r, mut w) = stream.split();
-    let offer = read(&mut r).await?;
-    if offer.kind != Kind::Offer {
-        return Err(Error::Protocol(format!(
-            "expected an SDP offer, got {:?}",
-            offer.kind
-        )));
-    }
+    let offer = expect(&mut r, Kind::Offer).await?;
     let mut pc = PeerConnection::new(config.max_connections, &config.rtc())?;
-    JsFuture::from(
-        pc.pc
-            .set_remote_description(&description(RtcSdpType::Offer, &offer.data)),
-    )
-    .await
-    .map_err(|e| {
-        Error::Protocol(format!(
-            "the peer's offer was refused: {}",
-            crate::js::describe(&e)
-        ))
-    })?;
-    let answer = JsFuture::from(pc.pc.create_answer())
-        .await
-        .map_err(browser("cannot create an answer"))?;
-    let answer = sdp_of(&answer)?;
-    JsFuture::from(
-        pc.pc
-            .set_local_description(&description(RtcSdpType::Answer, &answer)),
-    )
-    .await
-    .map_err(browser("the browser refused its own answer"))?;
+    remote(&pc.pc, RtcSdpType::Offer, &offer).await?;
+    let answer = local(&pc.pc, RtcSdpType::Answer).await?;
     write(&mut w, Kind::Answer, answer).await?;
     exchange(&mut pc, r, w).await?;
     Ok(pc)

@@ -20,7 +20,7 @@ mod handshake;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -120,9 +120,13 @@ struct Shared {
 pub struct Handle(Arc<Mutex<Shared>>);
 
 impl Handle {
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Gives the transport the swarm's stream control, for signalling streams.
     pub fn attach(&self, control: libp2p_stream::Control) {
-        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.shared();
         s.control = Some(control);
         if let Some(w) = s.waker.take() {
             w.wake();
@@ -130,11 +134,7 @@ impl Handle {
     }
 
     fn control(&self) -> Option<libp2p_stream::Control> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .control
-            .clone()
+        self.shared().control.clone()
     }
 }
 
@@ -213,14 +213,7 @@ impl libp2p::core::Transport for Transport {
             listener_id: id,
             listen_addr: addr,
         });
-        if let Some(w) = self
-            .handle
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .waker
-            .take()
-        {
+        if let Some(w) = self.handle.shared().waker.take() {
             w.wake();
         }
         Ok(())
@@ -280,7 +273,7 @@ impl libp2p::core::Transport for Transport {
                     }
                 },
                 None => {
-                    let mut s = self.handle.0.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut s = self.handle.shared();
                     s.waker = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
@@ -316,11 +309,7 @@ impl libp2p::core::Transport for Transport {
             });
         }
         // Registered by `listen_on` too, so a new listener's address goes out.
-        self.handle
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .waker = Some(cx.waker().clone());
+        self.handle.shared().waker = Some(cx.waker().clone());
         Poll::Pending
     }
 }
