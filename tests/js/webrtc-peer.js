@@ -8,6 +8,7 @@ import { identify } from '@libp2p/identify'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { ping } from '@libp2p/ping'
 import { webRTC } from '@libp2p/webrtc'
+import { byteStream } from '@libp2p/utils'
 import { webSockets } from '@libp2p/websockets'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
@@ -39,6 +40,26 @@ window.dialPeer = async (addr) => String((await node.dial(multiaddr(addr))).remo
 
 /** Pings `peerId` over an open connection; resolves with the round trip in ms. */
 window.pingPeer = async (peerId) => node.services.ping.ping(peerIdFromString(peerId))
+
+/**
+ * What js-libp2p's connection monitor does to every connection every 10 s, on the /webrtc
+ * connection to `peerId`: a ping on a new stream, then `close()` under the monitor's 5 s
+ * deadline (when that fails, the monitor drops the whole connection). `close()` sends FIN and
+ * waits for the peer's FIN_ACK or for the channel to end. Resolves with the stream's status
+ * right after `close()`: 'reset' means it ended without a FIN_ACK.
+ */
+window.monitorPing = async (peerId) => {
+  const conn = node.getConnections(peerIdFromString(peerId)).find((c) => String(c.remoteAddr).includes('/webrtc'))
+  if (!conn) throw new Error(`no /webrtc connection to ${peerId}`)
+  const signal = AbortSignal.timeout(5_000)
+  const stream = await conn.newStream('/ipfs/ping/1.0.0', { signal })
+  const bytes = byteStream(stream)
+  const ping = crypto.getRandomValues(new Uint8Array(32))
+  const [, pong] = await Promise.all([bytes.write(ping, { signal }), bytes.read({ bytes: 32, signal })])
+  if (pong.subarray().some((b, i) => b !== ping[i])) throw new Error('the pong differs from the ping')
+  await stream.close({ signal })
+  return stream.status
+}
 
 /** The open connections to `peerId`: their remote addresses. */
 window.connectionsTo = (peerId) => node.getConnections(peerIdFromString(peerId)).map((c) => String(c.remoteAddr))

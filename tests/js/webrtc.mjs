@@ -9,7 +9,8 @@
 // - C cannot make a direct connection (its ICE is blocked: no candidates): the transfer
 //   completes through the relay, and the app says it is relayed, and why.
 // - Interop: a js-libp2p browser node with @libp2p/webrtc (webrtc-peer.js, bundled with
-//   esbuild) and cairn pages connect over /webrtc both ways, and ping each other over it.
+//   esbuild) and cairn pages connect over /webrtc both ways, ping each other over it, and
+//   the connections outlive js-libp2p's connection monitor (cairn answers FIN with FIN_ACK).
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { tmpdir } from 'node:os'
@@ -134,7 +135,10 @@ try {
   // cairn closed the relayed connection: what js and cairn exchanged went over /webrtc.
   await j.waitForFunction((p) => window.connectionsTo(p).every((c) => c.includes('/webrtc')), dId, { timeout: 15_000 })
     .catch(async () => { throw new Error(`the relayed connection to cairn stayed open: ${await j.evaluate((p) => window.connectionsTo(p), dId)}; cairn: ${JSON.stringify(await d.page.evaluate(() => window.cairnApp.node.peers()))}`) })
-  step(`cairn → js-libp2p: direct; js pinged cairn in ${rtt1} ms, and cairn pinged js`)
+  const closed1 = await j.evaluate((p) => window.monitorPing(p), dId)
+    .catch((err) => { throw new Error(`js-libp2p's connection-monitor ping to cairn failed (it would drop the connection): ${err.message}`) })
+  assert(closed1 !== 'reset', `js-libp2p's close() ended on cairn's FIN_ACK, before the stream ended: ${closed1}`)
+  step(`cairn → js-libp2p: direct; js pinged cairn in ${rtt1} ms, and cairn pinged js; cairn acknowledged js's FIN`)
 
   // js-libp2p dials cairn.
   const e = await open(await browser.newContext(), origin, 'E')
@@ -146,12 +150,18 @@ try {
   assert(remote.includes('/webrtc'), `js-libp2p's connection to cairn is /webrtc: ${remote}`)
   const rtt2 = await j.evaluate((p) => window.pingPeer(p), eId)
   await e.page.waitForFunction((p) => window.cairnApp.node.peers().some((x) => x.peerId === p && x.direct && x.rttMs !== undefined), js.peerId, { timeout: 30_000 })
+  const closed2 = await j.evaluate((p) => window.monitorPing(p), eId)
+    .catch((err) => { throw new Error(`js-libp2p's connection-monitor ping to cairn failed (it would drop the connection): ${err.message}`) })
+  assert(closed2 !== 'reset', `js-libp2p's close() ended on cairn's FIN_ACK, before the stream ended: ${closed2}`)
   // The relayed connection js-libp2p dialed is its own to close (it keeps it); the direct one
-  // must stay up.
-  await new Promise((resolve) => setTimeout(resolve, 12_000))
-  const later = await j.evaluate((p) => window.connectionsTo(p), eId)
-  assert(later.some((c) => c.includes('/webrtc')), `the /webrtc connection is still open 12 s later: ${later}`)
-  step(`js-libp2p → cairn: direct; js pinged cairn in ${rtt2} ms, and cairn pinged js`)
+  // must stay up through js-libp2p's connection monitor (a ping every 10 s on each
+  // connection, which drops the connection when one fails), so past two of its rounds.
+  await new Promise((resolve) => setTimeout(resolve, 21_000))
+  for (const [who, id] of [['E', eId], ['D', dId]]) {
+    const later = await j.evaluate((p) => window.connectionsTo(p), id)
+    assert(later.some((c) => c.includes('/webrtc')), `js-libp2p's /webrtc connection to ${who} is still open 21 s later: ${later}`)
+  }
+  step(`js-libp2p → cairn: direct; js pinged cairn in ${rtt2} ms, and cairn pinged js; both connections outlived js-libp2p's monitor`)
   step('bad signalling: no answer, a reset mid-handshake, an oversized frame, a wrong message')
   for (const [mode, want] of [['silent', /no direct connection within/], ['reset', /signalling failed|no direct connection/], ['garbage', /exceeds the 16384-byte limit/], ['wrong', /expected an SDP answer/]]) {
     const addr = await j.evaluate(([r, m]) => window.startMisbehaving(r, m), [relayAddr, mode])

@@ -14,6 +14,7 @@ pub mod node;
 pub mod perf;
 pub mod routing_v1;
 pub mod webrtc_signal;
+pub mod webrtc_stream;
 
 pub use behaviour::{Behaviour, CasConfig};
 

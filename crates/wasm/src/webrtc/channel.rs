@@ -8,15 +8,29 @@
 //!
 //! Data channels have no receive-side flow control; what arrives waits in a buffer of at most
 //! [`READ_MAX`] bytes, past which the channel fails (the stream is reset) rather than grow.
+//!
+//! What arrives is put back together into whole frames first (js-libp2p sends a frame's
+//! length and body as two messages), so that two things the framing layer
+//! (libp2p-webrtc-utils 0.4) does not do are done here, as each frame arrives: a FIN is
+//! answered with a FIN_ACK, and a FIN_ACK is kept from the framing layer, which would take it
+//! for a FIN ([`cairn_p2p::webrtc_stream`]). A frame announced over 16 KiB fails the channel.
+//!
+//! Every event also wakes the connection's task, not only the stream's reader: a protocol
+//! handler may start reading a stream without polling it (libp2p-ping re-arms its inbound
+//! ping so), and then only a wake of the whole connection gets the read going. Over yamux
+//! that comes for free, since all streams share one socket; here each stream has its own.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use cairn_p2p::webrtc_stream::{Deframer, FIN_ACK_FRAME, Flag};
+use futures::task::AtomicWaker;
 use futures::{AsyncRead, AsyncWrite};
 use libp2p_webrtc_utils::MAX_MSG_LEN;
 use wasm_bindgen::prelude::*;
@@ -29,14 +43,17 @@ pub(crate) const WRITE_LOW: u32 = 256 * 1024;
 /// Unread bytes past which the channel fails.
 pub(crate) const READ_MAX: usize = 16 * 1024 * 1024;
 
-#[derive(Default)]
 struct State {
     read: VecDeque<Bytes>,
     buffered: usize,
-    overloaded: bool,
+    /// Why the channel can no longer be read (the peer broke the protocol or overran us).
+    failed: Option<String>,
+    deframer: Deframer,
     closed: bool,
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
+    /// The task of the connection the channel belongs to.
+    task: Arc<AtomicWaker>,
 }
 
 impl State {
@@ -47,6 +64,14 @@ impl State {
         {
             w.wake();
         }
+        self.task.wake();
+    }
+
+    fn fail(&mut self, why: &str) {
+        self.failed.get_or_insert_with(|| why.to_owned());
+        self.read.clear();
+        self.buffered = 0;
+        self.wake_all();
     }
 }
 
@@ -71,37 +96,69 @@ impl Drop for Inner {
 pub(crate) struct DataChannel(Rc<Inner>);
 
 impl DataChannel {
-    pub(crate) fn new(dc: RtcDataChannel) -> Self {
+    /// Wraps `dc`; its events also wake `task` (the connection's).
+    pub(crate) fn new(dc: RtcDataChannel, task: Arc<AtomicWaker>) -> Self {
         dc.set_binary_type(RtcDataChannelType::Arraybuffer);
         dc.set_buffered_amount_low_threshold(WRITE_LOW);
-        let state = Rc::new(RefCell::new(State::default()));
+        let state = Rc::new(RefCell::new(State {
+            read: VecDeque::new(),
+            buffered: 0,
+            failed: None,
+            deframer: Deframer::default(),
+            closed: false,
+            read_waker: None,
+            write_waker: None,
+            task,
+        }));
         let wake = |state: &Rc<RefCell<State>>| {
             let state = state.clone();
             Closure::<dyn FnMut(Event)>::new(move |_: Event| state.borrow_mut().wake_all())
         };
         let on_message = {
             let state = state.clone();
+            let dc = dc.clone();
             Closure::<dyn FnMut(Event)>::new(move |ev: Event| {
                 let Ok(ev) = ev.dyn_into::<MessageEvent>() else {
                     return;
                 };
                 let data = ev.data();
+                let mut s = state.borrow_mut();
                 let Some(buf) = data.dyn_ref::<js_sys::ArrayBuffer>() else {
-                    // A string message: not part of the protocol.
-                    let mut s = state.borrow_mut();
-                    s.overloaded = true;
-                    s.wake_all();
+                    s.fail("the peer sent a text message, which is not part of the protocol");
                     return;
                 };
-                let bytes = js_sys::Uint8Array::new(buf).to_vec();
-                let mut s = state.borrow_mut();
-                if s.buffered + bytes.len() > READ_MAX {
-                    s.overloaded = true;
-                } else {
-                    s.buffered += bytes.len();
-                    s.read.push_back(Bytes::from(bytes));
+                let bytes = Bytes::from(js_sys::Uint8Array::new(buf).to_vec());
+                let State {
+                    deframer,
+                    read,
+                    buffered,
+                    ..
+                } = &mut *s;
+                let mut over = false;
+                let framed = deframer.push(bytes, |frame| {
+                    match cairn_p2p::webrtc_stream::flag(&frame) {
+                        // Our FIN arrived; nothing for the framing layer.
+                        Some(Flag::FinAck) => return,
+                        // The peer's: acknowledged now, read as the end of the stream below.
+                        // A channel that can no longer send ends soon, which the peer also
+                        // takes as acknowledged.
+                        Some(Flag::Fin) => {
+                            let _ = dc.send_with_u8_array(&FIN_ACK_FRAME);
+                        }
+                        _ => {}
+                    }
+                    *buffered += frame.len();
+                    over |= *buffered > READ_MAX;
+                    read.push_back(frame);
+                });
+                match framed {
+                    Err(e) => s.fail(&e.to_string()),
+                    Ok(()) if over => s.fail(&format!(
+                        "the peer sent more than {} MiB that was not read yet",
+                        READ_MAX >> 20
+                    )),
+                    Ok(()) => s.wake_all(),
                 }
-                s.wake_all();
             })
         };
         let on_close = {
@@ -128,14 +185,8 @@ impl DataChannel {
     /// Ready once the channel is open; an error once it closed or was overrun.
     fn poll_ready(&self, cx: &mut Context<'_>, reading: bool) -> Poll<io::Result<()>> {
         let mut s = self.0.state.borrow_mut();
-        if s.overloaded {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "the peer sent more than {} MiB that was not read yet, or a text message",
-                    READ_MAX >> 20
-                ),
-            )));
+        if let Some(why) = &s.failed {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why.clone())));
         }
         // What arrived before a close can still be read.
         let unread = reading && !s.read.is_empty();

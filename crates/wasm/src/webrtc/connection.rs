@@ -8,11 +8,13 @@
 
 use std::cell::Cell;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use futures::StreamExt;
 use futures::channel::mpsc;
 use futures::stream::FuturesUnordered;
+use futures::task::AtomicWaker;
 use libp2p::core::muxing::{StreamMuxer, StreamMuxerEvent};
 use send_wrapper::SendWrapper;
 use wasm_bindgen::prelude::*;
@@ -165,6 +167,8 @@ impl futures::AsyncWrite for Stream {
 #[allow(missing_debug_implementations)] // wraps browser objects
 pub struct Connection {
     pc: SendWrapper<PeerConnection>,
+    /// Woken by every data channel's events (see [`DataChannel`]).
+    task: Arc<AtomicWaker>,
     drop_listeners: FuturesUnordered<DropListener>,
     idle_waker: Option<Waker>,
 }
@@ -174,13 +178,15 @@ impl Connection {
     pub(crate) fn new(pc: PeerConnection) -> Self {
         Self {
             pc: SendWrapper::new(pc),
+            task: Arc::new(AtomicWaker::new()),
             drop_listeners: FuturesUnordered::new(),
             idle_waker: None,
         }
     }
 
     fn stream(&mut self, dc: RtcDataChannel) -> Stream {
-        let (stream, listener) = libp2p_webrtc_utils::Stream::new(DataChannel::new(dc));
+        let (stream, listener) =
+            libp2p_webrtc_utils::Stream::new(DataChannel::new(dc, self.task.clone()));
         self.drop_listeners.push(SendWrapper::new(listener));
         if let Some(w) = self.idle_waker.take() {
             w.wake();
@@ -228,6 +234,7 @@ impl StreamMuxer for Connection {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<StreamMuxerEvent, Error>> {
+        self.task.register(cx.waker());
         // A connection the browser gave up on ends here, so the swarm drops it.
         while let Poll::Ready(Some(())) = self.pc.events.state.poll_next_unpin(cx) {}
         if let Some(e) = self.failed() {
