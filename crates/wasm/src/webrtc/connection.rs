@@ -75,10 +75,15 @@ impl PeerConnection {
         let (mut cand_tx, candidates) = mpsc::channel(cairn_p2p::webrtc_signal::MAX_CANDIDATES);
         let on_candidate = Closure::<dyn FnMut(RtcPeerConnectionIceEvent)>::new(
             move |ev: RtcPeerConnectionIceEvent| {
-                let json = ev
-                    .candidate()
-                    .and_then(|c| js_sys::JSON::stringify(&c.to_json()).ok())
-                    .and_then(|s| s.as_string());
+                let json = match ev.candidate() {
+                    // An end-of-generation marker: not a candidate, and not to be sent
+                    // (an empty candidate stops js-libp2p reading).
+                    Some(c) if c.candidate().is_empty() => return,
+                    Some(c) => js_sys::JSON::stringify(&c.to_json())
+                        .ok()
+                        .and_then(|s| s.as_string()),
+                    None => None,
+                };
                 let _ = cand_tx.try_send(json);
             },
         );

@@ -142,13 +142,29 @@ async fn exchange(
     let send = async {
         // The end of our candidates is not sent: js-libp2p takes no word for it (an empty
         // candidate stops its reading), and ICE does not need one.
-        while let Some(Some(c)) = candidates.next().await {
-            if write(&mut w, Kind::Candidate, c).await.is_err() {
-                break;
+        let mut sent = 0;
+        loop {
+            match candidates.next().await {
+                Some(Some(c)) => {
+                    sent += 1;
+                    if write(&mut w, Kind::Candidate, c).await.is_err() {
+                        break;
+                    }
+                }
+                // Without a single local candidate ICE has no pair to try: say so now
+                // rather than at the timeout.
+                Some(None) if sent == 0 => {
+                    return Err(Error::Ice(
+                        "this browser gathered no ICE candidates (its RTCPeerConnection \
+                         configuration allows none: check iceServers and iceTransportPolicy)"
+                            .into(),
+                    ));
+                }
+                Some(None) | None => break,
             }
         }
         // The peer may close the stream once it is connected: nothing more to send then.
-        futures::future::pending::<()>().await;
+        futures::future::pending::<Result<(), Error>>().await
     };
     let receive = async {
         let mut taken = 0;
@@ -193,7 +209,7 @@ async fn exchange(
     let outcome = futures::select! {
         r = connected.fuse() => r,
         r = receive.fuse() => r,
-        () = send.fuse() => Ok(()),
+        r = send.fuse() => r,
     };
     outcome?;
     // Signalling is over: the stream is closed, as the spec says.
