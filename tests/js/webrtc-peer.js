@@ -46,7 +46,8 @@ window.pingPeer = async (peerId) => node.services.ping.ping(peerIdFromString(pee
  * connection to `peerId`: a ping on a new stream, then `close()` under the monitor's 5 s
  * deadline (when that fails, the monitor drops the whole connection). `close()` sends FIN and
  * waits for the peer's FIN_ACK or for the channel to end. Resolves with the stream's status
- * right after `close()`: 'reset' means it ended without a FIN_ACK.
+ * right after `close()` ('reset' means it ended without a FIN_ACK) and whether the peer then
+ * ended the stream within 5 s.
  */
 window.monitorPing = async (peerId) => {
   const conn = node.getConnections(peerIdFromString(peerId)).find((c) => String(c.remoteAddr).includes('/webrtc'))
@@ -58,7 +59,13 @@ window.monitorPing = async (peerId) => {
   const [, pong] = await Promise.all([bytes.write(ping, { signal }), bytes.read({ bytes: 32, signal })])
   if (pong.subarray().some((b, i) => b !== ping[i])) throw new Error('the pong differs from the ping')
   await stream.close({ signal })
-  return stream.status
+  const closeStatus = stream.status
+  // Then the peer ends its side once it reads the FIN (its ping handler stops).
+  const ended = ['closed', 'reset', 'aborted'].includes(stream.status) || await new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), 5_000)
+    stream.addEventListener('close', () => { clearTimeout(timer); resolve(true) }, { once: true })
+  })
+  return { closeStatus, ended }
 }
 
 /** The open connections to `peerId`: their remote addresses. */

@@ -139,7 +139,8 @@ try {
     .catch(async () => { throw new Error(`the relayed connection to cairn stayed open: ${await j.evaluate((p) => window.connectionsTo(p), dId)}; cairn: ${JSON.stringify(await d.page.evaluate(() => window.cairnApp.node.peers()))}`) })
   const closed1 = await j.evaluate((p) => window.monitorPing(p), dId)
     .catch((err) => { throw new Error(`js-libp2p's connection-monitor ping to cairn failed (it would drop the connection): ${err.message}`) })
-  assert(closed1 !== 'reset', `js-libp2p's close() ended on cairn's FIN_ACK, before the stream ended: ${closed1}`)
+  assert(closed1.closeStatus !== 'reset', `js-libp2p's close() ended on cairn's FIN_ACK, before the stream ended: ${closed1.closeStatus}`)
+  assert(closed1.ended, 'cairn then ended the stream (it read the FIN and let the channel go)')
   step(`cairn → js-libp2p: direct; js pinged cairn in ${rtt1} ms, and cairn pinged js; cairn acknowledged js's FIN`)
 
   // js-libp2p dials cairn.
@@ -154,7 +155,8 @@ try {
   await e.page.waitForFunction((p) => window.cairnApp.node.peers().some((x) => x.peerId === p && x.direct && x.rttMs !== undefined), js.peerId, { timeout: 30_000 })
   const closed2 = await j.evaluate((p) => window.monitorPing(p), eId)
     .catch((err) => { throw new Error(`js-libp2p's connection-monitor ping to cairn failed (it would drop the connection): ${err.message}`) })
-  assert(closed2 !== 'reset', `js-libp2p's close() ended on cairn's FIN_ACK, before the stream ended: ${closed2}`)
+  assert(closed2.closeStatus !== 'reset', `js-libp2p's close() ended on cairn's FIN_ACK, before the stream ended: ${closed2.closeStatus}`)
+  assert(closed2.ended, 'cairn then ended the stream (it read the FIN and let the channel go)')
   // The relayed connection js-libp2p dialed is its own to close (it keeps it); the direct one
   // must stay up through js-libp2p's connection monitor (a ping every 10 s on each
   // connection, which drops the connection when one fails), so past two of its rounds.
