@@ -194,7 +194,7 @@ mod tests {
         );
         assert_eq!(
             deframe(&[&[0xff], &[0xff], &[0xff]]),
-            Err(TooLong((1 << 21) - 1 | 1 << 21))
+            Err(TooLong((1 << 22) - 1))
         );
     }
 
