@@ -43,6 +43,7 @@ pub(crate) const WRITE_LOW: u32 = 256 * 1024;
 /// Unread bytes past which the channel fails.
 pub(crate) const READ_MAX: usize = 16 * 1024 * 1024;
 
+#[derive(Default)]
 struct State {
     read: VecDeque<Bytes>,
     buffered: usize,
@@ -101,14 +102,8 @@ impl DataChannel {
         dc.set_binary_type(RtcDataChannelType::Arraybuffer);
         dc.set_buffered_amount_low_threshold(WRITE_LOW);
         let state = Rc::new(RefCell::new(State {
-            read: VecDeque::new(),
-            buffered: 0,
-            failed: None,
-            deframer: Deframer::default(),
-            closed: false,
-            read_waker: None,
-            write_waker: None,
             task,
+            ..State::default()
         }));
         let wake = |state: &Rc<RefCell<State>>| {
             let state = state.clone();

@@ -9,7 +9,7 @@
 use std::cell::Cell;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use futures::StreamExt;
 use futures::channel::mpsc;
@@ -175,7 +175,6 @@ pub struct Connection {
     /// Woken by every data channel's events (see [`DataChannel`]).
     task: Arc<AtomicWaker>,
     drop_listeners: FuturesUnordered<DropListener>,
-    idle_waker: Option<Waker>,
 }
 
 impl Connection {
@@ -185,7 +184,6 @@ impl Connection {
             pc: SendWrapper::new(pc),
             task: Arc::new(AtomicWaker::new()),
             drop_listeners: FuturesUnordered::new(),
-            idle_waker: None,
         }
     }
 
@@ -193,9 +191,8 @@ impl Connection {
         let (stream, listener) =
             libp2p_webrtc_utils::Stream::new(DataChannel::new(dc, self.task.clone()));
         self.drop_listeners.push(SendWrapper::new(listener));
-        if let Some(w) = self.idle_waker.take() {
-            w.wake();
-        }
+        // `poll` stopped polling the listeners when there were none.
+        self.task.wake();
         Stream(SendWrapper::new(stream))
     }
 
@@ -245,15 +242,8 @@ impl StreamMuxer for Connection {
         if let Some(e) = self.failed() {
             return Poll::Ready(Err(e));
         }
-        loop {
-            match self.drop_listeners.poll_next_unpin(cx) {
-                Poll::Ready(Some(_)) => {}
-                Poll::Ready(None) => {
-                    self.idle_waker = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        // With none left, `stream` wakes the task when one is added.
+        while let Poll::Ready(Some(_)) = self.drop_listeners.poll_next_unpin(cx) {}
+        Poll::Pending
     }
 }
