@@ -719,7 +719,19 @@ async fn stopping_the_relay_lets_an_answer_in_flight_finish_then_refuses_new_pee
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Stopped once the relay has read the blocks and is answering (a fixed sleep lost the
+    // race on a loaded machine: the request had not arrived yet).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !metrics_of(&relay)
+        .await
+        .contains("cairn_cas_requests_total{")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never answered the request"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     relay.shutdown().await;
     match asking.await.unwrap() {
         Ok(cairn_p2p::cas::Response::Get { blocks, .. }) => assert_eq!(blocks.len(), 7),
