@@ -40,6 +40,16 @@ async function peerRow (p, peerId, path) {
   return { path: await row.getAttribute('data-path'), text: await row.locator('td').nth(1).textContent() }
 }
 
+/** js-libp2p's connection-monitor ping from page `j` to cairn peer `id` (webrtc-peer.js):
+ * it must succeed, its `close()` must end on cairn's FIN_ACK, and cairn must then end the
+ * stream. */
+async function monitorPing (j, id) {
+  const closed = await j.evaluate((p) => window.monitorPing(p), id)
+    .catch((err) => { throw new Error(`js-libp2p's connection-monitor ping to cairn failed (it would drop the connection): ${err.message}`) })
+  assert(closed.closeStatus !== 'reset', `js-libp2p's close() ended on cairn's FIN_ACK, before the stream ended: ${closed.closeStatus}`)
+  assert(closed.ended, 'cairn then ended the stream (it read the FIN and let the channel go)')
+}
+
 try {
   step('starting the relay that serves the app')
   const http = `127.0.0.1:${await freePort()}`
@@ -137,10 +147,7 @@ try {
   // cairn closed the relayed connection: what js and cairn exchanged went over /webrtc.
   await j.waitForFunction((p) => window.connectionsTo(p).every((c) => c.includes('/webrtc')), dId, { timeout: 15_000 })
     .catch(async () => { throw new Error(`the relayed connection to cairn stayed open: ${await j.evaluate((p) => window.connectionsTo(p), dId)}; cairn: ${JSON.stringify(await d.page.evaluate(() => window.cairnApp.node.peers()))}`) })
-  const closed1 = await j.evaluate((p) => window.monitorPing(p), dId)
-    .catch((err) => { throw new Error(`js-libp2p's connection-monitor ping to cairn failed (it would drop the connection): ${err.message}`) })
-  assert(closed1.closeStatus !== 'reset', `js-libp2p's close() ended on cairn's FIN_ACK, before the stream ended: ${closed1.closeStatus}`)
-  assert(closed1.ended, 'cairn then ended the stream (it read the FIN and let the channel go)')
+  await monitorPing(j, dId)
   step(`cairn → js-libp2p: direct; js pinged cairn in ${rtt1} ms, and cairn pinged js; cairn acknowledged js's FIN`)
 
   // js-libp2p dials cairn.
@@ -153,10 +160,7 @@ try {
   assert(remote.includes('/webrtc'), `js-libp2p's connection to cairn is /webrtc: ${remote}`)
   const rtt2 = await j.evaluate((p) => window.pingPeer(p), eId)
   await e.page.waitForFunction((p) => window.cairnApp.node.peers().some((x) => x.peerId === p && x.direct && x.rttMs !== undefined), js.peerId, { timeout: 30_000 })
-  const closed2 = await j.evaluate((p) => window.monitorPing(p), eId)
-    .catch((err) => { throw new Error(`js-libp2p's connection-monitor ping to cairn failed (it would drop the connection): ${err.message}`) })
-  assert(closed2.closeStatus !== 'reset', `js-libp2p's close() ended on cairn's FIN_ACK, before the stream ended: ${closed2.closeStatus}`)
-  assert(closed2.ended, 'cairn then ended the stream (it read the FIN and let the channel go)')
+  await monitorPing(j, eId)
   // The relayed connection js-libp2p dialed is its own to close (it keeps it); the direct one
   // must stay up through js-libp2p's connection monitor (a ping every 10 s on each
   // connection, which drops the connection when one fails), so past two of its rounds.

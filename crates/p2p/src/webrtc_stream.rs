@@ -58,8 +58,9 @@ impl Deframer {
     }
 }
 
-/// Where the first frame of `buf` ends, if `buf` holds it whole.
-fn frame_end(buf: &[u8]) -> Result<Option<usize>, TooLong> {
+/// Where the first frame of `buf` ends, if `buf` holds it whole; an error if its length is
+/// over [`MAX_FRAME`].
+pub fn frame_end(buf: &[u8]) -> Result<Option<usize>, TooLong> {
     let mut len = 0u64;
     for (i, b) in buf.iter().enumerate() {
         len |= u64::from(b & 0x7f) << (7 * i);

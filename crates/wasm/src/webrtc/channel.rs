@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use cairn_p2p::webrtc_stream::{Deframer, FIN_ACK_FRAME, Flag};
+use cairn_p2p::webrtc_stream::{Deframer, FIN_ACK_FRAME, Flag, frame_end};
 use futures::task::AtomicWaker;
 use futures::{AsyncRead, AsyncWrite};
 use libp2p_webrtc_utils::MAX_MSG_LEN;
@@ -202,19 +202,6 @@ impl DataChannel {
     }
 }
 
-/// The length of the varint-framed message at the start of `buf`, if `buf` holds it whole.
-fn first_frame(buf: &[u8]) -> Option<usize> {
-    let mut len = 0usize;
-    for (i, b) in buf.iter().take(3).enumerate() {
-        len |= usize::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            let total = i + 1 + len;
-            return (total <= buf.len()).then_some(total);
-        }
-    }
-    None
-}
-
 impl AsyncRead for DataChannel {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -255,7 +242,13 @@ impl AsyncWrite for DataChannel {
                 return Poll::Pending;
             }
         }
-        let n = first_frame(buf).unwrap_or(buf.len()).min(MAX_MSG_LEN);
+        // Our framing layer hands us whole frames of at most 16 KiB; anything else goes out
+        // as it is, cut at the message limit.
+        let n = frame_end(buf)
+            .ok()
+            .flatten()
+            .unwrap_or(buf.len())
+            .min(MAX_MSG_LEN);
         self.0
             .dc
             .send_with_u8_array(&buf[..n])
