@@ -12,17 +12,32 @@ pub use ::cid::Cid;
 use multihash::Multihash;
 use sha2::Digest as _;
 
+/// Hashes computed by this process ([`HashAlg::digest`] is the only place cairn hashes
+/// block bytes): tests count them to check that every block is hashed exactly once on its
+/// way in.
+static HASHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times this process has hashed bytes so far.
+pub fn hashes() -> u64 {
+    HASHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The longest binary CID there is to read: a version, a codec and a hash code (each a
+/// varint of at most 10 bytes), a digest length and a digest of at most 64 bytes (the most
+/// the `cid` crate holds).
+pub const MAX_BINARY_LEN: usize = 1 + 10 + 10 + 1 + 64;
+
 /// Errors about CIDs.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The text is not a CID at all.
-    #[error("`{input}` is not a valid CID ({reason}); a CID looks like `bafkrei…` or `Qm…`")]
+    #[error("`{input}` is not a valid CID ({source}); a CID looks like `bafkrei…` or `Qm…`")]
     Malformed {
         /// What was given (shortened when long).
         input: String,
         /// What the parser said.
-        reason: String,
+        source: ::cid::Error,
     },
     /// A CID with a codec cairn does not handle.
     #[error("CID codec 0x{0:x} is not supported; cairn handles raw (0x55) and dag-pb (0x70)")]
@@ -103,6 +118,7 @@ impl HashAlg {
 
     /// Hashes `data` into a multihash.
     pub fn digest(self, data: &[u8]) -> Multihash<64> {
+        HASHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let digest: [u8; 32] = match self {
             HashAlg::Sha2_256 => sha2::Sha256::digest(data).into(),
             HashAlg::Blake3 => *blake3::hash(data).as_bytes(),
@@ -142,9 +158,9 @@ pub fn of(codec: Codec, hash: HashAlg, data: &[u8]) -> Cid {
 /// Accepts CIDv1 in any multibase and CIDv0 (`Qm…`).
 pub fn parse(input: &str) -> Result<Cid> {
     let trimmed = input.trim();
-    let cid = Cid::try_from(trimmed).map_err(|e| Error::Malformed {
+    let cid = Cid::try_from(trimmed).map_err(|source| Error::Malformed {
         input: shorten(trimmed),
-        reason: e.to_string(),
+        source,
     })?;
     check(&cid)?;
     Ok(cid)

@@ -7,6 +7,8 @@
 pub mod block;
 pub mod cid;
 pub mod dag;
+pub mod error;
+pub mod live;
 pub mod pin;
 pub mod protobuf;
 pub mod rt;
@@ -19,7 +21,29 @@ pub mod varint;
 
 pub use crate::block::Block;
 pub use crate::cid::{Cid, Codec, HashAlg};
-pub use blockstore::cond_send::{CondSend, CondSync};
+pub use crate::error::Reason;
+
+/// `Send` natively; nothing in the browser, where futures and handles are not `Send`.
+#[cfg(not(wasm_browser))]
+pub trait CondSend: Send {}
+#[cfg(not(wasm_browser))]
+impl<T: Send> CondSend for T {}
+/// `Send` natively; nothing in the browser, where futures and handles are not `Send`.
+#[cfg(wasm_browser)]
+pub trait CondSend {}
+#[cfg(wasm_browser)]
+impl<T> CondSend for T {}
+
+/// `Send + Sync` natively; nothing in the browser.
+#[cfg(not(wasm_browser))]
+pub trait CondSync: Send + Sync {}
+#[cfg(not(wasm_browser))]
+impl<T: Send + Sync> CondSync for T {}
+/// `Send + Sync` natively; nothing in the browser.
+#[cfg(wasm_browser)]
+pub trait CondSync {}
+#[cfg(wasm_browser)]
+impl<T> CondSync for T {}
 
 /// The largest block cairn creates, stores or accepts: 2 MiB, the IPFS/bitswap convention.
 pub const MAX_BLOCK_SIZE: usize = 2 * 1024 * 1024;

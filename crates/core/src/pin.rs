@@ -50,14 +50,30 @@ pub struct Evicted {
 }
 
 /// Deletes blocks that no root in `keep` reaches until the store holds at most
-/// `target_bytes` (or nothing unprotected is left). `keep` is the pinned roots plus any
-/// root the caller is using right now. Returns what was deleted.
-pub async fn evict<S: BlockStore>(store: &S, keep: &[Cid], target_bytes: u64) -> Result<Evicted> {
+/// `target_bytes` (or nothing unprotected is left). `keep` gives the pinned roots plus any
+/// root the caller is using right now; it is read once writers are held off, so a root
+/// pinned just before counts. Blocks a live operation holds (an import under way, a fetch:
+/// [`crate::live`]) when eviction starts, or comes to hold while it runs, are left alone
+/// too: an import pins its root before it lets go of its blocks. Returns what was deleted.
+pub async fn evict<S, K>(store: &S, keep: K, target_bytes: u64) -> Result<Evicted>
+where
+    S: BlockStore,
+    K: std::future::Future<Output = Result<Vec<Cid>>>,
+{
     let before = store.stat().await?;
     if before.bytes <= target_bytes {
         return Ok(Evicted::default());
     }
-    let protect = protected(store, keep).await?;
+    let live = crate::live::Live::global();
+    // No batch is written while eviction deletes: a block a writer has just found present
+    // stays.
+    let _deleting = live.exclusive().await;
+    // What live operations hold now, then the roots to keep: an operation that lets go of
+    // its blocks after this has pinned its root before, so one of the two protects them.
+    let held = live.held();
+    let keep = keep.await?;
+    let mut protect = protected(store, &keep).await?;
+    protect.extend(held);
     let mut deleted = 0u64;
     let mut after: Option<Cid> = None;
     'pages: loop {
@@ -65,7 +81,10 @@ pub async fn evict<S: BlockStore>(store: &S, keep: &[Cid], target_bytes: u64) ->
         let Some(last) = page.last().copied() else {
             break;
         };
-        for cid in page.iter().filter(|c| !protect.contains(c)) {
+        for cid in page
+            .iter()
+            .filter(|c| !protect.contains(c) && !live.is_held(c))
+        {
             if store.delete(cid).await? {
                 deleted += 1;
                 if store.stat().await?.bytes <= target_bytes {
@@ -113,7 +132,7 @@ mod tests {
         );
         let cache_root_len = store.get(&cache).await.unwrap().unwrap().len() as u64;
 
-        let evicted = evict(&store, &[pinned], 0).await.unwrap();
+        let evicted = evict(&store, async { Ok(vec![pinned]) }, 0).await.unwrap();
         assert_eq!(
             evicted.blocks,
             1 + 8,
@@ -136,9 +155,12 @@ mod tests {
         let store = Memory::new();
         add(&store, &file(4 << 20, 3)).await;
         let full = store.stat().await.unwrap().bytes;
-        assert_eq!(evict(&store, &[], full).await.unwrap(), Evicted::default());
+        assert_eq!(
+            evict(&store, async { Ok(vec![]) }, full).await.unwrap(),
+            Evicted::default()
+        );
 
-        let evicted = evict(&store, &[], full / 2).await.unwrap();
+        let evicted = evict(&store, async { Ok(vec![]) }, full / 2).await.unwrap();
         let now = store.stat().await.unwrap().bytes;
         assert!(now <= full / 2, "{now} bytes left, budget {}", full / 2);
         assert!(now > 0, "it deleted more than it needed to");
@@ -154,7 +176,7 @@ mod tests {
         b.extend(file(1 << 20, 6));
         let pinned = add(&store, &a).await;
         add(&store, &b).await;
-        evict(&store, &[pinned], 0).await.unwrap();
+        evict(&store, async { Ok(vec![pinned]) }, 0).await.unwrap();
         let kept = protected(&store, &[pinned]).await.unwrap();
         assert_eq!(kept.len(), 1 + 8);
         assert_eq!(store.stat().await.unwrap().blocks, 9);

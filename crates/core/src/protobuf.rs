@@ -1,8 +1,11 @@
-//! The protobuf wire format, by hand: what DAG-PB, UnixFS and bitswap messages need. Field
-//! numbers under 16 only (one-byte keys), which is all those messages use. The reader never
-//! panics and never reads past its buffer; unknown fields are skipped.
+//! The protobuf wire format: what DAG-PB, UnixFS and the WebRTC messages need. Writing is by
+//! hand (DAG-PB's field order is part of CID parity); reading goes through
+//! `quick-protobuf`'s reader, wrapped so that `bytes` fields are zero-copy slices of a
+//! shared buffer. The reader never panics and never reads past its buffer; unknown fields
+//! are skipped.
 
 use bytes::Bytes;
+use quick_protobuf::BytesReader;
 
 /// Why a protobuf message could not be decoded.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -34,39 +37,41 @@ pub fn put_uint(out: &mut Vec<u8>, field: u8, v: u64) {
 #[derive(Debug)]
 pub struct Reader<'a> {
     buf: &'a Bytes,
-    pos: usize,
+    inner: BytesReader,
     what: &'static str,
 }
 
 impl<'a> Reader<'a> {
     /// A reader over `buf`; errors name `what`.
     pub fn new(buf: &'a Bytes, what: &'static str) -> Self {
-        Self { buf, pos: 0, what }
+        Self {
+            buf,
+            inner: BytesReader::from_bytes(buf),
+            what,
+        }
+    }
+
+    fn fail(&self, e: quick_protobuf::Error) -> DecodeError {
+        use quick_protobuf::Error as E;
+        err(
+            self.what,
+            match e {
+                E::UnexpectedEndOfBuffer => "length past end",
+                E::Varint => "invalid varint",
+                E::UnknownWireType(_) | E::Deprecated(_) => "unsupported wire type",
+                _ => "malformed field",
+            },
+        )
     }
 
     /// Whether the whole buffer has been read.
     pub fn done(&self) -> bool {
-        self.pos >= self.buf.len()
+        self.inner.is_eof()
     }
 
     /// A varint.
     pub fn varint(&mut self) -> Result<u64, DecodeError> {
-        let mut v = 0u64;
-        for shift in (0..70).step_by(7) {
-            let b = *self
-                .buf
-                .get(self.pos)
-                .ok_or(err(self.what, "truncated varint"))?;
-            self.pos += 1;
-            if shift == 63 && b > 1 {
-                return Err(err(self.what, "varint overflows 64 bits"));
-            }
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(err(self.what, "varint too long"))
+        self.inner.read_varint64(self.buf).map_err(|e| self.fail(e))
     }
 
     /// The next field's number and wire type, or `None` at the end.
@@ -80,35 +85,50 @@ impl<'a> Reader<'a> {
 
     /// A length-delimited field's contents.
     pub fn bytes(&mut self) -> Result<Bytes, DecodeError> {
-        let len = self.varint()?;
-        let len = usize::try_from(len).map_err(|_| err(self.what, "length too large"))?;
-        let end = self
-            .pos
-            .checked_add(len)
-            .filter(|e| *e <= self.buf.len())
-            .ok_or(err(self.what, "length past end"))?;
-        let out = self.buf.slice(self.pos..end);
-        self.pos = end;
-        Ok(out)
+        match self.inner.read_bytes(self.buf) {
+            Ok(b) => Ok(self.buf.slice_ref(b)),
+            Err(e) => Err(self.fail(e)),
+        }
     }
 
     /// Skips a field of wire type `wire`.
     pub fn skip(&mut self, wire: u8) -> Result<(), DecodeError> {
-        match wire {
-            0 => self.varint().map(drop),
-            1 => self.fixed(8),
-            2 => self.bytes().map(drop),
-            5 => self.fixed(4),
-            _ => Err(err(self.what, "unsupported wire type")),
-        }
+        self.inner
+            .read_unknown(self.buf, u32::from(wire & 7))
+            .map_err(|e| self.fail(e))
     }
+}
 
-    /// Skips `n` bytes of a fixed-size field.
-    pub fn fixed(&mut self, n: usize) -> Result<(), DecodeError> {
-        if self.pos + n > self.buf.len() {
-            return Err(err(self.what, "truncated fixed field"));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_read_back_and_bad_input_is_refused() {
+        let mut out = Vec::new();
+        put_uint(&mut out, 1, 300);
+        put_bytes(&mut out, 2, b"abc");
+        put_uint(&mut out, 9, u64::MAX);
+        let buf = Bytes::from(out);
+        let mut r = Reader::new(&buf, "test");
+        assert_eq!(r.key().unwrap(), Some((1, 0)));
+        assert_eq!(r.varint().unwrap(), 300);
+        assert_eq!(r.key().unwrap(), Some((2, 2)));
+        assert_eq!(&r.bytes().unwrap()[..], b"abc");
+        assert_eq!(r.key().unwrap(), Some((9, 0)));
+        r.skip(0).unwrap();
+        assert_eq!(r.key().unwrap(), None);
+
+        for bad in [&[0x12, 0x05, 1][..], &[0x08, 0x80], &[0x0b], &[0x08; 1]] {
+            let buf = Bytes::copy_from_slice(bad);
+            let mut r = Reader::new(&buf, "test");
+            let out = (|| {
+                while let Some((_, wire)) = r.key()? {
+                    r.skip(wire)?;
+                }
+                Ok::<_, DecodeError>(())
+            })();
+            assert!(out.is_err(), "{bad:?}");
         }
-        self.pos += n;
-        Ok(())
     }
 }

@@ -22,3 +22,21 @@ pub async fn timeout<F: Future>(d: Duration, fut: F) -> Option<F::Output> {
         Either::Right(_) => None,
     }
 }
+
+/// Where the time comes from, for logic that waits minutes (retry windows, refresh
+/// intervals): production uses [`SystemClock`]; a test gives its own and moves it forward,
+/// so nothing is decided by how long a loaded machine took.
+pub trait Clock: crate::CondSend + crate::CondSync + 'static {
+    /// The current time.
+    fn now(&self) -> Instant;
+}
+
+/// The real clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}

@@ -1,13 +1,11 @@
-//! Unsigned LEB128 varints (the multiformats unsigned-varint), as protobuf, CAR and
-//! `/cas/1.0.0` frames write them.
+//! Unsigned varints (the multiformats unsigned-varint, LEB128), as protobuf, CAR, CID
+//! prefixes and cairn's frames write them. Writing only: every reader of varints is a
+//! library's (`unsigned-varint` for frames, `quick-protobuf` for protobuf, `cid` for CIDs).
 
 /// Appends `v` to `out` as an unsigned LEB128 varint (1 to 10 bytes).
-pub fn put(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+pub fn put(out: &mut Vec<u8>, v: u64) {
+    let mut buf = unsigned_varint::encode::u64_buffer();
+    out.extend_from_slice(unsigned_varint::encode::u64(v, &mut buf));
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::{ContentSource, Context, Local, SourceError, SourceKind};
@@ -25,15 +26,28 @@ pub struct Step {
 }
 
 /// What happened to a block found beyond the local store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum WriteBack {
     /// No write-back: the block came from the local store, or the chain has none.
     NotNeeded,
     /// Written to the local store.
     Stored,
     /// The local store refused it (for example, it is full).
-    Failed(String),
+    Failed(store::Error),
 }
+
+impl PartialEq for WriteBack {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (WriteBack::NotNeeded, WriteBack::NotNeeded)
+            | (WriteBack::Stored, WriteBack::Stored) => true,
+            (WriteBack::Failed(a), WriteBack::Failed(b)) => a.to_string() == b.to_string(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for WriteBack {}
 
 /// A successful retrieval: the block and how it was found.
 #[derive(Debug, Clone)]
@@ -86,6 +100,17 @@ pub enum ChainError {
 }
 
 impl ChainError {
+    /// What the failure comes down to (see [`super::Failure`]).
+    pub fn failure(&self) -> super::Failure {
+        match self {
+            ChainError::Cancelled { .. } => super::Failure::Cancelled,
+            ChainError::DeadlineExceeded { .. } => super::Failure::Timeout,
+            ChainError::NotFound { attempts, .. } => {
+                super::worst(attempts.iter().map(|a| a.error.failure()))
+            }
+        }
+    }
+
     /// What each source answered.
     pub fn attempts(&self) -> &[Attempt] {
         match self {
@@ -150,6 +175,8 @@ struct Entry {
 pub struct Chain {
     entries: Vec<Arc<Entry>>,
     write_back: Option<Arc<dyn DynStore>>,
+    /// A write-back has failed (reported once).
+    write_back_failed: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for Chain {
@@ -217,7 +244,7 @@ impl Chain {
                         Ok(b)
                     } else {
                         Block::new(*cid, b.data().clone())
-                            .map_err(|e| SourceError::Invalid(e.to_string()))
+                            .map_err(|e| SourceError::Invalid(crate::error::Reason::new(e)))
                     }
                 });
             let elapsed = started.elapsed();
@@ -234,7 +261,13 @@ impl Chain {
                         (Some(store), k) if k != SourceKind::Local => {
                             match store.put_boxed(block.clone()).await {
                                 Ok(_) => WriteBack::Stored,
-                                Err(e) => WriteBack::Failed(e.to_string()),
+                                Err(e) => {
+                                    // Said once per chain: the block is still returned.
+                                    if !self.write_back_failed.swap(true, Ordering::Relaxed) {
+                                        tracing::warn!(%cid, error = %e, "fetched blocks cannot be kept in the local store");
+                                    }
+                                    WriteBack::Failed(e)
+                                }
                             }
                         }
                         _ => WriteBack::NotNeeded,

@@ -22,7 +22,7 @@ pub struct HttpResponse {
 pub enum HttpError {
     /// Connecting or transferring failed.
     #[error("{0}")]
-    Transport(String),
+    Transport(#[source] crate::error::Reason),
     /// The body was longer than allowed.
     #[error("response body exceeds {limit} bytes")]
     TooLarge {
@@ -51,6 +51,12 @@ pub struct Gateway<H> {
     base: String,
 }
 
+/// How many times a busy gateway (503, 429) is asked again for one block.
+const BUSY_RETRIES: u32 = 8;
+
+/// A busy answer, and the error it is if the retries run out.
+struct Busy(SourceError);
+
 /// The media type of a raw block.
 pub const RAW_BLOCK: &str = "application/vnd.ipld.raw";
 
@@ -66,23 +72,53 @@ impl<H: HttpClient> Gateway<H> {
         &self.base
     }
 
+    /// GETs the block; a gateway that is only busy (503, 429) is asked again after a pause
+    /// (doubling from 20 ms to 1 s, [`BUSY_RETRIES`] times).
     async fn fetch(&self, cid: &Cid) -> Result<Block, SourceError> {
+        let mut pause = std::time::Duration::from_millis(20);
+        let mut tries = 0;
+        loop {
+            match self.fetch_once(cid).await {
+                Err(Busy(_)) if tries < BUSY_RETRIES => {
+                    tries += 1;
+                    crate::rt::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                }
+                Err(Busy(e)) => return Err(e),
+                Ok(r) => return r,
+            }
+        }
+    }
+
+    async fn fetch_once(&self, cid: &Cid) -> Result<Result<Block, SourceError>, Busy> {
         let url = format!("{}/ipfs/{cid}?format=raw", self.base);
         let resp = self
             .http
             .get(&url, RAW_BLOCK, MAX_BLOCK_SIZE)
             .await
             .map_err(|e| match e {
-                HttpError::TooLarge { .. } => SourceError::Invalid(format!(
-                    "{e}: no valid block is larger than {MAX_BLOCK_SIZE} bytes"
-                )),
+                HttpError::TooLarge { .. } => SourceError::Invalid(
+                    format!("{e}: no valid block is larger than {MAX_BLOCK_SIZE} bytes").into(),
+                ),
                 HttpError::Transport(m) => SourceError::Unavailable(m),
-            })?;
-        match resp.status {
-            200 => Block::new(*cid, resp.body).map_err(|e| SourceError::Invalid(e.to_string())),
+            });
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(match resp.status {
+            200 => Block::new(*cid, resp.body)
+                .map_err(|e| SourceError::Invalid(crate::error::Reason::new(e))),
             404 | 410 => Err(SourceError::NotFound),
-            s => Err(SourceError::Unavailable(format!("HTTP {s} from {url}"))),
-        }
+            s @ (429 | 503) => {
+                return Err(Busy(SourceError::Unavailable(
+                    format!("HTTP {s} (busy) from {url}").into(),
+                )));
+            }
+            s => Err(SourceError::Unavailable(
+                format!("HTTP {s} from {url}").into(),
+            )),
+        })
     }
 }
 

@@ -4,14 +4,14 @@
 //! order (local store → peers → IPFS → gateway, any subset), writes blocks found further down
 //! back to the local store, applies a timeout per source and the request's deadline and
 //! cancellation from the [`Context`], and reports which source served each block and how long
-//! each step took. [`PeerRace`] asks connected peers in parallel; [`Ipfs`] finds providers
-//! through content routing and asks them over bitswap (an [`IpfsNetwork`]); [`Gateway`] asks
-//! an IPFS trustless gateway over a small [`HttpClient`] trait.
+//! each step took. [`PeerSource`] races peers, connected or found through content routing,
+//! over whatever protocol a network speaks (`/cas` peers and IPFS peers over bitswap are the
+//! same design: [`FindPeers`] and [`AskPeer`]); [`Gateway`] asks an IPFS trustless gateway
+//! over a small [`HttpClient`] trait.
 
 mod chain;
 mod gateway;
-mod ipfs;
-mod race;
+mod peers;
 pub mod routing;
 
 use std::fmt;
@@ -24,11 +24,11 @@ use futures::future::Shared;
 
 pub use chain::{Attempt, Chain, ChainError, Retrieval, Step, WriteBack};
 pub use gateway::{Gateway, HttpClient, HttpError, HttpResponse, RAW_BLOCK};
-pub use ipfs::{Ipfs, IpfsNetwork};
-pub use race::{PeerClient, PeerError, PeerKey, PeerRace, RaceConfig};
+pub use peers::{AskPeer, FindPeers, LookupError, Peer, PeerError, PeerSource, RaceConfig};
 
 use crate::block::Block;
 use crate::cid::Cid;
+use crate::error::Reason;
 use crate::rt::Instant;
 use crate::store::BlockStore;
 use crate::{CondSend, CondSync};
@@ -90,13 +90,69 @@ pub enum SourceError {
     Cancelled,
     /// The source sent bytes that do not match the CID; they were discarded.
     #[error("sent invalid data: {0}")]
-    Invalid(String),
+    Invalid(#[source] Reason),
     /// The source could not be reached or failed.
     #[error("unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Reason),
+    /// Content routing found no provider that could be asked.
+    #[error("no provider of {key}: {lookup}")]
+    NoProvider {
+        /// What was looked up (boxed: CIDs are large and errors travel in `Result`s).
+        key: Box<Cid>,
+        /// What the lookup found and each routing system said.
+        lookup: LookupError,
+    },
     /// Several sub-sources (peers) were asked and all failed.
     #[error("{}", list(.0))]
     AllFailed(Vec<(String, SourceError)>),
+}
+
+/// What a failed retrieval comes down to, for callers that act on it (exit codes, the error
+/// codes JavaScript sees) rather than read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Failure {
+    /// Every source answered that it does not have the block (or there were none to ask).
+    NotFound,
+    /// A source sent bytes that do not match the CID (they were refused), and no other
+    /// source served the block.
+    InvalidData,
+    /// Sources that might have had it could not be reached, failed or timed out.
+    Unreachable,
+    /// The request's deadline passed.
+    Timeout,
+    /// The request was cancelled.
+    Cancelled,
+}
+
+impl SourceError {
+    /// What this comes down to: bad bytes over unreachable sources over plain absence.
+    pub fn failure(&self) -> Failure {
+        match self {
+            SourceError::NotFound => Failure::NotFound,
+            SourceError::Invalid(_) => Failure::InvalidData,
+            SourceError::Unavailable(_) | SourceError::Timeout(_) => Failure::Unreachable,
+            SourceError::DeadlineExceeded => Failure::Timeout,
+            SourceError::Cancelled => Failure::Cancelled,
+            SourceError::NoProvider { lookup, .. } if lookup.found == 0 => Failure::NotFound,
+            SourceError::NoProvider { .. } => Failure::Unreachable,
+            SourceError::AllFailed(v) => worst(v.iter().map(|(_, e)| e.failure())),
+        }
+    }
+}
+
+/// The failure that matters most among several sources' (none: not found).
+pub(crate) fn worst(failures: impl Iterator<Item = Failure>) -> Failure {
+    let rank = |f: Failure| match f {
+        Failure::NotFound => 0,
+        Failure::Unreachable => 1,
+        Failure::Timeout => 2,
+        Failure::InvalidData => 3,
+        Failure::Cancelled => 4,
+    };
+    failures
+        .max_by_key(|f| rank(*f))
+        .unwrap_or(Failure::NotFound)
 }
 
 fn list(items: &[(String, SourceError)]) -> String {
@@ -258,7 +314,7 @@ impl<S: BlockStore> ContentSource for Local<S> {
             match get.await {
                 Ok(Some(b)) => Ok(b),
                 Ok(None) => Err(SourceError::NotFound),
-                Err(e) => Err(SourceError::Unavailable(e.to_string())),
+                Err(e) => Err(SourceError::Unavailable(Reason::new(e))),
             }
         }
     }

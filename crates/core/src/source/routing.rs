@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use super::PeerKey;
+use super::Peer;
 use crate::CondSync;
 use crate::cid::Cid;
 
@@ -130,64 +130,134 @@ impl Reputation {
 }
 
 /// A shared table of reputations, keyed by peer.
-#[derive(Debug, Clone, Default)]
-pub struct Reputations(Arc<Mutex<HashMap<PeerKey, Reputation>>>);
+///
+/// A table made with [`Reputations::tracking`] keeps records only for peers it was told
+/// are present ([`Reputations::admit`]) and drops a peer's record ([`Reputations::forget`])
+/// when it leaves: a node keeps no state for peers it saw once, however many come and go.
+/// Results that arrive for a peer after it left are ignored.
+#[derive(Debug)]
+pub struct Reputations<P>(Arc<Mutex<Table<P>>>);
 
-impl Reputations {
-    fn lock(&self) -> MutexGuard<'_, HashMap<PeerKey, Reputation>> {
+#[derive(Debug)]
+struct Table<P> {
+    records: HashMap<P, Reputation>,
+    tracking: bool,
+}
+
+impl<P> Clone for Reputations<P> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<P: Peer> Default for Reputations<P> {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(Table {
+            records: HashMap::new(),
+            tracking: false,
+        })))
+    }
+}
+
+impl<P: Peer> Reputations<P> {
+    /// A table that records any peer it hears of (for a fixed set of peers).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A table that records only admitted peers, until they are forgotten.
+    pub fn tracking() -> Self {
+        let t = Self::default();
+        t.lock().tracking = true;
+        t
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table<P>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn update(&self, peer: &P, f: impl FnOnce(&mut Reputation)) {
+        let mut t = self.lock();
+        if t.tracking {
+            if let Some(r) = t.records.get_mut(peer) {
+                f(r);
+            }
+        } else {
+            f(t.records.entry(peer.clone()).or_default());
+        }
+    }
+
+    /// Starts keeping a record for `peer` (a tracking table ignores peers not admitted).
+    pub fn admit(&self, peer: &P) {
+        self.lock().records.entry(peer.clone()).or_default();
+    }
+
+    /// Forgets a peer: its record and content index are dropped.
+    pub fn forget(&self, peer: &P) {
+        self.lock().records.remove(peer);
+    }
+
+    /// How many peers have a record.
+    pub fn len(&self) -> usize {
+        self.lock().records.len()
+    }
+
+    /// Whether no peer has a record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// A copy of one peer's record.
-    pub fn get(&self, peer: &PeerKey) -> Reputation {
-        self.lock().get(peer).cloned().unwrap_or_default()
+    pub fn get(&self, peer: &P) -> Reputation {
+        self.lock().records.get(peer).cloned().unwrap_or_default()
     }
 
     /// Records a served block and its latency.
-    pub fn record_success(&self, peer: &PeerKey, latency: Duration) {
-        let mut t = self.lock();
-        let r = t.entry(peer.clone()).or_default();
-        r.successes += 1;
-        r.latency = Some(match r.latency {
-            // Exponential moving average, weight 1/4 on the new sample.
-            Some(old) => (old * 3 + latency) / 4,
-            None => latency,
+    pub fn record_success(&self, peer: &P, latency: Duration) {
+        self.update(peer, |r| {
+            r.successes += 1;
+            r.latency = Some(match r.latency {
+                // Exponential moving average, weight 1/4 on the new sample.
+                Some(old) => (old * 3 + latency) / 4,
+                None => latency,
+            });
         });
     }
     /// Records a "not found".
-    pub fn record_miss(&self, peer: &PeerKey) {
-        self.lock().entry(peer.clone()).or_default().misses += 1;
+    pub fn record_miss(&self, peer: &P) {
+        self.update(peer, |r| r.misses += 1);
     }
     /// Records a failure or timeout.
-    pub fn record_failure(&self, peer: &PeerKey) {
-        self.lock().entry(peer.clone()).or_default().failures += 1;
+    pub fn record_failure(&self, peer: &P) {
+        self.update(peer, |r| r.failures += 1);
     }
     /// Records wrong bytes.
-    pub fn record_lie(&self, peer: &PeerKey) {
-        self.lock().entry(peer.clone()).or_default().lies += 1;
+    pub fn record_lie(&self, peer: &P) {
+        self.update(peer, |r| r.lies += 1);
     }
     /// Sets what a peer says it holds.
-    pub fn set_index(&self, peer: &PeerKey, index: ContentIndex) {
-        self.lock().entry(peer.clone()).or_default().index = Some(index);
+    pub fn set_index(&self, peer: &P, index: ContentIndex) {
+        self.update(peer, |r| r.index = Some(index));
     }
 
     /// Notes that `peer` now holds `cid` (it announced it), in the index it sent earlier.
     /// A peer without an index needs none: it is not ranked down for lacking anything.
-    pub fn note_held(&self, peer: &PeerKey, cid: &Cid) {
-        if let Some(ix) = self.lock().get_mut(peer).and_then(|r| r.index.as_mut()) {
+    pub fn note_held(&self, peer: &P, cid: &Cid) {
+        if let Some(ix) = self
+            .lock()
+            .records
+            .get_mut(peer)
+            .and_then(|r| r.index.as_mut())
+        {
             ix.insert(cid);
         }
-    }
-    /// Forgets a peer.
-    pub fn remove(&self, peer: &PeerKey) {
-        self.lock().remove(peer);
     }
 }
 
 /// Orders the candidate peers for a CID, best first; peers left out are not asked.
 pub trait RoutingStrategy: CondSync {
     /// The peers to ask, best first.
-    fn order(&self, cid: &Cid, candidates: &[PeerKey], reputations: &Reputations) -> Vec<PeerKey>;
+    fn order<P: Peer>(&self, cid: &Cid, candidates: &[P], reputations: &Reputations<P>) -> Vec<P>;
 }
 
 /// Scores peers by trust × success rate × latency, with a bloom-filter hint; drops peers
@@ -218,8 +288,8 @@ impl Scored {
 }
 
 impl RoutingStrategy for Scored {
-    fn order(&self, cid: &Cid, candidates: &[PeerKey], reputations: &Reputations) -> Vec<PeerKey> {
-        let mut scored: Vec<(f64, PeerKey)> = candidates
+    fn order<P: Peer>(&self, cid: &Cid, candidates: &[P], reputations: &Reputations<P>) -> Vec<P> {
+        let mut scored: Vec<(f64, P)> = candidates
             .iter()
             .map(|p| (reputations.get(p), p))
             .filter(|(r, _)| r.trust() >= self.min_trust)
@@ -235,7 +305,7 @@ impl RoutingStrategy for Scored {
 pub struct InOrder;
 
 impl RoutingStrategy for InOrder {
-    fn order(&self, _: &Cid, candidates: &[PeerKey], _: &Reputations) -> Vec<PeerKey> {
+    fn order<P: Peer>(&self, _: &Cid, candidates: &[P], _: &Reputations<P>) -> Vec<P> {
         candidates.to_vec()
     }
 }
@@ -288,14 +358,8 @@ mod tests {
     fn scored_prefers_fast_honest_peers_with_the_content() {
         let cid = of(Codec::Raw, HashAlg::Sha2_256, b"x");
         let other = of(Codec::Raw, HashAlg::Sha2_256, b"y");
-        let reps = Reputations::default();
-        let (fast, slow, liar, hinted, lacking) = (
-            PeerKey::new("fast"),
-            PeerKey::new("slow"),
-            PeerKey::new("liar"),
-            PeerKey::new("hinted"),
-            PeerKey::new("lacking"),
-        );
+        let reps = Reputations::new();
+        let (fast, slow, liar, hinted, lacking) = ("fast", "slow", "liar", "hinted", "lacking");
         reps.record_success(&fast, Duration::from_millis(5));
         reps.record_success(&slow, Duration::from_millis(500));
         reps.record_success(&liar, Duration::from_millis(1));
@@ -307,7 +371,7 @@ mod tests {
         let mut lacks = ContentIndex::new(10);
         lacks.insert(&other);
         reps.set_index(&lacking, lacks);
-        let all = [&lacking, &slow, &liar, &fast, &hinted].map(Clone::clone);
+        let all = [lacking, slow, liar, fast, hinted];
         let order = Scored::default().order(&cid, &all, &reps);
         assert_eq!(order[0], hinted, "{order:?}");
         assert_eq!(order[1], fast, "{order:?}");
@@ -317,5 +381,26 @@ mod tests {
         );
         assert_eq!(order.last(), Some(&lacking), "{order:?}");
         assert_eq!(InOrder.order(&cid, &all, &reps).len(), 5);
+    }
+}
+
+#[cfg(test)]
+mod tracking_tests {
+    use super::*;
+
+    #[test]
+    fn a_tracking_table_keeps_only_present_peers() {
+        let t = Reputations::tracking();
+        t.record_success(&"gone", Duration::from_millis(5));
+        assert!(t.is_empty(), "a result for a peer not admitted is ignored");
+        t.admit(&"here");
+        t.set_index(&"here", ContentIndex::new(10));
+        t.record_lie(&"here");
+        assert_eq!(t.get(&"here").lies, 1);
+        assert_eq!(t.len(), 1);
+        t.forget(&"here");
+        assert!(t.is_empty());
+        t.record_miss(&"here");
+        assert!(t.is_empty(), "nothing comes back after the peer left");
     }
 }

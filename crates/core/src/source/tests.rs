@@ -1,24 +1,66 @@
-//! Source-chain tests with simulated peers: fast, slow, failing, hanging and lying.
+//! Source-chain tests with simulated peers: fast, slow, failing, hanging and lying. Nothing
+//! here waits on the wall clock to decide an outcome: a "slow" peer is one whose answer is
+//! held until the test releases it (or never), so a loaded machine cannot change a result.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt as _;
+use futures::future::Shared;
 
 use super::*;
 use crate::cid::{Codec, HashAlg};
 use crate::store::Memory;
 use routing::RoutingStrategy as _;
 
-#[derive(Clone, Copy, Debug)]
+/// A simulated peer's behaviour.
+#[derive(Clone, Debug)]
 enum Sim {
-    Honest(u64),
-    Lying(u64),
+    /// Answers with the block once `Gate` opens (at once for [`Gate::open`]).
+    Honest(Gate),
+    /// Answers with wrong bytes once `Gate` opens.
+    Lying(Gate),
     Failing,
     Missing,
     Hanging,
+}
+
+/// A release the test controls: a peer behind a closed gate answers only when it opens.
+#[derive(Clone)]
+struct Gate(
+    Shared<futures::channel::oneshot::Receiver<()>>,
+    Arc<Mutex<Option<futures::channel::oneshot::Sender<()>>>>,
+);
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
+}
+
+impl Gate {
+    fn closed() -> Self {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        Gate(rx.shared(), Arc::new(Mutex::new(Some(tx))))
+    }
+    fn open() -> Self {
+        let g = Self::closed();
+        g.release();
+        g
+    }
+    fn release(&self) {
+        if let Some(tx) = self.1.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+    }
+    async fn passed(&self) {
+        if self.0.clone().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -26,10 +68,13 @@ struct Counters {
     started: AtomicUsize,
     completed: AtomicUsize,
     dropped: AtomicUsize,
+    lookups: AtomicUsize,
 }
 
-struct SimClient {
-    peers: Vec<(PeerKey, Sim)>,
+/// A network of simulated peers: `at_hand` ones, and `providers` a lookup finds.
+struct SimNet {
+    peers: Vec<(&'static str, Sim)>,
+    providers: HashMap<Cid, Vec<&'static str>>,
     data: HashMap<Cid, Bytes>,
     counters: Arc<Counters>,
 }
@@ -43,28 +88,60 @@ impl Drop for Guard {
     }
 }
 
-impl PeerClient for SimClient {
-    fn candidates(&self, _: &Cid) -> Vec<PeerKey> {
-        self.peers.iter().map(|(p, _)| p.clone()).collect()
+impl FindPeers for SimNet {
+    type Peer = &'static str;
+    fn at_hand(&self, _: &Cid) -> Vec<&'static str> {
+        self.peers.iter().map(|(p, _)| *p).collect()
     }
-    fn fetch(
+    fn look_up(
         &self,
-        peer: &PeerKey,
+        key: &Cid,
+    ) -> impl Future<Output = Result<Vec<&'static str>, LookupError>> + CondSend {
+        self.counters.lookups.fetch_add(1, Ordering::SeqCst);
+        let found = self.providers.get(key).cloned().unwrap_or_default();
+        async move {
+            if found.is_empty() {
+                Err(LookupError {
+                    found: 0,
+                    answers: vec![("DHT".into(), "0 provider(s)".into())],
+                })
+            } else {
+                Ok(found)
+            }
+        }
+    }
+}
+
+impl AskPeer for SimNet {
+    type Peer = &'static str;
+    fn ask(
+        &self,
+        peer: &&'static str,
         cid: &Cid,
     ) -> impl Future<Output = Result<Bytes, PeerError>> + CondSend {
-        let sim = self.peers.iter().find(|(p, _)| p == peer).map(|(_, s)| *s);
+        let sim = self
+            .peers
+            .iter()
+            .find(|(p, _)| p == peer)
+            .map(|(_, s)| s.clone())
+            .or_else(|| {
+                self.providers
+                    .values()
+                    .any(|v| v.contains(peer))
+                    .then(|| Sim::Honest(Gate::open()))
+            });
         let data = self.data.get(cid).cloned();
         let counters = self.counters.clone();
         async move {
             counters.started.fetch_add(1, Ordering::SeqCst);
             let mut guard = Guard(counters.clone(), false);
             let out = match sim {
-                Some(Sim::Honest(ms)) => {
-                    crate::rt::sleep(Duration::from_millis(ms)).await;
+                Some(Sim::Honest(gate)) => {
+                    gate.passed().await;
                     data.ok_or(PeerError::NotFound)
                 }
-                Some(Sim::Lying(ms)) => {
-                    crate::rt::sleep(Duration::from_millis(ms)).await;
+                Some(Sim::Lying(gate)) => {
+                    gate.passed().await;
                     Ok(Bytes::from_static(b"definitely not what you asked for"))
                 }
                 Some(Sim::Failing) => Err(PeerError::Failed("connection reset".into())),
@@ -78,6 +155,34 @@ impl PeerClient for SimClient {
     }
 }
 
+/// Both halves of a [`SimNet`], shared.
+#[derive(Clone)]
+struct Sims(Arc<SimNet>);
+
+impl FindPeers for Sims {
+    type Peer = &'static str;
+    fn at_hand(&self, cid: &Cid) -> Vec<&'static str> {
+        self.0.at_hand(cid)
+    }
+    fn look_up(
+        &self,
+        key: &Cid,
+    ) -> impl Future<Output = Result<Vec<&'static str>, LookupError>> + CondSend {
+        self.0.look_up(key)
+    }
+}
+
+impl AskPeer for Sims {
+    type Peer = &'static str;
+    fn ask(
+        &self,
+        peer: &&'static str,
+        cid: &Cid,
+    ) -> impl Future<Output = Result<Bytes, PeerError>> + CondSend {
+        self.0.ask(peer, cid)
+    }
+}
+
 fn block(s: &str) -> Block {
     Block::from_data(
         Codec::Raw,
@@ -87,46 +192,69 @@ fn block(s: &str) -> Block {
     .unwrap()
 }
 
-fn client(peers: &[(&str, Sim)], blocks: &[&Block]) -> (SimClient, Arc<Counters>) {
+fn net(peers: &[(&'static str, Sim)], blocks: &[&Block]) -> (Sims, Arc<Counters>) {
+    net_with(peers, HashMap::new(), blocks)
+}
+
+fn net_with(
+    peers: &[(&'static str, Sim)],
+    providers: HashMap<Cid, Vec<&'static str>>,
+    blocks: &[&Block],
+) -> (Sims, Arc<Counters>) {
     let counters = Arc::new(Counters::default());
-    let c = SimClient {
-        peers: peers.iter().map(|(n, s)| (PeerKey::new(n), *s)).collect(),
+    let n = SimNet {
+        peers: peers.to_vec(),
+        providers,
         data: blocks
             .iter()
             .map(|b| (*b.cid(), b.data().clone()))
             .collect(),
         counters: counters.clone(),
     };
-    (c, counters)
+    (Sims(Arc::new(n)), counters)
+}
+
+/// A `/cas`-style source over `n` that does not look up.
+fn race<R: routing::RoutingStrategy>(n: Sims, strategy: R) -> PeerSource<Sims, Sims, R> {
+    PeerSource::with_strategy(SourceKind::Peers, n.clone(), n, None, strategy).config(RaceConfig {
+        look_up: false,
+        ..Default::default()
+    })
 }
 
 #[tokio::test]
-async fn race_returns_the_fastest_honest_answer_and_cancels_the_rest() {
+async fn race_returns_the_first_honest_answer_and_cancels_the_rest() {
     let b = block("hello race");
-    let (c, counters) = client(
+    let fast = Gate::closed();
+    let (n, counters) = net(
         &[
-            ("slow", Sim::Honest(400)),
-            ("liar", Sim::Lying(1)),
+            ("slow", Sim::Honest(Gate::closed())),
+            ("liar", Sim::Lying(Gate::open())),
             ("failing", Sim::Failing),
             ("hanging", Sim::Hanging),
-            ("fast", Sim::Honest(30)),
+            ("fast", Sim::Honest(fast.clone())),
             ("missing", Sim::Missing),
         ],
         &[&b],
     );
-    let race = PeerRace::with_strategy(c, routing::InOrder);
-    let reps = race.reputation_table().clone();
+    let race = race(n, routing::InOrder);
+    let reps = race.reputations().clone();
     let store = Arc::new(Memory::new());
     let chain = Chain::new().local(store.clone()).source(race, None);
-    let started = Instant::now();
-    let r = chain
-        .retrieve_reported(b.cid(), &Context::new())
-        .await
-        .unwrap();
-    assert!(
-        started.elapsed() < Duration::from_millis(350),
-        "did not wait for the slow peer"
-    );
+    // "fast" answers once every other peer has been asked; "slow" never does: the race
+    // can only finish by not waiting for it.
+    let release = {
+        let counters = counters.clone();
+        async move {
+            while counters.started.load(Ordering::SeqCst) < 6 {
+                tokio::task::yield_now().await;
+            }
+            fast.release();
+        }
+    };
+    let ctx = Context::new();
+    let (r, ()) = futures::join!(chain.retrieve_reported(b.cid(), &ctx), release);
+    let r = r.unwrap();
     assert_eq!(r.block, b);
     assert_eq!(r.served_by, SourceKind::Peers);
     assert_eq!(r.write_back, WriteBack::Stored);
@@ -145,10 +273,10 @@ async fn race_returns_the_fastest_honest_answer_and_cancels_the_rest() {
         "slow + hanging cancelled"
     );
     // The liar is penalised, the winner credited.
-    assert_eq!(reps.get(&PeerKey::new("liar")).lies, 1);
-    assert_eq!(reps.get(&PeerKey::new("fast")).successes, 1);
-    assert_eq!(reps.get(&PeerKey::new("missing")).misses, 1);
-    assert_eq!(reps.get(&PeerKey::new("failing")).failures, 1);
+    assert_eq!(reps.get(&"liar").lies, 1);
+    assert_eq!(reps.get(&"fast").successes, 1);
+    assert_eq!(reps.get(&"missing").misses, 1);
+    assert_eq!(reps.get(&"failing").failures, 1);
     // Only the verified block reached the store.
     let st = store.stat().await.unwrap();
     assert_eq!((st.blocks, st.bytes), (1, b.len() as u64));
@@ -166,36 +294,45 @@ async fn race_returns_the_fastest_honest_answer_and_cancels_the_rest() {
 #[tokio::test]
 async fn lying_peers_never_win_and_are_dropped_after_two_lies() {
     let b = block("truth");
-    let (c, _) = client(
-        &[("liar", Sim::Lying(0)), ("honest", Sim::Honest(50))],
+    let (n, _) = net(
+        &[
+            ("liar", Sim::Lying(Gate::open())),
+            ("honest", Sim::Honest(Gate::open())),
+        ],
         &[&b],
     );
-    let race = PeerRace::new(c);
-    let reps = race.reputation_table().clone();
+    // One at a time, the liar first: it answers, is refused, and the honest peer serves.
+    let race = race(n, routing::InOrder).config(RaceConfig {
+        max_parallel: 1,
+        look_up: false,
+        ..Default::default()
+    });
+    let reps = race.reputations().clone();
     for _ in 0..2 {
         let got = race.retrieve(b.cid(), &Context::new()).await.unwrap();
         assert_eq!(got, b);
     }
-    let liar = PeerKey::new("liar");
-    assert_eq!(reps.get(&liar).lies, 2);
-    let order = routing::Scored::default().order(b.cid(), std::slice::from_ref(&liar), &reps);
+    assert_eq!(reps.get(&"liar").lies, 2);
+    assert_eq!(reps.get(&"honest").successes, 2);
+    let order = routing::Scored::default().order(b.cid(), &["liar"], &reps);
     assert!(order.is_empty(), "a twice-lying peer is no longer asked");
 }
 
 #[tokio::test]
 async fn when_all_peers_fail_the_error_lists_each() {
     let b = block("nobody has this");
-    let (c, _) = client(
+    let (n, _) = net(
         &[
             ("a", Sim::Missing),
             ("b", Sim::Failing),
-            ("c", Sim::Lying(0)),
+            ("c", Sim::Lying(Gate::open())),
         ],
         &[],
     );
-    let race = PeerRace::with_strategy(c, routing::InOrder).config(RaceConfig {
-        per_peer_timeout: Duration::from_millis(100),
+    let race = race(n, routing::InOrder).config(RaceConfig {
+        per_peer_timeout: Duration::from_secs(10),
         max_parallel: 1,
+        look_up: false,
     });
     let err = Chain::new()
         .local(Arc::new(Memory::new()))
@@ -213,17 +350,83 @@ async fn when_all_peers_fail_the_error_lists_each() {
         assert!(msg.contains(needle), "missing `{needle}` in: {msg}");
     }
     assert!(matches!(err, ChainError::NotFound { .. }));
+    assert_eq!(
+        err.failure(),
+        Failure::InvalidData,
+        "a lie outranks the rest"
+    );
 }
 
 #[tokio::test]
 async fn no_peers_is_a_clear_failure() {
     let b = block("x");
-    let (c, _) = client(&[], &[]);
-    let err = PeerRace::new(c)
+    let (n, _) = net(&[], &[]);
+    let err = race(n, routing::Scored::default())
         .retrieve(b.cid(), &Context::new())
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "no candidates");
+    assert_eq!(err.failure(), Failure::NotFound);
+}
+
+#[tokio::test]
+async fn lookups_find_the_roots_providers_once_and_a_blocks_own_when_they_lack_it() {
+    let (a, b, c) = (block("a"), block("b"), block("c"));
+    let root = *a.cid();
+    // "p1" provides the root and has a and b; c is only with "p2", found by c's own lookup.
+    let providers = HashMap::from([(root, vec!["p1"]), (*c.cid(), vec!["p2"])]);
+    let (n, counters) = net_with(&[], providers, &[&a, &b]);
+    let src = PeerSource::new(SourceKind::Ipfs, n.clone(), n, Some(root));
+    let ctx = Context::new();
+    assert_eq!(src.retrieve(a.cid(), &ctx).await.unwrap(), a);
+    assert_eq!(src.retrieve(b.cid(), &ctx).await.unwrap(), b);
+    assert_eq!(
+        counters.lookups.load(Ordering::SeqCst),
+        1,
+        "one root lookup"
+    );
+    // p1 has no c, p2 (found for c) has none either in this network: c fails, after one
+    // lookup of c itself.
+    let err = src.retrieve(c.cid(), &ctx).await.unwrap_err();
+    assert_eq!(counters.lookups.load(Ordering::SeqCst), 2);
+    assert!(err.to_string().contains("peer p2: not found"), "{err}");
+    let _ = src.retrieve(c.cid(), &ctx).await.unwrap_err();
+    assert_eq!(
+        counters.lookups.load(Ordering::SeqCst),
+        2,
+        "c is not looked up again"
+    );
+}
+
+#[tokio::test]
+async fn a_lookup_that_finds_nobody_fails_every_block_at_once() {
+    let (a, b) = (block("a"), block("b"));
+    let (n, counters) = net_with(&[], HashMap::new(), &[]);
+    let src = PeerSource::new(SourceKind::Ipfs, n.clone(), n, Some(*a.cid()));
+    let ctx = Context::new();
+    for cid in [a.cid(), b.cid(), b.cid()] {
+        let err = src.retrieve(cid, &ctx).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(": found none (DHT: 0 provider(s))"),
+            "{err}"
+        );
+        assert_eq!(err.failure(), Failure::NotFound, "nobody provides it");
+    }
+    assert_eq!(counters.lookups.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn peers_at_hand_are_asked_before_any_lookup() {
+    let b = block("held nearby");
+    let (n, counters) = net_with(
+        &[("near", Sim::Honest(Gate::open()))],
+        HashMap::from([(*b.cid(), vec!["far"])]),
+        &[&b],
+    );
+    let src = PeerSource::new(SourceKind::Peers, n.clone(), n, Some(*b.cid()));
+    assert_eq!(src.retrieve(b.cid(), &Context::new()).await.unwrap(), b);
+    assert_eq!(counters.lookups.load(Ordering::SeqCst), 0);
 }
 
 /// A source that never answers.
@@ -336,7 +539,7 @@ async fn a_full_local_store_reports_failed_write_back() {
         .await
         .unwrap();
     assert!(
-        matches!(r.write_back, WriteBack::Failed(ref m) if m.contains("full")),
+        matches!(r.write_back, WriteBack::Failed(ref e) if e.is_full()),
         "{:?}",
         r.write_back
     );

@@ -90,6 +90,10 @@ impl BlockStore for Memory {
         ready(Ok(self.lock().blocks.contains_key(&cid.to_bytes())))
     }
 
+    fn size_hint(&self, cid: &Cid) -> Option<usize> {
+        self.lock().blocks.get(&cid.to_bytes()).map(Block::len)
+    }
+
     fn delete(&self, cid: &Cid) -> impl Future<Output = Result<bool>> + CondSend {
         let mut inner = self.lock();
         let removed = inner.blocks.remove(&cid.to_bytes());

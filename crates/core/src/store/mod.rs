@@ -1,6 +1,5 @@
-//! Block stores: the [`BlockStore`] trait, the in-memory backend [`Memory`], a discarding
-//! backend [`Null`] for `--only-hash`, and [`Compat`], which lets libraries written for the
-//! `blockstore` crate (bitswap) use any of our stores.
+//! Block stores: the [`BlockStore`] trait, the in-memory backend [`Memory`] and a discarding
+//! backend [`Null`] for `--only-hash`.
 //!
 //! Every backend holds only verified [`Block`]s and runs the same test suite
 //! (`store::suite`, behind the `test-suite` feature).
@@ -12,18 +11,18 @@ use crate::block::Block;
 use crate::cid::Cid;
 use crate::{CondSend, CondSync};
 
-mod compat;
 mod memory;
 mod null;
 #[cfg(any(test, feature = "test-suite"))]
+pub mod overlap;
+#[cfg(any(test, feature = "test-suite"))]
 pub mod suite;
 
-pub use compat::Compat;
 pub use memory::Memory;
 pub use null::Null;
 
 /// Errors from a block store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The store would exceed its byte quota.
@@ -38,22 +37,39 @@ pub enum Error {
         /// The quota.
         quota: u64,
     },
+    /// The medium under the store is full (the disk, the browser's quota for the site);
+    /// nothing of the write was kept.
+    #[error("block store {op} failed: {source}")]
+    OutOfSpace {
+        /// The operation (put, ...).
+        op: &'static str,
+        /// What the backend said, and what to do.
+        source: crate::error::Reason,
+    },
     /// The store found bytes that no longer match their CID (disk corruption).
-    #[error("stored bytes for {cid} are corrupt: {reason}")]
+    #[error("stored bytes for {cid} are corrupt: {source}")]
     Corrupt {
         /// The block.
         cid: Cid,
         /// What is wrong.
-        reason: String,
+        source: crate::error::Reason,
     },
     /// The backend failed (I/O, database).
-    #[error("block store {op} failed: {reason}")]
+    #[error("block store {op} failed: {source}")]
     Backend {
         /// The operation (get, put, ...).
         op: &'static str,
         /// What the backend said, and what to do when known.
-        reason: String,
+        source: crate::error::Reason,
     },
+}
+
+impl Error {
+    /// Whether the write failed for lack of room (the store's quota or the medium's):
+    /// freeing space, not retrying, is what helps.
+    pub fn is_full(&self) -> bool {
+        matches!(self, Error::Full { .. } | Error::OutOfSpace { .. })
+    }
 }
 
 /// `Result` with this module's [`Error`].
@@ -99,6 +115,14 @@ pub trait BlockStore: CondSync {
 
     /// Block and byte counts.
     fn stat(&self) -> impl Future<Output = Result<Stat>> + CondSend;
+
+    /// The size of the block with this CID if the store knows it without reading it (an
+    /// index in memory); `None` when it does not know or would have to read. Used to reserve
+    /// exactly what an answer will hold before reading the block.
+    fn size_hint(&self, cid: &Cid) -> Option<usize> {
+        let _ = cid;
+        None
+    }
 }
 
 macro_rules! forward_store {
@@ -131,6 +155,9 @@ macro_rules! forward_store {
             }
             fn stat(&self) -> impl Future<Output = Result<Stat>> + CondSend {
                 (**self).stat()
+            }
+            fn size_hint(&self, cid: &Cid) -> Option<usize> {
+                (**self).size_hint(cid)
             }
         }
     };

@@ -7,9 +7,7 @@
 
 use std::future::Future;
 
-use blockstore::Blockstore as _;
-
-use super::{BlockStore, Compat, Error};
+use super::{BlockStore, Error};
 use crate::block::Block;
 use crate::cid::{Codec, HashAlg};
 
@@ -37,7 +35,6 @@ where
     list_pages_in_order(make().await).await;
     big_and_empty_blocks(make().await).await;
     blake3_blocks(make().await).await;
-    compat_trait(make().await).await;
 }
 
 /// Runs the quota cases: `make(quota)` makes a fresh store with that byte quota.
@@ -212,37 +209,4 @@ async fn blake3_blocks<S: BlockStore>(s: S) {
         b,
         "blake3 dag-pb block"
     );
-}
-
-async fn compat_trait<S: BlockStore>(s: S) {
-    let c = Compat(s);
-    let b = block(9, 50);
-    c.put_keyed(b.cid(), b.data()).await.unwrap();
-    assert_eq!(
-        c.get(b.cid()).await.unwrap().as_deref(),
-        Some(&b.data()[..]),
-        "compat: get"
-    );
-    assert!(c.has(b.cid()).await.unwrap(), "compat: has");
-    let wrong = block(10, 50);
-    assert!(
-        c.put_keyed(b.cid(), wrong.data()).await.is_err(),
-        "compat: wrong bytes for a held CID are refused"
-    );
-    assert_eq!(
-        c.get(b.cid()).await.unwrap().as_deref(),
-        Some(&b.data()[..]),
-        "compat: kept"
-    );
-    let other = block(11, 50);
-    assert!(
-        c.put_keyed(other.cid(), wrong.data()).await.is_err(),
-        "compat: bytes that do not match their CID are refused"
-    );
-    assert!(
-        !c.has(other.cid()).await.unwrap(),
-        "compat: refused bytes not stored"
-    );
-    c.remove(b.cid()).await.unwrap();
-    assert!(!c.has(b.cid()).await.unwrap(), "compat: remove");
 }

@@ -189,13 +189,43 @@ pub struct Imported {
 ///
 /// Memory stays bounded by one read buffer plus one batch, whatever the input size.
 /// `on_progress(bytes_read)` is called after each batch. On failure (a read error, a full
-/// store), the blocks this import added are deleted again and the error is returned.
+/// store), the blocks this import added are deleted again, except those another live
+/// operation relies on ([`crate::live`]), and the error is returned.
 pub async fn import<S, R>(
+    store: &S,
+    reader: R,
+    profile: Profile,
+    hash: HashAlg,
+    on_progress: impl FnMut(u64),
+) -> Result<Imported, Error>
+where
+    S: BlockStore,
+    R: AsyncRead + Unpin,
+{
+    let mut op = crate::live::Live::global().operation();
+    let result = import_with(store, reader, profile, hash, on_progress, &mut op).await;
+    match &result {
+        Ok(_) => op.finish(),
+        // Best effort: the store failed already; an error here changes nothing for the
+        // caller, who gets the original error.
+        Err(_) => {
+            op.abandon(store).await;
+        }
+    }
+    result
+}
+
+/// [`import`] as part of the caller's live operation `op`, which holds every block written
+/// and is the caller's to [`finish`](crate::live::Operation::finish) (after pinning the
+/// root, say, so that no eviction comes between) or
+/// [`abandon`](crate::live::Operation::abandon).
+pub async fn import_with<S, R>(
     store: &S,
     mut reader: R,
     profile: Profile,
     hash: HashAlg,
     mut on_progress: impl FnMut(u64),
+    op: &mut crate::live::Operation<'_>,
 ) -> Result<Imported, Error>
 where
     S: BlockStore,
@@ -203,57 +233,30 @@ where
 {
     const BATCH_BYTES: usize = 4 * 1024 * 1024;
     let mut importer = Importer::new(profile, hash);
-    let mut added: Vec<Cid> = Vec::new();
     let mut batch = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
-    let result: Result<Imported, Error> = async {
-        loop {
-            let n = match reader.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(Error::Read {
-                        read: importer.bytes(),
-                        source,
-                    });
-                }
-            };
-            importer.push(&buf[..n], &mut batch)?;
-            if batch.iter().map(Block::len).sum::<usize>() >= BATCH_BYTES {
-                added.extend(put_new(store, std::mem::take(&mut batch)).await?);
-                on_progress(importer.bytes());
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(Error::Read {
+                    read: importer.bytes(),
+                    source,
+                });
             }
-        }
-        let imported = importer.finish(&mut batch)?;
-        added.extend(put_new(store, batch).await?);
-        on_progress(imported.size);
-        Ok(imported)
-    }
-    .await;
-    if result.is_err() {
-        for cid in added.iter().rev() {
-            // Best effort: the store failed already; an error here changes nothing for the
-            // caller, who gets the original error.
-            let _ = store.delete(cid).await;
+        };
+        importer.push(&buf[..n], &mut batch)?;
+        if batch.iter().map(Block::len).sum::<usize>() >= BATCH_BYTES {
+            op.put_many(store, std::mem::take(&mut batch)).await?;
+            on_progress(importer.bytes());
         }
     }
-    result
-}
-
-async fn put_new<S: BlockStore>(store: &S, blocks: Vec<Block>) -> Result<Vec<Cid>, Error> {
-    if blocks.is_empty() {
-        return Ok(Vec::new());
-    }
-    let cids: Vec<Cid> = blocks.iter().map(|b| *b.cid()).collect();
-    let mut fresh = Vec::new();
-    for c in &cids {
-        if !store.has(c).await? {
-            fresh.push(*c);
-        }
-    }
-    store.put_many(blocks).await?;
-    Ok(fresh)
+    let imported = importer.finish(&mut batch)?;
+    op.put_many(store, batch).await?;
+    on_progress(imported.size);
+    Ok(imported)
 }
 
 #[cfg(test)]

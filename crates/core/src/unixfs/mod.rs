@@ -14,7 +14,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use export::{Error as ExportError, Range, export, file_size};
-pub use import::{Error as ImportError, Imported, Importer, import};
+pub use import::{Error as ImportError, Imported, Importer, import, import_with};
 
 /// How files are cut into a tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

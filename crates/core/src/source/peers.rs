@@ -1,0 +1,434 @@
+//! Asking peers for blocks: one design for every network cairn asks, `/cas` peers and IPFS
+//! peers over bitswap alike.
+//!
+//! A network gives two things: a way to **find candidates** ([`FindPeers`]: the peers at
+//! hand, and a lookup through content routing for more) and a way to **ask a candidate**
+//! ([`AskPeer`]). [`PeerSource`] puts them together: it races the candidates (the first
+//! verified answer wins, the other requests are dropped), orders them with a
+//! [`RoutingStrategy`] over a shared [`Reputations`] table, and looks up more when those at
+//! hand fail: the fetch's root once (a session, as bitswap clients keep), and a block none
+//! of the root's providers has, once. A lookup that finds nobody is remembered, so the
+//! blocks of a fetch nobody can serve fail at once instead of asking again.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+
+use super::routing::{Reputations, RoutingStrategy, Scored};
+use super::{ContentSource, Context, SourceError, SourceKind};
+use crate::block::Block;
+use crate::cid::Cid;
+use crate::error::Reason;
+use crate::rt::Instant;
+use crate::{CondSend, CondSync};
+
+/// A peer's identity, as a network names it (a libp2p `PeerId`; a plain string in tests).
+pub trait Peer:
+    Clone + Eq + Hash + Ord + fmt::Debug + fmt::Display + CondSend + CondSync + 'static
+{
+}
+
+impl<T> Peer for T where
+    T: Clone + Eq + Hash + Ord + fmt::Debug + fmt::Display + CondSend + CondSync + 'static
+{
+}
+
+/// What one peer answered.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The peer does not have the block.
+    #[error("not found")]
+    NotFound,
+    /// The request failed (unreachable, stream reset, disconnected, refused).
+    #[error("{0}")]
+    Failed(Reason),
+    /// The peer sent data that does not match what was asked for.
+    #[error("sent invalid data: {0}")]
+    Invalid(Reason),
+}
+
+/// A lookup that found no usable peer: how many it found, and what each routing system
+/// (and each peer found) answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} ({})", if *.found == 0 { "found none" } else { "none of those found could be reached" }, self.answers.iter().map(|(who, what)| format!("{who}: {what}")).collect::<Vec<_>>().join("; "))]
+pub struct LookupError {
+    /// Providers found (none of which could be used).
+    pub found: usize,
+    /// `(who, what it said)`, in the order asked.
+    pub answers: Vec<(String, String)>,
+}
+
+/// Finds the peers a block may be asked of.
+pub trait FindPeers: CondSync {
+    /// How the network names peers.
+    type Peer: Peer;
+
+    /// The peers that can be asked for `cid` at once (connected, speaking the protocol).
+    fn at_hand(&self, cid: &Cid) -> Vec<Self::Peer>;
+
+    /// Looks up who provides `key` through content routing, connects to those it can, and
+    /// returns them once they can be asked. Bounded in time by the implementation. A
+    /// network without routing returns an empty list.
+    fn look_up(
+        &self,
+        key: &Cid,
+    ) -> impl Future<Output = Result<Vec<Self::Peer>, LookupError>> + CondSend;
+
+    /// A reputation table the network keeps up to date (with peers' content indexes, say),
+    /// which the source then shares. `None`: the source keeps its own.
+    fn reputations(&self) -> Option<Reputations<Self::Peer>> {
+        None
+    }
+}
+
+/// Asks one peer for one block.
+pub trait AskPeer: CondSync {
+    /// How the network names peers.
+    type Peer: Peer;
+
+    /// Asks `peer` for the bytes of `cid`. Dropping the future must cancel the request.
+    fn ask(
+        &self,
+        peer: &Self::Peer,
+        cid: &Cid,
+    ) -> impl Future<Output = Result<Bytes, PeerError>> + CondSend;
+}
+
+impl<T: FindPeers> FindPeers for std::sync::Arc<T> {
+    type Peer = T::Peer;
+
+    fn at_hand(&self, cid: &Cid) -> Vec<Self::Peer> {
+        (**self).at_hand(cid)
+    }
+
+    fn look_up(
+        &self,
+        key: &Cid,
+    ) -> impl Future<Output = Result<Vec<Self::Peer>, LookupError>> + CondSend {
+        (**self).look_up(key)
+    }
+
+    fn reputations(&self) -> Option<Reputations<Self::Peer>> {
+        (**self).reputations()
+    }
+}
+
+impl<T: AskPeer> AskPeer for std::sync::Arc<T> {
+    type Peer = T::Peer;
+
+    fn ask(
+        &self,
+        peer: &Self::Peer,
+        cid: &Cid,
+    ) -> impl Future<Output = Result<Bytes, PeerError>> + CondSend {
+        (**self).ask(peer, cid)
+    }
+}
+
+/// Limits of a [`PeerSource`].
+#[derive(Debug, Clone, Copy)]
+pub struct RaceConfig {
+    /// How long one peer may take.
+    pub per_peer_timeout: Duration,
+    /// How many peers are asked at once; more are asked as earlier ones fail.
+    pub max_parallel: usize,
+    /// Whether to look up more peers when those at hand fail.
+    pub look_up: bool,
+}
+
+impl Default for RaceConfig {
+    fn default() -> Self {
+        Self {
+            per_peer_timeout: Duration::from_secs(10),
+            max_parallel: 16,
+            look_up: true,
+        }
+    }
+}
+
+/// Which keys one fetch has looked up, and the failure when nothing was ever found. Held
+/// across a lookup, so that the blocks in flight share it instead of each asking.
+struct Lookups {
+    done: HashSet<Cid>,
+    root_failed: Option<LookupError>,
+}
+
+/// Peers as a source: candidates found by `F`, asked through `A`, raced.
+pub struct PeerSource<F: FindPeers, A, R = Scored> {
+    kind: SourceKind,
+    find: F,
+    ask: A,
+    strategy: R,
+    reputations: Reputations<F::Peer>,
+    config: RaceConfig,
+    root: Option<Cid>,
+    lookups: futures::lock::Mutex<Lookups>,
+    /// Peers the lookups found (read without waiting on a lookup in flight).
+    found: std::sync::Mutex<Vec<F::Peer>>,
+}
+
+impl<F: FindPeers, A, R> fmt::Debug for PeerSource<F, A, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerSource")
+            .field("kind", &self.kind)
+            .field("root", &self.root)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, A> PeerSource<F, A>
+where
+    F: FindPeers,
+    A: AskPeer<Peer = F::Peer>,
+{
+    /// A source of `kind` ([`SourceKind::Peers`] or [`SourceKind::Ipfs`]) for the DAG under
+    /// `root` (`None`: each block is looked up by its own CID), with the default
+    /// [`Scored`] strategy.
+    pub fn new(kind: SourceKind, find: F, ask: A, root: Option<Cid>) -> Self {
+        Self::with_strategy(kind, find, ask, root, Scored::default())
+    }
+}
+
+/// Every peer asked and what it answered, in order.
+type Failures<P> = Vec<(P, SourceError)>;
+
+impl<F, A, R> PeerSource<F, A, R>
+where
+    F: FindPeers,
+    A: AskPeer<Peer = F::Peer>,
+    R: RoutingStrategy,
+{
+    /// A source with a custom ordering strategy.
+    pub fn with_strategy(
+        kind: SourceKind,
+        find: F,
+        ask: A,
+        root: Option<Cid>,
+        strategy: R,
+    ) -> Self {
+        Self {
+            kind,
+            reputations: find.reputations().unwrap_or_default(),
+            find,
+            ask,
+            strategy,
+            config: RaceConfig::default(),
+            root,
+            lookups: futures::lock::Mutex::new(Lookups {
+                done: HashSet::new(),
+                root_failed: None,
+            }),
+            found: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Sets the limits.
+    pub fn config(mut self, config: RaceConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The reputation table this source updates.
+    pub fn reputations(&self) -> &Reputations<F::Peer> {
+        &self.reputations
+    }
+
+    /// Looks `key` up once per session; returns the peers it found that were not known,
+    /// or, when nothing was ever found for the root, why.
+    fn found(&self) -> std::sync::MutexGuard<'_, Vec<F::Peer>> {
+        self.found
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn look_up(&self, key: &Cid, ctx: &Context) -> Result<Vec<F::Peer>, SourceError> {
+        let mut s = self.lookups.lock().await;
+        if s.done.contains(key) {
+            return match &s.root_failed {
+                Some(e) if Some(*key) == self.root || self.root.is_none() => {
+                    Err(SourceError::NoProvider {
+                        key: Box::new(*key),
+                        lookup: e.clone(),
+                    })
+                }
+                _ => Ok(Vec::new()),
+            };
+        }
+        // Cancelled or out of time: not marked as looked up, so a later call asks again.
+        let found = ctx
+            .run(None, async { Ok(self.find.look_up(key).await) })
+            .await?;
+        s.done.insert(*key);
+        match found {
+            Ok(peers) => {
+                let mut known = self.found();
+                let fresh: Vec<F::Peer> =
+                    peers.into_iter().filter(|p| !known.contains(p)).collect();
+                known.extend(fresh.iter().cloned());
+                Ok(fresh)
+            }
+            Err(e) => {
+                if self.found().is_empty() {
+                    s.root_failed = Some(e.clone());
+                }
+                Err(SourceError::NoProvider {
+                    key: Box::new(*key),
+                    lookup: e,
+                })
+            }
+        }
+    }
+
+    async fn fetch(&self, cid: &Cid, ctx: &Context) -> Result<Block, SourceError> {
+        let mut asked: HashSet<F::Peer> = HashSet::new();
+        let mut failures: Failures<F::Peer> = Vec::new();
+        let mut at_hand = self.find.at_hand(cid);
+        at_hand.extend(self.found().iter().cloned());
+        if let Some(b) = self
+            .race(cid, ctx, at_hand, &mut asked, &mut failures)
+            .await?
+        {
+            return Ok(b);
+        }
+        let mut lookup_error = None;
+        if self.config.look_up {
+            // The root's providers first (once a fetch), then, if they lack this block, its own.
+            let keys = match self.root {
+                Some(root) if root != *cid => vec![root, *cid],
+                _ => vec![*cid],
+            };
+            for key in keys {
+                let found = match self.look_up(&key, ctx).await {
+                    Ok(found) => found,
+                    Err(e @ (SourceError::Cancelled | SourceError::DeadlineExceeded)) => {
+                        return Err(e);
+                    }
+                    Err(e) => {
+                        lookup_error = Some(e);
+                        // Nobody provides the root: no block of it is worth its own lookup.
+                        break;
+                    }
+                };
+                let mut fresh = self.find.at_hand(cid);
+                fresh.extend(found);
+                if let Some(b) = self
+                    .race(cid, ctx, fresh, &mut asked, &mut failures)
+                    .await?
+                {
+                    return Ok(b);
+                }
+            }
+        }
+        match lookup_error {
+            Some(e) if failures.is_empty() => Err(e),
+            _ => {
+                if !failures.is_empty()
+                    && failures
+                        .iter()
+                        .all(|(_, e)| *e == SourceError::DeadlineExceeded)
+                {
+                    return Err(SourceError::DeadlineExceeded);
+                }
+                let mut all: Vec<(String, SourceError)> = failures
+                    .into_iter()
+                    .map(|(p, e)| (format!("peer {p}"), e))
+                    .collect();
+                if let Some(e) = lookup_error {
+                    all.push(("lookup".into(), e));
+                }
+                Err(SourceError::AllFailed(all))
+            }
+        }
+    }
+
+    /// Races those of `candidates` not yet `asked`: `Some(block)` for the first verified
+    /// answer (the other requests are dropped), `None` when every one failed.
+    async fn race(
+        &self,
+        cid: &Cid,
+        ctx: &Context,
+        candidates: Vec<F::Peer>,
+        asked: &mut HashSet<F::Peer>,
+        failures: &mut Failures<F::Peer>,
+    ) -> Result<Option<Block>, SourceError> {
+        let mut fresh: Vec<F::Peer> = Vec::with_capacity(candidates.len());
+        for p in candidates {
+            if asked.insert(p.clone()) {
+                fresh.push(p);
+            }
+        }
+        let order = self.strategy.order(cid, &fresh, &self.reputations);
+        let mut queue = order.into_iter();
+        let mut inflight = FuturesUnordered::new();
+        let ask = |peer: F::Peer| {
+            let timeout = self.config.per_peer_timeout;
+            async move {
+                let started = Instant::now();
+                let out = ctx
+                    .run(Some(timeout), async {
+                        self.ask.ask(&peer, cid).await.map_err(|e| match e {
+                            PeerError::NotFound => SourceError::NotFound,
+                            PeerError::Failed(m) => SourceError::Unavailable(m),
+                            PeerError::Invalid(m) => SourceError::Invalid(m),
+                        })
+                    })
+                    .await;
+                (peer, out, started.elapsed())
+            }
+        };
+        for peer in queue.by_ref().take(self.config.max_parallel.max(1)) {
+            inflight.push(ask(peer));
+        }
+        while let Some((peer, out, elapsed)) = inflight.next().await {
+            match out.and_then(|bytes| {
+                Block::new(*cid, bytes).map_err(|e| SourceError::Invalid(Reason::new(e)))
+            }) {
+                Ok(block) => {
+                    self.reputations.record_success(&peer, elapsed);
+                    // Returning drops `inflight`: every losing request is cancelled.
+                    return Ok(Some(block));
+                }
+                Err(SourceError::Cancelled) => return Err(SourceError::Cancelled),
+                Err(e) => {
+                    match &e {
+                        SourceError::Invalid(_) => self.reputations.record_lie(&peer),
+                        SourceError::NotFound => self.reputations.record_miss(&peer),
+                        _ => self.reputations.record_failure(&peer),
+                    }
+                    failures.push((peer, e));
+                    if let Some(next) = queue.next() {
+                        inflight.push(ask(next));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl<F, A, R> ContentSource for PeerSource<F, A, R>
+where
+    F: FindPeers,
+    A: AskPeer<Peer = F::Peer>,
+    R: RoutingStrategy,
+{
+    fn kind(&self) -> SourceKind {
+        self.kind
+    }
+
+    fn retrieve(
+        &self,
+        cid: &Cid,
+        ctx: &Context,
+    ) -> impl Future<Output = Result<Block, SourceError>> + CondSend {
+        self.fetch(cid, ctx)
+    }
+}
