@@ -70,7 +70,7 @@ pub enum Invalid {
 
 /// Encodes an announcement of `root` made at `now` (Unix seconds), valid for `ttl`.
 pub fn encode(root: &Cid, size: u64, now: u64, ttl: Duration) -> Vec<u8> {
-    crate::cas::encode(&Wire {
+    crate::framing::to_cbor(&Wire {
         root: ByteBuf::from(root.to_bytes()),
         size,
         ts: now,
@@ -90,7 +90,7 @@ pub fn validate(source: Option<PeerId>, data: &[u8], now: u64) -> Result<Announc
             data.len()
         ));
     }
-    let wire: Wire = match crate::cas::decode(data) {
+    let wire: Wire = match crate::framing::from_cbor(data) {
         Ok(w) => w,
         Err(e) => return reject(format!("not an announcement: {e}")),
     };
@@ -124,6 +124,32 @@ pub fn validate(source: Option<PeerId>, data: &[u8], now: u64) -> Result<Announc
         size: wire.size,
         expires,
     })
+}
+
+/// What to tell GossipSub of a message on the topic, and the announcement it holds when
+/// it is one: a valid announcement is accepted (and forwarded), one that is merely out of
+/// date is ignored, anything else is rejected (which GossipSub counts against the peer
+/// that forwarded it).
+pub(crate) fn judge(
+    from: &PeerId,
+    message: &libp2p::gossipsub::Message,
+) -> (libp2p::gossipsub::MessageAcceptance, Option<Announcement>) {
+    use libp2p::gossipsub::MessageAcceptance;
+    if message.topic.as_str() != TOPIC {
+        tracing::debug!(%from, topic = %message.topic, "message on an unknown topic");
+        return (MessageAcceptance::Reject, None);
+    }
+    match validate(message.source, &message.data, now()) {
+        Ok(a) => {
+            tracing::debug!(peer = %a.peer, root = %a.root, "announcement");
+            (MessageAcceptance::Accept, Some(a))
+        }
+        Err(Invalid::Expired) => (MessageAcceptance::Ignore, None),
+        Err(e) => {
+            tracing::debug!(%from, error = %e, "announcement");
+            (MessageAcceptance::Reject, None)
+        }
+    }
 }
 
 /// Unix seconds now.
@@ -174,7 +200,7 @@ mod tests {
     #[test]
     fn bad_announcements_are_rejected_with_a_reason() {
         let wire = |root: Vec<u8>, ts: u64, ttl: u64| {
-            crate::cas::encode(&Wire {
+            crate::framing::to_cbor(&Wire {
                 root: ByteBuf::from(root),
                 size: 1,
                 ts,
@@ -219,7 +245,7 @@ mod tests {
         extra.insert("ttl", 60.into());
         extra.insert("extra", 1.into());
         assert!(matches!(
-            validate(peer(), &crate::cas::encode(&extra), NOW),
+            validate(peer(), &crate::framing::to_cbor(&extra), NOW),
             Err(Invalid::Rejected(_))
         ));
     }

@@ -1,14 +1,15 @@
-//! The network side of cairn-core's IPFS source ([`cairn_core::source::Ipfs`]): providers
-//! from the Kademlia DHT (through the relay) and from Delegated Routing V1 endpoints,
-//! connected to at the addresses this node can dial, then asked over [`crate::bitswap`].
+//! The IPFS network as cairn-core's peers see it ([`FindPeers`] and [`AskPeer`] for a
+//! [`cairn_core::source::PeerSource`] of kind `ipfs`): providers from the Kademlia DHT
+//! (through the relay) and from Delegated Routing V1 endpoints, connected to at the
+//! addresses this node can dial, then asked over [`crate::bitswap`].
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cairn_core::Reason;
 use cairn_core::cid::Cid;
 use cairn_core::source::routing::Reputations;
-use cairn_core::source::{HttpClient, IpfsNetwork, PeerClient, PeerError, PeerKey};
+use cairn_core::source::{AskPeer, FindPeers, HttpClient, LookupError, PeerError};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use libp2p::multiaddr::Protocol;
@@ -81,7 +82,7 @@ impl<H: HttpClient> Network<H> {
     }
 
     /// Providers from every routing system, with what each said.
-    async fn lookup(&self, cid: &Cid) -> (Vec<(PeerId, Vec<Multiaddr>)>, Vec<String>) {
+    async fn lookup(&self, cid: &Cid) -> (Vec<(PeerId, Vec<Multiaddr>)>, Vec<(String, String)>) {
         let t = self.lookup_timeout;
         let dht = async {
             if !self.dht {
@@ -113,7 +114,7 @@ impl<H: HttpClient> Network<H> {
         for (who, out) in answers {
             match out {
                 Ok(list) => {
-                    notes.push(format!("{who}: {} provider(s)", list.len()));
+                    notes.push((who, format!("{} provider(s)", list.len())));
                     for (peer, addrs) in list {
                         if peer == self.node.peer_id() {
                             continue;
@@ -124,26 +125,38 @@ impl<H: HttpClient> Network<H> {
                         }
                     }
                 }
-                Err(e) => notes.push(format!("{who}: {e}")),
+                Err(e) => notes.push((who, e)),
             }
         }
         (found, notes)
     }
 }
 
-impl<H: HttpClient> IpfsNetwork for Network<H> {
-    async fn providers(&self, cid: &Cid) -> Result<Vec<PeerKey>, String> {
+impl<H: HttpClient> FindPeers for Network<H> {
+    type Peer = PeerId;
+
+    /// None at hand: IPFS peers are the providers a lookup finds.
+    fn at_hand(&self, _: &Cid) -> Vec<PeerId> {
+        Vec::new()
+    }
+
+    async fn look_up(&self, cid: &Cid) -> Result<Vec<PeerId>, LookupError> {
         let (found, mut notes) = self.lookup(cid).await;
         if found.is_empty() {
-            return Err(format!("found none ({})", notes.join("; ")));
+            return Err(LookupError {
+                found: 0,
+                answers: notes,
+            });
         }
+        let total = found.len();
         let mut connecting = FuturesUnordered::new();
         for (peer, addrs) in found.into_iter().take(MAX_PROVIDERS) {
             let total = addrs.len();
             let addrs: Vec<Multiaddr> = addrs.into_iter().filter(self.dialable).collect();
-            if total > 0 && addrs.is_empty() && !self.node.peers().contains_key(&peer) {
-                notes.push(format!(
-                    "{peer}: none of its {total} address(es) can be dialed from here"
+            if total > 0 && addrs.is_empty() && self.node.peer(&peer).is_none() {
+                notes.push((
+                    peer.to_string(),
+                    format!("none of its {total} address(es) can be dialed from here"),
                 ));
                 continue;
             }
@@ -151,7 +164,7 @@ impl<H: HttpClient> IpfsNetwork for Network<H> {
             connecting.push(async move {
                 let out = match cairn_core::rt::timeout(t, self.node.connect(peer, addrs)).await {
                     Some(r) => r.map_err(|e| e.to_string()),
-                    None => Err(format!("cannot connect to {peer}: no answer within {t:?}")),
+                    None => Err(format!("no answer within {t:?}")),
                 };
                 (peer, out)
             });
@@ -159,35 +172,37 @@ impl<H: HttpClient> IpfsNetwork for Network<H> {
         let mut connected = Vec::new();
         while let Some((peer, out)) = connecting.next().await {
             match out {
-                Ok(()) => connected.push(PeerKey::new(peer.to_string())),
-                Err(e) => notes.push(e),
+                Ok(()) => connected.push(peer),
+                Err(e) => notes.push((peer.to_string(), e)),
             }
         }
         if connected.is_empty() {
-            return Err(format!(
-                "none of those found could be reached ({})",
-                notes.join("; ")
-            ));
+            return Err(LookupError {
+                found: total,
+                answers: notes,
+            });
         }
-        tracing::debug!(%cid, providers = connected.len(), notes = %notes.join("; "), "IPFS providers");
+        tracing::debug!(%cid, providers = connected.len(), "IPFS providers");
         Ok(connected)
     }
 
-    async fn want(&self, peer: &PeerKey, cid: &Cid) -> Result<Bytes, PeerError> {
-        let peer = PeerId::from_str(peer.as_str())
-            .map_err(|e| PeerError::Failed(format!("bad peer id: {e}")))?;
+    fn reputations(&self) -> Option<Reputations<PeerId>> {
+        Some(self.node.reputations().clone())
+    }
+}
+
+impl<H: HttpClient> AskPeer for Network<H> {
+    type Peer = PeerId;
+
+    async fn ask(&self, peer: &PeerId, cid: &Cid) -> Result<Bytes, PeerError> {
         self.node
             .bitswap()
-            .want(peer, *cid)
+            .want(*peer, *cid)
             .await
             .map_err(|e| match e {
                 WantError::DontHave => PeerError::NotFound,
-                WantError::Invalid(m) => PeerError::Invalid(m),
-                e => PeerError::Failed(e.to_string()),
+                WantError::Invalid(m) => PeerError::Invalid(Reason::msg(m)),
+                e => PeerError::Failed(Reason::new(e)),
             })
-    }
-
-    fn reputations(&self) -> Option<Reputations> {
-        PeerClient::reputations(&self.node)
     }
 }

@@ -7,8 +7,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::cas;
-
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Kind {
     kind: &'static str,
@@ -60,25 +58,25 @@ impl Metrics {
     }
 
     /// Records a swarm event (and the behaviour events libp2p has metrics for).
-    pub(crate) fn record<E>(&self, event: &libp2p::swarm::SwarmEvent<E>) {
+    pub(crate) fn record_event(
+        &self,
+        event: &libp2p::swarm::SwarmEvent<crate::behaviour::BehaviourEvent>,
+    ) {
+        use crate::behaviour::BehaviourEvent;
+        use libp2p::swarm::SwarmEvent;
         self.libp2p.record(event);
-    }
-
-    pub(crate) fn record_identify(&self, e: &libp2p::identify::Event) {
-        self.libp2p.record(e);
-    }
-
-    pub(crate) fn record_relay(&self, e: &libp2p::relay::Event) {
-        self.libp2p.record(e);
-    }
-
-    /// Records an answered request of type `kind` ([`cas::Request::kind`]).
-    pub(crate) fn record_answer(&self, kind: &'static str, resp: &cas::Response) {
-        self.requests.get_or_create(&Kind { kind }).inc();
-        if let cas::Response::Get { blocks, .. } = resp {
-            self.blocks_served.inc_by(blocks.len() as u64);
-            self.bytes_served
-                .inc_by(blocks.iter().map(|b| b.1.len() as u64).sum());
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.libp2p.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayServer(e)) => self.libp2p.record(e),
+            _ => {}
         }
+    }
+
+    /// Records an answered request of type `kind` ([`crate::cas::Request::kind`]) that carried
+    /// `blocks` blocks of `bytes` bytes.
+    pub(crate) fn record_answer(&self, kind: &'static str, blocks: usize, bytes: usize) {
+        self.requests.get_or_create(&Kind { kind }).inc();
+        self.blocks_served.inc_by(blocks as u64);
+        self.bytes_served.inc_by(bytes as u64);
     }
 }

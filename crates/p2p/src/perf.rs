@@ -4,21 +4,16 @@
 //! [`serve`] runs.
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::{PeerId, StreamProtocol, Swarm};
+use libp2p::{PeerId, StreamProtocol};
 
-use crate::Behaviour;
+use crate::streams::Control;
 
 /// The protocol id.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/cairn/perf/1.0.0");
 
-/// A handle for perf streams (take it before the swarm moves into its driver).
-pub fn control(swarm: &Swarm<Behaviour>) -> libp2p_stream::Control {
-    swarm.behaviour().streams.new_control()
-}
-
 /// Serves perf streams until the swarm goes away; spawn it on the caller's runtime.
-pub async fn serve(mut control: libp2p_stream::Control) {
-    let Ok(mut incoming) = control.accept(PROTOCOL) else {
+pub async fn serve(mut control: Control) {
+    let Ok(mut incoming) = control.accept(PROTOCOL, 4) else {
         return;
     };
     while let Some((_, mut stream)) = incoming.next().await {
@@ -37,11 +32,7 @@ pub async fn serve(mut control: libp2p_stream::Control) {
 }
 
 /// Sends `len` bytes to `peer` and waits for its count; returns the count.
-pub async fn send(
-    control: &mut libp2p_stream::Control,
-    peer: PeerId,
-    len: u64,
-) -> std::io::Result<u64> {
+pub async fn send(control: &mut Control, peer: PeerId, len: u64) -> std::io::Result<u64> {
     let mut stream = control
         .open_stream(peer, PROTOCOL)
         .await

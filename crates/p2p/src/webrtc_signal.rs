@@ -58,7 +58,7 @@ pub struct Message {
 pub enum Error {
     /// The stream failed or a frame was over [`MAX_MESSAGE`].
     #[error("{0}")]
-    Frame(#[from] crate::cas::Error),
+    Frame(#[from] crate::framing::Error),
     /// The frame was not a signalling message.
     #[error("{0}")]
     Decode(#[from] protobuf::DecodeError),
@@ -109,13 +109,15 @@ pub fn decode(body: Bytes) -> Result<Message, Error> {
 
 /// Reads one message, refusing frames over [`MAX_MESSAGE`].
 pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Message, Error> {
-    let body = crate::cas::read_frame(r, MAX_MESSAGE).await?;
+    let body = crate::framing::read_frame(r, MAX_MESSAGE).await?;
     decode(Bytes::from(body))
 }
 
 /// Writes one message (and flushes).
 pub async fn write<W: AsyncWrite + Unpin>(w: &mut W, m: &Message) -> Result<(), Error> {
-    Ok(crate::cas::write_frame(w, &encode(m)).await?)
+    crate::framing::write_frame(w, &encode(m))
+        .await
+        .map_err(|e| Error::Frame(e.into()))
 }
 
 #[cfg(test)]

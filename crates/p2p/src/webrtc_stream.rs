@@ -21,10 +21,19 @@ use cairn_core::protobuf::Reader;
 /// The longest frame body: the spec's 16 KiB message limit, which includes the length.
 pub const MAX_FRAME: usize = 16 * 1024;
 
-/// A frame longer than [`MAX_FRAME`] was announced: at least this many bytes.
+/// A frame that cannot be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the peer announced a WebRTC frame of at least {0} bytes, over the {MAX_FRAME}-byte limit")]
-pub struct TooLong(pub u64);
+#[non_exhaustive]
+pub enum BadFrame {
+    /// A frame longer than [`MAX_FRAME`] was announced: at least this many bytes.
+    #[error(
+        "the peer announced a WebRTC frame of at least {0} bytes, over the {MAX_FRAME}-byte limit"
+    )]
+    TooLong(u64),
+    /// The length prefix is not a valid (minimal) unsigned varint.
+    #[error("the peer sent a malformed WebRTC frame length")]
+    Prefix,
+}
 
 /// Whole frames (length and body) out of the bytes of data-channel messages, however the
 /// peer split them.
@@ -36,7 +45,7 @@ pub struct Deframer {
 impl Deframer {
     /// Takes one message's bytes; hands each frame it completes to `frame`. Bytes of an
     /// unfinished frame wait for the next message.
-    pub fn push(&mut self, message: Bytes, mut frame: impl FnMut(Bytes)) -> Result<(), TooLong> {
+    pub fn push(&mut self, message: Bytes, mut frame: impl FnMut(Bytes)) -> Result<(), BadFrame> {
         let mut rest = if self.partial.is_empty() {
             message
         } else {
@@ -59,24 +68,12 @@ impl Deframer {
 }
 
 /// Where the first frame of `buf` ends, if `buf` holds it whole; an error if its length is
-/// over [`MAX_FRAME`].
-pub fn frame_end(buf: &[u8]) -> Result<Option<usize>, TooLong> {
-    let mut len = 0u64;
-    for (i, b) in buf.iter().enumerate() {
-        len |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            if len > MAX_FRAME as u64 {
-                return Err(TooLong(len));
-            }
-            let end = i + 1 + len as usize;
-            return Ok((end <= buf.len()).then_some(end));
-        }
-        if i == 2 {
-            // A fourth varint byte means 2^21 or more.
-            return Err(TooLong(len | 1 << 21));
-        }
-    }
-    Ok(None)
+/// over [`MAX_FRAME`] (known as soon as the prefix's first bytes say so) or malformed.
+pub fn frame_end(buf: &[u8]) -> Result<Option<usize>, BadFrame> {
+    crate::framing::frame_end(buf, MAX_FRAME).map_err(|e| match e {
+        crate::framing::Error::TooLarge { len, .. } => BadFrame::TooLong(len),
+        _ => BadFrame::Prefix,
+    })
 }
 
 /// A frame's flag.
@@ -142,7 +139,7 @@ mod tests {
         Bytes::from(out)
     }
 
-    fn deframe(messages: &[&[u8]]) -> Result<Vec<Bytes>, TooLong> {
+    fn deframe(messages: &[&[u8]]) -> Result<Vec<Bytes>, BadFrame> {
         let mut d = Deframer::default();
         let mut out = Vec::new();
         for m in messages {
@@ -185,18 +182,21 @@ mod tests {
         let n = MAX_FRAME as u64 + 1;
         let mut len = Vec::new();
         cairn_core::varint::put(&mut len, n);
-        assert_eq!(deframe(&[&len]), Err(TooLong(n)));
+        assert_eq!(deframe(&[&len]), Err(BadFrame::TooLong(n)));
         // A 1 GiB length, and a varint that never ends.
         assert_eq!(
             deframe(&[&[0x80, 0x80, 0x80, 0x80, 0x04]])
                 .unwrap_err()
                 .to_string(),
-            "the peer announced a WebRTC frame of at least 2097152 bytes, over the 16384-byte limit"
+            "the peer announced a WebRTC frame of at least 1073741824 bytes, over the 16384-byte limit"
         );
+        // Known as soon as the prefix's first two bytes say at least 2^15 - 1.
         assert_eq!(
             deframe(&[&[0xff], &[0xff], &[0xff]]),
-            Err(TooLong((1 << 22) - 1))
+            Err(BadFrame::TooLong((1 << 15) - 1))
         );
+        // A length written with a needless zero byte.
+        assert_eq!(deframe(&[&[0x81, 0x00]]), Err(BadFrame::Prefix));
     }
 
     #[test]

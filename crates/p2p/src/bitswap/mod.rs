@@ -40,14 +40,25 @@ use std::time::Duration;
 use bytes::Bytes;
 use cairn_core::CondSend;
 use cairn_core::cid::{Cid, HashAlg};
-use cairn_core::protobuf::{DecodeError, Reader, err, put_bytes, put_uint};
+use cairn_core::protobuf::{DecodeError, Reader, err};
 use cairn_core::store::BlockStore;
 use futures::channel::{mpsc, oneshot};
 use futures::stream::FuturesUnordered;
 use futures::{AsyncWriteExt, SinkExt, StreamExt};
-use libp2p::{PeerId, Stream, StreamProtocol};
+use libp2p::{PeerId, StreamProtocol};
 
-use crate::cas::{read_frame, write_frame};
+use crate::budget::{self, Budget, Permit};
+use crate::framing::{self, read_frame};
+
+#[allow(
+    unreachable_pub,
+    missing_debug_implementations,
+    clippy::all,
+    rust_2018_idioms
+)]
+mod message;
+use crate::streams::{Control, Stream};
+use message::pb;
 
 /// The protocol cairn speaks and answers.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/bitswap/1.2.0");
@@ -65,7 +76,18 @@ pub const MAX_STRIKES: u32 = 3;
 /// for one nobody asked for.
 const RECENT_CANCELS: usize = 1024;
 /// Inbound streams from one peer held until a reader is free; past that they are dropped.
-const MAX_WAITING_STREAMS: usize = 256;
+const MAX_WAITING_PER_PEER: usize = 8;
+/// Inbound streams waiting for a reader, from all peers. A waiting stream is not read, so
+/// the muxer buffers what its peer sends on it, up to a whole window: these bound that.
+const MAX_WAITING: usize = 64;
+/// Inbound streams of each bitswap protocol waiting for the engine to take them; past
+/// that, new ones are reset. Room for a burst while the engine is busy (each connection's
+/// streams are bounded on their own).
+const ACCEPT_QUEUE: usize = 256;
+/// How long a reader waits for the next message on its stream before it lets the stream go
+/// (the peer opens another when it has more to say), so idle streams cannot hold the
+/// reader slots.
+const IDLE: Duration = Duration::from_secs(60);
 /// Messages queued to one peer before senders wait.
 const QUEUE: usize = 64;
 
@@ -154,11 +176,17 @@ impl Payload {
     /// really is, whatever the sender meant.
     pub fn cid(&self) -> Result<Cid, DecodeError> {
         const W: &str = "bitswap block prefix";
-        let mut r = Reader::new(&self.prefix, W);
-        let version = r.varint()?;
-        let codec = r.varint()?;
-        let code = r.varint()?;
-        let len = r.varint()?;
+        let mut rest: &[u8] = &self.prefix;
+        let mut next = || -> Result<u64, DecodeError> {
+            let (v, tail) =
+                unsigned_varint::decode::u64(rest).map_err(|_| err(W, "invalid varint"))?;
+            rest = tail;
+            Ok(v)
+        };
+        let version = next()?;
+        let codec = next()?;
+        let code = next()?;
+        let len = next()?;
         let alg = HashAlg::from_code(code).map_err(|_| err(W, "unsupported hash function"))?;
         let mh = alg.digest(&self.data);
         if u64::from(mh.size()) != len {
@@ -197,155 +225,172 @@ impl Message {
 
     /// Encodes the message (without the length prefix).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            64 + self.wantlist.len() * 48
-                + self.blocks.iter().map(|b| b.data.len() + 16).sum::<usize>(),
-        );
-        if !self.wantlist.is_empty() || self.full {
-            let mut wl = Vec::with_capacity(self.wantlist.len() * 48);
-            for e in &self.wantlist {
-                let mut en = Vec::with_capacity(48);
-                put_bytes(&mut en, 1, &e.cid.to_bytes());
-                put_uint(&mut en, 2, e.priority as i64 as u64);
-                if e.cancel {
-                    put_uint(&mut en, 3, 1);
-                }
-                if e.want_type == WantType::Have {
-                    put_uint(&mut en, 4, 1);
-                }
-                if e.send_dont_have {
-                    put_uint(&mut en, 5, 1);
-                }
-                put_bytes(&mut wl, 1, &en);
-            }
-            if self.full {
-                put_uint(&mut wl, 2, 1);
-            }
-            put_bytes(&mut out, 1, &wl);
-        }
-        for b in &self.blocks {
-            let mut pb = Vec::with_capacity(b.data.len() + 16);
-            put_bytes(&mut pb, 1, &b.prefix);
-            put_bytes(&mut pb, 2, &b.data);
-            put_bytes(&mut out, 3, &pb);
-        }
-        for (cid, p) in &self.presences {
-            let mut pb = Vec::with_capacity(48);
-            put_bytes(&mut pb, 1, &cid.to_bytes());
-            if *p == Presence::DontHave {
-                put_uint(&mut pb, 2, 1);
-            }
-            put_bytes(&mut out, 4, &pb);
-        }
-        if self.pending_bytes != 0 {
-            put_uint(&mut out, 5, self.pending_bytes as i64 as u64);
-        }
+        use pb::mod_Message::{self as m, mod_Wantlist as w};
+        use std::borrow::Cow;
+        let cids: Vec<Vec<u8>> = self.wantlist.iter().map(|e| e.cid.to_bytes()).collect();
+        let presence_cids: Vec<Vec<u8>> =
+            self.presences.iter().map(|(c, _)| c.to_bytes()).collect();
+        let msg = pb::Message {
+            wantlist: (!self.wantlist.is_empty() || self.full).then(|| m::Wantlist {
+                entries: self
+                    .wantlist
+                    .iter()
+                    .zip(&cids)
+                    .map(|(e, cid)| w::Entry {
+                        block: Cow::Borrowed(cid),
+                        priority: e.priority,
+                        cancel: e.cancel,
+                        wantType: match e.want_type {
+                            WantType::Block => w::WantType::Block,
+                            WantType::Have => w::WantType::Have,
+                        },
+                        sendDontHave: e.send_dont_have,
+                    })
+                    .collect(),
+                full: self.full,
+            }),
+            blocks: Vec::new(),
+            payload: self
+                .blocks
+                .iter()
+                .map(|b| m::Block {
+                    prefix: Cow::Borrowed(&b.prefix),
+                    data: Cow::Borrowed(&b.data),
+                })
+                .collect(),
+            blockPresences: self
+                .presences
+                .iter()
+                .zip(&presence_cids)
+                .map(|((_, p), cid)| m::BlockPresence {
+                    cid: Cow::Borrowed(cid),
+                    type_pb: match p {
+                        Presence::Have => m::BlockPresenceType::Have,
+                        Presence::DontHave => m::BlockPresenceType::DontHave,
+                    },
+                })
+                .collect(),
+            pendingBytes: self.pending_bytes,
+        };
+        let mut out = Vec::with_capacity(quick_protobuf::MessageWrite::get_size(&msg));
+        let mut writer = quick_protobuf::Writer::new(&mut out);
+        // Writing into a Vec cannot fail.
+        let _ = quick_protobuf::MessageWrite::write_message(&msg, &mut writer);
         out
     }
 
-    /// Decodes a message; refuses more than [`MAX_WANTLIST`] entries.
+    /// Decodes a message (without the length prefix); `bytes` fields are slices of `buf`.
+    ///
+    /// Read with [`cairn_core::protobuf::Reader`], each nested message from its own slice:
+    /// quick-protobuf 0.8's nested reads trust a nested length past its parent's end (an
+    /// arithmetic overflow the fuzzer found), so the generated reader is used for writing
+    /// only.
     pub fn decode(buf: &Bytes) -> Result<Self, DecodeError> {
         const W: &str = "bitswap message";
-        let mut m = Message::default();
+        let mut out = Message::default();
         let mut r = Reader::new(buf, W);
         while let Some((field, wire)) = r.key()? {
             match (field, wire) {
-                (1, 2) => decode_wantlist(&r.bytes()?, &mut m)?,
-                (2, 2) => {
-                    // 1.0.0: bare blocks, implicitly CIDv0 (dag-pb, sha2-256).
-                    let data = r.bytes()?;
-                    m.blocks.push(Payload {
-                        prefix: Bytes::from_static(&[0, 0x70, 0x12, 0x20]),
-                        data,
-                    });
-                }
-                (3, 2) => {
-                    let b = r.bytes()?;
-                    let mut br = Reader::new(&b, "bitswap block");
-                    let (mut prefix, mut data) = (Bytes::new(), Bytes::new());
-                    while let Some((f, w)) = br.key()? {
-                        match (f, w) {
-                            (1, 2) => prefix = br.bytes()?,
-                            (2, 2) => data = br.bytes()?,
-                            (_, w) => br.skip(w)?,
-                        }
-                    }
-                    m.blocks.push(Payload { prefix, data });
-                }
-                (4, 2) => {
-                    let b = r.bytes()?;
-                    let mut pr = Reader::new(&b, "bitswap block presence");
-                    let (mut cid, mut presence) = (None, Presence::Have);
-                    while let Some((f, w)) = pr.key()? {
-                        match (f, w) {
-                            (1, 2) => cid = Some(parse_cid(&pr.bytes()?)?),
-                            (2, 0) => {
-                                presence = if pr.varint()? == 1 {
-                                    Presence::DontHave
-                                } else {
-                                    Presence::Have
-                                }
-                            }
-                            (_, w) => pr.skip(w)?,
-                        }
-                    }
-                    let cid = cid.ok_or(err("bitswap block presence", "no CID"))?;
-                    m.presences.push((cid, presence));
-                }
-                (5, 0) => m.pending_bytes = r.varint()? as i32,
-                (_, w) => r.skip(w)?,
+                (1, 2) => decode_wantlist(&r.bytes()?, &mut out)?,
+                // 1.0.0: bare blocks, implicitly CIDv0 (dag-pb, sha2-256).
+                (2, 2) => out.blocks.push(Payload {
+                    prefix: Bytes::from_static(&[0, 0x70, 0x12, 0x20]),
+                    data: r.bytes()?,
+                }),
+                (3, 2) => out.blocks.push(decode_block(&r.bytes()?)?),
+                (4, 2) => out.presences.push(decode_presence(&r.bytes()?)?),
+                // int32 on the wire: a varint, truncated as protobuf does.
+                (5, 0) => out.pending_bytes = r.varint()? as i32,
+                (_, wire) => r.skip(wire)?,
             }
         }
-        Ok(m)
+        Ok(out)
     }
+}
+
+fn decode_wantlist(buf: &Bytes, out: &mut Message) -> Result<(), DecodeError> {
+    let mut r = Reader::new(buf, "bitswap wantlist");
+    while let Some((field, wire)) = r.key()? {
+        match (field, wire) {
+            (1, 2) => {
+                if out.wantlist.len() >= MAX_WANTLIST {
+                    return Err(err("bitswap wantlist", "more than 1024 entries"));
+                }
+                out.wantlist.push(decode_entry(&r.bytes()?)?);
+            }
+            (2, 0) => out.full = r.varint()? != 0,
+            (_, wire) => r.skip(wire)?,
+        }
+    }
+    Ok(())
+}
+
+fn decode_entry(buf: &Bytes) -> Result<Entry, DecodeError> {
+    const W: &str = "bitswap wantlist entry";
+    let mut r = Reader::new(buf, W);
+    let mut cid = None;
+    let mut entry = Entry {
+        cid: Cid::default(),
+        priority: 0,
+        cancel: false,
+        want_type: WantType::Block,
+        send_dont_have: false,
+    };
+    while let Some((field, wire)) = r.key()? {
+        match (field, wire) {
+            (1, 2) => cid = Some(parse_cid(&r.bytes()?)?),
+            (2, 0) => entry.priority = r.varint()? as i32,
+            (3, 0) => entry.cancel = r.varint()? != 0,
+            (4, 0) => {
+                entry.want_type = if r.varint()? == 1 {
+                    WantType::Have
+                } else {
+                    WantType::Block
+                }
+            }
+            (5, 0) => entry.send_dont_have = r.varint()? != 0,
+            (_, wire) => r.skip(wire)?,
+        }
+    }
+    entry.cid = cid.ok_or_else(|| err(W, "no CID"))?;
+    Ok(entry)
+}
+
+fn decode_block(buf: &Bytes) -> Result<Payload, DecodeError> {
+    let mut r = Reader::new(buf, "bitswap block");
+    let (mut prefix, mut data) = (Bytes::new(), Bytes::new());
+    while let Some((field, wire)) = r.key()? {
+        match (field, wire) {
+            (1, 2) => prefix = r.bytes()?,
+            (2, 2) => data = r.bytes()?,
+            (_, wire) => r.skip(wire)?,
+        }
+    }
+    Ok(Payload { prefix, data })
+}
+
+fn decode_presence(buf: &Bytes) -> Result<(Cid, Presence), DecodeError> {
+    const W: &str = "bitswap block presence";
+    let mut r = Reader::new(buf, W);
+    let (mut cid, mut presence) = (None, Presence::Have);
+    while let Some((field, wire)) = r.key()? {
+        match (field, wire) {
+            (1, 2) => cid = Some(parse_cid(&r.bytes()?)?),
+            (2, 0) => {
+                presence = if r.varint()? == 1 {
+                    Presence::DontHave
+                } else {
+                    Presence::Have
+                }
+            }
+            (_, wire) => r.skip(wire)?,
+        }
+    }
+    Ok((cid.ok_or_else(|| err(W, "no CID"))?, presence))
 }
 
 fn parse_cid(b: &[u8]) -> Result<Cid, DecodeError> {
     Cid::try_from(b).map_err(|_| err("bitswap message", "invalid CID"))
-}
-
-fn decode_wantlist(buf: &Bytes, m: &mut Message) -> Result<(), DecodeError> {
-    const W: &str = "bitswap wantlist";
-    let mut r = Reader::new(buf, W);
-    while let Some((field, wire)) = r.key()? {
-        match (field, wire) {
-            (1, 2) => {
-                if m.wantlist.len() >= MAX_WANTLIST {
-                    return Err(err(W, "more than 1024 entries"));
-                }
-                let b = r.bytes()?;
-                let mut er = Reader::new(&b, "bitswap wantlist entry");
-                let (mut cid, mut priority, mut cancel) = (None, 0, false);
-                let (mut want_type, mut send_dont_have) = (WantType::Block, false);
-                while let Some((f, w)) = er.key()? {
-                    match (f, w) {
-                        (1, 2) => cid = Some(parse_cid(&er.bytes()?)?),
-                        (2, 0) => priority = er.varint()? as i32,
-                        (3, 0) => cancel = er.varint()? != 0,
-                        (4, 0) => {
-                            want_type = if er.varint()? == 1 {
-                                WantType::Have
-                            } else {
-                                WantType::Block
-                            }
-                        }
-                        (5, 0) => send_dont_have = er.varint()? != 0,
-                        (_, w) => er.skip(w)?,
-                    }
-                }
-                m.wantlist.push(Entry {
-                    cid: cid.ok_or(err("bitswap wantlist entry", "no CID"))?,
-                    priority,
-                    cancel,
-                    want_type,
-                    send_dont_have,
-                });
-            }
-            (2, 0) => m.full = r.varint()? != 0,
-            (_, w) => r.skip(w)?,
-        }
-    }
-    Ok(())
 }
 
 /// Why a want failed.
@@ -377,13 +422,13 @@ struct Shared {
     /// Pending wants, by peer asked and CID.
     wants: HashMap<PeerId, HashMap<Cid, Waiters>>,
     /// The queue to each peer's sender.
-    writers: HashMap<PeerId, mpsc::Sender<Message>>,
+    writers: HashMap<PeerId, mpsc::Sender<Queued>>,
     /// Recently cancelled wants, by peer.
     cancelled: HashMap<PeerId, VecDeque<Cid>>,
     /// Protocol violations, by peer.
     strikes: HashMap<PeerId, u32>,
     next_id: u64,
-    stats: Stats,
+    stats: tokio::sync::watch::Sender<Stats>,
 }
 
 /// Counters, for logs and tests.
@@ -429,7 +474,15 @@ impl Default for Config {
 #[derive(Clone)]
 pub struct Bitswap {
     shared: Arc<Mutex<Shared>>,
-    new_writers: mpsc::Sender<(PeerId, mpsc::Receiver<Message>)>,
+    new_writers: mpsc::Sender<(PeerId, mpsc::Receiver<Queued>)>,
+    budget: Budget,
+}
+
+/// A message queued to a peer, with the answer bytes it holds in the [`Budget`] (none for
+/// the node's own wants).
+struct Queued {
+    msg: Message,
+    _permit: Option<Permit>,
 }
 
 impl std::fmt::Debug for Bitswap {
@@ -471,9 +524,12 @@ impl Drop for WantGuard<'_> {
         recent.push_back(self.cid);
         if let Some(w) = sh.writers.get_mut(&self.peer) {
             // Best effort: a full queue means the peer is slow anyway.
-            let _ = w.try_send(Message {
-                wantlist: vec![Entry::cancel(self.cid)],
-                ..Default::default()
+            let _ = w.try_send(Queued {
+                msg: Message {
+                    wantlist: vec![Entry::cancel(self.cid)],
+                    ..Default::default()
+                },
+                _permit: None,
             });
         }
     }
@@ -482,15 +538,18 @@ impl Drop for WantGuard<'_> {
 impl Bitswap {
     /// A handle and the engine future that serves `store` and carries the handle's wants;
     /// the engine stops when `streams` is dropped by the swarm and every handle is gone.
+    /// Blocks sent to peers hold their bytes in `budget` until written.
     pub fn new<S: BlockStore>(
-        streams: libp2p_stream::Control,
+        streams: Control,
         store: S,
         config: Config,
+        budget: Budget,
     ) -> (Self, impl Future<Output = ()> + CondSend) {
         let (tx, rx) = mpsc::channel(16);
         let bitswap = Self {
             shared: Arc::default(),
             new_writers: tx,
+            budget,
         };
         let engine = engine(bitswap.clone(), streams, store, config, rx);
         (bitswap, engine)
@@ -502,7 +561,12 @@ impl Bitswap {
 
     /// The counters so far.
     pub fn stats(&self) -> Stats {
-        self.lock().stats
+        *self.lock().stats.borrow()
+    }
+
+    /// The counters, told as they change (to wait for one without polling).
+    pub fn watch_stats(&self) -> tokio::sync::watch::Receiver<Stats> {
+        self.lock().stats.subscribe()
     }
 
     /// Asks `peer` for `cid` (want-block, send-dont-have) and waits for the verified block,
@@ -534,6 +598,7 @@ impl Bitswap {
                 wantlist: vec![Entry::want_block(cid)],
                 ..Default::default()
             },
+            None,
         )
         .await?;
         match rx.await {
@@ -547,11 +612,20 @@ impl Bitswap {
 
     /// Sends a raw message to `peer` (tools and tests; [`Bitswap::want`] is the client).
     pub async fn send_message(&self, peer: PeerId, msg: Message) -> Result<(), WantError> {
-        self.send(peer, msg).await
+        self.send(peer, msg, None).await
     }
 
-    /// Queues `msg` to `peer`, starting its sender if there is none.
-    async fn send(&self, peer: PeerId, msg: Message) -> Result<(), WantError> {
+    /// Queues `msg` (holding `permit`) to `peer`, starting its sender if there is none.
+    async fn send(
+        &self,
+        peer: PeerId,
+        msg: Message,
+        permit: Option<Permit>,
+    ) -> Result<(), WantError> {
+        let mut item = Queued {
+            msg,
+            _permit: permit,
+        };
         for _ in 0..2 {
             let existing = self.lock().writers.get(&peer).cloned();
             let mut writer = match existing {
@@ -567,8 +641,15 @@ impl Bitswap {
                     tx
                 }
             };
-            if writer.send(msg.clone()).await.is_ok() {
-                return Ok(());
+            // Waits for room in the queue, keeping the item if the sender is gone.
+            if futures::future::poll_fn(|cx| writer.poll_ready(cx))
+                .await
+                .is_ok()
+            {
+                match writer.try_send(item) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => item = e.into_inner(),
+                }
             }
         }
         Err(WantError::Failed(format!(
@@ -611,7 +692,7 @@ impl Bitswap {
             let cid = match p.cid() {
                 Ok(c) => c,
                 Err(e) => {
-                    sh.stats.bad_messages += 1;
+                    sh.stats.send_modify(|s| s.bad_messages += 1);
                     let m = format!("a block with an unusable prefix ({e})");
                     fail(&mut sh, peer, |_| Answer::Invalid(m.clone()));
                     continue;
@@ -629,12 +710,12 @@ impl Bitswap {
             }
             sh.wants.retain(|_, w| !w.is_empty());
             if delivered {
-                sh.stats.blocks_received += 1;
+                sh.stats.send_modify(|s| s.blocks_received += 1);
                 continue;
             }
             let late = sh.cancelled.get(peer).is_some_and(|r| r.contains(&cid));
             if !late {
-                sh.stats.unwanted_blocks += 1;
+                sh.stats.send_modify(|s| s.unwanted_blocks += 1);
                 tracing::debug!(%peer, %cid, "bitswap: a block nobody asked for");
                 fail(&mut sh, peer, |_| {
                     Answer::Invalid(format!(
@@ -670,16 +751,16 @@ fn fail(sh: &mut Shared, peer: &PeerId, answer: impl Fn(&Cid) -> Answer) {
 
 async fn engine<S: BlockStore>(
     bitswap: Bitswap,
-    mut control: libp2p_stream::Control,
+    mut control: Control,
     store: S,
     config: Config,
-    mut new_writers: mpsc::Receiver<(PeerId, mpsc::Receiver<Message>)>,
+    mut new_writers: mpsc::Receiver<(PeerId, mpsc::Receiver<Queued>)>,
 ) {
     // Only this engine accepts these protocols, so registering cannot collide; if it did,
     // the node would still ask (its wants go out on streams it opens).
     let mut incoming =
         futures::stream::select_all([PROTOCOL, PROTOCOL_1_1].into_iter().filter_map(|p| {
-            match control.accept(p.clone()) {
+            match control.accept(p.clone(), ACCEPT_QUEUE) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::warn!(protocol = %p, error = %e, "bitswap: cannot accept");
@@ -695,6 +776,7 @@ async fn engine<S: BlockStore>(
     // Streams over the per-peer limit wait here rather than being dropped: Helia opens a
     // stream per message, and a dropped one would be a lost block.
     let mut waiting: HashMap<PeerId, VecDeque<Stream>> = HashMap::new();
+    let mut waiting_total = 0usize;
     let mut handles_gone = false;
     loop {
         futures::select! {
@@ -709,9 +791,13 @@ async fn engine<S: BlockStore>(
                         tracing::debug!(%peer, "bitswap: refusing a stream from a peer that broke the protocol");
                     } else if readers.len() >= config.max_inbound_streams || *n >= config.max_streams_per_peer {
                         let queue = waiting.entry(peer).or_default();
-                        if queue.len() < MAX_WAITING_STREAMS {
+                        if queue.len() < MAX_WAITING_PER_PEER && waiting_total < MAX_WAITING {
                             queue.push_back(stream);
+                            waiting_total += 1;
                         } else {
+                            if queue.is_empty() {
+                                waiting.remove(&peer);
+                            }
                             tracing::debug!(%peer, "bitswap: too many inbound streams; dropping one");
                         }
                     } else {
@@ -724,21 +810,31 @@ async fn engine<S: BlockStore>(
             },
             _ = writers.select_next_some() => {},
             peer = readers.select_next_some() => {
-                let next = waiting.get_mut(&peer).and_then(VecDeque::pop_front);
-                if waiting.get(&peer).is_some_and(VecDeque::is_empty) {
-                    waiting.remove(&peer);
-                }
-                match next {
-                    // The slot passes to the next stream from the same peer.
-                    Some(stream) => readers.push(read_from(&bitswap, store, config, peer, stream)),
-                    None => {
-                        if let Some(n) = per_peer.get_mut(&peer) {
-                            *n = n.saturating_sub(1);
-                            if *n == 0 {
-                                per_peer.remove(&peer);
-                            }
-                        }
+                if let Some(n) = per_peer.get_mut(&peer) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        per_peer.remove(&peer);
                     }
+                }
+                // The free slot goes to a waiting stream: the same peer's first, else
+                // another peer's that is under its own limit.
+                let next = if waiting.contains_key(&peer) {
+                    Some(peer)
+                } else {
+                    waiting
+                        .keys()
+                        .find(|p| per_peer.get(*p).copied().unwrap_or(0) < config.max_streams_per_peer)
+                        .copied()
+                };
+                if let Some(p) = next
+                    && let Some(stream) = waiting.get_mut(&p).and_then(VecDeque::pop_front)
+                {
+                    waiting_total -= 1;
+                    if waiting.get(&p).is_some_and(VecDeque::is_empty) {
+                        waiting.remove(&p);
+                    }
+                    *per_peer.entry(p).or_default() += 1;
+                    readers.push(read_from(&bitswap, store, config, p, stream));
                 }
             },
         }
@@ -749,30 +845,32 @@ async fn engine<S: BlockStore>(
 }
 
 /// Sends the messages queued for `peer` on one stream, opened when first needed and again
-/// after a failure. Queued wantlist-only messages are merged into one.
+/// after a failure. Queued wantlist-only messages are merged into one. A peer that takes
+/// nothing of a message for the budget's stall timeout is cut, and the queue dropped with
+/// the bytes it held.
 async fn write_loop(
     bitswap: &Bitswap,
-    mut control: libp2p_stream::Control,
+    mut control: Control,
     peer: PeerId,
-    mut queue: mpsc::Receiver<Message>,
+    mut queue: mpsc::Receiver<Queued>,
     open_timeout: Duration,
 ) {
     let mut stream: Option<Stream> = None;
-    let mut held: Option<Message> = None;
+    let mut held: Option<Queued> = None;
     loop {
-        let mut msg = match held.take() {
+        let mut item = match held.take() {
             Some(m) => m,
             None => match queue.next().await {
                 Some(m) => m,
                 None => break,
             },
         };
-        if msg.blocks.is_empty() {
-            while msg.wantlist.len() < MAX_WANTLIST / 2 {
+        if item.msg.blocks.is_empty() {
+            while item.msg.wantlist.len() < MAX_WANTLIST / 2 {
                 match queue.try_recv() {
-                    Ok(more) if more.blocks.is_empty() => {
-                        msg.wantlist.extend(more.wantlist);
-                        msg.presences.extend(more.presences);
+                    Ok(more) if more.msg.blocks.is_empty() => {
+                        item.msg.wantlist.extend(more.msg.wantlist);
+                        item.msg.presences.extend(more.msg.presences);
                     }
                     Ok(more) => {
                         held = Some(more);
@@ -782,17 +880,32 @@ async fn write_loop(
                 }
             }
         }
-        if let Err(reason) = send_one(&mut stream, &mut control, peer, &msg, open_timeout).await {
-            tracing::debug!(%peer, %reason, "bitswap: cannot send");
-            let mut sh = bitswap.lock();
-            for e in &msg.wantlist {
-                if let Some(by_cid) = sh.wants.get_mut(&peer)
-                    && let Some(waiters) = by_cid.remove(&e.cid)
-                {
-                    for (_, tx) in waiters {
-                        let _ = tx.send(Answer::Failed(reason.clone()));
-                    }
-                }
+        let stall = bitswap.budget.caps().stall_timeout;
+        match send_one(
+            &mut stream,
+            &mut control,
+            peer,
+            &item.msg,
+            open_timeout,
+            stall,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(Unsent::Stalled) => {
+                bitswap.budget.record_cut(peer, budget::BITSWAP);
+                control.cut(peer);
+                fail_wants(
+                    bitswap,
+                    peer,
+                    &item.msg,
+                    "stopped reading; disconnected".into(),
+                );
+                break;
+            }
+            Err(Unsent::Failed(reason)) => {
+                tracing::debug!(%peer, %reason, "bitswap: cannot send");
+                fail_wants(bitswap, peer, &item.msg, reason);
             }
         }
     }
@@ -801,38 +914,66 @@ async fn write_loop(
     }
 }
 
-/// Writes one message, opening the stream if needed; one retry on a fresh stream.
+/// Fails the wants `msg` carried to `peer`.
+fn fail_wants(bitswap: &Bitswap, peer: PeerId, msg: &Message, reason: String) {
+    let mut sh = bitswap.lock();
+    for e in &msg.wantlist {
+        if let Some(by_cid) = sh.wants.get_mut(&peer)
+            && let Some(waiters) = by_cid.remove(&e.cid)
+        {
+            for (_, tx) in waiters {
+                let _ = tx.send(Answer::Failed(reason.clone()));
+            }
+        }
+    }
+}
+
+/// Why a message was not sent.
+enum Unsent {
+    /// The peer took nothing of it for the stall timeout.
+    Stalled,
+    /// The stream could not be opened or failed (twice).
+    Failed(String),
+}
+
+/// Writes one message, opening the stream if needed; one retry on a fresh stream. Each piece
+/// must be taken within `stall`.
 async fn send_one(
     stream: &mut Option<Stream>,
-    control: &mut libp2p_stream::Control,
+    control: &mut Control,
     peer: PeerId,
     msg: &Message,
     open_timeout: Duration,
-) -> Result<(), String> {
+    stall: Duration,
+) -> Result<(), Unsent> {
     let body = msg.encode();
+    let prefix = framing::prefix(body.len());
     let mut last = String::new();
     for _ in 0..2 {
         if stream.is_none() {
             match cairn_core::rt::timeout(open_timeout, control.open_stream(peer, PROTOCOL)).await {
                 Some(Ok(s)) => *stream = Some(s),
-                Some(Err(e)) => return Err(format!("cannot open a bitswap stream: {e}")),
+                Some(Err(e)) => {
+                    return Err(Unsent::Failed(format!("cannot open a bitswap stream: {e}")));
+                }
                 None => {
-                    return Err(format!(
+                    return Err(Unsent::Failed(format!(
                         "cannot open a bitswap stream: no answer within {open_timeout:?}"
-                    ));
+                    )));
                 }
             }
         }
         let Some(s) = stream.as_mut() else { continue };
-        match write_frame(s, &body).await {
+        match framing::write_paced(s, &[&prefix, &body], stall).await {
             Ok(()) => return Ok(()),
+            Err(framing::PacedError::Stalled(_)) => return Err(Unsent::Stalled),
             Err(e) => {
                 last = format!("bitswap stream failed: {e}");
                 *stream = None;
             }
         }
     }
-    Err(last)
+    Err(Unsent::Failed(last))
 }
 
 /// [`read_loop`], then the peer whose reader slot is free.
@@ -856,15 +997,21 @@ async fn read_loop<S: BlockStore>(
     mut stream: Stream,
 ) {
     loop {
-        let frame = match read_frame(&mut stream, MAX_MESSAGE).await {
-            Ok(f) => Bytes::from(f),
-            Err(crate::cas::Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+        let frame = match cairn_core::rt::timeout(IDLE, read_frame(&mut stream, MAX_MESSAGE)).await
+        {
+            None => {
+                tracing::debug!(%peer, "bitswap: an inbound stream was idle for {IDLE:?}; letting it go");
                 return;
             }
-            Err(e) => {
+            Some(Ok(f)) => Bytes::from(f),
+            Some(Err(e)) if e.is_closed() => return,
+            Some(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "bitswap: dropping the stream");
-                if matches!(e, crate::cas::Error::TooLarge { .. }) {
-                    bitswap.lock().stats.bad_messages += 1;
+                if matches!(
+                    e,
+                    framing::Error::TooLarge { .. } | framing::Error::Prefix(_)
+                ) {
+                    bitswap.lock().stats.send_modify(|s| s.bad_messages += 1);
                     bitswap.strike(&peer);
                 }
                 return;
@@ -874,7 +1021,7 @@ async fn read_loop<S: BlockStore>(
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "bitswap: malformed message; dropping the stream");
-                bitswap.lock().stats.bad_messages += 1;
+                bitswap.lock().stats.send_modify(|s| s.bad_messages += 1);
                 bitswap.strike(&peer);
                 return;
             }
@@ -888,22 +1035,54 @@ async fn read_loop<S: BlockStore>(
     }
 }
 
+/// Bytes a message may need beyond its blocks: per entry a CID, a prefix and a little
+/// protobuf, plus the envelope.
+fn message_overhead(entries: usize) -> usize {
+    1024 + entries * (cairn_core::cid::MAX_BINARY_LEN + 16)
+}
+
+/// The bytes a batch of an answer reserves: a full message, the block that overflows it
+/// (read before the message is sent), and their framing.
+const BATCH: usize = MAX_ANSWER_BYTES + cairn_core::MAX_BLOCK_SIZE;
+
 /// Answers a wantlist from the store: blocks (packed up to [`MAX_ANSWER_BYTES`] per
 /// message), `Have`, and `DontHave` where asked for.
+///
+/// Before reading a block it holds room for it in the answer [`Budget`], waiting when the
+/// peer (or everyone) is at the cap: a peer that does not read its answers stops having its
+/// wantlists read.
 async fn answer<S: BlockStore>(bitswap: &Bitswap, store: &S, peer: PeerId, wants: Vec<Entry>) {
+    let wants: Vec<Entry> = wants.into_iter().filter(|e| !e.cancel).collect();
+    let overhead = message_overhead(wants.len());
+    let blocks_wanted = wants.iter().any(|e| e.want_type == WantType::Block);
+    let need = if blocks_wanted {
+        BATCH + overhead
+    } else {
+        overhead
+    };
+    let mut permit = bitswap.budget.reserve(peer, budget::BITSWAP, need).await;
     let mut out = Message::default();
     let mut size = 0usize;
     let (mut blocks, mut bytes) = (0u64, 0u64);
-    for e in wants.into_iter().filter(|e| !e.cancel) {
+    for e in wants {
         match e.want_type {
             WantType::Block => match store.get(&e.cid).await {
                 Ok(Some(block)) => {
                     let data = block.data().clone();
                     if size + data.len() > MAX_ANSWER_BYTES && !out.blocks.is_empty() {
-                        if bitswap.send(peer, std::mem::take(&mut out)).await.is_err() {
+                        // What the message holds goes with it; the rest covers this block,
+                        // and the batch is topped up for the next ones.
+                        let sent = permit.split(size + overhead);
+                        if bitswap
+                            .send(peer, std::mem::take(&mut out), Some(sent))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                         size = 0;
+                        let top_up = (BATCH + overhead).saturating_sub(permit.bytes());
+                        permit.merge(bitswap.budget.reserve(peer, budget::BITSWAP, top_up).await);
                     }
                     size += data.len();
                     blocks += 1;
@@ -926,12 +1105,15 @@ async fn answer<S: BlockStore>(bitswap: &Bitswap, store: &S, peer: PeerId, wants
             },
         }
     }
-    if !out.is_empty() && bitswap.send(peer, out).await.is_err() {
-        return;
+    if !out.is_empty() {
+        permit.shrink(size + overhead);
+        if bitswap.send(peer, out, Some(permit)).await.is_err() {
+            return;
+        }
     }
-    let mut sh = bitswap.lock();
-    sh.stats.blocks_sent += blocks;
-    sh.stats.bytes_sent += bytes;
+    let sh = bitswap.lock();
+    sh.stats.send_modify(|s| s.blocks_sent += blocks);
+    sh.stats.send_modify(|s| s.bytes_sent += bytes);
 }
 
 #[cfg(test)]

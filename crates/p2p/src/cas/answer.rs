@@ -1,0 +1,415 @@
+//! Answering requests from a store, and the content index sent with `caps`.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use cairn_core::cid::Cid;
+use cairn_core::source::routing::ContentIndex;
+use cairn_core::store::BlockStore;
+use serde_bytes::ByteBuf;
+
+use crate::budget::Permit;
+
+use super::{Capabilities, Limits, Request, Response, WireBlock, WireBloom, WireCid, code, error};
+
+/// A bloom filter of up to `max` CIDs held in `store` (the first `max` in its order).
+pub async fn held_index<S: BlockStore>(
+    store: &S,
+    max: usize,
+) -> Result<ContentIndex, cairn_core::store::Error> {
+    let total = store.stat().await?.blocks;
+    let mut ix = ContentIndex::new((total as usize).min(max));
+    let mut after: Option<Cid> = None;
+    let mut seen = 0;
+    while seen < max {
+        let page = store.list(after.as_ref(), 4096.min(max - seen)).await?;
+        let Some(last) = page.last().copied() else {
+            break;
+        };
+        for c in &page {
+            ix.insert(c);
+        }
+        seen += page.len();
+        after = Some(last);
+    }
+    Ok(ix)
+}
+
+/// How long a computed content index is reused for `caps` answers.
+const INDEX_REFRESH: Duration = Duration::from_secs(10);
+
+/// Most CIDs put in the content index sent with `caps`.
+const INDEX_MAX_CIDS: usize = 1 << 20;
+
+/// The `caps` answer: the node's capabilities with a bloom filter of what its store holds,
+/// recomputed at most every 10 s (listing a large store is not free).
+#[derive(Debug)]
+pub struct CapsCache {
+    caps: Capabilities,
+    index: Mutex<Option<(cairn_core::rt::Instant, WireBloom)>>,
+}
+
+impl CapsCache {
+    /// Answers `caps` with `caps` plus a fresh enough index.
+    pub fn new(caps: Capabilities) -> Self {
+        Self {
+            caps,
+            index: Mutex::new(None),
+        }
+    }
+
+    /// The answer; without an index if the store cannot be listed.
+    pub async fn get<S: BlockStore>(&self, store: &S) -> Capabilities {
+        let cached = self
+            .index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < INDEX_REFRESH)
+            .map(|(_, b)| b.clone());
+        let bloom = match cached {
+            Some(b) => Some(b),
+            None => match held_index(store, INDEX_MAX_CIDS).await {
+                Ok(ix) => {
+                    let b = WireBloom::from(&ix);
+                    *self.index.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some((cairn_core::rt::Instant::now(), b.clone()));
+                    Some(b)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the store for the content index");
+                    None
+                }
+            },
+        };
+        Capabilities {
+            bloom,
+            ..self.caps.clone()
+        }
+    }
+}
+
+fn cids(list: &[WireCid]) -> Result<Vec<Cid>, Response> {
+    list.iter()
+        .map(|c| {
+            c.cid().ok_or_else(|| {
+                error(
+                    code::BAD_REQUEST,
+                    "a CID in the request is not a valid binary CID",
+                )
+            })
+        })
+        .collect()
+}
+
+/// Answers one request from `store` (`caps` with `caps` as given).
+pub async fn answer<S: BlockStore>(
+    store: &S,
+    req: Request,
+    limits: &Limits,
+    caps: &Capabilities,
+) -> Response {
+    let out = match req {
+        Request::Get { cids: wanted } => get(store, &wanted, limits).await,
+        Request::Have { cids: asked } => have(store, &asked, limits).await,
+        Request::List { after, limit } => list(store, after, limit, limits).await,
+        Request::Caps {} => Ok(Response::Caps(caps.clone())),
+    };
+    out.unwrap_or_else(|refusal| refusal)
+}
+
+/// Refuses a list of more than `max` CIDs.
+fn at_most(kind: &str, max: usize, got: usize) -> Result<(), Response> {
+    if got > max {
+        return Err(error(
+            code::TOO_MANY,
+            format!("{kind} takes at most {max} CIDs, got {got}"),
+        ));
+    }
+    Ok(())
+}
+
+fn internal(e: cairn_core::store::Error) -> Response {
+    error(code::INTERNAL, e.to_string())
+}
+
+/// What a `get` gathered: blocks within the budget, in request order, and the rest.
+struct Gathered {
+    blocks: Vec<(Cid, bytes::Bytes)>,
+    missing: Vec<Cid>,
+    skipped: Vec<Cid>,
+}
+
+/// Gathers the blocks of a `get`, at most `limits.get_budget` bytes of them. With `room`
+/// (the answer's permit and the framing it must also cover), each block is read only once
+/// the permit holds room for it beyond those gathered (its size when the store knows it
+/// without reading, [`BlockStore::size_hint`], else the largest a block can be): the permit
+/// grows as the answer does, and a block it cannot grow for is `skipped`.
+async fn gather<S: BlockStore>(
+    store: &S,
+    wanted: &[WireCid],
+    limits: &Limits,
+    mut room: Option<(&mut Permit, usize)>,
+) -> Result<Gathered, Response> {
+    at_most("get", limits.max_get, wanted.len())?;
+    let wanted = cids(wanted)?;
+    let mut out = Gathered {
+        blocks: Vec::new(),
+        missing: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let cap = limits.get_budget;
+    let mut used = 0usize;
+    for cid in wanted {
+        let left = cap - used;
+        if left == 0 {
+            out.skipped.push(cid);
+            continue;
+        }
+        if let Some((permit, overhead)) = room.as_mut() {
+            // Room for this block: its size when the store knows it, else the largest.
+            let next = store
+                .size_hint(&cid)
+                .unwrap_or(cairn_core::MAX_BLOCK_SIZE)
+                .min(left);
+            let need = used + next + *overhead;
+            if !permit.try_grow(need.saturating_sub(permit.bytes())) {
+                out.skipped.push(cid);
+                continue;
+            }
+        }
+        let held = match store.get(&cid).await {
+            // A corrupt copy is never served (the store removed it): not held any more.
+            Err(cairn_core::store::Error::Corrupt { .. }) => None,
+            other => other.map_err(internal)?,
+        };
+        match held {
+            Some(b) if b.len() <= left => {
+                used += b.len();
+                out.blocks.push((cid, b.data().clone()));
+            }
+            Some(_) => out.skipped.push(cid),
+            None => out.missing.push(cid),
+        }
+    }
+    if let Some((permit, overhead)) = room {
+        permit.shrink(used + overhead);
+    }
+    Ok(out)
+}
+
+async fn get<S: BlockStore>(
+    store: &S,
+    wanted: &[WireCid],
+    limits: &Limits,
+) -> Result<Response, Response> {
+    let g = gather(store, wanted, limits, None).await?;
+    Ok(Response::Get {
+        blocks: g
+            .blocks
+            .into_iter()
+            .map(|(c, d)| WireBlock((&c).into(), ByteBuf::from(d.to_vec())))
+            .collect(),
+        missing: g.missing.iter().map(WireCid::from).collect(),
+        skipped: g.skipped.iter().map(WireCid::from).collect(),
+    })
+}
+
+/// Answers a `get` as its whole frame (length prefix and CBOR body, the same bytes
+/// [`super::encode`] gives for the [`Response`]), or the error [`Response`] to send instead.
+/// The blocks' bytes are held in `permit`, which grows block by block (blocks it cannot
+/// grow for are `skipped`) and ends holding the frame's size.
+///
+/// The blocks are copied into the frame one by one and each is dropped once copied, so the
+/// answer never holds much more than its frame: building the [`Response`] and encoding it
+/// would hold every block twice.
+pub async fn get_frame<S: BlockStore>(
+    store: &S,
+    wanted: &[WireCid],
+    limits: &Limits,
+    permit: &mut Permit,
+) -> Result<GetFrame, Response> {
+    let overhead = get_overhead(wanted.len());
+    let g = gather(store, wanted, limits, Some((permit, overhead))).await?;
+    let blocks = g.blocks.len();
+    let block_bytes = g.blocks.iter().map(|(_, d)| d.len()).sum();
+    let frame = encode_get(g);
+    // Lists of CIDs alone can outgrow what was reserved for reading; the frame is what is
+    // held from here on (best effort if the budget is full: it is small and short-lived).
+    let _ = permit.try_grow(frame.len().saturating_sub(permit.bytes()));
+    permit.shrink(frame.len());
+    Ok(GetFrame {
+        frame,
+        blocks,
+        block_bytes,
+    })
+}
+
+/// Framing bytes a `get` answer of `cids` CIDs may need beyond its blocks: each CID at most
+/// twice (in a block and in a list) with its CBOR head, plus the envelope.
+pub fn get_overhead(cids: usize) -> usize {
+    1024 + cids * 2 * (cairn_core::cid::MAX_BINARY_LEN + 4)
+}
+
+/// A `get` answer as [`get_frame`] builds it.
+#[derive(Debug)]
+pub struct GetFrame {
+    /// The frame: length prefix and CBOR body.
+    pub frame: Vec<u8>,
+    /// Blocks in it.
+    pub blocks: usize,
+    /// Their bytes.
+    pub block_bytes: usize,
+}
+
+/// The CBOR head of major type `major` with argument `n`, as RFC 8949 §3 writes it
+/// (the shortest form, which is what serde's encoder writes).
+fn head(out: &mut Vec<u8>, major: u8, n: u64) {
+    let m = major << 5;
+    match n {
+        0..24 => out.push(m | n as u8),
+        24..0x100 => out.extend_from_slice(&[m | 24, n as u8]),
+        0x100..0x1_0000 => {
+            out.push(m | 25);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        0x1_0000..0x1_0000_0000 => {
+            out.push(m | 26);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
+fn head_len(n: u64) -> usize {
+    match n {
+        0..24 => 1,
+        24..0x100 => 2,
+        0x100..0x1_0000 => 3,
+        0x1_0000..0x1_0000_0000 => 5,
+        _ => 9,
+    }
+}
+
+const MAP: u8 = 5;
+const ARRAY: u8 = 4;
+const BYTES: u8 = 2;
+const TEXT: u8 = 3;
+
+fn text(out: &mut Vec<u8>, t: &str) {
+    head(out, TEXT, t.len() as u64);
+    out.extend_from_slice(t.as_bytes());
+}
+
+fn byte_string(out: &mut Vec<u8>, b: &[u8]) {
+    head(out, BYTES, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+fn byte_string_len(n: usize) -> usize {
+    head_len(n as u64) + n
+}
+
+fn cid_list_len(cids: &[Cid]) -> usize {
+    head_len(cids.len() as u64)
+        + cids
+            .iter()
+            .map(|c| byte_string_len(c.encoded_len()))
+            .sum::<usize>()
+}
+
+fn cid_list(out: &mut Vec<u8>, cids: &[Cid]) {
+    head(out, ARRAY, cids.len() as u64);
+    for c in cids {
+        byte_string(out, &c.to_bytes());
+    }
+}
+
+/// `{"get": {"blocks": [[cid, data]…], "missing": [cid…], "skipped": [cid…]}}`, framed.
+fn encode_get(g: Gathered) -> Vec<u8> {
+    let key = |t: &str| head_len(t.len() as u64) + t.len();
+    let blocks_len = head_len(g.blocks.len() as u64)
+        + g.blocks
+            .iter()
+            .map(|(c, d)| 1 + byte_string_len(c.encoded_len()) + byte_string_len(d.len()))
+            .sum::<usize>();
+    let body_len = 1
+        + key("get")
+        + 1
+        + key("blocks")
+        + blocks_len
+        + key("missing")
+        + cid_list_len(&g.missing)
+        + key("skipped")
+        + cid_list_len(&g.skipped);
+    let mut out = Vec::with_capacity(10 + body_len);
+    cairn_core::varint::put(&mut out, body_len as u64);
+    let start = out.len();
+    head(&mut out, MAP, 1);
+    text(&mut out, "get");
+    head(&mut out, MAP, 3);
+    text(&mut out, "blocks");
+    head(&mut out, ARRAY, g.blocks.len() as u64);
+    // Each block is dropped as soon as it is in the frame.
+    for (c, d) in g.blocks {
+        head(&mut out, ARRAY, 2);
+        byte_string(&mut out, &c.to_bytes());
+        byte_string(&mut out, &d);
+    }
+    text(&mut out, "missing");
+    cid_list(&mut out, &g.missing);
+    text(&mut out, "skipped");
+    cid_list(&mut out, &g.skipped);
+    debug_assert_eq!(out.len() - start, body_len);
+    out
+}
+
+async fn have<S: BlockStore>(
+    store: &S,
+    asked: &[WireCid],
+    limits: &Limits,
+) -> Result<Response, Response> {
+    at_most("have", limits.max_have, asked.len())?;
+    let asked = cids(asked)?;
+    let mut bitmap = vec![0u8; asked.len().div_ceil(8)];
+    for (i, cid) in asked.iter().enumerate() {
+        if store.has(cid).await.map_err(internal)? {
+            bitmap[i / 8] |= 1 << (i % 8);
+        }
+    }
+    Ok(Response::Have {
+        bitmap: ByteBuf::from(bitmap),
+    })
+}
+
+async fn list<S: BlockStore>(
+    store: &S,
+    after: Option<WireCid>,
+    limit: u32,
+    limits: &Limits,
+) -> Result<Response, Response> {
+    let after = match after.map(|a| a.cid()) {
+        None => None,
+        Some(Some(c)) => Some(c),
+        Some(None) => {
+            return Err(error(
+                code::BAD_REQUEST,
+                "`after` is not a valid binary CID",
+            ));
+        }
+    };
+    let limit = (limit as usize).min(limits.max_list);
+    let mut page = store
+        .list(after.as_ref(), limit + 1)
+        .await
+        .map_err(internal)?;
+    let more = page.len() > limit;
+    page.truncate(limit);
+    Ok(Response::List {
+        cids: page.iter().map(WireCid::from).collect(),
+        more,
+    })
+}

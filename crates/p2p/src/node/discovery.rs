@@ -1,0 +1,135 @@
+//! Discovery: provider records in the Kademlia DHT (publishing what this node holds,
+//! finding who holds a CID, and what this node's own DHT store knows), and the addresses
+//! identify teaches the DHT.
+
+use std::collections::HashMap;
+
+use cairn_core::cid::Cid;
+use libp2p::swarm::Swarm;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::{Multiaddr, PeerId, identify, kad};
+
+use super::{Error, Reply};
+use crate::behaviour::Behaviour;
+
+/// The DHT key of a CID: its multihash, as IPFS keys provider records, so any codec of
+/// the same bytes matches.
+pub(crate) fn dht_key(cid: &Cid) -> kad::RecordKey {
+    kad::RecordKey::new(&cid.hash().to_bytes())
+}
+
+/// A provider lookup in flight: the CID, the providers found so far, and who is waiting.
+type FindQuery = (Cid, Vec<PeerId>, Reply<Vec<PeerId>>);
+
+/// DHT queries in flight.
+#[derive(Default)]
+pub(crate) struct Discovery {
+    provides: HashMap<kad::QueryId, (Cid, Reply<()>)>,
+    finds: HashMap<kad::QueryId, FindQuery>,
+}
+
+fn dht_error(
+    op: &'static str,
+    cid: Cid,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    Error::Dht {
+        op,
+        cid: Box::new(cid),
+        source: cairn_core::Reason::new(e),
+    }
+}
+
+impl Discovery {
+    /// Publishes a provider record for `cid`; `reply` hears once it is stored somewhere.
+    pub(crate) fn provide(&mut self, swarm: &mut Swarm<Behaviour>, cid: Cid, reply: Reply<()>) {
+        match swarm.behaviour_mut().kad.start_providing(dht_key(&cid)) {
+            Ok(q) => {
+                self.provides.insert(q, (cid, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(dht_error("provide", cid, e)));
+            }
+        }
+    }
+
+    /// Asks the DHT who provides `cid`; each provider is dialed as the query finds it.
+    pub(crate) fn find(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        cid: Cid,
+        reply: Reply<Vec<PeerId>>,
+    ) {
+        let q = swarm.behaviour_mut().kad.get_providers(dht_key(&cid));
+        self.finds.insert(q, (cid, Vec::new(), reply));
+    }
+
+    /// Provider records for `cid` in this node's own DHT store, with addresses.
+    pub(crate) fn local(swarm: &mut Swarm<Behaviour>, cid: &Cid) -> Vec<(PeerId, Vec<Multiaddr>)> {
+        use libp2p::kad::store::RecordStore;
+        let me = *swarm.local_peer_id();
+        swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .providers(&dht_key(cid))
+            .into_iter()
+            .filter(|r| r.provider != me)
+            .map(|r| (r.provider, r.addresses))
+            .collect()
+    }
+
+    pub(crate) fn on_kad(&mut self, swarm: &mut Swarm<Behaviour>, event: kad::Event) {
+        let kad::Event::OutboundQueryProgressed {
+            id, result, step, ..
+        } = event
+        else {
+            return;
+        };
+        match result {
+            kad::QueryResult::StartProviding(out) => {
+                if let Some((cid, reply)) = self.provides.remove(&id) {
+                    let _ = reply.send(out.map(|_| ()).map_err(|e| dht_error("provide", cid, e)));
+                }
+            }
+            kad::QueryResult::GetProviders(out) => {
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = &out
+                    && let Some((_, found, _)) = self.finds.get_mut(&id)
+                {
+                    for p in providers {
+                        if *p == *swarm.local_peer_id() || found.contains(p) {
+                            continue;
+                        }
+                        found.push(*p);
+                        // Dial now, while the query still holds the addresses the record
+                        // carried (they are forgotten when it ends).
+                        let opts = DialOpts::peer_id(*p)
+                            .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .build();
+                        if let Err(e) = swarm.dial(opts) {
+                            tracing::debug!(peer = %p, error = %e, "cannot dial provider");
+                        }
+                    }
+                }
+                if step.last
+                    && let Some((_, found, reply)) = self.finds.remove(&id)
+                {
+                    let _ = reply.send(Ok(found));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Identify told `peer`'s listen addresses: the swarm may dial them, and the DHT keeps
+    /// them when the peer serves it.
+    pub(crate) fn on_identify(swarm: &mut Swarm<Behaviour>, peer: PeerId, info: &identify::Info) {
+        let dht = info.protocols.contains(&kad::PROTOCOL_NAME);
+        for a in info.listen_addrs.iter().take(16) {
+            if dht {
+                swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+            }
+            swarm.add_peer_address(peer, a.clone());
+        }
+    }
+}

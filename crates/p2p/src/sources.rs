@@ -1,0 +1,258 @@
+//! The source chain a node fetches through, assembled once for every platform: the local
+//! store, `/cas` peers (connected ones, and providers found in the DHT), IPFS peers over
+//! bitswap, then HTTP gateways. The browser node and the CLI both describe what they want
+//! as [`Sources`] and get the same chain.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use cairn_core::cid::Cid;
+use cairn_core::source::routing::Reputations;
+use cairn_core::source::{
+    AskPeer, Chain, FindPeers, Gateway, HttpClient, LookupError, PeerError, PeerSource, RaceConfig,
+    SourceKind,
+};
+use cairn_core::store::BlockStore;
+use libp2p::{Multiaddr, PeerId};
+
+use crate::Node;
+use crate::{ipfs, routing_v1};
+
+/// An HTTP(S) base URL that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} \"{url}\" is not an http(s) URL (for example {example})")]
+pub struct NotHttp {
+    /// What it was given as (`gateway`, `router`, …).
+    pub what: &'static str,
+    /// What was given.
+    pub url: String,
+    /// What one looks like.
+    pub example: &'static str,
+}
+
+/// Checks that `url` is an `http://` or `https://` URL, for the error to name `what`.
+pub fn http_url(what: &'static str, url: &str) -> Result<String, NotHttp> {
+    let url = url.trim();
+    let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+    let host = url.split_once("://").map_or("", |(_, rest)| rest);
+    if scheme_ok && !host.is_empty() && !host.starts_with('/') {
+        Ok(url.trim_end_matches('/').to_owned())
+    } else {
+        Err(NotHttp {
+            what,
+            url: url.to_owned(),
+            example: match what {
+                "gateway" => "https://trustless-gateway.link",
+                _ => "https://delegated-ipfs.dev",
+            },
+        })
+    }
+}
+
+/// `/cas` peers: those connected that speak it, and (when looking up) providers of the
+/// fetch's root found in the DHT and reached through their records' addresses.
+#[derive(Debug, Clone)]
+pub struct CasPeers {
+    node: Node,
+    /// How long a lookup waits for the providers it found to connect and identify.
+    pub wait: Duration,
+}
+
+impl CasPeers {
+    /// The `/cas` peers of `node`.
+    pub fn new(node: Node) -> Self {
+        Self {
+            node,
+            wait: Duration::from_secs(25),
+        }
+    }
+}
+
+impl FindPeers for CasPeers {
+    type Peer = PeerId;
+
+    fn at_hand(&self, _: &Cid) -> Vec<PeerId> {
+        self.node.askable_peers()
+    }
+
+    async fn look_up(&self, key: &Cid) -> Result<Vec<PeerId>, LookupError> {
+        let fail = |found: usize, what: String| LookupError {
+            found,
+            answers: vec![("DHT".into(), what)],
+        };
+        let t = Duration::from_secs(10);
+        let providers = match cairn_core::rt::timeout(t, self.node.find_providers(*key)).await {
+            Some(Ok(p)) if !p.is_empty() => p,
+            Some(Ok(_)) => return Err(fail(0, "0 provider(s)".into())),
+            Some(Err(e)) => return Err(fail(0, e.to_string())),
+            None => return Err(fail(0, format!("no answer within {t:?}"))),
+        };
+        // A provider reached through a relay is moved to a direct connection first, when
+        // it can be (`askable` waits for that): the transfer then never loads the relay.
+        if self
+            .node
+            .wait_for(&providers, self.wait, |i| i.askable())
+            .await
+            .is_none()
+        {
+            return Err(fail(
+                providers.len(),
+                format!("{} provider(s), none askable over /cas", providers.len()),
+            ));
+        }
+        Ok(providers
+            .into_iter()
+            .filter(|p| self.node.peer(p).is_some_and(|i| i.askable()))
+            .collect())
+    }
+
+    fn reputations(&self) -> Option<Reputations<PeerId>> {
+        Some(self.node.reputations().clone())
+    }
+}
+
+impl AskPeer for CasPeers {
+    type Peer = PeerId;
+
+    async fn ask(&self, peer: &PeerId, cid: &Cid) -> Result<Bytes, PeerError> {
+        self.node.get(*peer, cid).await
+    }
+}
+
+/// A source of the `/cas` peers of `node` for the DAG under `root`, racing them within
+/// `config` (with `config.look_up`, providers of the root are looked up in the DHT when
+/// the connected peers fail).
+pub fn cas_source(
+    node: &Node,
+    root: Option<Cid>,
+    config: RaceConfig,
+) -> PeerSource<CasPeers, CasPeers> {
+    let peers = CasPeers::new(node.clone());
+    PeerSource::new(SourceKind::Peers, peers.clone(), peers, root).config(config)
+}
+
+/// The IPFS source over `net` for the DAG under `root`: providers looked up once per
+/// fetch, each asked over bitswap, a handful at a time.
+pub fn ipfs_source<H: HttpClient + 'static>(
+    net: ipfs::Network<H>,
+    root: Option<Cid>,
+) -> PeerSource<std::sync::Arc<ipfs::Network<H>>, std::sync::Arc<ipfs::Network<H>>> {
+    let net = std::sync::Arc::new(net);
+    PeerSource::new(SourceKind::Ipfs, net.clone(), net, root).config(RaceConfig {
+        per_peer_timeout: Duration::from_secs(15),
+        // Providers each get a want; a handful is enough to route around slow ones.
+        max_parallel: 4,
+        look_up: true,
+    })
+}
+
+/// Where the IPFS source finds providers.
+#[derive(Debug, Clone)]
+pub struct IpfsRouting {
+    /// Whether to ask the DHT (the relays').
+    pub dht: bool,
+    /// Delegated Routing V1 endpoints (checked with [`http_url`]).
+    pub routers: Vec<String>,
+    /// Which provider addresses this node can dial.
+    pub dialable: fn(&Multiaddr) -> bool,
+}
+
+/// What a fetch may use beyond the local store.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// Connected `/cas` peers (with a node).
+    pub peers: bool,
+    /// Also look up `/cas` providers of the root in the DHT when the connected peers fail.
+    pub discover: bool,
+    /// The IPFS network over bitswap (with a node).
+    pub ipfs: Option<IpfsRouting>,
+    /// Trustless gateways, in order (checked with [`http_url`]).
+    pub gateways: Vec<String>,
+    /// How long each source may take for one block before the chain moves on.
+    pub peer_timeout: Duration,
+    /// The same, for the IPFS source (its first block includes the provider lookup).
+    pub ipfs_timeout: Duration,
+    /// The same, for each gateway.
+    pub gateway_timeout: Duration,
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Self {
+            peers: true,
+            discover: false,
+            ipfs: None,
+            gateways: Vec::new(),
+            peer_timeout: Duration::from_secs(30),
+            ipfs_timeout: Duration::from_secs(60),
+            gateway_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Sources {
+    /// The chain for the DAG under `root`: `store`, then (with a `node`) its `/cas` peers
+    /// and IPFS, then each gateway over `http`.
+    pub fn chain<S, H>(&self, node: Option<&Node>, store: S, http: &H, root: Cid) -> Chain
+    where
+        S: BlockStore + Clone + 'static,
+        H: HttpClient + Clone + 'static,
+    {
+        let mut chain = Chain::new().local(store);
+        if let Some(node) = node {
+            if self.peers {
+                let config = RaceConfig {
+                    look_up: self.discover,
+                    ..RaceConfig::default()
+                };
+                chain = chain.source(
+                    cas_source(node, Some(root), config),
+                    Some(self.peer_timeout),
+                );
+            }
+            if let Some(routing) = &self.ipfs {
+                let routers = routing
+                    .routers
+                    .iter()
+                    .map(|r| routing_v1::Client::new(http.clone(), r))
+                    .collect();
+                let net = ipfs::Network::new(node.clone(), routers, routing.dht, routing.dialable);
+                chain = chain.source(ipfs_source(net, Some(root)), Some(self.ipfs_timeout));
+            }
+        }
+        for g in &self.gateways {
+            chain = chain.source(
+                Gateway::new(http.clone(), g.clone()),
+                Some(self.gateway_timeout),
+            );
+        }
+        chain
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_in_one_place() {
+        assert_eq!(
+            http_url("gateway", " https://x.example/ ").unwrap(),
+            "https://x.example"
+        );
+        assert_eq!(
+            http_url("router", "http://127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        for bad in ["ftp://x", "x.example", "https://", "http:///path", ""] {
+            let e = http_url("gateway", bad).unwrap_err();
+            assert!(e.to_string().contains("trustless-gateway.link"), "{e}");
+        }
+        assert!(
+            http_url("router", "nope")
+                .unwrap_err()
+                .to_string()
+                .starts_with("router \"nope\" is not an http(s) URL")
+        );
+    }
+}

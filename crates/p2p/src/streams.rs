@@ -1,0 +1,639 @@
+//! Raw libp2p streams for cairn's own protocols (`/cas`, bitswap, `/webrtc-signaling`, the
+//! benchmarks' perf probe): a [`Control`] opens streams to a peer and accepts them for a
+//! protocol; the [`Behaviour`] and its connection handler negotiate them.
+//!
+//! It does what `libp2p-stream` does, with the bounds and the concurrency a block protocol
+//! needs:
+//! - **Outbound streams are negotiated concurrently**, up to
+//!   [`Config::max_negotiating_outbound`] per connection: a fetch window of 32 requests is
+//!   32 negotiations in flight, not one after another (libp2p-stream negotiates one at a
+//!   time per connection, so every request waited a round trip for the one before).
+//! - **A direct connection is preferred** over a relayed one when a peer has both, so bytes
+//!   do not cross a relay once a direct path exists.
+//! - **Inbound streams are bounded per connection** ([`Config::max_inbound_per_connection`],
+//!   counted until the accepted [`Stream`] is dropped) and queue for their protocol's
+//!   reader up to the capacity given to [`Control::accept`]; past either bound a new
+//!   stream is reset at once instead of piling up.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use futures::channel::{mpsc, oneshot};
+use futures::{AsyncRead, AsyncWrite, SinkExt, StreamExt};
+use libp2p::core::transport::PortUse;
+use libp2p::core::upgrade::{InboundUpgrade, OutboundUpgrade, UpgradeInfo};
+use libp2p::core::{ConnectedPoint, Endpoint};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::handler::{
+    ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
+};
+use libp2p::swarm::{
+    ConnectionClosed, ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId,
+    DialError, DialFailure, FromSwarm, NetworkBehaviour, NotifyHandler, StreamUpgradeError,
+    SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+
+/// Limits of the stream layer.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Inbound streams open at once on one connection (queued or being read).
+    pub max_inbound_per_connection: usize,
+    /// Outbound streams being negotiated at once on one connection; more wait their turn.
+    pub max_negotiating_outbound: usize,
+    /// Outbound stream requests waiting on one connection; past that, they fail at once.
+    pub max_waiting_outbound: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_inbound_per_connection: 128,
+            max_negotiating_outbound: 64,
+            max_waiting_outbound: 1024,
+        }
+    }
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenStreamError {
+    /// The peer does not speak the protocol.
+    #[error("the peer does not support {0}")]
+    UnsupportedProtocol(StreamProtocol),
+    /// No connection to the peer could be made.
+    #[error("cannot connect: {0}")]
+    Unreachable(#[source] cairn_core::Reason),
+    /// The connection closed, or negotiating failed.
+    #[error("stream negotiation failed: {0}")]
+    Io(#[from] io::Error),
+    /// Too many streams are waiting to be opened to this peer.
+    #[error("too many streams are waiting to be opened to this peer")]
+    Busy,
+}
+
+/// The protocol is already accepted by another reader.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is already accepted elsewhere")]
+pub struct AlreadyRegistered(pub StreamProtocol);
+
+/// A negotiated stream. An inbound one counts against its connection's bound until dropped.
+#[derive(Debug)]
+pub struct Stream {
+    inner: libp2p::Stream,
+    _permit: Option<Permit>,
+}
+
+impl Stream {
+    /// Lets the connection close when idle even while this stream is open (long-lived
+    /// streams that should not keep a peer connected on their own).
+    pub fn ignore_for_keep_alive(&mut self) {
+        self.inner.ignore_for_keep_alive();
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// One inbound stream's place in its connection's count.
+#[derive(Debug)]
+struct Permit(Arc<AtomicUsize>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Reply = oneshot::Sender<Result<Stream, OpenStreamError>>;
+
+/// A request to open a stream (from a [`Control`] to a connection's handler).
+#[derive(Debug)]
+pub struct Open {
+    peer: PeerId,
+    protocol: StreamProtocol,
+    reply: Reply,
+}
+
+/// Inbound streams of one protocol, as they arrive: `(peer, stream)`.
+pub type IncomingStreams = mpsc::Receiver<(PeerId, Stream)>;
+
+#[derive(Default)]
+struct Shared {
+    /// Readers by protocol.
+    accepting: HashMap<StreamProtocol, mpsc::Sender<(PeerId, Stream)>>,
+}
+
+impl Shared {
+    fn protocols(&mut self) -> Vec<StreamProtocol> {
+        self.accepting.retain(|_, s| !s.is_closed());
+        self.accepting.keys().cloned().collect()
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Opens and accepts streams; cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    shared: Arc<Mutex<Shared>>,
+    opens: mpsc::Sender<Open>,
+    cuts: mpsc::Sender<PeerId>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// Opens a stream to `peer` for `protocol`, dialing the peer if it is not connected
+    /// (at addresses the swarm knows). The negotiation itself is bounded by the swarm's
+    /// substream timeout (10 s).
+    pub async fn open_stream(
+        &mut self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<Stream, OpenStreamError> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || io::Error::new(io::ErrorKind::ConnectionReset, "the node has stopped");
+        self.opens
+            .send(Open {
+                peer,
+                protocol,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the connection closed before the stream was open",
+            )
+        })?
+    }
+
+    /// Closes every connection to `peer` (a peer that broke a protocol's bounds, such as one
+    /// that stopped reading its answers). Best effort: when many cuts are pending already,
+    /// this one is dropped, and the peer is cut the next time it misbehaves.
+    pub fn cut(&self, peer: PeerId) {
+        if let Err(e) = self.cuts.clone().try_send(peer)
+            && e.is_full()
+        {
+            tracing::debug!(%peer, "too many cuts pending; not cutting this peer now");
+        }
+    }
+
+    /// Accepts inbound streams for `protocol`; up to `capacity` wait for the reader, past
+    /// that new ones are reset. Dropping the receiver stops accepting.
+    pub fn accept(
+        &mut self,
+        protocol: StreamProtocol,
+        capacity: usize,
+    ) -> Result<IncomingStreams, AlreadyRegistered> {
+        let mut shared = lock(&self.shared);
+        shared.protocols();
+        if shared.accepting.contains_key(&protocol) {
+            return Err(AlreadyRegistered(protocol));
+        }
+        // `mpsc::channel(n)` holds n + 1 (one per sender): the one sender is ours.
+        let (tx, rx) = mpsc::channel(capacity.saturating_sub(1));
+        shared.accepting.insert(protocol, tx);
+        Ok(rx)
+    }
+}
+
+/// What the behaviour knows of a connection.
+#[derive(Debug, Clone, Copy)]
+struct Conn {
+    peer: PeerId,
+    /// Through a relay circuit (and not `/webrtc`, which only signals through one).
+    relayed: bool,
+}
+
+fn relayed(addr: &Multiaddr) -> bool {
+    let mut circuit = false;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2pCircuit => circuit = true,
+            Protocol::WebRTC => return false,
+            _ => {}
+        }
+    }
+    circuit
+}
+
+/// The stream layer's network behaviour.
+pub struct Behaviour {
+    shared: Arc<Mutex<Shared>>,
+    config: Config,
+    opens: mpsc::Receiver<Open>,
+    opens_tx: mpsc::Sender<Open>,
+    cuts: mpsc::Receiver<PeerId>,
+    cuts_tx: mpsc::Sender<PeerId>,
+    /// Open connections, oldest first.
+    connections: Vec<(ConnectionId, Conn)>,
+    /// Requests for peers being dialed.
+    waiting: HashMap<PeerId, Vec<Open>>,
+    out: VecDeque<ToSwarm<Infallible, Open>>,
+}
+
+impl std::fmt::Debug for Behaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("streams::Behaviour")
+            .field("connections", &self.connections.len())
+            .field("waiting", &self.waiting.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Behaviour {
+    /// A stream layer with `config`'s limits.
+    pub fn new(config: Config) -> Self {
+        let (opens_tx, opens) = mpsc::channel(64);
+        let (cuts_tx, cuts) = mpsc::channel(64);
+        Self {
+            shared: Arc::default(),
+            config,
+            opens,
+            opens_tx,
+            cuts,
+            cuts_tx,
+            connections: Vec::new(),
+            waiting: HashMap::new(),
+            out: VecDeque::new(),
+        }
+    }
+
+    /// A handle to open and accept streams.
+    pub fn new_control(&self) -> Control {
+        Control {
+            shared: self.shared.clone(),
+            opens: self.opens_tx.clone(),
+            cuts: self.cuts_tx.clone(),
+        }
+    }
+
+    /// The connection a new stream to `peer` should use: a direct one over a relayed one,
+    /// the newest among equals.
+    fn connection_for(&self, peer: &PeerId) -> Option<ConnectionId> {
+        self.connections
+            .iter()
+            .rev()
+            .filter(|(_, c)| c.peer == *peer)
+            .min_by_key(|(_, c)| c.relayed)
+            .map(|(id, _)| *id)
+    }
+
+    fn route(&mut self, open: Open) {
+        if open.reply.is_canceled() {
+            return;
+        }
+        match self.connection_for(&open.peer) {
+            Some(connection) => self.out.push_back(ToSwarm::NotifyHandler {
+                peer_id: open.peer,
+                handler: NotifyHandler::One(connection),
+                event: open,
+            }),
+            None => {
+                let peer = open.peer;
+                let waiting = self.waiting.entry(peer).or_default();
+                if waiting.len() >= self.config.max_waiting_outbound {
+                    let _ = open.reply.send(Err(OpenStreamError::Busy));
+                    return;
+                }
+                let first = waiting.is_empty();
+                waiting.push(open);
+                if first {
+                    self.out.push_back(ToSwarm::Dial {
+                        opts: DialOpts::peer_id(peer)
+                            .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .build(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn handler(&self, peer: PeerId, relayed: bool) -> Handler {
+        Handler {
+            peer,
+            relayed,
+            shared: self.shared.clone(),
+            config: self.config,
+            inbound: Arc::default(),
+            queued: VecDeque::new(),
+            negotiating: 0,
+            waker: None,
+        }
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = Handler;
+    type ToSwarm = Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(self.handler(peer, relayed(remote)))
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(self.handler(peer, relayed(addr)))
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
+        match event {
+            FromSwarm::ConnectionEstablished(e) => {
+                let remote = match e.endpoint {
+                    ConnectedPoint::Dialer { address, .. } => address,
+                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
+                };
+                self.connections.push((
+                    e.connection_id,
+                    Conn {
+                        peer: e.peer_id,
+                        relayed: relayed(remote),
+                    },
+                ));
+                for open in self.waiting.remove(&e.peer_id).unwrap_or_default() {
+                    self.route(open);
+                }
+            }
+            FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => {
+                self.connections.retain(|(id, _)| *id != connection_id);
+            }
+            FromSwarm::DialFailure(DialFailure {
+                peer_id: Some(peer),
+                error:
+                    error @ (DialError::Transport(_)
+                    | DialError::Denied { .. }
+                    | DialError::NoAddresses
+                    | DialError::WrongPeerId { .. }
+                    | DialError::LocalPeerId { .. }),
+                ..
+            }) => {
+                // A dial refused because another is under way is not a failure: the
+                // requests wait for that one.
+                if self.connection_for(&peer).is_some() {
+                    return;
+                }
+                let reason = cairn_core::Reason::msg(cairn_core::Reason::flatten(error));
+                for open in self.waiting.remove(&peer).unwrap_or_default() {
+                    let _ = open
+                        .reply
+                        .send(Err(OpenStreamError::Unreachable(reason.clone())));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {}
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        while let Poll::Ready(Some(open)) = self.opens.poll_next_unpin(cx) {
+            self.route(open);
+        }
+        while let Poll::Ready(Some(peer)) = self.cuts.poll_next_unpin(cx) {
+            if self.connections.iter().any(|(_, c)| c.peer == peer) {
+                tracing::debug!(%peer, "closing every connection to the peer");
+                self.out.push_back(ToSwarm::CloseConnection {
+                    peer_id: peer,
+                    connection: libp2p::swarm::CloseConnection::All,
+                });
+            }
+        }
+        match self.out.pop_front() {
+            Some(e) => Poll::Ready(e),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// The protocols of a negotiation, and what each side gets: the stream and the protocol.
+#[derive(Debug)]
+pub struct Upgrade(Vec<StreamProtocol>);
+
+impl UpgradeInfo for Upgrade {
+    type Info = StreamProtocol;
+    type InfoIter = std::vec::IntoIter<StreamProtocol>;
+
+    fn protocol_info(&self) -> Self::InfoIter {
+        self.0.clone().into_iter()
+    }
+}
+
+impl InboundUpgrade<libp2p::Stream> for Upgrade {
+    type Output = (libp2p::Stream, StreamProtocol);
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Output, Infallible>>;
+
+    fn upgrade_inbound(self, socket: libp2p::Stream, info: StreamProtocol) -> Self::Future {
+        ready(Ok((socket, info)))
+    }
+}
+
+impl OutboundUpgrade<libp2p::Stream> for Upgrade {
+    type Output = (libp2p::Stream, StreamProtocol);
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Output, Infallible>>;
+
+    fn upgrade_outbound(self, socket: libp2p::Stream, info: StreamProtocol) -> Self::Future {
+        ready(Ok((socket, info)))
+    }
+}
+
+/// One connection's side of the stream layer.
+pub struct Handler {
+    peer: PeerId,
+    relayed: bool,
+    shared: Arc<Mutex<Shared>>,
+    config: Config,
+    /// Inbound streams of this connection still held by their readers.
+    inbound: Arc<AtomicUsize>,
+    /// Outbound requests waiting for a negotiation slot.
+    queued: VecDeque<Open>,
+    negotiating: usize,
+    waker: Option<std::task::Waker>,
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("streams::Handler")
+            .field("peer", &self.peer)
+            .field("relayed", &self.relayed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionHandler for Handler {
+    type FromBehaviour = Open;
+    type ToBehaviour = Infallible;
+    type InboundProtocol = Upgrade;
+    type OutboundProtocol = Upgrade;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = (StreamProtocol, Reply);
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Upgrade> {
+        SubstreamProtocol::new(Upgrade(lock(&self.shared).protocols()), ())
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ConnectionHandlerEvent<Upgrade, (StreamProtocol, Reply), Infallible>> {
+        self.waker = Some(cx.waker().clone());
+        while self.negotiating < self.config.max_negotiating_outbound {
+            let Some(open) = self.queued.pop_front() else {
+                break;
+            };
+            if open.reply.is_canceled() {
+                continue;
+            }
+            self.negotiating += 1;
+            return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
+                protocol: SubstreamProtocol::new(
+                    Upgrade(vec![open.protocol.clone()]),
+                    (open.protocol, open.reply),
+                ),
+            });
+        }
+        Poll::Pending
+    }
+
+    fn on_behaviour_event(&mut self, open: Open) {
+        if self.queued.len() >= self.config.max_waiting_outbound {
+            let _ = open.reply.send(Err(OpenStreamError::Busy));
+        } else {
+            self.queued.push_back(open);
+            if let Some(w) = self.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<'_, Upgrade, Upgrade, (), (StreamProtocol, Reply)>,
+    ) {
+        match event {
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
+                protocol: (stream, protocol),
+                ..
+            }) => self.on_inbound(stream, protocol),
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol: (stream, _),
+                info: (_, reply),
+            }) => {
+                self.negotiating = self.negotiating.saturating_sub(1);
+                let _ = reply.send(Ok(Stream {
+                    inner: stream,
+                    _permit: None,
+                }));
+            }
+            ConnectionEvent::DialUpgradeError(DialUpgradeError {
+                info: (protocol, reply),
+                error,
+            }) => {
+                self.negotiating = self.negotiating.saturating_sub(1);
+                let error = match error {
+                    StreamUpgradeError::Timeout => {
+                        OpenStreamError::Io(io::Error::from(io::ErrorKind::TimedOut))
+                    }
+                    StreamUpgradeError::NegotiationFailed => {
+                        OpenStreamError::UnsupportedProtocol(protocol)
+                    }
+                    StreamUpgradeError::Io(e) => OpenStreamError::Io(e),
+                    StreamUpgradeError::Apply(e) => match e {},
+                };
+                let _ = reply.send(Err(error));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Handler {
+    fn on_inbound(&mut self, stream: libp2p::Stream, protocol: StreamProtocol) {
+        let held = self.inbound.fetch_add(1, Ordering::Relaxed);
+        let permit = Permit(self.inbound.clone());
+        if held >= self.config.max_inbound_per_connection {
+            tracing::debug!(peer = %self.peer, %protocol, "too many inbound streams on one connection; resetting one");
+            return;
+        }
+        let stream = Stream {
+            inner: stream,
+            _permit: Some(permit),
+        };
+        let mut shared = lock(&self.shared);
+        let Some(reader) = shared.accepting.get_mut(&protocol) else {
+            return;
+        };
+        if let Err(e) = reader.try_send((self.peer, stream)) {
+            if e.is_disconnected() {
+                shared.accepting.remove(&protocol);
+            } else {
+                tracing::debug!(peer = %self.peer, %protocol, "the reader is behind; resetting an inbound stream");
+            }
+        }
+    }
+}
