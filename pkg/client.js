@@ -1,18 +1,28 @@
-// The page side of a CairnNode that runs in a dedicated Worker: the same methods, each a
-// message to the worker (see worker.js).
+// The page side of a CairnNode that runs in a dedicated Worker: the same methods (from the
+// one list in ops.js), each a message to the worker (see worker.js).
+import { OPERATIONS } from './ops.js'
 
+/** An error rebuilt from what crossed postMessage: message, name, `code` and causes. */
 function revive (e) {
   const error = new Error(e.message, e.cause === undefined ? undefined : { cause: revive(e.cause) })
   error.name = e.name
+  if (e.code !== undefined) error.code = e.code
   return error
+}
+
+function abortError (op, reason) {
+  const e = new Error(`${op} was aborted`, { cause: reason })
+  e.name = 'AbortError'
+  e.code = 'ABORTED'
+  return e
 }
 
 /**
  * Starts a CairnNode in a dedicated Worker and resolves to a handle with the same methods as
  * `CairnNode` (each returns a promise; `catStream` returns a `ReadableStream` at once).
  * `options` are `CairnNode.create`'s, plus `worker`: a `Worker` already running
- * `cairn/worker`, or `workerUrl`: where the worker module is (default: `worker.js` next to
- * this module).
+ * `cairn-cas/worker`, or `workerUrl`: where the worker module is (default: `worker.js` next
+ * to this module).
  */
 export async function createWorkerNode (options = {}) {
   const { worker: given, workerUrl, ...rest } = options ?? {}
@@ -35,6 +45,7 @@ export async function createWorkerNode (options = {}) {
   })
   worker.addEventListener('error', (e) => {
     broken = new Error(`the cairn worker failed: ${e.message ?? 'it did not load (check workerUrl)'}`)
+    broken.code = 'INTERNAL'
     for (const p of pending.values()) {
       p.cleanup()
       p.reject(broken)
@@ -42,54 +53,51 @@ export async function createWorkerNode (options = {}) {
     pending.clear()
   })
 
-  function call (op, first, options = {}, transfer = []) {
+  function call (op, args) {
     if (broken) return Promise.reject(broken)
-    const { signal, onProgress, ...plain } = options ?? {}
-    if (signal?.aborted) {
-      const e = new Error(`${op} was aborted`, { cause: signal.reason })
-      e.name = 'AbortError'
-      return Promise.reject(e)
+    const spec = OPERATIONS[op] ?? {}
+    args = [...args]
+    let signal, onProgress
+    if (spec.options !== undefined) {
+      const { signal: s, onProgress: p, ...plain } = args[spec.options] ?? {}
+      signal = s
+      onProgress = p
+      args[spec.options] = { ...plain, progress: !!onProgress }
     }
+    if (signal?.aborted) return Promise.reject(abortError(op, signal.reason))
+    const transfer = spec.transfer === 'input' && typeof ReadableStream !== 'undefined' && args[0] instanceof ReadableStream ? [args[0]] : []
     const id = next++
     return new Promise((resolve, reject) => {
       const onAbort = () => worker.postMessage({ abort: id })
       signal?.addEventListener('abort', onAbort)
       const cleanup = () => signal?.removeEventListener('abort', onAbort)
       pending.set(id, { resolve, reject, onProgress, cleanup })
-      worker.postMessage({ id, op, args: [first, { ...plain, progress: !!onProgress }] }, transfer)
+      worker.postMessage({ id, op, args }, transfer)
     })
   }
 
-  const info = await call('create', rest)
-  return {
-    peerId: info.peerId,
-    addresses: info.addresses,
-    worker,
-    add: (data, options) =>
-      call('add', data, options, typeof ReadableStream !== 'undefined' && data instanceof ReadableStream ? [data] : []),
-    cat: (cid, options) => call('cat', cid, options),
-    fetch: (cid, options) => call('fetch', cid, options),
-    catStream (cid, options) {
-      const { readable, writable } = new TransformStream()
-      call('catStream', cid, options).then(
-        (stream) => stream.pipeTo(writable).catch(() => {}),
-        (e) => writable.abort(e).catch(() => {})
-      )
-      return readable
-    },
-    pin: (cid, options) => call('pin', cid, options),
-    unpin: (cid) => call('unpin', cid),
-    pins: () => call('pins'),
-    evict: (options) => call('evict', options),
-    peers: () => call('peers'),
-    connect: (addr) => call('connect', addr),
-    stats: () => call('stats'),
-    async stop () {
-      try {
-        await call('stop')
-      } finally {
-        worker.terminate()
-      }
+  const info = await call('create', [rest])
+  const node = { peerId: info.peerId, addresses: info.addresses, worker }
+  for (const [op, spec] of Object.entries(OPERATIONS)) {
+    node[op] = spec.transfer === 'stream'
+      ? (...args) => {
+          // A stream at once, filled from the worker's as it arrives.
+          const { readable, writable } = new TransformStream()
+          call(op, args).then(
+            (stream) => stream.pipeTo(writable).catch(() => {}),
+            (e) => writable.abort(e).catch(() => {})
+          )
+          return readable
+        }
+      : (...args) => call(op, args)
+  }
+  const stop = node.stop
+  node.stop = async () => {
+    try {
+      await stop()
+    } finally {
+      worker.terminate()
     }
   }
+  return node
 }

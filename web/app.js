@@ -1,14 +1,16 @@
 // The cairn web app: a CairnNode in this page (IndexedDB storage), connected to the relay
-// that serves the page. Trunk loads the wasm module and fires TrunkApplicationStarted.
+// that serves the page. It runs on the npm package `cairn-cas`, as any app would: `cargo
+// xtask` packs it and unpacks it into `dist/cairn-cas/` beside this file.
 //
 // URL parameters (all optional): relay=<multiaddr> (repeatable; "none" for none; default:
 // the serving relay's WebSocket address from /health), gateway=<url> (repeatable; "none"
 // for none; default: the serving relay's own gateway when it has a store), store=<name>
 // (the IndexedDB database; default "app"), quota=<bytes> (a cap on the store).
+import { CairnNode, version } from './cairn-cas/index.js'
+
 const $ = (id) => document.getElementById(id)
 const params = new URLSearchParams(location.search)
 let node = null
-let cairn = null
 let relayPeer = null
 let current = null
 
@@ -34,13 +36,20 @@ function describe (e) {
   return out
 }
 
-/** A one-line reading of a failed fetch; the full chain goes below it. */
-function headline (message) {
-  if (/is not a CID/.test(message)) return 'That is not a CID or a share link.'
-  if (/invalid data/.test(message)) return 'A source sent bytes that do not match the CID; they were refused.'
-  if (/unavailable|end of file|connection|timed out/.test(message)) return 'The peers or gateways that had it could not be reached (they went away or did not answer). What arrived is kept: fetching again resumes.'
-  if (/no candidates|not found/.test(message)) return 'Nobody reachable has this content: no connected peer, no peer known to the relay, and no gateway.'
-  return 'Could not fetch it.'
+/** A one-line reading of a failed fetch, from the error's `code` (the full chain goes
+ * below it). */
+const HEADLINES = {
+  INVALID_ARGUMENT: 'That is not a CID or a share link.',
+  INVALID_DATA: 'A source sent bytes that do not match the CID; they were refused.',
+  UNREACHABLE: 'The peers or gateways that had it could not be reached (they went away or did not answer). What arrived is kept: fetching again resumes.',
+  TIMEOUT: 'The peers or gateways that had it could not be reached in time. What arrived is kept: fetching again resumes.',
+  NOT_FOUND: 'Nobody reachable has this content: no connected peer, no peer known to the relay, and no gateway.',
+  STORE_FULL: 'This browser\'s storage for the site is full: free space in the storage panel, then fetch again.',
+  STOPPED: 'The node has stopped: reload the page.'
+}
+
+function headline (error) {
+  return HEADLINES[error?.code] ?? 'Could not fetch it.'
 }
 
 function nodeStatus (text, state) {
@@ -255,7 +264,8 @@ async function fetchCid (text) {
     } else {
       transfer.dataset.state = 'error'
       const full = describe(e)
-      error.textContent = headline(full)
+      error.textContent = headline(e)
+      error.dataset.code = e.code ?? ''
       const details = document.createElement('details')
       details.innerHTML = '<summary>details</summary><code></code>'
       details.querySelector('code').textContent = full
@@ -362,21 +372,20 @@ async function refreshStorage () {
 // ---------------------------------------------------------------------------------------
 
 async function start () {
-  cairn = window.wasmBindings
   window.cairnApp = { last: null }
-  $('version').textContent = cairn.version()
+  $('version').textContent = await version()
   const cfg = await config()
   $('relay-addr').textContent = cfg.relays.join(' ') || 'none'
   $('gateways').textContent = cfg.gateways.join(' ') || 'none'
   nodeStatus(cfg.relays.length ? 'Connecting to the relay…' : 'Starting (no relay configured)…', 'starting')
   const options = { relays: cfg.relays, routers: cfg.routers, gateways: cfg.gateways, direct: cfg.direct, storage: 'indexeddb', name: cfg.name, quota: cfg.quota }
   try {
-    node = await cairn.CairnNode.create(options)
+    node = await CairnNode.create(options)
     relayPeer = cfg.relays[0]?.split('/p2p/').pop()?.split('/')[0] ?? null
     nodeStatus(cfg.relays.length ? 'Connected to the relay: files you add can be fetched by others.' : 'Running without a relay: files stay in this browser.', 'ready')
   } catch (e) {
     try {
-      node = await cairn.CairnNode.create({ ...options, relays: [] })
+      node = await CairnNode.create({ ...options, relays: [] })
       nodeStatus(`The relay cannot be reached: ${describe(e)}. Files you add stay in this browser; reload to try again.`, 'error')
     } catch (e2) {
       nodeStatus(`cairn cannot start: ${describe(e2)}`, 'error')
@@ -429,5 +438,4 @@ async function start () {
   route()
 }
 
-if (window.wasmBindings) start()
-else addEventListener('TrunkApplicationStarted', start)
+start()

@@ -32,7 +32,7 @@ fn transport(what: &str, e: JsValue) -> HttpError {
         .map(|e| String::from(e.message()))
         .or_else(|| e.as_string())
         .unwrap_or_else(|| format!("{e:?}"));
-    HttpError::Transport(format!("{what}: {why}"))
+    HttpError::Transport(format!("{what}: {why}").into())
 }
 
 impl HttpClient for Fetch {

@@ -44,7 +44,7 @@ pub struct IdbStore {
 fn backend(op: &'static str, e: impl std::fmt::Display) -> Error {
     Error::Backend {
         op,
-        reason: format!("IndexedDB: {e}"),
+        source: cairn_core::Reason::msg(format!("IndexedDB: {e}")),
     }
 }
 
@@ -308,9 +308,9 @@ impl IdbStore {
         };
         match tx.commit().await {
             Ok(()) => Ok(new),
-            Err(e) if quota_exceeded(&e, &raw) => Err(Error::Backend {
+            Err(e) if quota_exceeded(&e, &raw) => Err(Error::OutOfSpace {
                 op: "put",
-                reason: "the browser's storage quota for this site is used up \
+                source: "the browser's storage quota for this site is used up \
                     (QuotaExceededError); nothing of this batch was written. \
                     Free space (unpin and evict content) or allow the site more storage"
                     .into(),
@@ -338,7 +338,7 @@ impl BlockStore for IdbStore {
                 .map(Some)
                 .map_err(|e| Error::Corrupt {
                     cid: *cid,
-                    reason: e.to_string(),
+                    source: cairn_core::Reason::new(e),
                 }),
         }
     }

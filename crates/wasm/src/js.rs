@@ -8,15 +8,47 @@ use cairn_core::source::{CancelToken, Context, cancel_pair};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
-use crate::error::{self, js_error};
+use crate::error;
 
-/// `options`, or an empty object when it is `undefined` or `null`.
-pub(crate) fn or_empty(options: JsValue) -> JsValue {
-    if options.is_undefined() || options.is_null() {
-        js_sys::Object::new().into()
-    } else {
-        options
+/// An option bag of type `T`: its defaults when `undefined` or `null`; an
+/// `INVALID_ARGUMENT` error naming the field when a field is of the wrong type.
+pub(crate) fn options<T: serde::de::DeserializeOwned + Default>(
+    value: JsValue,
+) -> Result<T, JsValue> {
+    if value.is_undefined() || value.is_null() {
+        return Ok(T::default());
     }
+    if !value.is_object() {
+        return Err(error::invalid(format!(
+            "options must be an object, got {}",
+            value.js_typeof().as_string().unwrap_or_default()
+        )));
+    }
+    let de = serde_wasm_bindgen::Deserializer::from(value);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        error::invalid(format!("options.{path}: {}", e.inner()))
+    })
+}
+
+/// A result as plain JavaScript data (`null` for an absent field that is not skipped).
+pub(crate) fn to_js<T: serde::Serialize>(value: &T) -> JsValue {
+    // Plain objects, also for flattened structs (which serde writes as maps).
+    let ser = serde_wasm_bindgen::Serializer::new()
+        .serialize_missing_as_null(true)
+        .serialize_maps_as_objects(true);
+    value.serialize(&ser).unwrap_or(JsValue::UNDEFINED)
+}
+
+/// A callback option (`options[name]`), if one was given.
+pub(crate) fn callback(name: &str, f: &JsValue) -> Result<Option<js_sys::Function>, JsValue> {
+    if f.is_undefined() || f.is_null() {
+        return Ok(None);
+    }
+    f.clone()
+        .dyn_into::<js_sys::Function>()
+        .map(Some)
+        .map_err(|_| error::invalid(format!("options.{name} must be a function")))
 }
 
 /// What a thrown JavaScript value says: an `Error`'s message, or the value as a string.
@@ -29,87 +61,6 @@ pub(crate) fn describe(e: &JsValue) -> String {
         .unwrap_or_else(|| "an unknown error".into())
 }
 
-/// `options[key]`, `None` when unset (`undefined` or `null`).
-fn get(options: &JsValue, key: &str) -> Option<JsValue> {
-    if options.is_undefined() || options.is_null() {
-        return None;
-    }
-    let v = js_sys::Reflect::get(options, &key.into()).unwrap_or(JsValue::UNDEFINED);
-    (!v.is_undefined() && !v.is_null()).then_some(v)
-}
-
-/// `options[key]` as a string, if set.
-pub(crate) fn opt_string(options: &JsValue, key: &str) -> Result<Option<String>, JsValue> {
-    get(options, key)
-        .map(|v| {
-            v.as_string()
-                .ok_or_else(|| js_error(format!("options.{key} must be a string")))
-        })
-        .transpose()
-}
-
-/// `options[key]` as a boolean, if set.
-pub(crate) fn opt_bool(options: &JsValue, key: &str) -> Result<Option<bool>, JsValue> {
-    get(options, key)
-        .map(|v| {
-            v.as_bool()
-                .ok_or_else(|| js_error(format!("options.{key} must be true or false")))
-        })
-        .transpose()
-}
-
-/// `options[key]` as a whole number of at least 0 (a byte count or offset), if set.
-pub(crate) fn opt_u64(options: &JsValue, key: &str) -> Result<Option<u64>, JsValue> {
-    get(options, key)
-        .map(|v| {
-            v.as_f64()
-                .filter(|f| f.is_finite() && *f >= 0.0 && f.fract() == 0.0 && *f <= 2f64.powi(53))
-                .map(|f| f as u64)
-                .ok_or_else(|| {
-                    js_error(format!(
-                        "options.{key} must be a whole number of at least 0, got {}",
-                        v.as_f64()
-                            .map_or_else(|| format!("{v:?}"), |f| f.to_string())
-                    ))
-                })
-        })
-        .transpose()
-}
-
-/// `options[key]` as an array of strings (empty if unset).
-pub(crate) fn opt_strings(options: &JsValue, key: &str) -> Result<Vec<String>, JsValue> {
-    let Some(v) = get(options, key) else {
-        return Ok(Vec::new());
-    };
-    if !js_sys::Array::is_array(&v) {
-        return Err(js_error(format!(
-            "options.{key} must be an array of strings"
-        )));
-    }
-    js_sys::Array::from(&v)
-        .iter()
-        .map(|s| {
-            s.as_string()
-                .ok_or_else(|| js_error(format!("options.{key} must hold strings only")))
-        })
-        .collect()
-}
-
-/// `options.onProgress`, if it is a function.
-pub(crate) fn progress_callback(options: &JsValue) -> Result<Option<js_sys::Function>, JsValue> {
-    get(options, "onProgress")
-        .map(|f| {
-            f.dyn_into::<js_sys::Function>()
-                .map_err(|_| js_error("options.onProgress must be a function"))
-        })
-        .transpose()
-}
-
-/// Sets `obj[key] = value` on a fresh plain object.
-pub(crate) fn set(obj: &js_sys::Object, key: &str, value: impl Into<JsValue>) {
-    let _ = js_sys::Reflect::set(obj, &key.into(), &value.into());
-}
-
 /// An `options.signal` (`AbortSignal`), turned into a cancellation token for the sources.
 /// Removes its listener when dropped.
 pub(crate) struct Abort {
@@ -119,18 +70,19 @@ pub(crate) struct Abort {
 }
 
 impl Abort {
-    /// Reads `options.signal`; fails with an `AbortError` when it is already aborted.
-    pub(crate) fn from_options(options: &JsValue, what: &str) -> Result<Self, JsValue> {
-        let Some(signal) = get(options, "signal") else {
+    /// Takes `options.signal`; fails with an `AbortError` when it is already aborted.
+    pub(crate) fn new(signal: &JsValue, what: &str) -> Result<Self, JsValue> {
+        if signal.is_undefined() || signal.is_null() {
             return Ok(Self {
                 token: None,
                 signal: None,
                 listener: None,
             });
-        };
+        }
         let signal: web_sys::AbortSignal = signal
+            .clone()
             .dyn_into()
-            .map_err(|_| js_error("options.signal must be an AbortSignal"))?;
+            .map_err(|_| error::invalid("options.signal must be an AbortSignal"))?;
         if signal.aborted() {
             return Err(error::Error::aborted(what, signal.reason()).into());
         }
@@ -143,7 +95,7 @@ impl Abort {
         });
         signal
             .add_event_listener_with_callback("abort", listener.as_ref().unchecked_ref())
-            .map_err(|_| js_error("cannot listen on options.signal"))?;
+            .map_err(|_| error::invalid("cannot listen on options.signal"))?;
         Ok(Self {
             token: Some(token),
             signal: Some(signal),
@@ -251,7 +203,7 @@ pub(crate) fn reader_of(
     } else if let Ok(stream) = data.clone().dyn_into::<web_sys::ReadableStream>() {
         (stream, None)
     } else {
-        return Err(js_error(format!(
+        return Err(error::invalid(format!(
             "add takes a Uint8Array, a Blob or File, or a ReadableStream; got {}",
             data.js_typeof().as_string().unwrap_or_default()
         )));
@@ -326,7 +278,7 @@ pub(crate) async fn try_lock(name: &str) -> Locked {
         held.into()
     });
     let options = js_sys::Object::new();
-    set(&options, "ifAvailable", true);
+    let _ = js_sys::Reflect::set(&options, &"ifAvailable".into(), &true.into());
     if request
         .call3(&locks, &name.into(), &options, &callback)
         .is_err()

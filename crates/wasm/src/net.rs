@@ -1,64 +1,67 @@
-//! The browser's libp2p: WebSocket and WebRTC-direct to relays (the browser's own
-//! `WebSocket` and `RTCPeerConnection`), relay-v2 circuits through them, and `/webrtc`
-//! direct connections to other browsers ([`crate::webrtc`]), around cairn-p2p's behaviour
-//! composition.
+//! The browser's side of a node: its transports (WebSocket and WebRTC-direct to relays, the
+//! browser's own `WebSocket` and `RTCPeerConnection`; relay-v2 circuits through them;
+//! `/webrtc` direct connections to other browsers, [`crate::webrtc`]) and its spawner,
+//! given to cairn-p2p's node builder.
 
-use std::time::Duration;
-
-use cairn_p2p::{Behaviour, node::Config};
+use cairn_core::store::BlockStore;
+use cairn_p2p::node::{Builder, Config, Spawner, Transport, authenticate};
+use libp2p::core::Transport as _;
 use libp2p::core::muxing::StreamMuxerBox;
-use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
-use libp2p::{PeerId, Swarm, Transport as _, noise};
+use libp2p::{PeerId, relay};
 
 use crate::webrtc;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Builds the browser's swarm for `key`; `config` is the one its driver will be given.
-pub fn swarm(
+/// Runs a node's tasks on the page's (or Worker's) event loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Local;
+
+impl Spawner for Local {
+    fn spawn(&self, task: cairn_core::BoxFuture<'static, ()>) {
+        wasm_bindgen_futures::spawn_local(task);
+    }
+}
+
+/// The browser's transports around `relay` (the relay client's), with `direct` (the
+/// `/webrtc` transport) first: the relay client would take its addresses (they contain
+/// `/p2p-circuit`) for plain circuits.
+pub fn transports(
+    key: &Keypair,
+    relay: relay::client::Transport,
+    direct: webrtc::Transport,
+) -> Result<Transport, BoxError> {
+    let muxed = |(peer, m): (PeerId, StreamMuxerBox), _| (peer, m);
+    let webrtc_direct =
+        libp2p::webrtc_websys::Transport::new(libp2p::webrtc_websys::Config::new(key))
+            .map(|(peer, m), _| (peer, StreamMuxerBox::new(m)));
+    Ok(direct
+        .map(muxed)
+        .or_transport(authenticate(relay, key)?)
+        .map(|e, _| e.into_inner())
+        .or_transport(authenticate(
+            libp2p::websocket_websys::Transport::default(),
+            key,
+        )?)
+        .map(|e, _| e.into_inner())
+        .or_transport(webrtc_direct)
+        .map(|e, _| e.into_inner())
+        .boxed())
+}
+
+/// A browser node for `key` over `store`, with `rtc`'s settings for `/webrtc`.
+pub fn build<S: BlockStore + 'static>(
     key: Keypair,
-    config: &Config,
+    config: Config,
     rtc: webrtc::Config,
-) -> Result<Swarm<Behaviour>, String> {
-    let cas = config.cas.clone();
-    let (relay_transport, relay) = libp2p::relay::client::new(key.public().to_peer_id());
+    store: S,
+) -> Result<cairn_p2p::Node, cairn_p2p::node::BuildError> {
     let (direct, handle) = webrtc::Transport::new(rtc);
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_wasm_bindgen()
-        .with_other_transport(|key| -> Result<_, BoxError> {
-            let muxed = |(peer, m): (PeerId, StreamMuxerBox), _| (peer, m);
-            // `/webrtc` first: the relay client would take its addresses (they contain
-            // `/p2p-circuit`) for plain circuits.
-            let relayed = relay_transport
-                .upgrade(Version::V1Lazy)
-                .authenticate(noise::Config::new(key)?)
-                .multiplex(cairn_p2p::yamux_config())
-                .map(|(peer, m), _| (peer, StreamMuxerBox::new(m)));
-            let ws = libp2p::websocket_websys::Transport::default()
-                .upgrade(Version::V1Lazy)
-                .authenticate(noise::Config::new(key)?)
-                .multiplex(cairn_p2p::yamux_config())
-                .map(|(peer, m), _| (peer, StreamMuxerBox::new(m)));
-            let webrtc_direct =
-                libp2p::webrtc_websys::Transport::new(libp2p::webrtc_websys::Config::new(key))
-                    .map(|(peer, m), _| (peer, StreamMuxerBox::new(m)));
-            Ok(direct
-                .map(muxed)
-                .or_transport(relayed)
-                .map(|e, _| e.into_inner())
-                .or_transport(ws)
-                .map(|e, _| e.into_inner())
-                .or_transport(webrtc_direct)
-                .map(|e, _| e.into_inner()))
-        })
-        .map_err(|e| e.to_string())?
-        .with_behaviour(|key| -> Result<_, BoxError> {
-            Ok(Behaviour::new(key, Some(relay), None, &cas)?)
-        })
-        .map_err(|e| e.to_string())?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    handle.attach(swarm.behaviour_mut().streams.new_control());
-    Ok(swarm)
+    let node = Builder::new(key)
+        .config(config)
+        .build(store, Local, |key, relay| transports(key, relay, direct))?;
+    // Signalling streams go over the node's own streams.
+    handle.attach(node.streams());
+    Ok(node)
 }

@@ -6,10 +6,10 @@
 //! carries each side's DTLS certificate fingerprint, which DTLS then checks: the direct
 //! connection is the peer the relayed one is, without another handshake (as js-libp2p does).
 
+use cairn_p2p::streams::Stream;
 use cairn_p2p::webrtc_signal::{self, Kind, MAX_CANDIDATES, Message};
 use futures::io::{ReadHalf, WriteHalf};
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
-use libp2p::Stream;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{RtcIceCandidateInit, RtcPeerConnectionState, RtcSdpType, RtcSessionDescriptionInit};

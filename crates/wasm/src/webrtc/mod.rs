@@ -110,7 +110,7 @@ type Upgrade = Pin<Box<dyn Future<Output = Result<(PeerId, StreamMuxerBox), Erro
 
 #[derive(Default)]
 struct Shared {
-    control: Option<libp2p_stream::Control>,
+    control: Option<cairn_p2p::streams::Control>,
     waker: Option<Waker>,
 }
 
@@ -125,7 +125,7 @@ impl Handle {
     }
 
     /// Gives the transport the swarm's stream control, for signalling streams.
-    pub fn attach(&self, control: libp2p_stream::Control) {
+    pub fn attach(&self, control: cairn_p2p::streams::Control) {
         let mut s = self.shared();
         s.control = Some(control);
         if let Some(w) = s.waker.take() {
@@ -133,7 +133,7 @@ impl Handle {
         }
     }
 
-    fn control(&self) -> Option<libp2p_stream::Control> {
+    fn control(&self) -> Option<cairn_p2p::streams::Control> {
         self.shared().control.clone()
     }
 }
@@ -143,7 +143,7 @@ impl Handle {
 pub struct Transport {
     config: Config,
     handle: Handle,
-    incoming: Option<libp2p_stream::IncomingStreams>,
+    incoming: Option<cairn_p2p::streams::IncomingStreams>,
     /// Listeners: id and the circuit address they listen behind.
     listeners: Vec<(ListenerId, Multiaddr)>,
     events: VecDeque<TransportEvent<Upgrade, Error>>,
@@ -264,7 +264,7 @@ impl libp2p::core::Transport for Transport {
         }
         if self.incoming.is_none() {
             match self.handle.control() {
-                Some(mut c) => match c.accept(PROTOCOL) {
+                Some(mut c) => match c.accept(PROTOCOL, 16) {
                     Ok(incoming) => self.incoming = Some(incoming),
                     Err(e) => {
                         web_sys::console::warn_1(

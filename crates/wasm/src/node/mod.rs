@@ -1,0 +1,504 @@
+//! `CairnNode`: the browser node as JavaScript sees it. A cairn-p2p node (WebSocket to
+//! relays, circuits through them, direct WebRTC between browsers) over an IndexedDB or
+//! in-memory store. Reads go through the chain cairn-p2p assembles: local store → `/cas`
+//! peers (connected, then found through the relays' DHT) → IPFS peers over bitswap →
+//! HTTP gateways via `fetch()`, every block verified and kept locally as it arrives.
+//!
+//! Options and results are the types of [`crate::types`] (TypeScript generated from them);
+//! every failure is an `Error` with a `code` ([`crate::error`]).
+
+mod start;
+mod store;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use cairn_core::cid::Cid;
+use cairn_core::source::Chain;
+use cairn_core::store::BlockStore;
+use cairn_core::unixfs::{self, Profile, Range};
+use cairn_core::{HashAlg, dag, pin};
+use cairn_p2p::sources::Sources;
+use futures::{SinkExt, StreamExt};
+use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
+use wasm_bindgen::prelude::*;
+
+use self::store::{InUse, Store};
+use crate::error::{ErrorCode, coded, invalid, js_error};
+use crate::http::Fetch;
+use crate::js::{self, Abort};
+use crate::types::{
+    AddOptions, AddProgress, CatOptions, CatStreamOptions, CreateOptions, EvictOptions, Evicted,
+    FetchProgress, FetchReport, PeerInfo, Stats,
+};
+
+fn parse_cid(cid: &str) -> Result<Cid, JsValue> {
+    cairn_core::cid::parse(cid.trim()).map_err(|e| {
+        coded(
+            format!("\"{cid}\" is not a CID (expected something like bafy…)"),
+            &e,
+        )
+    })
+}
+
+/// What every call of a node shares.
+#[derive(Debug, Clone)]
+struct Inner {
+    node: cairn_p2p::Node,
+    store: Store,
+    profile: Profile,
+    sources: Sources,
+    in_use: InUse,
+    addresses: Vec<Multiaddr>,
+    /// Whether direct `/webrtc` connections to other browsers are made.
+    direct: bool,
+    /// The Web Lock on the kept identity, released by `stop`.
+    lock: Rc<RefCell<Option<js::Lock>>>,
+}
+
+impl Inner {
+    /// The source chain for the DAG under `root`.
+    fn chain(&self, root: Cid) -> Chain {
+        self.sources
+            .chain(Some(&self.node), self.store.clone(), &Fetch, root)
+    }
+
+    /// Fetches the whole DAG under `root` into the store, reporting to `on_progress`.
+    async fn fetch_dag(
+        &self,
+        root: Cid,
+        abort: &Abort,
+        on_progress: Option<&js_sys::Function>,
+    ) -> Result<dag::Report, JsValue> {
+        let chain = self.chain(root);
+        let ctx = abort.context();
+        let report = |p: &dag::Progress| {
+            if let Some(f) = on_progress {
+                let _ = f.call1(&JsValue::NULL, &js::to_js(&FetchProgress::from(p)));
+            }
+        };
+        dag::fetch(&chain, &self.store, root, dag::Options::default(), &ctx, report)
+            .await
+            .map_err(|e| {
+                coded(
+                    format!("cannot fetch {root}; the blocks fetched so far are kept, so asking again resumes"),
+                    &e,
+                )
+            })
+    }
+}
+
+/// A cairn node in the browser.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct CairnNode {
+    inner: Inner,
+}
+
+#[wasm_bindgen]
+impl CairnNode {
+    /// Starts a node (see `CreateOptions`). Fails if no relay can be reached (when some are
+    /// given), naming each and why.
+    pub async fn create(
+        #[wasm_bindgen(unchecked_optional_param_type = "CreateOptions")] options: JsValue,
+    ) -> Result<CairnNode, JsValue> {
+        let options: CreateOptions = js::options(options)?;
+        Ok(CairnNode {
+            inner: start::start(options).await?,
+        })
+    }
+
+    /// Connects to a peer at `addr`, a multiaddr: a relay, a peer's circuit address
+    /// (`…/p2p-circuit/p2p/<peer>`), or its `/webrtc` address through a relay
+    /// (`…/p2p-circuit/webrtc/p2p/<peer>`): then the relayed connection is made first and
+    /// moved to a direct one, and the call fails (saying why, the relayed connection kept)
+    /// if no direct one could be made. Resolves with the peer's id; gives up after 30 s.
+    pub async fn connect(&self, addr: String) -> Result<String, JsValue> {
+        let ma: Multiaddr = addr.parse().map_err(|e| {
+            crate::error::js_error_from(
+                ErrorCode::InvalidArgument,
+                format!("\"{addr}\" is not a multiaddr"),
+                &e,
+            )
+        })?;
+        let webrtc = ma.iter().any(|p| matches!(p, Protocol::WebRTC));
+        if webrtc && !self.inner.direct {
+            return Err(invalid(
+                "direct connections are turned off (options.direct is false)",
+            ));
+        }
+        let circuit: Multiaddr = ma
+            .iter()
+            .filter(|p| !matches!(p, Protocol::WebRTC))
+            .collect();
+        let limit = Duration::from_secs(30);
+        let node = &self.inner.node;
+        let work = async {
+            let peer = node
+                .dial(circuit)
+                .await
+                .map_err(|e| coded(format!("cannot connect to {addr}"), &e))?;
+            if !webrtc {
+                return Ok(peer.to_string());
+            }
+            // The driver tries `/webrtc` once identify says the peer speaks it.
+            node.wait_for(&[peer], limit, |i| {
+                i.identified() && !i.upgrading && (i.direct || i.direct_error.is_some())
+            })
+            .await;
+            let info = node.peer(&peer).unwrap_or_default();
+            if info.direct {
+                Ok(peer.to_string())
+            } else {
+                Err(js_error(
+                    ErrorCode::Unreachable,
+                    format!(
+                        "connected to {peer} through the relay, but not directly: {}",
+                        info.direct_error.map_or_else(
+                            || "the peer did not answer in time".into(),
+                            |e| e.to_string()
+                        )
+                    ),
+                ))
+            }
+        };
+        cairn_core::rt::timeout(limit, work)
+            .await
+            .unwrap_or_else(|| {
+                Err(js_error(
+                    ErrorCode::Timeout,
+                    format!("cannot connect to {addr} within 30 s"),
+                ))
+            })
+    }
+
+    /// This node's peer id.
+    #[wasm_bindgen(getter, js_name = peerId)]
+    pub fn peer_id(&self) -> String {
+        self.inner.node.peer_id().to_string()
+    }
+
+    /// The addresses other nodes reach this one at: per relay that holds a reservation for
+    /// it, its `/p2p-circuit` address and (unless `direct: false`) its
+    /// `/p2p-circuit/webrtc` one.
+    #[wasm_bindgen(getter)]
+    pub fn addresses(&self) -> Vec<String> {
+        self.inner
+            .addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// Imports `data` (a `Uint8Array`, a `Blob` or `File`, or a `ReadableStream` of
+    /// `Uint8Array`s) as a UnixFS file into the node's store, streaming: a large file is never
+    /// held in memory whole. Pins the root (unless `options.pin` is `false`) and announces it
+    /// through the relays' DHT (a provider record; failing that, the file is still added).
+    /// Resolves to the root CID. A failed or cancelled add deletes the blocks it added (the
+    /// importer's own clean-up), so the store holds no half-added file.
+    pub async fn add(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "Uint8Array | Blob | ReadableStream<Uint8Array>")]
+        data: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "AddOptions")] options: JsValue,
+    ) -> Result<String, JsValue> {
+        let options: AddOptions = js::options(options)?;
+        let on_progress = js::callback("onProgress", &options.on_progress)?;
+        let abort = Abort::new(&options.signal, "add")?;
+        let (reader, total) = js::reader_of(data)?;
+        let inner = &self.inner;
+        let report = |done: u64| {
+            if let Some(f) = &on_progress {
+                let p = AddProgress {
+                    bytes_done: done,
+                    bytes_total: total,
+                };
+                let _ = f.call1(&JsValue::NULL, &js::to_js(&p));
+            }
+        };
+        let reader = abort.reader(reader);
+        // The import's blocks stay held until the root is pinned, so an eviction in between
+        // cannot take them (`cairn_core::live`).
+        let mut op = cairn_core::live::Live::global().operation();
+        let imported = unixfs::import_with(
+            &inner.store,
+            reader,
+            inner.profile,
+            HashAlg::Sha2_256,
+            report,
+            &mut op,
+        )
+        .await;
+        let imported = match imported {
+            Ok(i) => i,
+            Err(e) => {
+                op.abandon(&inner.store).await;
+                return Err(if abort.is_aborted() {
+                    abort.aborted("add")
+                } else {
+                    coded("cannot add the data", &e)
+                });
+            }
+        };
+        let root = imported.root;
+        if options.pin.unwrap_or(true) {
+            inner
+                .store
+                .set_pinned(&root, true)
+                .await
+                .map_err(|e| coded(format!("{root} was added but not pinned"), &e))?;
+        }
+        op.finish();
+        let provided =
+            cairn_core::rt::timeout(Duration::from_secs(10), inner.node.provide(root)).await;
+        if !matches!(provided, Some(Ok(()))) && !inner.addresses.is_empty() {
+            let why = match provided {
+                Some(Err(e)) => e.to_string(),
+                _ => "no answer within 10 s".into(),
+            };
+            web_sys::console::warn_1(
+                &format!("cairn: {root} added but not announced: {why}").into(),
+            );
+        }
+        Ok(root.to_string())
+    }
+
+    /// The bytes of a file, whole: from the local store, else fetched (local → peers → IPFS
+    /// → gateways), verified, and kept locally as they arrive. When no connected peer has a
+    /// block, the relays' DHT is asked who provides the file, and those peers are reached
+    /// through relay circuits. An interrupted fetch resumes: blocks already stored are not
+    /// fetched again. Rejects with an `AbortError` when aborted.
+    pub async fn cat(
+        &self,
+        cid: String,
+        #[wasm_bindgen(unchecked_optional_param_type = "CatOptions")] options: JsValue,
+    ) -> Result<js_sys::Uint8Array, JsValue> {
+        let options: CatOptions = js::options(options)?;
+        let root = parse_cid(&cid)?;
+        let on_progress = js::callback("onProgress", &options.on_progress)?;
+        let abort = Abort::new(&options.signal, "cat")?;
+        let _using = self.inner.in_use.hold(root);
+        abort
+            .run("cat", async {
+                self.inner
+                    .fetch_dag(root, &abort, on_progress.as_ref())
+                    .await?;
+                let local = Chain::new().local(self.inner.store.clone());
+                crate::export_all(&local, root).await
+            })
+            .await
+    }
+
+    /// Fetches the whole DAG under `cid` into the local store (as `cat` does, with the same
+    /// `options`), without returning its bytes: read them afterwards with `catStream`, from
+    /// the store, without holding the file in memory.
+    #[wasm_bindgen(unchecked_return_type = "FetchReport")]
+    pub async fn fetch(
+        &self,
+        cid: String,
+        #[wasm_bindgen(unchecked_optional_param_type = "CatOptions")] options: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let options: CatOptions = js::options(options)?;
+        let root = parse_cid(&cid)?;
+        let on_progress = js::callback("onProgress", &options.on_progress)?;
+        let abort = Abort::new(&options.signal, "fetch")?;
+        let _using = self.inner.in_use.hold(root);
+        abort
+            .run("fetch", async {
+                let report = self
+                    .inner
+                    .fetch_dag(root, &abort, on_progress.as_ref())
+                    .await?;
+                Ok(js::to_js(&FetchReport {
+                    progress: FetchProgress::from(&report.progress),
+                    elapsed_ms: report.elapsed.as_secs_f64() * 1000.0,
+                }))
+            })
+            .await
+    }
+
+    /// The bytes of a file (or of `length` bytes from `offset`) as a `ReadableStream` of
+    /// `Uint8Array`s, fetched as they are read (only the blocks the range needs). Cancelling
+    /// the stream, or `options.signal`, stops the fetch.
+    #[wasm_bindgen(js_name = catStream, unchecked_return_type = "ReadableStream<Uint8Array>")]
+    pub fn cat_stream(
+        &self,
+        cid: String,
+        #[wasm_bindgen(unchecked_optional_param_type = "CatStreamOptions")] options: JsValue,
+    ) -> Result<web_sys::ReadableStream, JsValue> {
+        let options: CatStreamOptions = js::options(options)?;
+        let root = parse_cid(&cid)?;
+        let range = Range {
+            offset: options.offset.unwrap_or(0),
+            length: options.length,
+        };
+        let abort = Abort::new(&options.signal, "catStream")?;
+        let inner = self.inner.clone();
+        let (mut tx, rx) = futures::channel::mpsc::channel::<Result<JsValue, JsValue>>(2);
+        wasm_bindgen_futures::spawn_local(async move {
+            let _using = inner.in_use.hold(root);
+            let chain = inner.chain(root);
+            let ctx = abort.context();
+            let bytes = unixfs::export(&chain, root, range, cairn_core::dag::WINDOW, &ctx);
+            futures::pin_mut!(bytes);
+            while let Some(chunk) = bytes.next().await {
+                let item = match chunk {
+                    Ok(b) => Ok(JsValue::from(js_sys::Uint8Array::from(&b[..]))),
+                    Err(_) if abort.is_aborted() => Err(abort.aborted("catStream")),
+                    Err(e) => Err(coded(format!("cannot read {root}"), &e)),
+                };
+                let failed = item.is_err();
+                // A send fails when the reader cancelled the stream: stop fetching.
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(wasm_streams::ReadableStream::from_stream(rx).into_raw())
+    }
+
+    /// Fetches the whole DAG under `cid` (as `cat` does, with the same `options`) and pins
+    /// it: eviction never deletes a pinned DAG.
+    pub async fn pin(
+        &self,
+        cid: String,
+        #[wasm_bindgen(unchecked_optional_param_type = "CatOptions")] options: JsValue,
+    ) -> Result<(), JsValue> {
+        let options: CatOptions = js::options(options)?;
+        let root = parse_cid(&cid)?;
+        let on_progress = js::callback("onProgress", &options.on_progress)?;
+        let abort = Abort::new(&options.signal, "pin")?;
+        let _using = self.inner.in_use.hold(root);
+        abort
+            .run("pin", async {
+                self.inner
+                    .fetch_dag(root, &abort, on_progress.as_ref())
+                    .await?;
+                self.inner
+                    .store
+                    .set_pinned(&root, true)
+                    .await
+                    .map_err(|e| coded("cannot record the pin", &e))?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Unpins `cid` (its blocks stay until evicted); resolves to whether it was pinned.
+    pub async fn unpin(&self, cid: String) -> Result<bool, JsValue> {
+        let root = parse_cid(&cid)?;
+        self.inner
+            .store
+            .set_pinned(&root, false)
+            .await
+            .map_err(|e| coded("cannot remove the pin", &e))
+    }
+
+    /// The pinned roots, as CID strings.
+    pub async fn pins(&self) -> Result<Vec<String>, JsValue> {
+        Ok(self
+            .inner
+            .store
+            .pins()
+            .await
+            .map_err(|e| coded("cannot read the pins", &e))?
+            .iter()
+            .map(ToString::to_string)
+            .collect())
+    }
+
+    /// Deletes blocks no pin (and no running call) needs until the store holds at most
+    /// `options.targetBytes` (default 0: every such block).
+    #[wasm_bindgen(unchecked_return_type = "Evicted")]
+    pub async fn evict(
+        &self,
+        #[wasm_bindgen(unchecked_optional_param_type = "EvictOptions")] options: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let options: EvictOptions = js::options(options)?;
+        let inner = &self.inner;
+        // Read once eviction holds writers off (see `pin::evict`).
+        let keep = async {
+            let mut keep = inner.store.pins().await?;
+            keep.extend(inner.in_use.roots());
+            Ok(keep)
+        };
+        let evicted = pin::evict(&inner.store, keep, options.target_bytes.unwrap_or(0))
+            .await
+            .map_err(|e| coded("eviction failed", &e))?;
+        Ok(js::to_js(&Evicted {
+            blocks: evicted.blocks,
+            bytes: evicted.bytes,
+        }))
+    }
+
+    /// Connected peers.
+    #[wasm_bindgen(unchecked_return_type = "PeerInfo[]")]
+    pub fn peers(&self) -> JsValue {
+        let peers: Vec<PeerInfo> = self
+            .inner
+            .node
+            .peers()
+            .into_iter()
+            .map(|(id, info)| PeerInfo {
+                peer_id: id.to_string(),
+                relayed: info.relayed,
+                direct: info.direct,
+                upgrading: info.upgrading,
+                direct_error: info.direct_error.map(|e| e.to_string()),
+                cas: info.cas,
+                agent: info.agent,
+                addr: info.addr.map(|a| a.to_string()),
+                rtt_ms: info.rtt.map(|r| r.as_secs_f64() * 1000.0),
+            })
+            .collect();
+        js::to_js(&peers)
+    }
+
+    /// What the store holds, with the store's own cap (`quota`, `null` when none) and,
+    /// where the browser tells, the whole site's usage and quota.
+    #[wasm_bindgen(unchecked_return_type = "Stats")]
+    pub async fn stats(&self) -> Result<JsValue, JsValue> {
+        let st = self
+            .inner
+            .store
+            .stat()
+            .await
+            .map_err(|e| coded("cannot read the store's size", &e))?;
+        let pins = self.inner.store.pins().await.map(|p| p.len()).unwrap_or(0);
+        let estimate = storage_estimate().await;
+        Ok(js::to_js(&Stats {
+            blocks: st.blocks,
+            bytes: st.bytes,
+            quota: st.quota,
+            pins: pins as u64,
+            webrtc_connections: crate::webrtc::open_count() as u64,
+            browser_usage: estimate.map(|(u, _)| u),
+            browser_quota: estimate.map(|(_, q)| q),
+        }))
+    }
+
+    /// Stops the node: closes its connections and its IndexedDB database (so that other
+    /// tabs can upgrade or delete it). Calls after `stop` fail with code `STOPPED`.
+    pub async fn stop(&self) {
+        self.inner.node.stop().await;
+        self.inner.store.close();
+        self.inner.lock.borrow_mut().take();
+    }
+}
+
+/// `navigator.storage.estimate()` as `(usage, quota)`, where the browser has it.
+async fn storage_estimate() -> Option<(f64, f64)> {
+    let global = js_sys::global();
+    let navigator = js_sys::Reflect::get(&global, &"navigator".into()).ok()?;
+    let storage = js_sys::Reflect::get(&navigator, &"storage".into()).ok()?;
+    let estimate: js_sys::Function = js_sys::Reflect::get(&storage, &"estimate".into())
+        .ok()?
+        .dyn_into()
+        .ok()?;
+    let promise: js_sys::Promise = estimate.call0(&storage).ok()?.dyn_into().ok()?;
+    let v = wasm_bindgen_futures::JsFuture::from(promise).await.ok()?;
+    let get = |k: &str| js_sys::Reflect::get(&v, &k.into()).ok()?.as_f64();
+    Some((get("usage")?, get("quota")?))
+}

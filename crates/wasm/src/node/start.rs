@@ -1,0 +1,256 @@
+//! Starting a browser node: checking its options, opening its store, taking its identity,
+//! and reaching its relays.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use cairn_core::unixfs::Profile;
+use cairn_p2p::sources::{self, IpfsRouting, Sources};
+use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
+use wasm_bindgen::JsValue;
+
+use super::Inner;
+use super::store::{InUse, Store};
+use crate::error::{Error, ErrorCode, coded, invalid, js_error};
+use crate::idb::IdbStore;
+use crate::js;
+use crate::types::{CreateOptions, Storage};
+
+/// Pinned roots announced again to the DHT when a node starts (the newest pins first).
+const MAX_REPROVIDE: usize = 256;
+
+/// How long one source may take for one block before the chain moves on.
+const SOURCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The node's key: kept in the IndexedDB store (so the peer id, and the provider records that
+/// name it, outlive reloads), or new for a memory store, or when another tab already runs a
+/// node on this store (two nodes must not share a peer id). The returned lock, while held,
+/// keeps other tabs off the kept identity.
+async fn identity(store: &Store) -> Result<(libp2p::identity::Keypair, Option<js::Lock>), JsValue> {
+    use libp2p::identity::Keypair;
+    let Store::Idb(idb) = store else {
+        return Ok((Keypair::generate_ed25519(), None));
+    };
+    let lock = match js::try_lock(&format!("cairn-identity-{}", idb.name())).await {
+        js::Locked::Held(lock) => Some(lock),
+        js::Locked::Taken => return Ok((Keypair::generate_ed25519(), None)),
+        js::Locked::Unsupported => None,
+    };
+    let kept = idb
+        .identity()
+        .await
+        .map_err(|e| coded("cannot read the node's identity", &e))?;
+    if let Some(key) = kept.and_then(|k| Keypair::from_protobuf_encoding(&k).ok()) {
+        return Ok((key, lock));
+    }
+    let key = Keypair::generate_ed25519();
+    let encoded = key.to_protobuf_encoding().map_err(|e| {
+        js_error(
+            ErrorCode::Internal,
+            format!("cannot encode the node's key: {e}"),
+        )
+    })?;
+    idb.set_identity(&encoded)
+        .await
+        .map_err(|e| coded("cannot keep the node's identity", &e))?;
+    Ok((key, lock))
+}
+
+/// The checked options.
+struct Checked {
+    profile: Profile,
+    sources: Sources,
+    relays: Vec<Multiaddr>,
+    rtc: crate::webrtc::Config,
+    direct: bool,
+}
+
+fn check(options: &CreateOptions) -> Result<Checked, JsValue> {
+    let profile: Profile = options
+        .profile
+        .as_deref()
+        .unwrap_or("default")
+        .parse()
+        .map_err(|e| invalid(format!("options.profile: {e}")))?;
+    let urls = |what, list: &[String]| {
+        list.iter()
+            .map(|u| sources::http_url(what, u).map_err(invalid))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let gateways = urls("gateway", &options.gateways)?;
+    let routers = urls("router", &options.routers)?;
+    let relays = options
+        .relays
+        .iter()
+        .map(|r| {
+            r.parse::<Multiaddr>().map_err(|e| {
+                Error::with_source(
+                    ErrorCode::InvalidArgument,
+                    format!("relay address \"{r}\" is not a multiaddr"),
+                    &e,
+                )
+                .into()
+            })
+        })
+        .collect::<Result<Vec<_>, JsValue>>()?;
+    let mut rtc = crate::webrtc::Config {
+        ice_servers: options.ice_servers.clone(),
+        ..Default::default()
+    };
+    for s in &rtc.ice_servers {
+        if !(s.starts_with("stun:") || s.starts_with("turn:") || s.starts_with("turns:")) {
+            return Err(invalid(format!(
+                "ICE server \"{s}\" is not a stun: or turn: URL (for example stun:stun.l.google.com:19302)"
+            )));
+        }
+    }
+    match options.max_webrtc {
+        Some(0) => {
+            return Err(invalid(
+                "options.maxWebrtc is 0; use at least 1, or direct: false to turn /webrtc off",
+            ));
+        }
+        Some(max) => rtc.max_connections = max as usize,
+        None => {}
+    }
+    let sources = Sources {
+        peers: true,
+        // A fetch that starts, or resumes, without the right peer connected finds it.
+        discover: true,
+        ipfs: Some(IpfsRouting {
+            dht: true,
+            routers,
+            dialable: cairn_p2p::ipfs::browser_dialable,
+        }),
+        gateways,
+        peer_timeout: SOURCE_TIMEOUT,
+        ipfs_timeout: SOURCE_TIMEOUT,
+        gateway_timeout: SOURCE_TIMEOUT,
+    };
+    Ok(Checked {
+        profile,
+        sources,
+        relays,
+        rtc,
+        direct: options.direct.unwrap_or(true),
+    })
+}
+
+async fn open_store(options: &CreateOptions) -> Result<Store, JsValue> {
+    Ok(match options.storage.unwrap_or_default() {
+        Storage::Indexeddb => {
+            let name = options.name.clone().unwrap_or_else(|| "default".into());
+            Store::Idb(
+                IdbStore::open(&name, options.quota)
+                    .await
+                    .map_err(|e| coded("cannot open the IndexedDB store", &e))?,
+            )
+        }
+        Storage::Memory => Store::memory(),
+    })
+}
+
+/// Reaches each relay and reserves a slot on it; returns this node's addresses through
+/// those that answered, and what the others said.
+async fn reserve(
+    node: &cairn_p2p::Node,
+    relays: &[Multiaddr],
+    direct: bool,
+) -> (Vec<Multiaddr>, Vec<String>) {
+    let mut failures = Vec::new();
+    let mut addresses = Vec::new();
+    for relay in relays {
+        let dialed =
+            cairn_core::rt::timeout(Duration::from_secs(15), node.dial(relay.clone())).await;
+        let peer = match dialed {
+            Some(Ok(peer)) => peer,
+            Some(Err(e)) => {
+                failures.push(format!("{relay}: {e}"));
+                continue;
+            }
+            None => {
+                failures.push(format!("{relay}: no answer within 15 s"));
+                continue;
+            }
+        };
+        // Identify puts the relay in the DHT table; provider records need it.
+        node.wait_for(&[peer], Duration::from_secs(5), |p| p.identified())
+            .await;
+        let circuit = relay.clone().with(Protocol::P2pCircuit);
+        if let Err(e) = node.listen(circuit.clone()).await {
+            failures.push(format!("{relay}: no reservation ({e})"));
+            continue;
+        }
+        addresses.push(circuit.clone().with(Protocol::P2p(node.peer_id())));
+        // Other browsers reach this one directly through the circuit.
+        let webrtc = circuit.with(Protocol::WebRTC);
+        if direct {
+            match node.listen(webrtc.clone()).await {
+                Ok(_) => addresses.push(webrtc.with(Protocol::P2p(node.peer_id()))),
+                Err(e) => web_sys::console::warn_1(
+                    &format!("cairn: cannot listen on {webrtc}: {e}").into(),
+                ),
+            }
+        }
+    }
+    (addresses, failures)
+}
+
+/// Tells the DHT again what this node holds: its records name this peer id, which the
+/// store keeps, and its new relayed addresses.
+fn reprovide(node: cairn_p2p::Node, store: Store) {
+    wasm_bindgen_futures::spawn_local(async move {
+        let pins = store.pins().await.unwrap_or_default();
+        for root in pins.into_iter().rev().take(MAX_REPROVIDE) {
+            let provided =
+                cairn_core::rt::timeout(Duration::from_secs(10), node.provide(root)).await;
+            if !matches!(provided, Some(Ok(()))) {
+                web_sys::console::warn_1(&format!("cairn: could not announce {root} again").into());
+            }
+        }
+    });
+}
+
+/// Starts a node with `options`.
+pub(super) async fn start(options: CreateOptions) -> Result<Inner, JsValue> {
+    let checked = check(&options)?;
+    let store = open_store(&options).await?;
+    // The circuit listen addresses are announced as external ones (the default), so
+    // provider records carry them.
+    let config = cairn_p2p::node::Config {
+        upgrade_direct: checked.direct,
+        ..Default::default()
+    };
+    let (key, lock) = identity(&store).await?;
+    let node = crate::net::build(key, config, checked.rtc, store.clone())
+        .map_err(|e| js_error(ErrorCode::Internal, format!("cannot start libp2p: {e}")))?;
+    let (addresses, failures) = reserve(&node, &checked.relays, checked.direct).await;
+    if !checked.relays.is_empty() && addresses.is_empty() {
+        node.stop().await;
+        return Err(js_error(
+            ErrorCode::Unreachable,
+            format!(
+                "cannot reach any relay: {}. Check the addresses and that the relay runs",
+                failures.join("; ")
+            ),
+        ));
+    }
+    for f in &failures {
+        web_sys::console::warn_1(&format!("cairn: relay {f}").into());
+    }
+    if !addresses.is_empty() {
+        reprovide(node.clone(), store.clone());
+    }
+    Ok(Inner {
+        node,
+        store,
+        profile: checked.profile,
+        sources: checked.sources,
+        in_use: InUse::default(),
+        addresses,
+        direct: checked.direct,
+        lock: Rc::new(RefCell::new(lock)),
+    })
+}

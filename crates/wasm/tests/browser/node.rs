@@ -1,0 +1,292 @@
+//! The browser node without a network: adding, pins and eviction, a full store, its
+//! identity, aborting, and the codes its errors carry.
+
+use cairn_wasm::CairnNode;
+use wasm_bindgen::JsValue;
+use wasm_bindgen_test::*;
+
+use crate::support::{
+    assert_code, assert_says, get, message, num, obj, options, recorder, test_bytes,
+};
+
+#[wasm_bindgen_test]
+async fn a_memory_node_adds_and_cats_and_refuses_bad_input_by_code() {
+    let node = CairnNode::create(options(&[])).await.unwrap();
+    let data = js_sys::Uint8Array::from(&b"hello from the browser"[..]);
+    let cid = node.add(data.into(), JsValue::UNDEFINED).await.unwrap();
+    let back = node.cat(cid.clone(), JsValue::UNDEFINED).await.unwrap();
+    assert_eq!(back.to_vec(), b"hello from the browser");
+    // `fetch`'s report is a plain object: the final progress and the time it took.
+    let report = node.fetch(cid.clone(), JsValue::UNDEFINED).await.unwrap();
+    assert_eq!(
+        num(&get(&report, "bySource"), "local"),
+        num(&report, "blocksDone")
+    );
+    assert!(num(&report, "elapsedMs") >= 0.0);
+    assert!(get(&report, "cid").is_string(), "{report:?}");
+    let err = CairnNode::create(obj(&[
+        ("storage", "memory".into()),
+        ("profile", "nope".into()),
+    ]))
+    .await
+    .unwrap_err();
+    assert_says(&err, "unknown profile");
+    assert_code(&err, "INVALID_ARGUMENT");
+    let err = node
+        .cat("garbage".into(), JsValue::UNDEFINED)
+        .await
+        .unwrap_err();
+    assert_code(&err, "INVALID_ARGUMENT");
+    // An option of the wrong type names the option.
+    let err = CairnNode::create(obj(&[("quota", "lots".into())]))
+        .await
+        .unwrap_err();
+    assert_says(&err, "options.quota");
+    assert_code(&err, "INVALID_ARGUMENT");
+    node.stop().await;
+    // A stopped node says so.
+    let err = node
+        .connect("/ip4/127.0.0.1/tcp/9/ws".into())
+        .await
+        .unwrap_err();
+    assert_code(&err, "STOPPED");
+}
+
+#[wasm_bindgen_test]
+async fn add_takes_bytes_blobs_and_streams_alike_and_reports_progress() {
+    use wasm_bindgen::JsCast;
+    let node = CairnNode::create(options(&[])).await.unwrap();
+    // 9 MiB: the importer reports after each 4 MiB batch it stores, and at the end.
+    let content: Vec<u8> = (0..(9 << 20) + 5u32).map(|i| (i % 241) as u8).collect();
+    let bytes = js_sys::Uint8Array::from(&content[..]);
+    let from_bytes = node
+        .add(bytes.clone().into(), wasm_bindgen::JsValue::UNDEFINED)
+        .await
+        .unwrap();
+
+    // A Blob, with progress events.
+    let parts = js_sys::Array::of1(&bytes);
+    let blob = web_sys::Blob::new_with_u8_array_sequence(&parts).unwrap();
+    let events = js_sys::Array::new();
+    let sink = events.clone();
+    let record = wasm_bindgen::closure::Closure::<dyn Fn(wasm_bindgen::JsValue)>::new(
+        move |e: wasm_bindgen::JsValue| {
+            sink.push(&e);
+        },
+    );
+    let opts = js_sys::Object::new();
+    js_sys::Reflect::set(&opts, &"onProgress".into(), record.as_ref().unchecked_ref()).unwrap();
+    let from_blob = node.add(blob.clone().into(), opts.into()).await.unwrap();
+    assert_eq!(from_blob, from_bytes, "same CID from a Blob");
+    assert!(
+        events.length() >= 3,
+        "progress was reported: {} events",
+        events.length()
+    );
+    let last = events.get(events.length() - 1);
+    let field = |k: &str| js_sys::Reflect::get(&last, &k.into()).unwrap().as_f64();
+    assert_eq!(field("bytesDone"), Some(content.len() as f64));
+    assert_eq!(field("bytesTotal"), Some(content.len() as f64));
+
+    // A ReadableStream (the Blob's), with no known total.
+    let from_stream = node
+        .add(blob.stream().into(), wasm_bindgen::JsValue::UNDEFINED)
+        .await
+        .unwrap();
+    assert_eq!(from_stream, from_bytes, "same CID from a stream");
+
+    // Anything else is refused, saying what is accepted.
+    let err = node
+        .add(
+            wasm_bindgen::JsValue::from(42),
+            wasm_bindgen::JsValue::UNDEFINED,
+        )
+        .await
+        .unwrap_err();
+    assert_says(&err, "Uint8Array, a Blob or File, or a ReadableStream");
+    assert_code(&err, "INVALID_ARGUMENT");
+    node.stop().await;
+}
+
+#[wasm_bindgen_test]
+async fn pins_keep_their_dags_through_eviction_and_errors_carry_a_cause() {
+    let node = CairnNode::create(options(&[])).await.unwrap();
+    let kept = node
+        .add(
+            js_sys::Uint8Array::from(&test_bytes(1 << 20)[..]).into(),
+            JsValue::UNDEFINED,
+        )
+        .await
+        .unwrap();
+    let cached: Vec<u8> = (0..(1 << 20)).map(|i| (i % 239) as u8).collect();
+    let cache = node
+        .add(
+            js_sys::Uint8Array::from(&cached[..]).into(),
+            obj(&[("pin", false.into())]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(node.pins().await.unwrap(), vec![kept.clone()]);
+    let before = num(&node.stats().await.unwrap(), "bytes");
+
+    let evicted = node.evict(JsValue::UNDEFINED).await.unwrap();
+    assert!(num(&evicted, "blocks") >= 5.0, "{evicted:?}");
+    let stats = node.stats().await.unwrap();
+    assert_eq!(num(&stats, "bytes"), before - num(&evicted, "bytes"));
+    assert_eq!(num(&stats, "pins"), 1.0);
+    let bytes = node
+        .cat(kept.clone(), JsValue::UNDEFINED)
+        .await
+        .unwrap()
+        .to_vec();
+    assert_eq!(bytes, test_bytes(1 << 20), "the pinned file is whole");
+    let err = node.cat(cache, JsValue::UNDEFINED).await.unwrap_err();
+    assert_says(&err, "cannot fetch");
+    assert_code(&err, "NOT_FOUND");
+
+    assert!(node.unpin(kept.clone()).await.unwrap());
+    assert!(!node.unpin(kept).await.unwrap(), "already unpinned");
+    node.evict(JsValue::UNDEFINED).await.unwrap();
+    assert_eq!(num(&node.stats().await.unwrap(), "blocks"), 0.0);
+
+    // A malformed CID: the message says what was expected; the parser's error is the cause.
+    let err = node
+        .cat("bafynot-a-cid".into(), JsValue::UNDEFINED)
+        .await
+        .unwrap_err();
+    assert_says(&err, "is not a CID");
+    assert_code(&err, "INVALID_ARGUMENT");
+    let cause = get(&err, "cause");
+    assert!(
+        wasm_bindgen::JsCast::is_instance_of::<js_sys::Error>(&cause),
+        "cause: {cause:?}"
+    );
+    node.stop().await;
+}
+
+#[wasm_bindgen_test]
+async fn a_full_store_refuses_an_add_and_keeps_nothing_of_it() {
+    let name = format!("quota-{}", js_sys::Math::random());
+    let node = CairnNode::create(obj(&[
+        ("name", name.clone().into()),
+        ("quota", ((6 << 20) as f64).into()),
+    ]))
+    .await
+    .unwrap();
+    let small = node
+        .add(
+            js_sys::Uint8Array::from(&test_bytes(1 << 20)[..]).into(),
+            JsValue::UNDEFINED,
+        )
+        .await
+        .unwrap();
+    let before = node.stats().await.unwrap();
+    // 9 MiB, stored in 4 MiB batches: the first lands, the second does not fit; the add
+    // fails and takes back what it wrote.
+    let big: Vec<u8> = (0..9 << 20).map(|i| (i % 233) as u8).collect();
+    let (events, on_progress) = recorder();
+    let err = node
+        .add(
+            js_sys::Uint8Array::from(&big[..]).into(),
+            obj(&[("onProgress", on_progress.into())]),
+        )
+        .await
+        .unwrap_err();
+    assert_says(&err, "store is full");
+    assert_code(&err, "STORE_FULL");
+    assert!(
+        events.length() >= 1,
+        "a first batch was stored before the failure"
+    );
+    let after = node.stats().await.unwrap();
+    assert_eq!(
+        num(&after, "bytes"),
+        num(&before, "bytes"),
+        "nothing of it was kept"
+    );
+    assert_eq!(num(&after, "quota"), (6 << 20) as f64);
+    assert_eq!(node.pins().await.unwrap(), vec![small.clone()]);
+    let again = node.cat(small, JsValue::UNDEFINED).await.unwrap().to_vec();
+    assert_eq!(again, test_bytes(1 << 20), "the earlier file is untouched");
+    node.stop().await;
+    cairn_wasm::idb::IdbStore::open(&name, None)
+        .await
+        .unwrap()
+        .destroy()
+        .await
+        .unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn an_indexeddb_node_keeps_its_peer_id_and_a_second_tab_gets_its_own() {
+    let name = format!("identity-{}", js_sys::Math::random());
+    let opts = || obj(&[("name", name.clone().into())]);
+    let first = CairnNode::create(opts()).await.unwrap();
+    let id = first.peer_id();
+    // The same store while the first node runs (another tab): a peer id of its own.
+    let second = CairnNode::create(opts()).await.unwrap();
+    assert_ne!(
+        second.peer_id(),
+        id,
+        "two running nodes never share a peer id"
+    );
+    second.stop().await;
+    first.stop().await;
+    // Reopened (a reload): the kept identity.
+    let again = CairnNode::create(opts()).await.unwrap();
+    assert_eq!(again.peer_id(), id, "the peer id outlives a reload");
+    again.stop().await;
+    // A memory node has a fresh one each time.
+    let a = CairnNode::create(options(&[])).await.unwrap();
+    let b = CairnNode::create(options(&[])).await.unwrap();
+    assert_ne!(a.peer_id(), b.peer_id());
+    cairn_wasm::idb::IdbStore::open(&name, None)
+        .await
+        .unwrap()
+        .destroy()
+        .await
+        .unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn an_aborted_add_rejects_and_keeps_nothing_of_it() {
+    let node = CairnNode::create(options(&[])).await.unwrap();
+    // 9 MiB: aborted when the first 4 MiB batch is stored.
+    let content: Vec<u8> = (0..9 << 20).map(|i| (i % 227) as u8).collect();
+    let controller = web_sys::AbortController::new().unwrap();
+    let abort_now = {
+        let controller = controller.clone();
+        let f = wasm_bindgen::closure::Closure::<dyn Fn(JsValue)>::new(move |_: JsValue| {
+            controller.abort();
+        });
+        let func: js_sys::Function =
+            wasm_bindgen::JsCast::unchecked_ref::<js_sys::Function>(f.as_ref()).clone();
+        f.forget();
+        func
+    };
+    let err = node
+        .add(
+            js_sys::Uint8Array::from(&content[..]).into(),
+            obj(&[
+                ("signal", controller.signal().into()),
+                ("onProgress", abort_now.into()),
+            ]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        js_sys::Error::from(err.clone()).name(),
+        "AbortError",
+        "{}",
+        message(&err)
+    );
+    assert_code(&err, "ABORTED");
+    let stats = node.stats().await.unwrap();
+    assert_eq!(
+        num(&stats, "blocks"),
+        0.0,
+        "the stored batch was deleted again"
+    );
+    assert_eq!(num(&stats, "pins"), 0.0);
+    node.stop().await;
+}
