@@ -6,10 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::source::{Chain, Context, PeerRace, RaceConfig};
+use cairn_core::source::{Chain, Context, RaceConfig};
 use cairn_core::store::Memory;
 use cairn_core::{Cid, HashAlg, dag, unixfs};
 use cairn_p2p::Node;
+use cairn_p2p::sources::cas_source;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
@@ -19,43 +20,39 @@ const LEN: usize = 256 << 20;
 
 struct Peer {
     node: Node,
-    perf: libp2p_stream::Control,
+    perf: cairn_p2p::streams::Control,
 }
 
 async fn peer(store: Arc<Memory>) -> Peer {
-    let config = cairn_p2p::node::Config::default();
-    let swarm = cairn_relay::node::swarm(
-        Keypair::generate_ed25519(),
-        None,
-        &config,
+    let node = cairn_relay::node::build(
+        cairn_p2p::Builder::new(Keypair::generate_ed25519()),
+        store,
         &Default::default(),
         &mut Default::default(),
     )
-    .await
     .unwrap();
-    let perf = cairn_p2p::perf::control(&swarm);
+    let perf = node.streams();
     tokio::spawn(cairn_p2p::perf::serve(perf.clone()));
-    let (node, driver) = Node::new(swarm, store, config);
-    tokio::spawn(driver);
     Peer { node, perf }
 }
 
 async fn until_cas(node: &Node, peer: PeerId) {
-    for _ in 0..400 {
-        if node.peers().get(&peer).is_some_and(|p| p.cas) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no identify from {peer}");
+    node.wait_for(&[peer], Duration::from_secs(10), |p| p.cas)
+        .await
+        .unwrap_or_else(|| panic!("no identify from {peer}"));
 }
 
 async fn fetch(from: &Node, root: Cid) {
     let store = Arc::new(Memory::new());
-    let race = PeerRace::new(from.clone()).config(RaceConfig {
-        per_peer_timeout: Duration::from_secs(60),
-        max_parallel: 4,
-    });
+    let race = cas_source(
+        from,
+        Some(root),
+        RaceConfig {
+            per_peer_timeout: Duration::from_secs(60),
+            max_parallel: 4,
+            look_up: false,
+        },
+    );
     let chain = Chain::new().local(store.clone()).source(race, None);
     let opts = dag::Options {
         window: 32,
@@ -164,7 +161,7 @@ fn transfer(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| {
                 rt.block_on(async {
-                    let race = PeerRace::new(p.node.clone());
+                    let race = cas_source(&p.node, None, RaceConfig::default());
                     let chain = Chain::new().source(race, None);
                     chain
                         .retrieve_reported(&root, &Context::new())

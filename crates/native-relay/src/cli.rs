@@ -19,9 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::cid::{self, HashAlg};
-use cairn_core::source::{Chain, Context, Gateway, Ipfs, PeerRace, SourceError};
+use cairn_core::source::{Context, Failure as Fetch};
 use cairn_core::store::{BlockStore, Null};
 use cairn_core::unixfs::{self, ExportError, ImportError, Profile, Range};
+use cairn_p2p::sources::{self, IpfsRouting, Sources};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use libp2p::Multiaddr;
@@ -124,16 +125,46 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
 }
 
+/// The process's exit codes (see docs/cli.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Any other failure.
+    Failure = 1,
+    /// Bad usage: an argument is not what it should be.
+    Usage = 2,
+    /// No source had the content.
+    NotFound = 3,
+    /// A source sent bytes that do not match the CID (and none sent the right ones).
+    InvalidData = 4,
+    /// The store or the output cannot be written.
+    NotWritable = 5,
+    /// The input cannot be read.
+    Unreadable = 6,
+    /// The relay could not start (port in use, bad identity or configuration).
+    CannotStart = 7,
+}
+
+impl Exit {
+    /// The exit code for a fetch that failed this way.
+    pub fn of_fetch(failure: Fetch) -> Self {
+        match failure {
+            Fetch::InvalidData => Exit::InvalidData,
+            Fetch::NotFound | Fetch::Unreachable => Exit::NotFound,
+            _ => Exit::Failure,
+        }
+    }
+}
+
 /// A failure with its exit code.
 #[derive(Debug)]
 struct Failure {
-    code: u8,
+    exit: Exit,
     message: String,
 }
 
-fn fail(code: u8, message: impl std::fmt::Display) -> Failure {
+fn fail(exit: Exit, message: impl std::fmt::Display) -> Failure {
     Failure {
-        code,
+        exit,
         message: message.to_string(),
     }
 }
@@ -175,7 +206,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("error: {}", f.message);
-            ExitCode::from(f.code)
+            ExitCode::from(f.exit as u8)
         }
     }
 }
@@ -199,7 +230,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let root = if only_hash {
                 add(&Null::new(), &file, profile, hash).await?
             } else {
-                add(&open_store(store).await?, &file, profile, hash).await?
+                let store = open_store(store).await?;
+                // Two adds to one store take turns: each one's clean-up is then its own.
+                let _turn = store
+                    .lock_for_import()
+                    .await
+                    .map_err(|e| fail(Exit::NotWritable, e))?;
+                add(&store, &file, profile, hash).await?
             };
             println!("{root}");
             Ok(())
@@ -215,26 +252,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             output,
         }) => {
             let store = open_store(store).await?;
-            let sources = Sources {
+            let from = Where {
                 peers,
                 ipfs_via,
                 routing,
                 gateways,
             };
             let timeout = Duration::from_secs(timeout);
-            cat(store, &cid, &sources, timeout, output.as_deref()).await
+            cat(store, &cid, &from, timeout, output.as_deref()).await
         }
     }
 }
 
 fn load_identity(path: Option<PathBuf>) -> Result<libp2p::identity::Keypair, Failure> {
     let path = path.unwrap_or_else(|| data_dir().join("identity.key"));
-    crate::identity::load_or_create(&path).map_err(|e| fail(7, e))
+    crate::identity::load_or_create(&path).map_err(|e| fail(Exit::CannotStart, e))
 }
 
 async fn open_store(dir: Option<PathBuf>) -> Result<Disk, Failure> {
     let dir = dir.unwrap_or_else(|| data_dir().join("store"));
-    Disk::open(&dir).await.map_err(|e| fail(5, e))
+    Disk::open(&dir)
+        .await
+        .map_err(|e| fail(Exit::NotWritable, e))
 }
 
 async fn add<S: BlockStore>(
@@ -243,12 +282,15 @@ async fn add<S: BlockStore>(
     profile: Profile,
     hash: HashAlg,
 ) -> Result<String, Failure> {
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| fail(6, format!("cannot read {}: {e}", path.display())))?;
+    let file = tokio::fs::File::open(path).await.map_err(|e| {
+        fail(
+            Exit::Unreadable,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
     if file.metadata().await.is_ok_and(|m| m.is_dir()) {
         return Err(fail(
-            6,
+            Exit::Unreadable,
             format!("{} is a directory; cairn adds single files", path.display()),
         ));
     }
@@ -256,36 +298,26 @@ async fn add<S: BlockStore>(
     let imported = crate::add_file(store, reader, profile, hash)
         .await
         .map_err(|e| match e {
-            ImportError::Read { .. } => fail(6, format!("cannot read {}: {e}", path.display())),
-            ImportError::Store(_) => fail(5, e),
-            other => fail(1, other),
+            ImportError::Read { .. } => fail(
+                Exit::Unreadable,
+                format!("cannot read {}: {e}", path.display()),
+            ),
+            ImportError::Store(_) => fail(Exit::NotWritable, e),
+            other => fail(Exit::Failure, other),
         })?;
     Ok(imported.root.to_string())
 }
 
-/// Exit code for an export failure: 4 if any source sent bad bytes, 3 if nobody had a block.
-fn export_code(e: &ExportError) -> u8 {
+/// Exit code for an export failure: what the fetch came down to, when it was one.
+fn export_exit(e: &ExportError) -> Exit {
     match e {
-        ExportError::Retrieve { source, .. } if has_invalid(source) => 4,
-        ExportError::Retrieve { source, .. }
-            if matches!(**source, SourceError::AllFailed(_) | SourceError::NotFound) =>
-        {
-            3
-        }
-        _ => 1,
-    }
-}
-
-fn has_invalid(e: &SourceError) -> bool {
-    match e {
-        SourceError::Invalid(_) => true,
-        SourceError::AllFailed(v) => v.iter().any(|(_, e)| has_invalid(e)),
-        _ => false,
+        ExportError::Retrieve { source, .. } => Exit::of_fetch(source.failure()),
+        _ => Exit::Failure,
     }
 }
 
 /// Where `cat` looks beyond the local store.
-struct Sources {
+struct Where {
     peers: Vec<Multiaddr>,
     ipfs_via: Vec<Multiaddr>,
     routing: Vec<String>,
@@ -301,14 +333,13 @@ async fn connect(peers: &[Multiaddr], deadline: Duration) -> Result<cairn_p2p::N
             .any(|proto| matches!(proto, libp2p::multiaddr::Protocol::P2p(_)))
         {
             return Err(fail(
-                2,
+                Exit::Usage,
                 format!("peer address {p} does not end in /p2p/<peer id>"),
             ));
         }
     }
-    let key = libp2p::identity::Keypair::generate_ed25519();
     let config = cairn_p2p::node::Config {
-        cas: cairn_p2p::CasConfig {
+        cas: cairn_p2p::cas::Config {
             serve: false,
             ..Default::default()
         },
@@ -320,12 +351,11 @@ async fn connect(peers: &[Multiaddr], deadline: Duration) -> Result<cairn_p2p::N
         },
         ..Default::default()
     };
+    let builder =
+        cairn_p2p::Builder::new(libp2p::identity::Keypair::generate_ed25519()).config(config);
     let mut registry = prometheus_client::registry::Registry::default();
-    let swarm = crate::node::swarm(key, None, &config, &Default::default(), &mut registry)
-        .await
-        .map_err(|e| fail(1, e))?;
-    let (node, driver) = cairn_p2p::Node::new(swarm, Null::new(), config);
-    tokio::spawn(driver);
+    let node = crate::node::build(builder, Null::new(), &Default::default(), &mut registry)
+        .map_err(|e| fail(Exit::Failure, e))?;
     let dials = peers.iter().map(|p| {
         let node = node.clone();
         async move {
@@ -344,83 +374,61 @@ async fn connect(peers: &[Multiaddr], deadline: Duration) -> Result<cairn_p2p::N
         }
     }
     // Wait (briefly) for identify, which tells which peers speak /cas.
-    let until = tokio::time::Instant::now() + Duration::from_secs(5);
-    while tokio::time::Instant::now() < until {
-        let peers = node.peers();
-        if connected
-            .iter()
-            .all(|id| peers.get(id).is_some_and(|p| p.agent.is_some()))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let identified = connected.iter().map(|id| {
+        node.wait_for(std::slice::from_ref(id), Duration::from_secs(5), |p| {
+            p.identified()
+        })
+    });
+    futures::future::join_all(identified).await;
     Ok(node)
 }
 
 async fn cat(
     store: Disk,
     cid_text: &str,
-    sources: &Sources,
+    from: &Where,
     timeout: Duration,
     output: Option<&Path>,
 ) -> Result<(), Failure> {
-    let root = cid::parse(cid_text).map_err(|e| fail(2, e))?;
-    let http = crate::http::Client::new().map_err(|e| fail(1, e))?;
-    let mut chain = Chain::new().local(store);
-    for r in &sources.routing {
-        if !(r.starts_with("http://") || r.starts_with("https://")) {
-            return Err(fail(
-                2,
-                format!("routing endpoint `{r}` is not an http:// or https:// URL"),
-            ));
-        }
-    }
-    let ipfs = !sources.ipfs_via.is_empty() || !sources.routing.is_empty();
-    if !sources.peers.is_empty() || ipfs {
-        let dial: Vec<Multiaddr> = sources
-            .peers
-            .iter()
-            .chain(&sources.ipfs_via)
-            .cloned()
-            .collect();
-        let node = connect(&dial, timeout.min(Duration::from_secs(20))).await?;
-        if !sources.peers.is_empty() {
-            chain = chain.source(PeerRace::new(node.clone()), Some(Duration::from_secs(30)));
-        }
-        if ipfs {
-            let routers = sources
-                .routing
-                .iter()
-                .map(|r| cairn_p2p::routing_v1::Client::new(http.clone(), r))
-                .collect();
-            let net = cairn_p2p::ipfs::Network::new(
-                node,
-                routers,
-                !sources.ipfs_via.is_empty(),
-                cairn_p2p::ipfs::any_address,
-            );
-            chain = chain.source(Ipfs::new(net, Some(root)), Some(Duration::from_secs(60)));
-        }
-    }
-    for g in &sources.gateways {
-        if !(g.starts_with("http://") || g.starts_with("https://")) {
-            return Err(fail(
-                2,
-                format!("gateway `{g}` is not an http:// or https:// URL"),
-            ));
-        }
-        chain = chain.source(
-            Gateway::new(http.clone(), g.clone()),
-            Some(Duration::from_secs(30)),
-        );
-    }
+    let root = cid::parse(cid_text).map_err(|e| fail(Exit::Usage, e))?;
+    let http = crate::http::Client::new().map_err(|e| fail(Exit::Failure, e))?;
+    let check = |what, urls: &[String]| {
+        urls.iter()
+            .map(|u| sources::http_url(what, u).map_err(|e| fail(Exit::Usage, e)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let routers = check("routing endpoint", &from.routing)?;
+    let gateways = check("gateway", &from.gateways)?;
+    let ipfs = !from.ipfs_via.is_empty() || !routers.is_empty();
+    let node = if !from.peers.is_empty() || ipfs {
+        let dial: Vec<Multiaddr> = from.peers.iter().chain(&from.ipfs_via).cloned().collect();
+        Some(connect(&dial, timeout.min(Duration::from_secs(20))).await?)
+    } else {
+        None
+    };
+    let sources = Sources {
+        peers: !from.peers.is_empty(),
+        discover: false,
+        ipfs: ipfs.then_some(IpfsRouting {
+            dht: !from.ipfs_via.is_empty(),
+            routers,
+            dialable: cairn_p2p::ipfs::any_address,
+        }),
+        gateways,
+        ..Sources::default()
+    };
+    let chain = Arc::new(sources.chain(node.as_ref(), store, &http, root));
     let ctx = Context::new().with_timeout(timeout);
-    let chain = Arc::new(chain);
     let mut out = Output::open(output)?;
-    let mut stream = std::pin::pin!(unixfs::export(&*chain, root, Range::ALL, 16, &ctx));
+    let mut stream = std::pin::pin!(unixfs::export(
+        &*chain,
+        root,
+        Range::ALL,
+        cairn_core::dag::WINDOW,
+        &ctx
+    ));
     while let Some(piece) = stream.next().await {
-        let bytes = piece.map_err(|e| fail(export_code(&e), e))?;
+        let bytes = piece.map_err(|e| fail(export_exit(&e), e))?;
         out.write(&bytes)?;
     }
     out.finish()
@@ -457,8 +465,12 @@ impl Output {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = dest.with_file_name(format!(".{name}.cairn-partial-{}", std::process::id()));
-        let file = std::fs::File::create(&tmp)
-            .map_err(|e| fail(5, format!("cannot write {}: {e}", dest.display())))?;
+        let file = std::fs::File::create(&tmp).map_err(|e| {
+            fail(
+                Exit::NotWritable,
+                format!("cannot write {}: {e}", dest.display()),
+            )
+        })?;
         Ok(Output::File {
             tmp: Partial(Some(tmp)),
             dest: dest.to_owned(),
@@ -471,14 +483,14 @@ impl Output {
             Output::Stdout(w) => w.write_all(b),
             Output::File { file, .. } => file.write_all(b),
         };
-        r.map_err(|e| fail(5, format!("cannot write output: {e}")))
+        r.map_err(|e| fail(Exit::NotWritable, format!("cannot write output: {e}")))
     }
 
     fn finish(self) -> Result<(), Failure> {
         match self {
             Output::Stdout(mut w) => w
                 .flush()
-                .map_err(|e| fail(5, format!("cannot write output: {e}"))),
+                .map_err(|e| fail(Exit::NotWritable, format!("cannot write output: {e}"))),
             Output::File {
                 mut tmp,
                 dest,
@@ -489,7 +501,12 @@ impl Output {
                     .map_err(|e| e.into_error())
                     .and_then(|f| f.sync_all())
                     .and_then(|()| std::fs::rename(&path, &dest))
-                    .map_err(|e| fail(5, format!("cannot write {}: {e}", dest.display())))?;
+                    .map_err(|e| {
+                        fail(
+                            Exit::NotWritable,
+                            format!("cannot write {}: {e}", dest.display()),
+                        )
+                    })?;
                 tmp.0 = None;
                 Ok(())
             }
@@ -528,16 +545,25 @@ struct FileLimits {
     circuits_per_ip_burst: Option<u32>,
     rate_interval_secs: Option<u64>,
     shutdown_grace_secs: Option<u64>,
+    answer_bytes_per_peer: Option<usize>,
+    answer_bytes_total: Option<usize>,
+    stall_timeout_secs: Option<u64>,
+    stream_receive_window: Option<u32>,
 }
 
 fn read_config(path: &Path) -> Result<FileConfig, Failure> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         fail(
-            7,
+            Exit::CannotStart,
             format!("cannot read config file {}: {e}", path.display()),
         )
     })?;
-    toml::from_str(&text).map_err(|e| fail(7, format!("config file {}: {e}", path.display())))
+    toml::from_str(&text).map_err(|e| {
+        fail(
+            Exit::CannotStart,
+            format!("config file {}: {e}", path.display()),
+        )
+    })
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
@@ -549,21 +575,31 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .identity
         .or(file.identity)
         .unwrap_or_else(|| data_dir().join("identity.key"));
-    let key = crate::identity::load_or_create(&identity).map_err(|e| fail(7, e))?;
+    let key = crate::identity::load_or_create(&identity).map_err(|e| fail(Exit::CannotStart, e))?;
     let webrtc = crate::node::load_or_create_webrtc_cert(&identity.with_extension("webrtc.pem"))
-        .map_err(|e| fail(7, e))?;
+        .map_err(|e| fail(Exit::CannotStart, e))?;
     let tls = match (
         args.tls_cert.or(file.tls_cert),
         args.tls_key.or(file.tls_key),
     ) {
-        (Some(cert), Some(key)) => {
-            Some(crate::node::Tls::from_pem_files(&cert, &key).map_err(|e| fail(7, e))?)
-        }
+        (Some(cert), Some(key)) => Some(
+            crate::node::Tls::from_pem_files(&cert, &key)
+                .map_err(|e| fail(Exit::CannotStart, e))?,
+        ),
         (None, None) => None,
-        _ => return Err(fail(2, "give both tls_cert and tls_key, or neither")),
+        _ => {
+            return Err(fail(
+                Exit::Usage,
+                "give both tls_cert and tls_key, or neither",
+            ));
+        }
     };
     let store = match args.store.or(file.store) {
-        Some(dir) => Some(Disk::open(&dir).await.map_err(|e| fail(5, e))?),
+        Some(dir) => Some(
+            Disk::open(&dir)
+                .await
+                .map_err(|e| fail(Exit::NotWritable, e))?,
+        ),
         None => None,
     };
     let mut config = crate::relay::Config {
@@ -611,9 +647,21 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     set!(circuits_per_ip_burst);
     set!(rate_interval, rate_interval_secs, secs);
     set!(shutdown_grace, shutdown_grace_secs, secs);
+    if let Some(v) = l.answer_bytes_per_peer {
+        config.answers.per_asker = v;
+    }
+    if let Some(v) = l.answer_bytes_total {
+        config.answers.total = v;
+    }
+    if let Some(v) = l.stall_timeout_secs {
+        config.answers.stall_timeout = secs(v);
+    }
+    if let Some(v) = l.stream_receive_window {
+        config.receive_window = v;
+    }
     let running = crate::relay::start(key, config)
         .await
-        .map_err(|e| fail(7, e))?;
+        .map_err(|e| fail(Exit::CannotStart, e))?;
     tracing::info!(peer_id = %running.peer_id, "relay started");
     for a in &running.addrs {
         println!("{a}");

@@ -17,8 +17,16 @@ impl Client {
             .user_agent(concat!("cairn/", env!("CARGO_PKG_VERSION")))
             .build()
             .map(Self)
-            .map_err(|e| HttpError::Transport(e.to_string()))
+            .map_err(|e| HttpError::Transport(cairn_core::Reason::new(e)))
     }
+}
+
+/// A request that failed, with its URL.
+#[derive(Debug, thiserror::Error)]
+#[error("GET {url}: {source}")]
+struct Failed {
+    url: String,
+    source: reqwest::Error,
 }
 
 impl HttpClient for Client {
@@ -28,7 +36,12 @@ impl HttpClient for Client {
         accept: &str,
         max_body: usize,
     ) -> Result<HttpResponse, HttpError> {
-        let transport = |e: reqwest::Error| HttpError::Transport(format!("GET {url}: {e}"));
+        let transport = |source: reqwest::Error| {
+            HttpError::Transport(cairn_core::Reason::new(Failed {
+                url: url.to_owned(),
+                source,
+            }))
+        };
         let mut resp = self
             .0
             .get(url)

@@ -21,13 +21,13 @@ pub enum Error {
     },
     /// The file is not a key.
     #[error(
-        "identity file {path} does not hold a libp2p private key ({reason}); move it away to create a new identity"
+        "identity file {path} does not hold a libp2p private key ({source}); move it away to create a new identity"
     )]
     Invalid {
         /// The file.
         path: PathBuf,
         /// The decoder's complaint.
-        reason: String,
+        source: libp2p::identity::DecodingError,
     },
     /// The new key could not be written.
     #[error("cannot create identity file {path}: {source}")]
@@ -60,7 +60,7 @@ pub fn load_or_create(path: &Path) -> Result<Keypair, Error> {
     match std::fs::read(path) {
         Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| Error::Invalid {
             path: path.to_owned(),
-            reason: e.to_string(),
+            source: e,
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = Keypair::generate_ed25519();

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod gateway;
 pub mod http;
 pub mod identity;
+pub mod listener;
 pub mod node;
 pub mod relay;
 pub mod routing;
@@ -25,23 +26,6 @@ pub async fn add_file<S: BlockStore, R: tokio::io::AsyncRead + Unpin>(
     profile: Profile,
     hash: HashAlg,
 ) -> Result<Imported, unixfs::ImportError> {
-    unixfs::import(store, TokioRead(reader), profile, hash, |_| {}).await
-}
-
-/// Adapts a tokio reader to `futures::io::AsyncRead`.
-struct TokioRead<R>(R);
-
-impl<R: tokio::io::AsyncRead + Unpin> futures::io::AsyncRead for TokioRead<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut [u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let mut rb = tokio::io::ReadBuf::new(buf);
-        match std::pin::Pin::new(&mut self.0).poll_read(cx, &mut rb) {
-            std::task::Poll::Ready(Ok(())) => std::task::Poll::Ready(Ok(rb.filled().len())),
-            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
-            std::task::Poll::Pending => std::task::Poll::Pending,
-        }
-    }
+    use tokio_util::compat::TokioAsyncReadCompatExt;
+    unixfs::import(store, reader.compat(), profile, hash, |_| {}).await
 }

@@ -3,26 +3,26 @@
 //! given a certificate; relay-v2 circuits), around cairn-p2p's behaviour composition.
 
 use std::path::Path;
-use std::time::Duration;
 
-use cairn_p2p::Behaviour;
 use libp2p::core::transport::OptionalTransport;
-use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
-use libp2p::{Swarm, Transport as _, noise, relay, websocket};
+use libp2p::{Transport as _, relay, websocket};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The WebRTC-direct certificate type.
 pub use libp2p_webrtc::tokio::Certificate as WebRtcCertificate;
 
-/// Transports that need key material besides the identity; each is off when `None`.
+/// Transports that need key material besides the identity (each is off when `None`), and
+/// the muxer's per-stream receive window (`None`: [`cairn_p2p::RECEIVE_WINDOW`]).
 #[derive(Clone, Default)]
 pub struct Transports {
     /// Certificate and key for WebSocket listeners over TLS (`/tls/ws`, `/wss`).
     pub tls: Option<Tls>,
     /// The certificate whose hash every `/webrtc-direct` address carries.
     pub webrtc: Option<WebRtcCertificate>,
+    /// Yamux's per-stream receive window on TCP and WebSocket connections.
+    pub receive_window: Option<u32>,
 }
 
 impl std::fmt::Debug for Transports {
@@ -127,74 +127,84 @@ fn err(e: impl std::fmt::Display) -> Error {
 
 pub use cairn_p2p::yamux_config;
 
-/// Builds a swarm for `key` on the tokio runtime; `relay_server` makes it a relay. `config`
-/// is the one its [`cairn_p2p::Node`] driver will be given.
-/// Transport byte counters (per protocol stack and direction) go into `registry`.
-pub async fn swarm(
-    key: Keypair,
-    relay_server: Option<relay::Config>,
-    config: &cairn_p2p::node::Config,
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs a node's tasks on the tokio runtime.
+#[derive(Debug, Clone, Copy)]
+pub struct Tokio;
+
+impl cairn_p2p::node::Spawner for Tokio {
+    fn spawn(&self, task: cairn_core::BoxFuture<'static, ()>) {
+        tokio::spawn(task);
+    }
+}
+
+/// The native transports around `relay` (the relay client's): TCP, QUIC, WebRTC-direct
+/// and WebSocket over TLS when `transports` has their keys, DNS, plain WebSocket, and
+/// circuits. Byte counters per protocol stack and direction go into `registry`.
+pub fn transports(
+    key: &Keypair,
+    relay: relay::client::Transport,
     transports: &Transports,
     registry: &mut prometheus_client::registry::Registry,
-) -> Result<Swarm<Behaviour>, Error> {
-    let tls = transports
-        .tls
-        .as_ref()
-        .map(Tls::config)
-        .transpose()
-        .map_err(Error)?;
-    let webrtc = transports.webrtc.clone();
-    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux_config,
-        )
-        .map_err(err)?
-        .with_quic()
-        .with_other_transport(|key| match webrtc {
-            Some(cert) => OptionalTransport::some(
-                libp2p_webrtc::tokio::Transport::new(key.clone(), cert)
-                    .map(|(peer, conn), _| (peer, crate::webrtc::Connection(conn))),
-            ),
-            None => OptionalTransport::none(),
+) -> Result<cairn_p2p::node::Transport, BoxError> {
+    use libp2p::core::muxing::StreamMuxerBox;
+    let window = transports
+        .receive_window
+        .unwrap_or(cairn_p2p::RECEIVE_WINDOW);
+    use cairn_p2p::node::authenticate_with;
+    let tcp = || libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true));
+    let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
+        .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
+    let webrtc = match transports.webrtc.clone() {
+        Some(cert) => {
+            OptionalTransport::some(libp2p_webrtc::tokio::Transport::new(key.clone(), cert).map(
+                |(peer, conn), _| (peer, StreamMuxerBox::new(crate::webrtc::Connection(conn))),
+            ))
+        }
+        None => OptionalTransport::none(),
+    };
+    // WebSocket over TLS, for listening: the plain WebSocket transport (below) serves `/ws`
+    // and makes every outgoing dial, `/tls/ws` included.
+    let wss = match transports.tls.as_ref().map(Tls::config).transpose()? {
+        Some(tls) => {
+            let mut ws = websocket::Config::new(tcp());
+            ws.set_tls_config(tls);
+            OptionalTransport::some(authenticate_with(ws, key, window)?)
+        }
+        None => OptionalTransport::none(),
+    };
+    let direct = authenticate_with(tcp(), key, window)?
+        .or_transport(quic)
+        .map(|e, _| e.into_inner())
+        .or_transport(webrtc)
+        .map(|e, _| e.into_inner())
+        .or_transport(wss)
+        .map(|e, _| e.into_inner());
+    // Circuits and WebSocket first: the DNS wrapper dials asynchronously, so an address it
+    // passes on cannot fall through to a transport after it (as libp2p's SwarmBuilder
+    // orders them).
+    let ws = websocket::Config::new(libp2p::dns::tokio::Transport::system(tcp())?);
+    let all = authenticate_with(relay, key, window)?
+        .or_transport(authenticate_with(ws, key, window)?)
+        .map(|e, _| e.into_inner())
+        .or_transport(libp2p::dns::tokio::Transport::system(direct)?)
+        .map(|e, _| e.into_inner());
+    Ok(libp2p::metrics::BandwidthTransport::new(all, registry)
+        .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)))
+        .boxed())
+}
+
+/// A native node over `store`: `builder`'s settings, the native transports, tokio.
+pub fn build<S: cairn_core::store::BlockStore + 'static>(
+    builder: cairn_p2p::Builder,
+    store: S,
+    extra: &Transports,
+    registry: &mut prometheus_client::registry::Registry,
+) -> Result<cairn_p2p::Node, Error> {
+    builder
+        .build(store, Tokio, |key, relay| {
+            transports(key, relay, extra, registry)
         })
-        .map_err(err)?
-        // WebSocket over TLS, for listening: the builder's own WebSocket transport (below)
-        // serves plain `/ws` and makes every outgoing dial, `/tls/ws` included.
-        .with_other_transport(
-            |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-                Ok(match tls {
-                    Some(tls) => {
-                        let mut ws = websocket::Config::new(libp2p::tcp::tokio::Transport::new(
-                            libp2p::tcp::Config::default().nodelay(true),
-                        ));
-                        ws.set_tls_config(tls);
-                        OptionalTransport::some(
-                            ws.upgrade(Version::V1Lazy)
-                                .authenticate(noise::Config::new(key)?)
-                                .multiplex(yamux_config()),
-                        )
-                    }
-                    None => OptionalTransport::none(),
-                })
-            },
-        )
-        .map_err(err)?
-        .with_dns()
-        .map_err(err)?
-        .with_websocket(noise::Config::new, yamux_config)
-        .await
-        .map_err(err)?
-        .with_relay_client(noise::Config::new, yamux_config)
-        .map_err(err)?
-        .with_bandwidth_metrics(registry)
-        .with_behaviour(|key, client| {
-            Behaviour::new(key, Some(client), relay_server, &config.cas)
-                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-        })
-        .map_err(err)?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build())
+        .map_err(err)
 }

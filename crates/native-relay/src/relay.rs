@@ -10,12 +10,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::store::{BlockStore, Null};
+use cairn_core::store::Null;
 use cairn_p2p::Node;
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, relay};
 use tokio::sync::mpsc;
 
@@ -64,6 +63,14 @@ pub struct Config {
     pub rate_interval: Duration,
     /// On shutdown, how long `/cas` answers in flight may take to finish.
     pub shutdown_grace: Duration,
+    /// Bytes of answers (`/cas`, bitswap, the HTTP gateway) held for one peer or HTTP
+    /// client and for all together, and how long one may read nothing before it is cut.
+    pub answers: cairn_p2p::budget::Caps,
+    /// What a peer may send on one stream before the relay reads it (yamux's window, on TCP
+    /// and WebSocket connections): the most one stream the relay has not read yet can make
+    /// it hold. Smaller than a client's ([`cairn_p2p::RECEIVE_WINDOW`]) because a relay reads
+    /// little of what it receives; circuits it forwards at up to this much per round trip.
+    pub receive_window: u32,
 }
 
 impl Default for Config {
@@ -89,6 +96,8 @@ impl Default for Config {
             circuits_per_ip_burst: 240,
             rate_interval: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            answers: cairn_p2p::budget::Caps::default(),
+            receive_window: 1024 * 1024,
         }
     }
 }
@@ -155,7 +164,8 @@ pub enum Error {
         /// The address.
         addr: Multiaddr,
         /// Why.
-        reason: String,
+        #[source]
+        reason: cairn_core::Reason,
     },
     /// The HTTP listener could not be bound.
     #[error(
@@ -173,6 +183,9 @@ pub enum Error {
     /// A setting is out of range.
     #[error("invalid relay configuration: {0}")]
     Config(&'static str),
+    /// The answer caps do not fit together.
+    #[error("invalid answer caps: {0}")]
+    Answers(String),
     /// The web root is not a directory with an `index.html`.
     #[error(
         "web root {0} has no index.html; build the web app (`cargo xtask run` does) or drop --web-root"
@@ -192,7 +205,9 @@ pub struct Running {
     /// The relay's own node handle.
     pub node: Node,
     http_stop: mpsc::Sender<()>,
-    done: Vec<tokio::task::JoinHandle<()>>,
+    http_task: tokio::task::JoinHandle<()>,
+    /// Ends when the node's driver has stopped.
+    ended: cairn_p2p::Events,
 }
 
 impl Running {
@@ -200,19 +215,16 @@ impl Running {
     /// node's grace period), closes connections and waits for the tasks to end. The store
     /// needs no flushing: each block is in place (written whole, then renamed) before a put
     /// returns.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.http_stop.send(()).await;
         self.node.stop().await;
-        for task in self.done {
-            let _ = task.await;
-        }
+        while self.ended.next().await.is_some() {}
+        let _ = self.http_task.await;
     }
 }
 
-/// Starts the relay: binds every listener (failing clearly if one cannot be bound) and
-/// returns once all are up.
-pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
-    let peer_id = key.public().to_peer_id();
+/// The relay v2 server's settings from the relay's.
+fn relay_config(config: &Config) -> Result<relay::Config, Error> {
     let relay_cfg = relay::Config {
         max_reservations: config.max_reservations,
         max_reservations_per_peer: config.max_reservations_per_peer,
@@ -227,7 +239,7 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
     let rate = |n: u32| {
         std::num::NonZeroU32::new(n).ok_or(Error::Config("rate-limit bursts must be at least 1"))
     };
-    let relay_cfg = relay_cfg
+    Ok(relay_cfg
         .reservation_rate_per_peer(
             rate(config.reservations_per_peer_burst)?,
             config.rate_interval,
@@ -237,11 +249,17 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
             config.rate_interval,
         )
         .circuit_src_per_peer(rate(config.circuits_per_peer_burst)?, config.rate_interval)
-        .circuit_src_per_ip(rate(config.circuits_per_ip_burst)?, config.rate_interval);
+        .circuit_src_per_ip(rate(config.circuits_per_ip_burst)?, config.rate_interval))
+}
+
+/// The transports' key material for `config`'s listeners: a `/tls/ws` listener needs a
+/// certificate; a `/webrtc-direct` one gets a certificate for this run if none is given.
+fn transports_for(config: &Config) -> Result<crate::node::Transports, Error> {
     let is = |a: &Multiaddr, f: fn(&Protocol<'_>) -> bool| a.iter().any(|p| f(&p));
     let mut transports = crate::node::Transports {
         tls: config.tls.clone(),
         webrtc: config.webrtc.clone(),
+        receive_window: Some(config.receive_window),
     };
     if let Some(a) = config
         .listen
@@ -265,75 +283,111 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
                 .map_err(|e| Error::Transport(e.to_string()))?,
         );
     }
-    let mut registry = prometheus_client::registry::Registry::default();
-    let mut p2p = cairn_p2p::node::Config {
-        cas: cairn_p2p::CasConfig {
-            serve: config.store.is_some(),
-            ..Default::default()
-        },
-        metrics: Some(Arc::new(cairn_p2p::metrics::Metrics::new(&mut registry))),
-        ..Default::default()
-    };
-    let mut swarm = crate::node::swarm(key, Some(relay_cfg), &p2p, &transports, &mut registry)
-        .await
-        .map_err(|e| Error::Transport(e.to_string()))?;
+    Ok(transports)
+}
 
-    let mut pending = Vec::new();
-    for addr in &config.listen {
-        let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
-            addr: addr.clone(),
-            reason: e.to_string(),
-        })?;
-        pending.push((id, addr.clone()));
+/// Which of `specs` (the configured listen addresses) `addr` came from: same protocols,
+/// and the same port unless the spec asked for any.
+fn spec_of(specs: &[Multiaddr], addr: &Multiaddr) -> Option<usize> {
+    fn tag(p: &Protocol<'_>) -> String {
+        p.tag().to_owned()
     }
-    // Wait until every listener reports an address (or fails); a listener on an unspecified
-    // IP reports one address per interface in quick succession, so then collect until quiet.
+    fn port(p: &Protocol<'_>) -> Option<u16> {
+        match p {
+            Protocol::Tcp(n) | Protocol::Udp(n) => Some(*n),
+            _ => None,
+        }
+    }
+    let tags: Vec<String> = addr.iter().map(|p| tag(&p)).collect();
+    specs.iter().position(|s| {
+        let same_shape = s.iter().map(|p| tag(&p)).collect::<Vec<_>>() == tags;
+        let same_port = s
+            .iter()
+            .zip(addr.iter())
+            .all(|(a, b)| match (port(&a), port(&b)) {
+                (Some(0), _) | (None, None) => true,
+                (Some(x), Some(y)) => x == y,
+                _ => false,
+            });
+        same_shape && same_port
+    })
+}
+
+/// Opens every listener and collects the addresses they report, in the order they were
+/// given (a listener on an unspecified IP reports one address per interface in quick
+/// succession, so the collection ends once quiet).
+async fn listen_all(node: &Node, specs: &[Multiaddr]) -> Result<Vec<Multiaddr>, Error> {
+    let mut events = node.events();
     let mut addrs = Vec::new();
-    let mut up = std::collections::HashSet::new();
-    loop {
-        let event = if up.len() < pending.len() {
-            swarm.select_next_some().await
-        } else {
-            match tokio::time::timeout(Duration::from_millis(150), swarm.select_next_some()).await {
-                Ok(e) => e,
-                Err(_) => break,
-            }
-        };
-        match event {
-            SwarmEvent::NewListenAddr {
-                listener_id,
-                address,
-            } => {
-                up.insert(listener_id);
-                swarm.add_external_address(address.clone());
-                let order = pending.iter().position(|(id, _)| *id == listener_id);
-                addrs.push((order, address.with_p2p(peer_id).unwrap_or_else(|a| a)));
-            }
-            SwarmEvent::ListenerClosed {
-                listener_id,
-                reason,
-                ..
-            } => {
-                let addr = pending
-                    .iter()
-                    .find(|(id, _)| *id == listener_id)
-                    .map(|(_, a)| a.clone())
-                    .unwrap_or_else(Multiaddr::empty);
-                let reason = match reason {
-                    Err(e) => e.to_string(),
-                    Ok(()) => "closed".into(),
-                };
-                return Err(Error::Listen { addr, reason });
-            }
-            SwarmEvent::ListenerError { error, .. } => {
-                return Err(Error::Transport(error.to_string()));
+    for spec in specs {
+        let first = node.listen(spec.clone()).await.map_err(|e| Error::Listen {
+            addr: spec.clone(),
+            reason: cairn_core::Reason::new(e),
+        })?;
+        addrs.push(first);
+    }
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(150), events.next()).await {
+        match e {
+            cairn_p2p::Event::Listening { addr } if !addrs.contains(&addr) => addrs.push(addr),
+            cairn_p2p::Event::ListenerClosed { addrs: gone, error } => {
+                return Err(Error::Listen {
+                    addr: gone.first().cloned().unwrap_or_else(Multiaddr::empty),
+                    reason: error.unwrap_or_else(|| "closed".into()).into(),
+                });
             }
             _ => {}
         }
     }
-    // Print in the order the listeners were given.
+    let peer_id = node.peer_id();
+    let mut addrs: Vec<(Option<usize>, Multiaddr)> = addrs
+        .into_iter()
+        .map(|a| {
+            (
+                spec_of(specs, &a),
+                a.with_p2p(peer_id).unwrap_or_else(|a| a),
+            )
+        })
+        .collect();
     addrs.sort_by_key(|(order, a)| (*order, a.to_string()));
-    let addrs: Vec<Multiaddr> = addrs.into_iter().map(|(_, a)| a).collect();
+    Ok(addrs.into_iter().map(|(_, a)| a).collect())
+}
+
+/// Starts the relay: binds every listener (failing clearly if one cannot be bound) and
+/// returns once all are up.
+pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
+    let peer_id = key.public().to_peer_id();
+    let relay_cfg = relay_config(&config)?;
+    let transports = transports_for(&config)?;
+    config.answers.check().map_err(Error::Answers)?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let budget = cairn_p2p::budget::Budget::new(config.answers);
+    budget.register(&mut registry);
+    let p2p = cairn_p2p::node::Config {
+        cas: cairn_p2p::cas::Config {
+            serve: config.store.is_some(),
+            ..Default::default()
+        },
+        metrics: Some(Arc::new(cairn_p2p::metrics::Metrics::new(&mut registry))),
+        shutdown_grace: config.shutdown_grace,
+        budget: budget.clone(),
+        ..Default::default()
+    };
+    let builder = cairn_p2p::Builder::new(key)
+        .config(p2p)
+        .relay_server(relay_cfg);
+    let built = match config.store.clone() {
+        Some(store) => crate::node::build(builder, store, &transports, &mut registry),
+        None => crate::node::build(builder, Null::new(), &transports, &mut registry),
+    };
+    let node = built.map_err(|e| Error::Transport(e.to_string()))?;
+    let ended = node.events();
+    let addrs = match listen_all(&node, &config.listen).await {
+        Ok(a) => a,
+        Err(e) => {
+            node.stop().await;
+            return Err(e);
+        }
+    };
 
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
@@ -345,18 +399,18 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         addr: config.http,
         source,
     })?;
+    let refresh = gauges(&mut registry, node.clone());
     let registry = Arc::new(std::sync::Mutex::new(registry));
-    let late_node = Arc::new(std::sync::OnceLock::new());
     let app = web_app(
         config.web_root.clone(),
-        config.store.clone(),
-        registry,
+        crate::gateway::Gateway::new(config.store.clone(), budget.clone()),
+        (registry, refresh),
         peer_id,
         addrs.clone(),
     )?
     .merge(
         crate::routing::Routing {
-            node: late_node.clone(),
+            node: node.clone(),
             store: config.store.clone(),
             addrs: addrs.clone(),
         }
@@ -369,6 +423,8 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         let shutdown = async move {
             let _ = http_stop_rx.recv().await;
         };
+        let listener = crate::listener::Watched::new(listener, budget);
+        let app = app.into_make_service_with_connect_info::<crate::listener::Client>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
@@ -376,49 +432,60 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    p2p.listeners = pending.iter().map(|(id, _)| *id).collect();
-    p2p.shutdown_grace = config.shutdown_grace;
-    let (node, driver) = match config.store {
-        Some(store) => spawn_node(swarm, store, p2p),
-        None => spawn_node(swarm, Null::new(), p2p),
-    };
-    let _ = late_node.set(node.clone());
     Ok(Running {
         peer_id,
         addrs,
         http,
         node,
         http_stop,
-        done: vec![driver, http_task],
+        http_task,
+        ended,
     })
 }
 
-fn spawn_node<S: BlockStore + 'static>(
-    swarm: libp2p::Swarm<cairn_p2p::Behaviour>,
-    store: S,
-    config: cairn_p2p::node::Config,
-) -> (Node, tokio::task::JoinHandle<()>) {
-    let (node, driver) = Node::new(swarm, store, config);
-    (node, tokio::spawn(driver))
+/// Sets gauges read at scrape time.
+type Refresh = Arc<dyn Fn() + Send + Sync>;
+
+/// The gauges `/metrics` reads when scraped: the runtime's live tasks and the connected
+/// peers (for the soak's curves and for operators).
+fn gauges(registry: &mut prometheus_client::registry::Registry, node: Node) -> Refresh {
+    use prometheus_client::metrics::gauge::Gauge;
+    let cairn = registry.sub_registry_with_prefix("cairn");
+    let tasks: Gauge = Gauge::default();
+    cairn.register(
+        "runtime_alive_tasks",
+        "tasks alive in the relay's async runtime",
+        tasks.clone(),
+    );
+    let peers: Gauge = Gauge::default();
+    cairn.register("connected_peers", "peers connected now", peers.clone());
+    Arc::new(move || {
+        let alive = tokio::runtime::Handle::try_current()
+            .map(|h| h.metrics().num_alive_tasks())
+            .unwrap_or(0);
+        tasks.set(alive as i64);
+        peers.set(node.peers().len() as i64);
+    })
 }
 
 fn web_app(
     web_root: Option<PathBuf>,
-    store: Option<Disk>,
-    registry: Arc<std::sync::Mutex<prometheus_client::registry::Registry>>,
+    gateway: crate::gateway::Gateway,
+    (registry, refresh): (
+        Arc<std::sync::Mutex<prometheus_client::registry::Registry>>,
+        Refresh,
+    ),
     peer_id: PeerId,
     addrs: Vec<Multiaddr>,
 ) -> Result<axum::Router, Error> {
     use axum::routing::get;
-    let info = format!(
-        "{{\"status\":\"ok\",\"peer_id\":\"{peer_id}\",\"gateway\":{},\"addrs\":[{}]}}",
-        store.is_some(),
-        addrs
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let info = serde_json::json!({
+        "status": "ok",
+        "peer_id": peer_id.to_string(),
+        "gateway": gateway.has_store(),
+        "addrs": addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })
+    .to_string();
     let health = move || {
         let info = info.clone();
         async move {
@@ -430,6 +497,7 @@ fn web_app(
     };
     let metrics = move || {
         let registry = registry.clone();
+        refresh();
         async move {
             let mut text = String::new();
             let reg = registry
@@ -449,7 +517,7 @@ fn web_app(
     let router = axum::Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .merge(crate::gateway::Gateway::new(store).router());
+        .merge(gateway.router());
     let router = match web_root {
         Some(dir) => {
             if !dir.join("index.html").is_file() {

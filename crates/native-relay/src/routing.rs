@@ -5,7 +5,7 @@
 //! `Accept: application/x-ndjson` gets NDJSON, anything else JSON; no provider is a `404`;
 //! a malformed CID is a `400`. Browsers, which cannot speak the DHT themselves, ask here.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -19,11 +19,11 @@ use libp2p::Multiaddr;
 
 use crate::store::Disk;
 
-/// What the endpoint needs: the node (set once it runs), the store, the relay's addresses.
+/// What the endpoint needs: the node, the store, the relay's addresses.
 #[derive(Debug, Clone)]
 pub struct Routing {
-    /// The relay's node; until set, the endpoint answers 503.
-    pub node: Arc<OnceLock<Node>>,
+    /// The relay's node.
+    pub node: Node,
     /// The relay's store, if any.
     pub store: Option<Disk>,
     /// The relay's own addresses, given for itself as a provider.
@@ -57,12 +57,7 @@ async fn providers(
         Ok(c) => c,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("`{cid_text}`: {e}")),
     };
-    let Some(node) = r.node.get() else {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the relay is starting; retry in a moment".into(),
-        );
-    };
+    let node = &r.node;
     let mut found: Vec<Provider> = Vec::new();
     if let Some(store) = &r.store
         && store.has(&cid).await.unwrap_or(false)

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::process::Output;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -63,7 +62,7 @@ async fn block_handler(
         return (StatusCode::BAD_REQUEST, "bad cid").into_response();
     };
     if gw.mode == Mode::Hang {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
+        std::future::pending::<()>().await;
     }
     let Some(block) = gw.store.get(&c).await.unwrap() else {
         return StatusCode::NOT_FOUND.into_response();
@@ -264,13 +263,9 @@ async fn oversized_missing_and_hanging_gateways_fail_clearly() {
         stderr(&out)
     );
 
-    let started = Instant::now();
+    // The gateway never answers: only `--timeout` can end this.
     let (out, ..) = cat_via(Mode::Hang, &["--timeout", "2"]).await;
     assert!(!out.status.success());
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "the timeout cut the hang"
-    );
     assert!(
         stderr(&out).contains("ran out of time") || stderr(&out).contains("deadline"),
         "{}",

@@ -113,14 +113,7 @@ async fn serve_prints_addresses_serves_the_app_and_stops_on_sigterm() {
             .unwrap()
             .success()
     );
-    let mut status = None;
-    for _ in 0..100 {
-        if let Some(s) = relay.0.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = relay.exit_within(Duration::from_secs(10));
     assert!(status.expect("exited within 10 s").success());
 }
 

@@ -16,14 +16,7 @@ use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
 
 mod common;
-use common::{Kill, bin, lines};
-
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("CAIRN_TEST_LOG"))
-        .with_test_writer()
-        .try_init();
-}
+use common::{Kill, bin, lines, logs};
 
 /// A relay holding one 1 MiB block in its store (a response far over WebRTC's 16 KiB
 /// message cap), listening on `listen` only.
@@ -58,7 +51,7 @@ async fn fetch_block(node: &Node, relay: &relay::Running, block: &Block) {
     let resp = node
         .request(
             relay.peer_id,
-            cas::Request::Get {
+            &cas::Request::Get {
                 cids: vec![block.cid().into()],
             },
         )
@@ -90,17 +83,13 @@ async fn a_block_moves_over_webrtc_direct() {
         webrtc: Some(WebRtcCertificate::generate(&mut rand::thread_rng()).unwrap()),
         ..Default::default()
     };
-    let swarm = cairn_relay::node::swarm(
-        Keypair::generate_ed25519(),
-        None,
-        &config,
+    let node = cairn_relay::node::build(
+        cairn_p2p::Builder::new(Keypair::generate_ed25519()).config(config),
+        cairn_core::store::Null::new(),
         &transports,
         &mut Default::default(),
     )
-    .await
     .unwrap();
-    let (node, driver) = Node::new(swarm, cairn_core::store::Null::new(), config);
-    tokio::spawn(driver);
     node.listen("/ip4/127.0.0.1/udp/0/webrtc-direct".parse().unwrap())
         .await
         .unwrap();
@@ -192,7 +181,6 @@ fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_moves_over_websocket_with_tls() {
-    use libp2p::Transport as _;
     use libp2p::websocket;
     let d = tempfile::tempdir().unwrap();
     let (cert, key, der) = self_signed(d.path());
@@ -203,29 +191,27 @@ async fn a_block_moves_over_websocket_with_tls() {
     assert!(addr.to_string().contains("/tls/ws/p2p/"), "{addr}");
 
     // A client that trusts this one certificate (the stock one trusts public CAs only).
-    let config = cairn_p2p::node::Config::default();
-    let cas = config.cas.clone();
-    let swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_other_transport(|key| {
-            let mut ws = websocket::Config::new(libp2p::tcp::tokio::Transport::new(
-                libp2p::tcp::Config::default(),
-            ));
-            let mut trust = websocket::tls::Config::builder();
-            trust
-                .add_trust(&websocket::tls::Certificate::new(der.clone()))
-                .unwrap();
-            ws.set_tls_config(trust.finish());
-            ws.upgrade(libp2p::core::upgrade::Version::V1Lazy)
-                .authenticate(libp2p::noise::Config::new(key).unwrap())
-                .multiplex(cairn_relay::node::yamux_config())
-        })
-        .unwrap()
-        .with_behaviour(|key| cairn_p2p::Behaviour::new(key, None, None, &cas).unwrap())
-        .unwrap()
-        .build();
-    let (node, driver) = Node::new(swarm, cairn_core::store::Null::new(), config);
-    tokio::spawn(driver);
+    let node = cairn_p2p::Builder::new(Keypair::generate_ed25519())
+        .build(
+            cairn_core::store::Null::new(),
+            cairn_relay::node::Tokio,
+            |key, relay| {
+                use libp2p::Transport as _;
+                let mut ws = websocket::Config::new(libp2p::tcp::tokio::Transport::new(
+                    libp2p::tcp::Config::default(),
+                ));
+                let mut trust = websocket::tls::Config::builder();
+                trust.add_trust(&websocket::tls::Certificate::new(der.clone()))?;
+                ws.set_tls_config(trust.finish());
+                // The relay client's transport must stay with its behaviour, used or not.
+                let relay = cairn_p2p::node::authenticate(relay, key)?;
+                Ok(relay
+                    .or_transport(cairn_p2p::node::authenticate(ws, key)?)
+                    .map(|e, _| e.into_inner())
+                    .boxed())
+            },
+        )
+        .unwrap();
     assert_eq!(node.dial(addr).await.unwrap(), relay.peer_id);
     fetch_block(&node, &relay, &block).await;
     node.stop().await;

@@ -1,0 +1,374 @@
+//! docs/protocol.md, case by case, against a running relay (its `/cas` server and its
+//! bitswap engine) over raw streams, and against the `/webrtc-signaling` and WebRTC frame
+//! readers: every framed protocol refuses a 10-byte length prefix, a non-minimal one and a
+//! frame over its limit; `/cas` answers trailing bytes and malformed known messages with code
+//! 1 and unknown types with code 3; and the cases the spec settles (`have`'s bitmap length,
+//! `list` past its limit or after a CID not held, exact CID matching) answer as it says.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use cairn_core::store::BlockStore;
+use cairn_core::{Block, Cid, Codec, HashAlg};
+use cairn_p2p::cas::{self, Request, Response, WireCid, code};
+use cairn_p2p::{Node, bitswap, framing, webrtc_signal, webrtc_stream};
+use ciborium::Value;
+use futures::{AsyncReadExt, AsyncWriteExt};
+
+/// A 10-byte prefix: 1 with its high bits spread over continuation bytes.
+const TEN_BYTES: [u8; 10] = [0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00];
+/// 1 written as two bytes.
+const NOT_MINIMAL: [u8; 2] = [0x81, 0x00];
+
+struct Fixture {
+    relay: cairn_relay::relay::Running,
+    node: Node,
+    held: Vec<Cid>,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let store = cairn_relay::store::Disk::open(&dir).await.unwrap();
+    let mut held = Vec::new();
+    for i in 0..20u8 {
+        let b = Block::from_data(Codec::Raw, HashAlg::Sha2_256, vec![i; 100]).unwrap();
+        held.push(*b.cid());
+        store.put(b).await.unwrap();
+    }
+    held.sort_by_key(Cid::to_bytes);
+    let relay = common::relay_with(cairn_relay::relay::Config {
+        store: Some(store),
+        ..cairn_relay::relay::Config::loopback()
+    })
+    .await;
+    let node = common::node(std::sync::Arc::new(cairn_core::store::Memory::new())).await;
+    node.dial(relay.addrs[0].clone()).await.unwrap();
+    common::until_cas(&node, relay.peer_id).await;
+    Fixture { relay, node, held }
+}
+
+impl Fixture {
+    /// Sends `bytes` raw on a new `/cas` stream and reads what comes back: the answer, or
+    /// `None` if the stream ends without one (reset or closed).
+    async fn cas_raw(&self, bytes: &[u8]) -> Option<Response> {
+        let mut s = self
+            .node
+            .streams()
+            .open_stream(self.relay.peer_id, cas::PROTOCOL)
+            .await
+            .unwrap();
+        s.write_all(bytes).await.unwrap();
+        s.flush().await.unwrap();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(15),
+            framing::read_frame(&mut s, cas::Limits::default().max_response),
+        )
+        .await
+        .expect("the relay answers or ends the stream in time");
+        answer.ok().map(|body| cas::decode_response(&body).unwrap())
+    }
+
+    async fn cas_body(&self, body: &[u8]) -> Option<Response> {
+        let mut frame = framing::prefix(body.len());
+        frame.extend_from_slice(body);
+        self.cas_raw(&frame).await
+    }
+
+    async fn ask(&self, req: &Request) -> Response {
+        self.node.request(self.relay.peer_id, req).await.unwrap()
+    }
+}
+
+fn error_code(r: &Option<Response>) -> Option<u32> {
+    match r {
+        Some(Response::Error { code, .. }) => Some(*code),
+        _ => None,
+    }
+}
+
+fn map(key: &str, fields: Vec<(Value, Value)>) -> Vec<u8> {
+    cas::encode(&Value::Map(vec![(
+        Value::Text(key.into()),
+        Value::Map(fields),
+    )]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_refuses_a_ten_byte_length_prefix_unanswered() {
+    let f = fixture().await;
+    assert_eq!(f.cas_raw(&TEN_BYTES).await, None);
+    f.relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_refuses_a_non_minimal_length_prefix_unanswered() {
+    let f = fixture().await;
+    let mut frame = NOT_MINIMAL.to_vec();
+    frame.push(0xa0);
+    assert_eq!(f.cas_raw(&frame).await, None);
+    f.relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_resets_a_frame_over_its_limit_unread() {
+    let f = fixture().await;
+    let limit = cas::Limits::default().max_request;
+    assert_eq!(f.cas_raw(&framing::prefix(limit + 1)).await, None);
+    f.relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_answers_trailing_bytes_with_code_1() {
+    let f = fixture().await;
+    let body = [cas::encode(&Request::Caps {}), vec![0xf6]].concat();
+    assert_eq!(
+        error_code(&f.cas_body(&body).await),
+        Some(code::BAD_REQUEST)
+    );
+    f.relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_answers_a_known_type_with_malformed_fields_with_code_1() {
+    let f = fixture().await;
+    let body = map(
+        "get",
+        vec![(Value::Text("cids".into()), Value::Integer(7.into()))],
+    );
+    assert_eq!(
+        error_code(&f.cas_body(&body).await),
+        Some(code::BAD_REQUEST)
+    );
+    let body = map(
+        "list",
+        vec![(Value::Text("limit".into()), Value::Text("ten".into()))],
+    );
+    assert_eq!(
+        error_code(&f.cas_body(&body).await),
+        Some(code::BAD_REQUEST)
+    );
+    f.relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_answers_an_unknown_type_with_code_3() {
+    let f = fixture().await;
+    assert_eq!(
+        error_code(&f.cas_body(&map("delete", vec![])).await),
+        Some(code::UNSUPPORTED)
+    );
+    f.relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_have_bitmaps_are_exactly_as_long_as_needed_with_zero_padding() {
+    let f = fixture().await;
+    let absent = Block::from_data(Codec::Raw, HashAlg::Sha2_256, b"absent".to_vec()).unwrap();
+    for n in [0usize, 1, 7, 8, 9, 20] {
+        // Every other CID held.
+        let cids: Vec<WireCid> = (0..n)
+            .map(|i| {
+                if i % 2 == 0 {
+                    (&f.held[i % f.held.len()]).into()
+                } else {
+                    absent.cid().into()
+                }
+            })
+            .collect();
+        match f.ask(&Request::Have { cids }).await {
+            Response::Have { bitmap } => {
+                assert_eq!(bitmap.len(), n.div_ceil(8), "{n} CIDs");
+                for i in 0..bitmap.len() * 8 {
+                    let set = bitmap[i / 8] >> (i % 8) & 1 == 1;
+                    assert_eq!(set, i < n && i % 2 == 0, "bit {i} of {n}");
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    f.relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_list_clamps_a_limit_over_the_maximum() {
+    let f = fixture().await;
+    // The relay's maximum is 1024; it holds 20: a limit of a million is not an error.
+    match f
+        .ask(&Request::List {
+            after: None,
+            limit: 1_000_000,
+        })
+        .await
+    {
+        Response::List { cids, more } => {
+            assert_eq!(cids.len(), 20);
+            assert!(!more);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Limit 0: no CIDs; `more` says whether any follow.
+    match f
+        .ask(&Request::List {
+            after: None,
+            limit: 0,
+        })
+        .await
+    {
+        Response::List { cids, more } => assert!(cids.is_empty() && more),
+        other => panic!("{other:?}"),
+    }
+    f.relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_list_after_a_cid_not_held_starts_where_it_would_sort() {
+    let f = fixture().await;
+    let absent = Block::from_data(Codec::Raw, HashAlg::Sha2_256, b"absent".to_vec()).unwrap();
+    let after = *absent.cid();
+    let expected: Vec<Cid> = f
+        .held
+        .iter()
+        .filter(|c| c.to_bytes() > after.to_bytes())
+        .copied()
+        .collect();
+    match f
+        .ask(&Request::List {
+            after: Some((&after).into()),
+            limit: 100,
+        })
+        .await
+    {
+        Response::List { cids, more } => {
+            let got: Vec<Cid> = cids.iter().map(|c| c.cid().unwrap()).collect();
+            assert_eq!(
+                got, expected,
+                "in binary CID order, after where `after` would be"
+            );
+            assert!(!more);
+        }
+        other => panic!("{other:?}"),
+    }
+    f.relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_cids_match_exactly_not_by_multihash() {
+    let f = fixture().await;
+    let held = f.held[0];
+    // The same multihash under another codec, and as CIDv0's dag-pb: other blocks.
+    let dag_pb = Cid::new_v1(Codec::DagPb.code(), *held.hash());
+    let v0 = Cid::new_v0(*held.hash()).unwrap();
+    match f
+        .ask(&Request::Get {
+            cids: vec![(&held).into(), (&dag_pb).into(), (&v0).into()],
+        })
+        .await
+    {
+        Response::Get {
+            blocks, missing, ..
+        } => {
+            assert_eq!(blocks.len(), 1);
+            assert_eq!(blocks[0].0.cid(), Some(held));
+            assert_eq!(missing, vec![(&dag_pb).into(), (&v0).into()]);
+        }
+        other => panic!("{other:?}"),
+    }
+    f.relay.shutdown().await;
+}
+
+/// Sends `bytes` on a new bitswap stream and waits until the relay has counted the message
+/// as bad and dropped the stream.
+async fn bitswap_refuses(f: &Fixture, bytes: &[u8]) {
+    let stats = f.relay.node.bitswap().watch_stats();
+    let before = stats.borrow().bad_messages;
+    let mut s = f
+        .node
+        .streams()
+        .open_stream(f.relay.peer_id, bitswap::PROTOCOL)
+        .await
+        .unwrap();
+    s.write_all(bytes).await.unwrap();
+    s.flush().await.unwrap();
+    let mut stats = stats;
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        stats.wait_for(|st| st.bad_messages > before),
+    )
+    .await
+    .expect("the relay counts the bad message")
+    .unwrap();
+    // The stream is dropped: reading ends.
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf))
+        .await
+        .expect("the stream ends");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitswap_refuses_a_ten_byte_length_prefix() {
+    let f = fixture().await;
+    bitswap_refuses(&f, &TEN_BYTES).await;
+    f.relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitswap_refuses_a_non_minimal_length_prefix() {
+    let f = fixture().await;
+    bitswap_refuses(&f, &[NOT_MINIMAL[0], NOT_MINIMAL[1], 0x00]).await;
+    f.relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitswap_refuses_a_frame_over_its_limit_unread() {
+    let f = fixture().await;
+    bitswap_refuses(&f, &framing::prefix(bitswap::MAX_MESSAGE + 1)).await;
+    f.relay.shutdown().await;
+}
+
+/// `/webrtc-signaling` (read by browsers, not the relay): the same framing, through its
+/// reader.
+#[tokio::test]
+async fn webrtc_signaling_refuses_bad_prefixes_and_oversized_frames() {
+    for (what, bytes) in [
+        ("a 10-byte prefix", TEN_BYTES.to_vec()),
+        ("a non-minimal prefix", [&NOT_MINIMAL[..], &[0]].concat()),
+        ("a frame over the limit", framing::prefix(1 << 20)),
+    ] {
+        let mut r = futures::io::Cursor::new(bytes);
+        assert!(
+            webrtc_signal::read(&mut r).await.is_err(),
+            "{what} was read"
+        );
+    }
+    // A well-formed one reads.
+    let m = webrtc_signal::Message {
+        kind: webrtc_signal::Kind::Offer,
+        data: "v=0".into(),
+    };
+    let mut framed = Vec::new();
+    webrtc_signal::write(&mut framed, &m).await.unwrap();
+    let mut r = futures::io::Cursor::new(framed);
+    assert_eq!(webrtc_signal::read(&mut r).await.unwrap(), m);
+}
+
+/// WebRTC data-channel frames: the same framing, through the deframer.
+#[test]
+fn webrtc_frames_refuse_bad_prefixes_and_oversized_frames() {
+    for (what, bytes) in [
+        ("a 10-byte prefix", TEN_BYTES.to_vec()),
+        ("a non-minimal prefix", [&NOT_MINIMAL[..], &[0]].concat()),
+        (
+            "a frame over the limit",
+            framing::prefix(webrtc_stream::MAX_FRAME + 1),
+        ),
+    ] {
+        let mut d = webrtc_stream::Deframer::default();
+        assert!(
+            d.push(Bytes::from(bytes), |_| {}).is_err(),
+            "{what} was accepted"
+        );
+    }
+}
