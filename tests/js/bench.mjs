@@ -90,10 +90,11 @@ try {
 
   step('what the app loads, gzipped')
   const sizes = {}
-  for (const f of readdirSync(dist)) {
-    if (/\.(wasm|js)$/.test(f)) {
+  // The app's own script and the package's files it loads (worker.js only for Workers).
+  for (const f of readdirSync(dist, { recursive: true })) {
+    if (/\.(wasm|js)$/.test(f) && !f.endsWith('worker.js')) {
       const raw = readFileSync(join(dist, f))
-      sizes[f.replace(/-[0-9a-f]{16}/, '')] = { bytes: raw.length, gzip: gzipSync(raw, { level: 9 }).length }
+      sizes[f] = { bytes: raw.length, gzip: gzipSync(raw, { level: 9 }).length }
     }
   }
   results.app_size = sizes

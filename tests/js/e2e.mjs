@@ -9,7 +9,8 @@
 //   are fetched (the counts say so).
 // - Content only a gateway has (a second relay's store, behind a test gateway) arrives
 //   through the gateway source; a gateway that tampers with bytes is refused, visibly.
-// - A's content survives closing and reopening the page (IndexedDB).
+// - A's content survives closing and reopening the page (IndexedDB); a tab closed in the
+//   middle of an add leaves whole batches only.
 // - Bad input: a malformed CID, an unreachable relay, a 0-byte file, a full store, a
 //   cancelled fetch, and the relay going away in the middle of a transfer.
 // Screenshots of each moment go to the artifacts directory.
@@ -159,6 +160,8 @@ try {
   await a2.page.waitForSelector('#fetch-error:not([hidden])', { timeout: 30_000 })
   const bad = await a2.page.locator('#fetch-error').textContent()
   assert(/is not a CID/.test(bad), `a malformed CID is named: ${bad}`)
+  const badCode = await a2.page.locator('#fetch-error').getAttribute('data-code')
+  assert(badCode === 'INVALID_ARGUMENT', `the app decided on the error's code: ${badCode}`)
   await shot(a2, '08-bad-cid')
   const nowhere = `/ip4/127.0.0.1/tcp/9/ws/p2p/${relay.peerId}`
   const e = await open(await browser.newContext(), `${origin}?relay=${encodeURIComponent(nowhere)}`, 'E')
@@ -175,6 +178,33 @@ try {
   const held = await q.page.evaluate(async () => (await window.cairnApp.node.stats()).bytes)
   assert(held === 0, `nothing of the failed add was kept: ${held} bytes`)
   await shot(q, '10-store-full')
+
+  step('a tab closed in the middle of an add leaves whole batches only')
+  const kctx = await browser.newContext()
+  const k = await open(kctx, origin, 'K')
+  const f64 = randomFile(work, 'f64.bin', 64 * MiB)
+  await k.page.setInputFiles('#file', f64.path)
+  // Somewhere past the first batches (4 MiB each), never at the end.
+  const cut = 0.2 + Math.random() * 0.5
+  await k.page.waitForFunction((at) => (document.querySelector('#files li progress')?.value ?? 0) >= at, cut, { timeout: 120_000 })
+  await k.page.close()
+  const k2 = await open(kctx, origin, 'K2')
+  const left = await k2.page.evaluate(async () => window.cairnApp.node.stats())
+  step(`closed at ${(cut * 100).toFixed(0)} %: ${left.blocks} blocks, ${left.bytes} bytes kept, ${left.pins} pins`)
+  // A batch is 16 leaves of 256 KiB, plus the interior node (under 10 KB) the importer
+  // writes beside the 174th leaf of each run: whole batches mean a multiple of 16 leaves and
+  // exactly the interior nodes those leaves complete.
+  const leaves = Math.floor(left.bytes / (256 * 1024))
+  const interior = left.blocks - leaves
+  assert(leaves % 16 === 0 && interior === Math.floor(leaves / 174) && left.bytes - leaves * 256 * 1024 < 10_000 * (interior + 1),
+    `only whole 4 MiB batches are in the store: ${left.blocks} blocks, ${left.bytes} bytes (${leaves} leaves, ${interior} interior)`)
+  assert(left.bytes > 0 && left.bytes < 64 * MiB, `the add was cut in the middle: ${left.bytes} bytes`)
+  assert(left.pins === 0, 'the unfinished add pinned nothing')
+  const swept = await k2.page.evaluate(async () => window.cairnApp.node.evict())
+  const after = await k2.page.evaluate(async () => window.cairnApp.node.stats())
+  assert(swept.blocks === left.blocks && after.blocks === 0 && after.bytes === 0,
+    `the counts agree with the contents: evicted ${swept.blocks} of ${left.blocks}, ${after.blocks} left`)
+  await kctx.close()
 
   step('a 2 GiB file: added by streaming, the page never freezes, the CID is the native one')
   const huge = hugeFile('huge.bin', 2)
@@ -224,6 +254,8 @@ try {
   assert(await g.page.locator('#fetch-error').isVisible(), 'the failure is shown')
   step(`with the relay gone: ${lost.error}`)
   assert(/could not be reached/.test(lost.error), `the failure says the source went away: ${lost.error}`)
+  const lostCode = await g.page.locator('#fetch-error').getAttribute('data-code')
+  assert(['UNREACHABLE', 'TIMEOUT'].includes(lostCode), `the failure's code: ${lostCode}`)
   await g.page.waitForSelector('#node-status[data-state="error"]', { timeout: 30_000 })
   await shot(g, '13-relay-gone')
 

@@ -13,6 +13,12 @@
 //       for an absent CID and checks it comes back in "missing".
 //       Prints {"mode":"cas","cid":...,"bytes":N,"ok":true,...}.
 //
+//   node libp2p-interop.mjs soak RELAY_WS_MULTIADDR CID SECONDS PEERS
+//       PEERS js nodes in a loop for SECONDS (cargo xtask soak): each dials the relay over
+//       WebSocket, reserves a slot, fetches CID from the relay over /cas/1.0.0 (verified),
+//       then leaves; a fresh node takes its place. Prints
+//       {"mode":"soak","rounds":N,"failures":F,"errors":[...]}; exit 1 if any round failed.
+//
 // Exactly one JSON line goes to stdout on success (exit 0). On failure: a message on stderr
 // and exit 1. Every wait is bounded by an overall deadline (CAIRN_JS_TIMEOUT_MS, default
 // 60000); when it passes the script says what it was waiting for and exits 1.
@@ -84,7 +90,8 @@ const overall = setTimeout(() => {
 
 function usage () {
   process.stderr.write('usage: libp2p-interop.mjs circuit RELAY_WS_MULTIADDR BYTES\n' +
-    '       libp2p-interop.mjs cas PEER_MULTIADDR CID\n')
+    '       libp2p-interop.mjs cas PEER_MULTIADDR CID\n' +
+    '       libp2p-interop.mjs soak RELAY_WS_MULTIADDR CID SECONDS PEERS\n')
   process.exit(2)
 }
 
@@ -441,13 +448,60 @@ async function cas (peerArg, cidArg) {
   }
 }
 
+// One soak round: a fresh node reserves a slot on the relay, fetches `cid` from it over /cas
+// and verifies it, then stops.
+async function soakRound (relayArg, cid) {
+  const node = await createLibp2p({
+    transports: [webSockets(), circuitRelayTransport()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [muxer()],
+    services: { identify: identify() },
+    connectionGater: { denyDialMultiaddr: () => false },
+    addresses: { listen: [`${relayArg}/p2p-circuit`] },
+    ...connectionMonitor()
+  })
+  nodes.push(node)
+  try {
+    await waitFor('a soak node reserving a slot', () =>
+      node.getMultiaddrs().find(ma => ma.toString().includes('/p2p-circuit')))
+    const got = await casRequest(node, multiaddr(relayArg), { get: { cids: [cid.bytes] } }, `soak get ${cid}`)
+    const blocks = got.get.blocks ?? []
+    if (blocks.length !== 1) throw new Error(`soak get ${cid}: ${blocks.length} blocks`)
+    const digest = await sha256.digest(blocks[0][1])
+    if (!equal(digest.bytes, cid.multihash.bytes)) throw new Error(`soak get ${cid}: block does not hash to its CID`)
+  } finally {
+    await node.stop()
+    nodes.splice(nodes.indexOf(node), 1)
+  }
+}
+
+async function soak (relayArg, cidArg, secondsArg, peersArg) {
+  const cid = CID.parse(cidArg)
+  const until = Date.now() + Number(secondsArg) * 1000
+  const peers = Number(peersArg)
+  let rounds = 0
+  const errors = []
+  await Promise.all(Array.from({ length: peers }, async () => {
+    while (Date.now() < until) {
+      try {
+        await soakRound(relayArg, cid)
+        rounds++
+      } catch (err) {
+        errors.push(describe(err))
+      }
+    }
+  }))
+  return { mode: 'soak', rounds, failures: errors.length, errors: errors.slice(0, 5), ok: errors.length === 0 }
+}
+
 // ---------------------------------------------------------------------------------------
 
-const [mode, arg1, arg2] = process.argv.slice(2)
+const [mode, arg1, arg2, arg3, arg4] = process.argv.slice(2)
 try {
   let result
   if (mode === 'circuit' && arg1 && arg2) result = await circuit(arg1, arg2)
   else if (mode === 'cas' && arg1 && arg2) result = await cas(arg1, arg2)
+  else if (mode === 'soak' && arg1 && arg2 && arg3 && arg4) result = await soak(arg1, arg2, arg3, arg4)
   else usage()
   setPhase('stopping the js nodes')
   await stopAll()

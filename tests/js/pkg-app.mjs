@@ -1,9 +1,9 @@
-// The npm package test: installs the packed `cairn` tarball into pkg-app/, type-checks an
+// The npm package test: installs the packed `cairn-cas` tarball into pkg-app/, type-checks an
 // app against its types, bundles the app with esbuild, starts a cairn-relay serving it, and
 // runs it in headless Chromium: page A adds and fetches (in the page and in a Worker); page
 // B, in another browser context, fetches A's file through the relay.
 //
-// node pkg-app.mjs <cairn-x.y.z.tgz> <cairn-relay binary>
+// node pkg-app.mjs <cairn-cas-x.y.z.tgz> <cairn-relay binary>
 // The relay and the browser are stopped at the end, pass or fail.
 import { execFileSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -16,7 +16,7 @@ const here = dirname(fileURLToPath(import.meta.url))
 const app = join(here, 'pkg-app')
 const [tarball, relayBin] = process.argv.slice(2)
 if (!tarball || !relayBin) {
-  console.error('usage: node pkg-app.mjs <cairn.tgz> <cairn-relay>')
+  console.error('usage: node pkg-app.mjs <cairn-cas.tgz> <cairn-relay>')
   process.exit(2)
 }
 const step = (what) => say('pkg-app', what)
@@ -34,8 +34,8 @@ try {
   step('bundling with esbuild')
   const out = join(work, 'site')
   await bundleSite({
-    entryPoints: { app: join(app, 'app.js'), worker: join(app, 'node_modules/cairn/worker.js') },
-    wasm: join(app, 'node_modules/cairn/dist/cairn_wasm_bg.wasm'),
+    entryPoints: { app: join(app, 'app.js'), worker: join(app, 'node_modules/cairn-cas/worker.js') },
+    wasm: join(app, 'node_modules/cairn-cas/dist/cairn_wasm_bg.wasm'),
     html: join(app, 'index.html'),
     outdir: out
   })

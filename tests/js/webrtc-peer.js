@@ -15,9 +15,14 @@ import { createLibp2p } from 'libp2p'
 
 let node
 
+/** How often js-libp2p's connection monitor pings each connection (its default is 10 s;
+ * the test shortens it so that its rounds come quickly, and counts them). */
+const MONITOR_INTERVAL_MS = 2_000
+
 /** Starts the node with a reservation on `relay`; resolves with its id and /webrtc address. */
 window.startPeer = async (relay) => {
   node = await createLibp2p({
+    connectionMonitor: { pingInterval: MONITOR_INTERVAL_MS },
     addresses: { listen: [`${relay}/p2p-circuit`, '/webrtc'] },
     transports: [webSockets(), webRTC({ rtcConfiguration: { iceServers: [] } }), circuitRelayTransport()],
     connectionEncrypters: [noise()],
@@ -67,6 +72,27 @@ window.monitorPing = async (peerId) => {
   })
   return { closeStatus, ended }
 }
+
+const rounds = new Map()
+
+/**
+ * Counts the connection monitor's successful rounds on the /webrtc connection to `peerId`
+ * from now on: the monitor sets the connection's `rtt` after each ping it completed.
+ */
+window.watchMonitor = (peerId) => {
+  const conn = node.getConnections(peerIdFromString(peerId)).find((c) => String(c.remoteAddr).includes('/webrtc'))
+  if (!conn) throw new Error(`no /webrtc connection to ${peerId}`)
+  rounds.set(peerId, 0)
+  let rtt = conn.rtt
+  Object.defineProperty(conn, 'rtt', {
+    configurable: true,
+    get: () => rtt,
+    set: (v) => { rtt = v; rounds.set(peerId, rounds.get(peerId) + 1) }
+  })
+}
+
+/** The monitor's successful rounds on the watched connection to `peerId`. */
+window.monitorRounds = (peerId) => rounds.get(peerId) ?? 0
 
 /** The open connections to `peerId`: their remote addresses. */
 window.connectionsTo = (peerId) => node.getConnections(peerIdFromString(peerId)).map((c) => String(c.remoteAddr))

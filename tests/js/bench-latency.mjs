@@ -1,0 +1,133 @@
+// Benchmark (run by `cargo xtask bench`): 32 MiB fetched from one cairn-relay through a proxy
+// that delays the relay's bytes by 0, 25, 50 and 100 ms, by `cairn-relay cat --peer` (cairn's
+// /cas client) and by Helia (bitswap from the same relay, `helia-peer.mjs fetch`), both through
+// the same proxy, alternating, 2 rounds each (the best is kept).
+//
+//   node bench-latency.mjs CAIRN_RELAY_BIN OUT_JSON
+//
+// The proxy adds no cost of its own: no Nagle on either socket, and every chunk that is due
+// is written in one write. Only the relay-to-client direction is delayed (what a far relay
+// looks like to a fetch). Whole commands are timed (process start to verified output).
+
+import { spawn } from 'node:child_process'
+import { createCipheriv } from 'node:crypto'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { createServer, connect } from 'node:net'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { atExit, cleanup, freePort, startRelay } from './harness.mjs'
+
+const [bin, out] = process.argv.slice(2)
+if (!bin || !out) {
+  console.error('usage: node bench-latency.mjs <cairn-relay> <out.json>')
+  process.exit(2)
+}
+const MiB = 1024 * 1024
+const BYTES = 32 * MiB
+const DELAYS = [0, 25, 50, 100]
+const ROUNDS = 2
+const node = process.execPath
+
+function run (cmd, args) {
+  return new Promise((resolve, reject) => {
+    const started = performance.now()
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CAIRN_LOG: 'error' } })
+    atExit(() => { if (p.exitCode === null) p.kill('SIGKILL') })
+    let stdout = ''
+    let stderr = ''
+    p.stdout.on('data', (d) => { stdout += d })
+    p.stderr.on('data', (d) => { stderr = (stderr + d).slice(-4000) })
+    p.on('exit', (code) => code === 0
+      ? resolve({ ms: performance.now() - started, stdout })
+      : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${stderr}`)))
+  })
+}
+
+/** A TCP proxy to `port` that holds each chunk from the target for `delay` ms. */
+async function delayProxy (port, delay) {
+  const server = createServer((client) => {
+    client.setNoDelay(true)
+    const upstream = connect(port, '127.0.0.1')
+    upstream.setNoDelay(true)
+    client.on('data', (d) => upstream.write(d))
+    const queue = []
+    let timer = null
+    const flush = () => {
+      timer = null
+      const now = performance.now()
+      const due = []
+      while (queue.length && queue[0][0] <= now) due.push(queue.shift()[1])
+      if (due.length) client.write(due.length === 1 ? due[0] : Buffer.concat(due))
+      if (queue.length) timer = setTimeout(flush, Math.max(0, queue[0][0] - performance.now()))
+    }
+    upstream.on('data', (d) => {
+      if (delay === 0) return client.write(d)
+      queue.push([performance.now() + delay, d])
+      timer ??= setTimeout(flush, delay)
+    })
+    const end = () => { client.destroy(); upstream.destroy() }
+    client.on('close', end)
+    upstream.on('close', end)
+    client.on('error', end)
+    upstream.on('error', end)
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  atExit(() => server.close())
+  return server
+}
+
+const work = mkdtempSync(join(tmpdir(), 'cairn-bench-latency-'))
+atExit(() => rmSync(work, { recursive: true, force: true }))
+try {
+  // Deterministic pseudo-random bytes (nothing deduplicates).
+  const cipher = createCipheriv('aes-128-ctr', Buffer.alloc(16, 7), Buffer.alloc(16, 9))
+  writeFileSync(join(work, 'file'), cipher.update(Buffer.alloc(BYTES)))
+  const cid = (await run(bin, ['add', join(work, 'file'), '--store', join(work, 'relay-store')])).stdout.trim()
+  const http = `127.0.0.1:${await freePort()}`
+  const relay = await startRelay(bin, http, ['--store', join(work, 'relay-store'), '--identity', join(work, 'relay.key')])
+  const parts = relay.addr.split('/') // ['', 'ip4', IP, 'tcp', PORT, 'ws', 'p2p', PEER]
+  const [relayPort, peer] = [parts[4], parts[7]]
+  const rows = []
+  for (const delay of DELAYS) {
+    const proxy = await delayProxy(Number(relayPort), delay)
+    const via = `/ip4/127.0.0.1/tcp/${proxy.address().port}/ws/p2p/${peer}`
+    let cairn = Infinity
+    let helia = Infinity
+    for (let r = 0; r < ROUNDS; r++) {
+      const store = join(work, `cat-store-${delay}-${r}`)
+      const c = await run(bin, ['cat', cid, '--peer', via, '--store', store, '-o', join(work, 'out'), '--timeout', '600'])
+      cairn = Math.min(cairn, c.ms)
+      rmSync(store, { recursive: true, force: true })
+      const h = await run(node, [join(import.meta.dirname, 'helia-peer.mjs'), 'fetch', via, cid])
+      const got = JSON.parse(h.stdout.trim().split('\n').pop())
+      if (got.bytes !== BYTES) throw new Error(`Helia fetched ${got.bytes} bytes, not ${BYTES}`)
+      helia = Math.min(helia, h.ms)
+    }
+    proxy.close()
+    const row = {
+      delay_ms: delay,
+      cairn_s: cairn / 1000,
+      cairn_mbps: BYTES / 1e6 / (cairn / 1000),
+      helia_s: helia / 1000,
+      helia_mbps: BYTES / 1e6 / (helia / 1000)
+    }
+    rows.push(row)
+    console.log(`added delay ${String(delay).padStart(3)} ms: cairn cat --peer ${row.cairn_s.toFixed(2)} s (${row.cairn_mbps.toFixed(1)} MB/s), Helia bitswap ${row.helia_s.toFixed(2)} s (${row.helia_mbps.toFixed(1)} MB/s)`)
+  }
+  const at = (d) => rows.find((r) => r.delay_ms === d)
+  const ratios = {
+    cairn_100_vs_0: at(100).cairn_mbps / at(0).cairn_mbps,
+    cairn_vs_helia_at_100: at(100).cairn_mbps / at(100).helia_mbps
+  }
+  console.log(`ratio cairn at 100 ms / cairn at 0 ms: ${ratios.cairn_100_vs_0.toFixed(2)} (target ≥ 0.5)`)
+  console.log(`ratio cairn / Helia at 100 ms: ${ratios.cairn_vs_helia_at_100.toFixed(2)} (target ≥ 1)`)
+  mkdirSync(dirname(out), { recursive: true })
+  writeFileSync(out, JSON.stringify({ bytes: BYTES, cid, rounds: ROUNDS, rows, ratios }, null, 2))
+  console.log(`written to ${out}`)
+  await cleanup()
+  process.exit(0)
+} catch (e) {
+  console.error(`bench-latency: ${e.stack ?? e}`)
+  await cleanup()
+  process.exit(1)
+}
