@@ -7,7 +7,14 @@
 //!   the app on <http://127.0.0.1:8080>.
 //! - `cargo xtask bench` — criterion benchmarks, printed as ratios against their baselines,
 //!   the browser benchmarks (`tests/js/bench.mjs`, JSON in `target/bench/browser.json`), the
-//!   IPFS one (`ipfs`) and browser to browser over `/webrtc` beside the relay (`webrtc`).
+//!   IPFS one (`ipfs`), browser to browser over `/webrtc` beside the relay (`webrtc`) and
+//!   a fetch from a relay 0–100 ms away beside Helia (`latency`).
+//! - `cargo xtask soak [MINUTES]` — a release `cairn-relay` under 200 peers (native and
+//!   js-libp2p) that come and go, beside floods, for MINUTES (10): RSS, descriptors, threads,
+//!   tasks and peers every minute (`crates/native-relay/tests/soak.rs`).
+//! - `cargo xtask fuzz [SECS]` — installs the nightly toolchain and cargo-fuzz if missing,
+//!   runs every fuzz target (`fuzz/`) for SECS seconds (60), minimises the corpus, and
+//!   copies any crash into `fuzz/regressions/<target>/`, which `cargo xtask test` replays.
 
 #![allow(clippy::print_stdout)] // bench results are this tool's output
 
@@ -17,7 +24,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-const TRUNK_VERSION: &str = "0.21.14";
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
 fn main() -> std::process::ExitCode {
@@ -38,13 +44,17 @@ fn real_main() -> Result<()> {
         Some("test") => test(&root),
         Some("run") => run(&root, &args[1..]),
         Some("bench") => bench(&root, &args[1..]),
+        Some("fuzz") => fuzz(&root, &args[1..]),
+        Some("soak") => soak(&root, &args[1..]),
         Some("install") => install(&root, Needs::ALL),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|run|bench|install>\n  \
+                "usage: cargo xtask <test|run|bench|fuzz|install>\n  \
                  test   install what is missing, then run every check and test\n  \
                  run    build everything and start cairn-relay serving the web app\n  \
                  bench [FILTER]  run the benchmarks (a criterion regex) and print ratios\n  \
+                 fuzz [SECS]  run every fuzz target SECS seconds (60), crashes into fuzz/regressions\n  \
+                 soak [MINUTES]  a release relay under 200 peers and floods for MINUTES (10)\n  \
                  install  only install the tools"
             );
             std::process::exit(2);
@@ -183,17 +193,6 @@ fn install(root: &Path, needs: Needs) -> Result<()> {
         eprintln!("installing wasm-bindgen-cli {wb} (the version in Cargo.lock)");
         sh(cargo().args(["install", "wasm-bindgen-cli", "--version", &wb, "--force"]))?;
     }
-    if !have_version("trunk", "--version", TRUNK_VERSION) {
-        eprintln!("installing trunk {TRUNK_VERSION}");
-        sh(cargo().args([
-            "install",
-            "trunk",
-            "--version",
-            TRUNK_VERSION,
-            "--locked",
-            "--force",
-        ]))?;
-    }
     if output(Command::new("wasm-pack").arg("--version")).is_none() {
         eprintln!("installing wasm-pack");
         sh(cargo().args(["install", "wasm-pack"]))?;
@@ -257,11 +256,11 @@ fn test(root: &Path) -> Result<()> {
         "--target",
         WASM_TARGET,
         "-p",
-        "cairn-core",
+        "cairn-cas-core",
         "-p",
-        "cairn-p2p",
+        "cairn-cas-p2p",
         "-p",
-        "cairn-wasm",
+        "cairn-cas-wasm",
         "--lib",
         "--",
         "-D",
@@ -272,7 +271,7 @@ fn test(root: &Path) -> Result<()> {
         "--target",
         WASM_TARGET,
         "-p",
-        "cairn-wasm",
+        "cairn-cas-wasm",
         "--all-targets",
         "--",
         "-D",
@@ -284,13 +283,22 @@ fn test(root: &Path) -> Result<()> {
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
 
-    step("web app (trunk build) and its wasm imports");
-    build_web(root, true)?;
+    step("web app on the npm package (wasm-pack build) and its wasm imports");
+    build_web(root)?;
     check_no_env_imports(&root.join("dist"))?;
 
     step("native tests (with the Helia interop tests)");
+    // Tests that need an installed peer (Node 22, the built web app) are `#[ignore]`d with
+    // their reason in a plain `cargo test`; here they run, and fail if the peer is missing.
     sh(cargo()
-        .args(["test", "--workspace", "--", "--test-threads", "2"])
+        .args([
+            "test",
+            "--workspace",
+            "--",
+            "--test-threads",
+            "2",
+            "--include-ignored",
+        ])
         .env("CAIRN_REQUIRE_INTEROP", "1")
         .env("CAIRN_WEB_DIST", root.join("dist")))?;
 
@@ -298,7 +306,15 @@ fn test(root: &Path) -> Result<()> {
     let relay = TestRelay::start(root)?;
     let helia = HeliaPeer::start(root, &relay.addr)?;
     sh(cargo()
-        .args(["test", "--target", WASM_TARGET, "-p", "cairn-wasm"])
+        .args([
+            "test",
+            "--target",
+            WASM_TARGET,
+            "-p",
+            "cairn-cas-wasm",
+            "--",
+            "--include-ignored",
+        ])
         .env("CAIRN_REQUIRE_INTEROP", "1")
         .env("CAIRN_TEST_RELAY", &relay.addr)
         .env("CAIRN_TEST_CID", &relay.cid)
@@ -483,7 +499,8 @@ fn node_bin(root: &Path) -> PathBuf {
 
 /// Builds the npm package (`pkg/dist/` by wasm-pack, release) and packs it; returns the
 /// tarball's path (under the target directory).
-fn build_pkg(root: &Path) -> Result<PathBuf> {
+/// wasm-pack's build of the browser node into `pkg/dist` (release).
+fn build_pkg_dist(root: &Path) -> Result<()> {
     let dist = root.join("pkg/dist");
     sh(Command::new("wasm-pack")
         .args([
@@ -503,6 +520,12 @@ fn build_pkg(root: &Path) -> Result<PathBuf> {
         .current_dir(root))?;
     // wasm-pack writes a `.gitignore` of `*` there, which `npm pack` would honour.
     let _ = std::fs::remove_file(dist.join(".gitignore"));
+    Ok(())
+}
+
+/// The npm package, built and packed: the tarball's path.
+fn build_pkg(root: &Path) -> Result<PathBuf> {
+    build_pkg_dist(root)?;
     let packs = target_dir(root).join("pkg");
     std::fs::create_dir_all(&packs)?;
     let name = output(
@@ -520,22 +543,67 @@ fn build_pkg(root: &Path) -> Result<PathBuf> {
     Ok(tarball)
 }
 
-fn build_web(root: &Path, release: bool) -> Result<()> {
-    let mut cmd = Command::new("trunk");
-    cmd.arg("build").current_dir(root);
-    if release {
-        cmd.arg("--release");
+/// The files the npm package publishes: `package.json` and its `files` list.
+fn package_files(root: &Path) -> Result<Vec<String>> {
+    let json = std::fs::read_to_string(root.join("pkg/package.json"))?;
+    let start = json
+        .find("\"files\"")
+        .context("pkg/package.json has no \"files\" list")?;
+    let list = &json[start..];
+    let end = list
+        .find(']')
+        .context("pkg/package.json's \"files\" list is not closed")?;
+    let mut files: Vec<String> = list[..end]
+        .split('"')
+        .skip(3)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    files.push("package.json".into());
+    Ok(files)
+}
+
+/// The web app in `dist/`: `web/`'s page, script and style beside the npm package's
+/// published files in `dist/cairn-cas/`, exactly what `npm pack` ships (the app imports
+/// `./cairn-cas/index.js`, as an app that installed the package would).
+fn build_web(root: &Path) -> Result<()> {
+    build_pkg_dist(root)?;
+    let dist = root.join("dist");
+    let _ = std::fs::remove_dir_all(&dist);
+    std::fs::create_dir_all(&dist)?;
+    for f in ["index.html", "app.js", "style.css"] {
+        std::fs::copy(root.join("web").join(f), dist.join(f))
+            .with_context(|| format!("copy web/{f} into dist/"))?;
     }
-    // Trunk reads NO_COLOR as a boolean and rejects CI-style values; keep it out.
-    cmd.env_remove("NO_COLOR");
-    sh(&mut cmd)
+    let pkg = dist.join("cairn-cas");
+    for f in package_files(root)? {
+        let to = pkg.join(&f);
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::copy(root.join("pkg").join(&f), &to)
+            .with_context(|| format!("copy pkg/{f} into dist/cairn-cas/"))?;
+    }
+    eprintln!("web app in {} on the package's files", dist.display());
+    Ok(())
 }
 
 /// The browser build must not import from `env` (a sign of native code leaking into wasm).
 fn check_no_env_imports(dist: &Path) -> Result<()> {
     let mut checked = 0;
-    for entry in std::fs::read_dir(dist).context("read dist/")? {
-        let path = entry?.path();
+    let mut dirs = vec![dist.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("read {}", d.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    for path in files {
         if path.extension().is_some_and(|e| e == "js") {
             let js = std::fs::read_to_string(&path)?;
             if js.contains("from 'env'") || js.contains("from \"env\"") {
@@ -560,9 +628,9 @@ fn check_no_env_imports(dist: &Path) -> Result<()> {
 fn run(root: &Path, extra: &[String]) -> Result<()> {
     install(root, Needs::RUN)?;
     step("building the web app (release)");
-    build_web(root, true)?;
+    build_web(root)?;
     step("building cairn-relay (release)");
-    sh(cargo().args(["build", "--release", "-p", "cairn-relay"]))?;
+    sh(cargo().args(["build", "--release", "-p", "cairn-cas-relay"]))?;
     step("starting cairn-relay");
     eprintln!("open http://127.0.0.1:8080/ (Ctrl-C stops the relay)");
     let bin = target_dir(root).join("release/cairn-relay");
@@ -586,15 +654,22 @@ fn run(root: &Path, extra: &[String]) -> Result<()> {
 fn bench(root: &Path, extra: &[String]) -> Result<()> {
     step("criterion benchmarks (cairn-core)");
     sh(cargo()
-        .args(["bench", "-p", "cairn-core", "--bench", "core", "--"])
+        .args(["bench", "-p", "cairn-cas-core", "--bench", "core", "--"])
         .args(extra))?;
     step("criterion benchmarks (native transfers through cairn-relay)");
     sh(cargo()
-        .args(["bench", "-p", "cairn-relay", "--bench", "transfer", "--"])
+        .args([
+            "bench",
+            "-p",
+            "cairn-cas-relay",
+            "--bench",
+            "transfer",
+            "--",
+        ])
         .args(extra))?;
     if extra.is_empty() || extra.iter().any(|f| "reservations".contains(f.as_str())) {
         step("relay memory per reservation (1,000 peers, release cairn-relay process)");
-        sh(cargo().args(["bench", "-p", "cairn-relay", "--bench", "reservations"]))?;
+        sh(cargo().args(["bench", "-p", "cairn-cas-relay", "--bench", "reservations"]))?;
     }
     let browser = extra.is_empty() || extra.iter().any(|f| "browser".contains(f.as_str()));
     let dir = target_dir(root).join("criterion");
@@ -664,11 +739,23 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
             "64 MiB from a Helia provider: cairn's IPFS source beside Helia (release cairn-relay)",
         );
         install(root, Needs::ALL)?;
-        sh(cargo().args(["build", "--release", "-p", "cairn-relay"]))?;
+        sh(cargo().args(["build", "--release", "-p", "cairn-cas-relay"]))?;
         sh(Command::new(node_bin(root))
             .arg(root.join("tests/js/bench-ipfs.mjs"))
             .arg(target_dir(root).join("release/cairn-relay"))
             .arg(target_dir(root).join("bench/ipfs.json"))
+            .current_dir(root.join("tests/js")))?;
+    }
+    if extra.is_empty() || extra.iter().any(|f| "latency".contains(f.as_str())) {
+        step(
+            "32 MiB from a relay 0/25/50/100 ms away: cairn cat --peer beside Helia's bitswap (release cairn-relay)",
+        );
+        install(root, Needs::ALL)?;
+        sh(cargo().args(["build", "--release", "-p", "cairn-cas-relay"]))?;
+        sh(Command::new(node_bin(root))
+            .arg(root.join("tests/js/bench-latency.mjs"))
+            .arg(target_dir(root).join("release/cairn-relay"))
+            .arg(target_dir(root).join("bench/latency.json"))
             .current_dir(root.join("tests/js")))?;
     }
     if extra.is_empty() || extra.iter().any(|f| "webrtc".contains(f.as_str())) {
@@ -676,8 +763,8 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
             "64 MiB browser to browser: direct /webrtc beside the relay over WebSocket (release app and relay)",
         );
         install(root, Needs::ALL)?;
-        build_web(root, true)?;
-        sh(cargo().args(["build", "--release", "-p", "cairn-relay"]))?;
+        build_web(root)?;
+        sh(cargo().args(["build", "--release", "-p", "cairn-cas-relay"]))?;
         sh(Command::new(node_bin(root))
             .arg(root.join("tests/js/bench-webrtc.mjs"))
             .arg(target_dir(root).join("release/cairn-relay"))
@@ -691,8 +778,8 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         );
         install(root, Needs::ALL)?;
         build_pkg(root)?;
-        build_web(root, true)?;
-        sh(cargo().args(["build", "--release", "-p", "cairn-relay"]))?;
+        build_web(root)?;
+        sh(cargo().args(["build", "--release", "-p", "cairn-cas-relay"]))?;
         sh(Command::new(node_bin(root))
             .arg(root.join("tests/js/bench.mjs"))
             .arg(target_dir(root).join("release/cairn-relay"))
@@ -701,4 +788,197 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
             .current_dir(root.join("tests/js")))?;
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Fuzzing
+
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// One target's run: what libFuzzer reported.
+struct FuzzRun {
+    target: String,
+    runs: u64,
+    execs_per_sec: u64,
+    corpus: usize,
+    crash: Option<PathBuf>,
+}
+
+fn fuzz(root: &Path, args: &[String]) -> Result<()> {
+    let secs: u64 = match args.first() {
+        Some(s) => s
+            .parse()
+            .with_context(|| format!("`{s}` is not a number of seconds"))?,
+        None => 60,
+    };
+    step("checking the nightly toolchain and cargo-fuzz (installing only what is missing)");
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        sh(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let have = output(cargo().args(["fuzz", "--version"])).unwrap_or_default();
+    if !have.contains(CARGO_FUZZ_VERSION) {
+        sh(cargo().args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]))?;
+    }
+    step("seeds into fuzz/corpus");
+    sh(cargo()
+        .args([
+            "test",
+            "-p",
+            "cairn-scenarios",
+            "--test",
+            "fuzz_corpus",
+            "--",
+            "--ignored",
+            "write_seeds",
+        ])
+        .env("CAIRN_WRITE_FUZZ_SEEDS", "1"))?;
+    let fuzz_dir = root.join("fuzz");
+    // `+nightly` needs rustup's `cargo` proxy, not the toolchain's cargo in `$CARGO`.
+    let targets = output(
+        Command::new("cargo")
+            .args(["+nightly", "fuzz", "list"])
+            .current_dir(&fuzz_dir),
+    )
+    .context("cannot list the fuzz targets")?;
+    let target_dir = target_dir(root).join("fuzz");
+    let logs = target_dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let mut results = Vec::new();
+    for target in targets.lines().map(str::trim).filter(|t| !t.is_empty()) {
+        step(&format!("fuzzing {target} for {secs} s"));
+        let log = logs.join(format!("{target}.log"));
+        let status = Command::new("cargo")
+            .args(["+nightly", "fuzz", "run", target, "--"])
+            .arg(format!("-max_total_time={secs}"))
+            .args(["-rss_limit_mb=2048", "-timeout=20", "-print_final_stats=1"])
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .current_dir(&fuzz_dir)
+            .stderr(std::fs::File::create(&log)?)
+            .status()
+            .context("cannot run cargo fuzz")?;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let stat = |key: &str| -> u64 {
+            text.lines()
+                .rev()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let crash = if status.success() {
+            None
+        } else {
+            let artifacts = fuzz_dir.join("artifacts").join(target);
+            let newest = std::fs::read_dir(&artifacts)
+                .ok()
+                .into_iter()
+                .flatten()
+                .flatten()
+                .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+                .map(|e| e.path());
+            match newest {
+                Some(found) => {
+                    let keep = fuzz_dir.join("regressions").join(target);
+                    std::fs::create_dir_all(&keep)?;
+                    let dest = keep.join(found.file_name().unwrap_or_default());
+                    std::fs::copy(&found, &dest)?;
+                    Some(dest)
+                }
+                None => bail!(
+                    "fuzzing {target} failed without a crash artifact; see {}",
+                    log.display()
+                ),
+            }
+        };
+        if crash.is_none() {
+            // Keep only the inputs that add coverage.
+            sh(Command::new("cargo")
+                .args(["+nightly", "fuzz", "cmin", target])
+                .env("CARGO_TARGET_DIR", &target_dir)
+                .current_dir(&fuzz_dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()))?;
+        }
+        let corpus = std::fs::read_dir(fuzz_dir.join("corpus").join(target))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        results.push(FuzzRun {
+            target: target.to_owned(),
+            runs: stat("stat::number_of_executed_units:"),
+            execs_per_sec: stat("stat::average_exec_per_sec:"),
+            corpus,
+            crash,
+        });
+    }
+    println!(
+        "\n{:<15} {:>12} {:>10} {:>8}  crash",
+        "target", "runs", "exec/s", "corpus"
+    );
+    for r in &results {
+        println!(
+            "{:<15} {:>12} {:>10} {:>8}  {}",
+            r.target,
+            r.runs,
+            r.execs_per_sec,
+            r.corpus,
+            r.crash
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |p| p.display().to_string())
+        );
+    }
+    let crashed: Vec<&FuzzRun> = results.iter().filter(|r| r.crash.is_some()).collect();
+    if !crashed.is_empty() {
+        bail!(
+            "{} target(s) crashed; the inputs are in fuzz/regressions/ (replayed by `cargo xtask test`): fix them and commit the inputs",
+            crashed.len()
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Soak
+
+fn soak(root: &Path, args: &[String]) -> Result<()> {
+    let minutes: f64 = match args.first() {
+        Some(m) => m
+            .parse()
+            .with_context(|| format!("`{m}` is not a number of minutes"))?,
+        None => 10.0,
+    };
+    install(
+        root,
+        Needs {
+            browser: false,
+            node: true,
+        },
+    )?;
+    step(&format!(
+        "soak: a release cairn-relay under 200 peers and floods for {minutes} minutes"
+    ));
+    sh(cargo()
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "cairn-cas-relay",
+            "--test",
+            "soak",
+            "--",
+            "--include-ignored",
+            "--nocapture",
+        ])
+        .env("CAIRN_SOAK_MINUTES", minutes.to_string()))
 }
