@@ -758,6 +758,16 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
             .arg(target_dir(root).join("bench/latency.json"))
             .current_dir(root.join("tests/js")))?;
     }
+    if extra.is_empty() || extra.iter().any(|f| "cat".contains(f.as_str())) {
+        step("256 MiB from one relay: cairn-relay cat --peer beside curl of its gateway (release)");
+        install(root, Needs::ALL)?;
+        sh(cargo().args(["build", "--release", "-p", "cairn-cas-relay"]))?;
+        sh(Command::new(node_bin(root))
+            .arg(root.join("tests/js/bench-cat.mjs"))
+            .arg(target_dir(root).join("release/cairn-relay"))
+            .arg(target_dir(root).join("bench/cat.json"))
+            .current_dir(root.join("tests/js")))?;
+    }
     if extra.is_empty() || extra.iter().any(|f| "webrtc".contains(f.as_str())) {
         step(
             "64 MiB browser to browser: direct /webrtc beside the relay over WebSocket (release app and relay)",
