@@ -27,7 +27,9 @@
 //! once; each `put` waits for a batch that holds its block to be durable, and the puts that
 //! arrive while one batch is being synced go into the next one (at most [`GROUP_BLOCKS`]).
 //! The syncs are then paid once per group, not once per block (which made a 256 MiB fetch
-//! into a disk store spend most of its time in `syncfs`).
+//! into a disk store spend most of its time in `syncfs`). A group needs no journal: its
+//! puts are independent, so each block is staged and synced, then renamed into place and
+//! the names synced; a crash in between leaves some of its blocks, each one whole.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -265,21 +267,36 @@ fn sync_fs(dir: &Path) -> std::io::Result<()> {
 /// is gone was moved already.
 fn finish_journal(root: &Path, journal: &Path, sync: Sync) -> std::io::Result<()> {
     let text = std::fs::read_to_string(journal)?;
-    let mut dirs = std::collections::BTreeSet::new();
-    for line in text.lines() {
-        let Some((tmp, dest)) = line.split_once(' ') else {
-            continue;
-        };
+    let moves = text.lines().filter_map(|line| {
+        let (tmp, dest) = line.split_once(' ')?;
         // Only names this store writes: no separators in the temporary name, and the
         // destination under blocks/.
         if tmp.contains('/') || !dest.starts_with("blocks/") || dest.contains("..") {
-            continue;
+            return None;
         }
-        let (from, to) = (root.join("tmp").join(tmp), root.join(dest));
+        Some((root.join("tmp").join(tmp), root.join(dest)))
+    });
+    place(root, moves, sync)?;
+    // A journal left by a crash after this point is finished again at open: its renames
+    // are done, so it only goes away.
+    std::fs::remove_file(journal)?;
+    Ok(())
+}
+
+/// Renames each staged file (whose bytes are durable already) into place, skipping those
+/// moved before, then makes the new names durable.
+fn place(
+    root: &Path,
+    moves: impl Iterator<Item = (PathBuf, PathBuf)>,
+    sync: Sync,
+) -> std::io::Result<()> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for (from, to) in moves {
         if from.exists() {
             if let Some(parent) = to.parent() {
-                std::fs::create_dir_all(parent)?;
-                dirs.insert(parent.to_owned());
+                if dirs.insert(parent.to_owned()) {
+                    std::fs::create_dir_all(parent)?;
+                }
             }
             std::fs::rename(&from, &to)?;
         }
@@ -293,9 +310,6 @@ fn finish_journal(root: &Path, journal: &Path, sync: Sync) -> std::io::Result<()
             sync_dir(d);
         }
     }
-    // A journal left by a crash after this point is finished again at open: its renames
-    // are done, so it only goes away.
-    std::fs::remove_file(journal)?;
     Ok(())
 }
 
@@ -345,7 +359,7 @@ impl Inner {
                 g.waiting.drain(..n).collect()
             };
             let blocks: Vec<Block> = batch.iter().map(|(b, _)| b.clone()).collect();
-            match self.put_batch(&blocks) {
+            match self.put_batch(&blocks, false) {
                 Ok(new) => {
                     for ((_, tx), new) in batch.into_iter().zip(new) {
                         let _ = tx.send(Ok(new));
@@ -422,7 +436,11 @@ impl Inner {
 
     /// Writes the new blocks of `blocks` as one batch (see the module's docs); says of each
     /// block whether this batch added it. On an error nothing of the batch is in place.
-    fn put_batch(&self, blocks: &[Block]) -> Result<Vec<bool>> {
+    ///
+    /// `whole`: the batch lands whole or not at all, through a journal (`put_many`). A group
+    /// of single puts needs no journal: each block is staged and synced, then renamed into
+    /// place, and a crash in between leaves some of them, each one whole.
+    fn put_batch(&self, blocks: &[Block], whole: bool) -> Result<Vec<bool>> {
         let mut seen = std::collections::HashSet::new();
         let fresh: Vec<&Block> = {
             let ix = self.index();
@@ -450,6 +468,12 @@ impl Inner {
             // The blocks' bytes are on the medium before the journal names them: once per
             // batch where the system can (a sync per block cost 40 % of a fetch).
             sync_files(&tmp_dir, &files)?;
+            if !whole {
+                let moves = written
+                    .iter()
+                    .map(|(name, dest)| (tmp_dir.join(name), dest.clone()));
+                return place(&self.root, moves, Sync::Once).map_err(|e| (tmp_dir.clone(), e));
+            }
             // Commit: the journal names every file; once it is in place the batch is
             // finished even if this process dies now.
             let mut text = String::new();
@@ -561,7 +585,11 @@ impl BlockStore for Disk {
     fn put_many(&self, blocks: Vec<Block>) -> impl Future<Output = Result<usize>> + Send {
         let inner = self.inner.clone();
         blocking("put_many", move || {
-            Ok(inner.put_batch(&blocks)?.into_iter().filter(|a| *a).count())
+            Ok(inner
+                .put_batch(&blocks, true)?
+                .into_iter()
+                .filter(|a| *a)
+                .count())
         })
     }
 
@@ -699,7 +727,8 @@ mod tests {
             // Each put was durable when it returned: nothing is left waiting or staged.
             assert!(s.inner.group().waiting.is_empty());
             assert_eq!(
-                std::fs::read_dir(d.path().join("journal")).unwrap().count(),
+                std::fs::read_dir(d.path().join("journal")).unwrap().count()
+                    + std::fs::read_dir(d.path().join("tmp")).unwrap().count(),
                 0
             );
             // Put again: already there.
