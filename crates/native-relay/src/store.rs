@@ -293,10 +293,10 @@ fn place(
     let mut dirs = std::collections::BTreeSet::new();
     for (from, to) in moves {
         if from.exists() {
-            if let Some(parent) = to.parent() {
-                if dirs.insert(parent.to_owned()) {
-                    std::fs::create_dir_all(parent)?;
-                }
+            if let Some(parent) = to.parent()
+                && dirs.insert(parent.to_owned())
+            {
+                std::fs::create_dir_all(parent)?;
             }
             std::fs::rename(&from, &to)?;
         }
