@@ -79,6 +79,26 @@ impl Block {
         Ok(Self { cid, data })
     }
 
+    /// A CIDv1 block of `data` whose `alg` digest the caller computed itself (a platform
+    /// hasher such as the browser's WebCrypto, which hashes off the calling thread). Only
+    /// for bytes the caller made and hashed: the digest is not checked. Counted as a hash
+    /// ([`cid::hashes`]).
+    pub fn from_digest(
+        codec: Codec,
+        alg: HashAlg,
+        digest: &[u8; 32],
+        data: impl Into<Bytes>,
+    ) -> Result<Self> {
+        let data = data.into();
+        if data.len() > MAX_BLOCK_SIZE {
+            return Err(Error::TooLarge { size: data.len() });
+        }
+        Ok(Self {
+            cid: cid::from_digest(codec, alg, digest),
+            data,
+        })
+    }
+
     /// The block's CID.
     pub fn cid(&self) -> &Cid {
         &self.cid

@@ -153,6 +153,17 @@ pub fn of(codec: Codec, hash: HashAlg, data: &[u8]) -> Cid {
     Cid::new_v1(codec.code(), hash.digest(data))
 }
 
+/// The CIDv1 of bytes whose `hash` digest was computed elsewhere (see
+/// [`Block::from_digest`](crate::block::Block::from_digest)); counted as a hash.
+pub fn from_digest(codec: Codec, hash: HashAlg, digest: &[u8; 32]) -> Cid {
+    HASHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // A 32-byte digest always fits a 64-byte multihash.
+    Cid::new_v1(
+        codec.code(),
+        Multihash::wrap(hash.code(), digest).unwrap_or_default(),
+    )
+}
+
 /// Parses a CID from text and checks that cairn can handle its codec and hash.
 ///
 /// Accepts CIDv1 in any multibase and CIDv0 (`Qm…`).

@@ -12,6 +12,7 @@ mod js;
 pub mod net;
 mod node;
 pub mod types;
+pub mod webcrypto;
 pub mod webrtc;
 
 pub use error::ErrorCode;

@@ -1,3 +1,5 @@
+use std::future::Future;
+
 use bytes::{Bytes, BytesMut};
 use futures::{AsyncRead, AsyncReadExt};
 
@@ -25,6 +27,36 @@ pub enum Error {
     /// A block could not be made (cannot happen with the built-in profiles).
     #[error(transparent)]
     Block(#[from] crate::block::Error),
+    /// The platform's hasher failed (see [`LeafHasher`]).
+    #[error("hashing the input failed: {0}")]
+    Hash(crate::error::Reason),
+}
+
+/// Hashes an import's leaves, a batch at a time: the browser hands them to WebCrypto, which
+/// hashes off the page's thread and several at once; [`Inline`] hashes here, one by one.
+pub trait LeafHasher {
+    /// The `alg` digest of each chunk, in order; `Ok(None)` to have them hashed inline (an
+    /// algorithm or a context the platform's hasher lacks).
+    fn digests(
+        &self,
+        alg: HashAlg,
+        chunks: &[Bytes],
+    ) -> impl Future<Output = Result<Option<Vec<[u8; 32]>>, crate::error::Reason>>;
+}
+
+/// Hashes leaves in the calling thread ([`import_with`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inline;
+
+impl LeafHasher for Inline {
+    #[allow(refining_impl_trait)]
+    fn digests(
+        &self,
+        _: HashAlg,
+        _: &[Bytes],
+    ) -> std::future::Ready<Result<Option<Vec<[u8; 32]>>, crate::error::Reason>> {
+        std::future::ready(Ok(None))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -63,7 +95,18 @@ impl Importer {
     }
 
     /// Feeds bytes; completed blocks are appended to `out`.
-    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<Block>) -> Result<(), Error> {
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<Block>) -> Result<(), Error> {
+        let mut chunks = Vec::new();
+        self.chunk(data, &mut chunks);
+        for chunk in chunks {
+            self.add_leaf(Block::from_data(Codec::Raw, self.hash, chunk)?, out)?;
+        }
+        Ok(())
+    }
+
+    /// Feeds bytes, cut into the chunks that become leaves, unhashed: the caller hashes each
+    /// (with [`LeafHasher`]) and hands it back, in order, to [`add_leaf`](Self::add_leaf).
+    pub fn chunk(&mut self, mut data: &[u8], chunks: &mut Vec<Bytes>) {
         self.bytes += data.len() as u64;
         while !data.is_empty() {
             let room = self.profile.chunk_size - self.buf.len();
@@ -71,17 +114,20 @@ impl Importer {
             self.buf.extend_from_slice(&data[..take]);
             data = &data[take..];
             if self.buf.len() == self.profile.chunk_size {
-                self.flush_leaf(out)?;
+                // Hand the chunk's buffer over (no copy) and start a fresh one.
+                chunks.push(self.buf.split().freeze());
+                self.buf.reserve(self.profile.chunk_size);
             }
         }
-        Ok(())
     }
 
-    fn flush_leaf(&mut self, out: &mut Vec<Block>) -> Result<(), Error> {
-        // Hand the chunk's buffer to the block (no copy) and start a fresh one.
-        let chunk = self.buf.split().freeze();
-        self.buf.reserve(self.profile.chunk_size);
-        let leaf = Block::from_data(Codec::Raw, self.hash, chunk)?;
+    /// The last, short chunk of the input, once it is all fed (`None` if there is none).
+    pub fn last_chunk(&mut self) -> Option<Bytes> {
+        (!self.buf.is_empty()).then(|| self.buf.split().freeze())
+    }
+
+    /// Adds the next leaf: a raw block of the next chunk, in input order.
+    pub fn add_leaf(&mut self, leaf: Block, out: &mut Vec<Block>) -> Result<(), Error> {
         let child = Child {
             cid: *leaf.cid(),
             tsize: leaf.len() as u64,
@@ -138,8 +184,11 @@ impl Importer {
     /// Matches the reference balanced builder: a one-chunk file is its raw leaf; otherwise
     /// every level is cut into nodes of at most `max_links`, until one node remains.
     pub fn finish(mut self, out: &mut Vec<Block>) -> Result<Imported, Error> {
-        if !self.buf.is_empty() || self.levels.is_empty() {
-            self.flush_leaf(out)?;
+        if let Some(chunk) = self.last_chunk() {
+            self.add_leaf(Block::from_data(Codec::Raw, self.hash, chunk)?, out)?;
+        } else if self.levels.is_empty() {
+            // An empty file is the empty raw leaf.
+            self.add_leaf(Block::from_data(Codec::Raw, self.hash, Bytes::new())?, out)?;
         }
         let mut level = 0;
         let root = loop {
@@ -221,18 +270,37 @@ where
 /// [`abandon`](crate::live::Operation::abandon).
 pub async fn import_with<S, R>(
     store: &S,
-    mut reader: R,
+    reader: R,
     profile: Profile,
     hash: HashAlg,
-    mut on_progress: impl FnMut(u64),
+    on_progress: impl FnMut(u64),
     op: &mut crate::live::Operation<'_>,
 ) -> Result<Imported, Error>
 where
     S: BlockStore,
     R: AsyncRead + Unpin,
 {
+    import_hashing(store, reader, profile, hash, &Inline, on_progress, op).await
+}
+
+/// [`import_with`] with the leaves hashed by `hasher`, a batch (4 MiB) at a time.
+pub async fn import_hashing<S, R, H>(
+    store: &S,
+    mut reader: R,
+    profile: Profile,
+    hash: HashAlg,
+    hasher: &H,
+    mut on_progress: impl FnMut(u64),
+    op: &mut crate::live::Operation<'_>,
+) -> Result<Imported, Error>
+where
+    S: BlockStore,
+    R: AsyncRead + Unpin,
+    H: LeafHasher,
+{
     const BATCH_BYTES: usize = 4 * 1024 * 1024;
     let mut importer = Importer::new(profile, hash);
+    let mut chunks = Vec::new();
     let mut batch = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -247,16 +315,58 @@ where
                 });
             }
         };
-        importer.push(&buf[..n], &mut batch)?;
-        if batch.iter().map(Block::len).sum::<usize>() >= BATCH_BYTES {
+        importer.chunk(&buf[..n], &mut chunks);
+        if chunks.iter().map(Bytes::len).sum::<usize>() >= BATCH_BYTES {
+            add_leaves(
+                &mut importer,
+                hasher,
+                std::mem::take(&mut chunks),
+                &mut batch,
+            )
+            .await?;
             op.put_many(store, std::mem::take(&mut batch)).await?;
             on_progress(importer.bytes());
         }
     }
+    chunks.extend(importer.last_chunk());
+    add_leaves(&mut importer, hasher, chunks, &mut batch).await?;
     let imported = importer.finish(&mut batch)?;
     op.put_many(store, batch).await?;
     on_progress(imported.size);
     Ok(imported)
+}
+
+/// Hashes `chunks` with `hasher` (or inline, when it declines) and adds them as leaves.
+async fn add_leaves<H: LeafHasher>(
+    importer: &mut Importer,
+    hasher: &H,
+    chunks: Vec<Bytes>,
+    out: &mut Vec<Block>,
+) -> Result<(), Error> {
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    let alg = importer.hash;
+    match hasher.digests(alg, &chunks).await.map_err(Error::Hash)? {
+        Some(digests) if digests.len() == chunks.len() => {
+            for (chunk, digest) in chunks.into_iter().zip(&digests) {
+                importer.add_leaf(Block::from_digest(Codec::Raw, alg, digest, chunk)?, out)?;
+            }
+        }
+        Some(digests) => {
+            return Err(Error::Hash(crate::error::Reason::msg(format!(
+                "{} digests for {} chunks",
+                digests.len(),
+                chunks.len()
+            ))));
+        }
+        None => {
+            for chunk in chunks {
+                importer.add_leaf(Block::from_data(Codec::Raw, alg, chunk)?, out)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -380,5 +490,124 @@ mod tests {
             "{err}"
         );
         assert_eq!(store.stat().await.unwrap().blocks, 0);
+    }
+}
+
+#[cfg(test)]
+mod hashing_tests {
+    use super::*;
+    use crate::store::Memory;
+
+    /// Hashes the batch itself, as a platform hasher would; counts the chunks it saw.
+    struct Outside(std::sync::atomic::AtomicUsize);
+    impl LeafHasher for Outside {
+        async fn digests(
+            &self,
+            alg: HashAlg,
+            chunks: &[Bytes],
+        ) -> Result<Option<Vec<[u8; 32]>>, crate::error::Reason> {
+            self.0
+                .fetch_add(chunks.len(), std::sync::atomic::Ordering::Relaxed);
+            let digest =
+                |c: &Bytes| -> [u8; 32] { alg.digest(c).digest().try_into().expect("32 bytes") };
+            Ok(Some(chunks.iter().map(digest).collect()))
+        }
+    }
+
+    struct Broken(Option<usize>);
+    impl LeafHasher for Broken {
+        async fn digests(
+            &self,
+            _: HashAlg,
+            chunks: &[Bytes],
+        ) -> Result<Option<Vec<[u8; 32]>>, crate::error::Reason> {
+            match self.0 {
+                Some(short) => Ok(Some(vec![[0; 32]; chunks.len().saturating_sub(short)])),
+                None => Err(crate::error::Reason::msg("no crypto here")),
+            }
+        }
+    }
+
+    async fn import_by(
+        hasher: &impl LeafHasher,
+        data: &[u8],
+        profile: Profile,
+    ) -> (Result<Imported, Error>, Memory) {
+        let store = Memory::new();
+        let mut op = crate::live::Live::global().operation();
+        let r = import_hashing(
+            &store,
+            data,
+            profile,
+            HashAlg::Sha2_256,
+            hasher,
+            |_| {},
+            &mut op,
+        )
+        .await;
+        op.finish();
+        (r, store)
+    }
+
+    #[tokio::test]
+    async fn leaves_hashed_by_the_platform_make_the_same_dag_as_leaves_hashed_inline() {
+        // Several 4 MiB batches, a short last chunk, and both profiles; and the edge sizes.
+        let big: Vec<u8> = (0..9 * 1024 * 1024 + 12_345u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for profile in [Profile::DEFAULT, Profile::UNIXFS_V1_2025] {
+            for len in [0, 1, profile.chunk_size, profile.chunk_size + 1, big.len()] {
+                let data = &big[..len];
+                let outside = Outside(Default::default());
+                let (theirs, held) = import_by(&outside, data, profile).await;
+                let (ours, _) = import_by(&Inline, data, profile).await;
+                let (theirs, ours) = (theirs.unwrap(), ours.unwrap());
+                assert_eq!(theirs, ours, "{} bytes, {}", len, profile.name);
+                let leaves = len.div_ceil(profile.chunk_size);
+                assert_eq!(
+                    outside.0.load(std::sync::atomic::Ordering::Relaxed),
+                    leaves,
+                    "every leaf of {len} bytes went to the hasher"
+                );
+                assert!(held.has(&theirs.root).await.unwrap(), "the root is stored");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hasher_that_fails_or_loses_digests_fails_the_import_and_keeps_nothing() {
+        let data = vec![7u8; 5 * 1024 * 1024];
+        for (hasher, says) in [
+            (Broken(None), "no crypto here"),
+            (Broken(Some(1)), "digests for"),
+        ] {
+            let store = Memory::new();
+            let r = import(
+                &store,
+                &data[..],
+                Profile::DEFAULT,
+                HashAlg::Sha2_256,
+                |_| {},
+            )
+            .await;
+            assert!(r.is_ok());
+            let store = Memory::new();
+            let mut op = crate::live::Live::global().operation();
+            let e = import_hashing(
+                &store,
+                &data[..],
+                Profile::DEFAULT,
+                HashAlg::Sha2_256,
+                &hasher,
+                |_| {},
+                &mut op,
+            )
+            .await
+            .unwrap_err();
+            op.abandon(&store).await;
+            assert!(matches!(e, Error::Hash(_)), "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+            assert_eq!(store.stat().await.unwrap().blocks, 0);
+        }
     }
 }

@@ -14,7 +14,10 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use export::{Error as ExportError, Range, export, file_size};
-pub use import::{Error as ImportError, Imported, Importer, import, import_with};
+pub use import::{
+    Error as ImportError, Imported, Importer, Inline, LeafHasher, import, import_hashing,
+    import_with,
+};
 
 /// How files are cut into a tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

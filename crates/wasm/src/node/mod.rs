@@ -222,11 +222,13 @@ impl CairnNode {
         // The import's blocks stay held until the root is pinned, so an eviction in between
         // cannot take them (`cairn_core::live`).
         let mut op = cairn_core::live::Live::global().operation();
-        let imported = unixfs::import_with(
+        // Leaves are hashed by WebCrypto where the page has it (`webcrypto`).
+        let imported = unixfs::import_hashing(
             &inner.store,
             reader,
             inner.profile,
             HashAlg::Sha2_256,
+            &crate::webcrypto::WebCrypto::new(),
             report,
             &mut op,
         )

@@ -18,6 +18,65 @@ async fn memory_store_passes_the_suite_in_the_browser() {
 }
 
 #[wasm_bindgen_test]
+async fn webcrypto_hashes_leaves_as_wasm_does_and_the_add_uses_it() {
+    use cairn_core::unixfs::LeafHasher;
+    use cairn_wasm::webcrypto::WebCrypto;
+    let hasher = WebCrypto::new();
+    assert!(hasher.available(), "a page on localhost has crypto.subtle");
+    let chunks = [
+        bytes::Bytes::from(
+            (0..262_144u32)
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<u8>>(),
+        ),
+        bytes::Bytes::from_static(b"abc"),
+        bytes::Bytes::new(),
+    ];
+    let digests = hasher
+        .digests(HashAlg::Sha2_256, &chunks)
+        .await
+        .unwrap()
+        .expect("SHA-256 is WebCrypto's");
+    assert_eq!(digests.len(), chunks.len());
+    for (chunk, digest) in chunks.iter().zip(&digests) {
+        assert_eq!(&digest[..], HashAlg::Sha2_256.digest(chunk).digest());
+    }
+    assert!(
+        hasher
+            .digests(HashAlg::Blake3, &chunks)
+            .await
+            .unwrap()
+            .is_none(),
+        "blake3 is hashed in wasm"
+    );
+    // An import through it: the same root as hashed in wasm, over several batches.
+    let data: Vec<u8> = (0..9_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut op = cairn_core::live::Live::global().operation();
+    let theirs = unixfs::import_hashing(
+        &Null::new(),
+        &data[..],
+        Profile::DEFAULT,
+        HashAlg::Sha2_256,
+        &hasher,
+        |_| {},
+        &mut op,
+    )
+    .await
+    .unwrap();
+    op.finish();
+    let ours = unixfs::import(
+        &Null::new(),
+        &data[..],
+        Profile::DEFAULT,
+        HashAlg::Sha2_256,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(theirs, ours);
+}
+
+#[wasm_bindgen_test]
 async fn importer_gives_the_same_cids_in_the_browser() {
     // Same as natively and in Helia (see tests/tests/unixfs_parity.rs).
     let empty = unixfs::import(
