@@ -69,6 +69,23 @@ impl Block {
         Ok(Self { cid, data })
     }
 
+    /// Verifies `data` against `cid` as [`Block::new`] does, with the digest computed by the
+    /// caller (a platform hasher such as the browser's WebCrypto, off the calling thread):
+    /// `digest` must be `data`'s digest under the CID's hash function, and must equal the
+    /// CID's. Counted as a hash ([`cid::hashes`]).
+    pub fn with_digest(cid: Cid, digest: &[u8], data: impl Into<Bytes>) -> Result<Self> {
+        let data = data.into();
+        if data.len() > MAX_BLOCK_SIZE {
+            return Err(Error::TooLarge { size: data.len() });
+        }
+        let (_, alg) = cid::check(&cid)?;
+        cid::count_hash();
+        if digest != cid.hash().digest() {
+            return Err(Error::HashMismatch { cid, alg });
+        }
+        Ok(Self { cid, data })
+    }
+
     /// Hashes `data` (bytes you made) into a CIDv1 block.
     pub fn from_data(codec: Codec, alg: HashAlg, data: impl Into<Bytes>) -> Result<Self> {
         let data = data.into();

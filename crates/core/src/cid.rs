@@ -153,10 +153,15 @@ pub fn of(codec: Codec, hash: HashAlg, data: &[u8]) -> Cid {
     Cid::new_v1(codec.code(), hash.digest(data))
 }
 
+/// Counts a hash computed elsewhere (the platform's hasher) for [`hashes`].
+pub(crate) fn count_hash() {
+    HASHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The CIDv1 of bytes whose `hash` digest was computed elsewhere (see
 /// [`Block::from_digest`](crate::block::Block::from_digest)); counted as a hash.
 pub fn from_digest(codec: Codec, hash: HashAlg, digest: &[u8; 32]) -> Cid {
-    HASHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    count_hash();
     // A 32-byte digest always fits a 64-byte multihash.
     Cid::new_v1(
         codec.code(),

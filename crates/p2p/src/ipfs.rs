@@ -81,8 +81,11 @@ impl<H: HttpClient> Network<H> {
         }
     }
 
-    /// Providers from every routing system, with what each said.
-    async fn lookup(&self, cid: &Cid) -> (Vec<(PeerId, Vec<Multiaddr>)>, Vec<(String, String)>) {
+    /// Providers from every routing system, with what each said and how many answered.
+    async fn lookup(
+        &self,
+        cid: &Cid,
+    ) -> (Vec<(PeerId, Vec<Multiaddr>)>, Vec<(String, String)>, usize) {
         let t = self.lookup_timeout;
         let dht = async {
             if !self.dht {
@@ -107,6 +110,7 @@ impl<H: HttpClient> Network<H> {
         let (dht, routers) = futures::future::join(dht, routers).await;
         let mut found: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
         let mut notes = Vec::new();
+        let mut answered = 0;
         let answers = dht
             .map(|d| ("DHT".to_owned(), d))
             .into_iter()
@@ -114,6 +118,7 @@ impl<H: HttpClient> Network<H> {
         for (who, out) in answers {
             match out {
                 Ok(list) => {
+                    answered += 1;
                     notes.push((who, format!("{} provider(s)", list.len())));
                     for (peer, addrs) in list {
                         if peer == self.node.peer_id() {
@@ -128,7 +133,7 @@ impl<H: HttpClient> Network<H> {
                 Err(e) => notes.push((who, e)),
             }
         }
-        (found, notes)
+        (found, notes, answered)
     }
 }
 
@@ -141,10 +146,11 @@ impl<H: HttpClient> FindPeers for Network<H> {
     }
 
     async fn look_up(&self, cid: &Cid) -> Result<Vec<PeerId>, LookupError> {
-        let (found, mut notes) = self.lookup(cid).await;
+        let (found, mut notes, answered) = self.lookup(cid).await;
         if found.is_empty() {
             return Err(LookupError {
                 found: 0,
+                answered,
                 answers: notes,
             });
         }
@@ -179,6 +185,7 @@ impl<H: HttpClient> FindPeers for Network<H> {
         if connected.is_empty() {
             return Err(LookupError {
                 found: total,
+                answered,
                 answers: notes,
             });
         }

@@ -10,7 +10,7 @@ use cairn_core::cid::Cid;
 use cairn_core::source::routing::Reputations;
 use cairn_core::source::{
     AskPeer, Chain, FindPeers, Gateway, HttpClient, LookupError, PeerError, PeerSource, RaceConfig,
-    SourceKind,
+    SourceKind, Verify,
 };
 use cairn_core::store::BlockStore;
 use libp2p::{Multiaddr, PeerId};
@@ -76,16 +76,17 @@ impl FindPeers for CasPeers {
     }
 
     async fn look_up(&self, key: &Cid) -> Result<Vec<PeerId>, LookupError> {
-        let fail = |found: usize, what: String| LookupError {
+        let fail = |found: usize, answered: usize, what: String| LookupError {
             found,
+            answered,
             answers: vec![("DHT".into(), what)],
         };
         let t = Duration::from_secs(10);
         let providers = match cairn_core::rt::timeout(t, self.node.find_providers(*key)).await {
             Some(Ok(p)) if !p.is_empty() => p,
-            Some(Ok(_)) => return Err(fail(0, "0 provider(s)".into())),
-            Some(Err(e)) => return Err(fail(0, e.to_string())),
-            None => return Err(fail(0, format!("no answer within {t:?}"))),
+            Some(Ok(_)) => return Err(fail(0, 1, "0 provider(s)".into())),
+            Some(Err(e)) => return Err(fail(0, 0, e.to_string())),
+            None => return Err(fail(0, 0, format!("no answer within {t:?}"))),
         };
         // A provider reached through a relay is moved to a direct connection first, when
         // it can be (`askable` waits for that): the transfer then never loads the relay.
@@ -97,6 +98,7 @@ impl FindPeers for CasPeers {
         {
             return Err(fail(
                 providers.len(),
+                1,
                 format!("{} provider(s), none askable over /cas", providers.len()),
             ));
         }
@@ -174,6 +176,9 @@ pub struct Sources {
     pub ipfs_timeout: Duration,
     /// The same, for each gateway.
     pub gateway_timeout: Duration,
+    /// Checks what `/cas` and IPFS peers send (`None`: `Block::new`, here); the browser's
+    /// hashes with WebCrypto.
+    pub verify: Option<std::sync::Arc<dyn Verify>>,
 }
 
 impl Default for Sources {
@@ -186,6 +191,7 @@ impl Default for Sources {
             peer_timeout: Duration::from_secs(30),
             ipfs_timeout: Duration::from_secs(60),
             gateway_timeout: Duration::from_secs(30),
+            verify: None,
         }
     }
 }
@@ -206,7 +212,7 @@ impl Sources {
                     ..RaceConfig::default()
                 };
                 chain = chain.source(
-                    cas_source(node, Some(root), config),
+                    cas_source(node, Some(root), config).verifier(self.verify.clone()),
                     Some(self.peer_timeout),
                 );
             }
@@ -217,7 +223,10 @@ impl Sources {
                     .map(|r| routing_v1::Client::new(http.clone(), r))
                     .collect();
                 let net = ipfs::Network::new(node.clone(), routers, routing.dht, routing.dialable);
-                chain = chain.source(ipfs_source(net, Some(root)), Some(self.ipfs_timeout));
+                chain = chain.source(
+                    ipfs_source(net, Some(root)).verifier(self.verify.clone()),
+                    Some(self.ipfs_timeout),
+                );
             }
         }
         for g in &self.gateways {

@@ -24,7 +24,7 @@ use futures::future::Shared;
 
 pub use chain::{Attempt, Chain, ChainError, Retrieval, Step, WriteBack};
 pub use gateway::{Gateway, HttpClient, HttpError, HttpResponse, RAW_BLOCK};
-pub use peers::{AskPeer, FindPeers, LookupError, Peer, PeerError, PeerSource, RaceConfig};
+pub use peers::{AskPeer, FindPeers, LookupError, Peer, PeerError, PeerSource, RaceConfig, Verify};
 
 use crate::block::Block;
 use crate::cid::Cid;
@@ -134,7 +134,11 @@ impl SourceError {
             SourceError::Unavailable(_) | SourceError::Timeout(_) => Failure::Unreachable,
             SourceError::DeadlineExceeded => Failure::Timeout,
             SourceError::Cancelled => Failure::Cancelled,
-            SourceError::NoProvider { lookup, .. } if lookup.found == 0 => Failure::NotFound,
+            // Only a lookup that was answered can say that nobody has it; one that no
+            // routing system answered (the relay went away, say) could not reach them.
+            SourceError::NoProvider { lookup, .. } if lookup.found == 0 && lookup.answered > 0 => {
+                Failure::NotFound
+            }
             SourceError::NoProvider { .. } => Failure::Unreachable,
             SourceError::AllFailed(v) => worst(v.iter().map(|(_, e)| e.failure())),
         }

@@ -61,6 +61,9 @@ pub enum PeerError {
 pub struct LookupError {
     /// Providers found (none of which could be used).
     pub found: usize,
+    /// Routing systems that answered (with providers or with none): when none did, finding
+    /// nobody says nothing about who has the content.
+    pub answered: usize,
     /// `(who, what it said)`, in the order asked.
     pub answers: Vec<(String, String)>,
 }
@@ -132,6 +135,19 @@ impl<T: AskPeer> AskPeer for std::sync::Arc<T> {
     }
 }
 
+/// Checks what a peer sent against the CID asked for. A [`PeerSource`] uses [`Block::new`]
+/// unless given one (the browser's hashes with WebCrypto, off the page's thread).
+pub trait Verify: fmt::Debug + CondSend + CondSync {
+    /// The block of `bytes` if they are `cid`'s; [`block::Error::HashMismatch`] if not.
+    ///
+    /// [`block::Error::HashMismatch`]: crate::block::Error::HashMismatch
+    fn verify(
+        &self,
+        cid: Cid,
+        bytes: Bytes,
+    ) -> crate::BoxFuture<'static, Result<Block, crate::block::Error>>;
+}
+
 /// Limits of a [`PeerSource`].
 #[derive(Debug, Clone, Copy)]
 pub struct RaceConfig {
@@ -169,6 +185,7 @@ pub struct PeerSource<F: FindPeers, A, R = Scored> {
     reputations: Reputations<F::Peer>,
     config: RaceConfig,
     root: Option<Cid>,
+    verify: Option<std::sync::Arc<dyn Verify>>,
     lookups: futures::lock::Mutex<Lookups>,
     /// Peers the lookups found (read without waiting on a lookup in flight).
     found: std::sync::Mutex<Vec<F::Peer>>,
@@ -222,6 +239,7 @@ where
             strategy,
             config: RaceConfig::default(),
             root,
+            verify: None,
             lookups: futures::lock::Mutex::new(Lookups {
                 done: HashSet::new(),
                 root_failed: None,
@@ -233,6 +251,12 @@ where
     /// Sets the limits.
     pub fn config(mut self, config: RaceConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Checks what peers send with `verify` instead of [`Block::new`].
+    pub fn verifier(mut self, verify: Option<std::sync::Arc<dyn Verify>>) -> Self {
+        self.verify = verify;
         self
     }
 
@@ -381,16 +405,25 @@ where
                         })
                     })
                     .await;
-                (peer, out, started.elapsed())
+                let elapsed = started.elapsed();
+                // Verified here, in the request's own future: a platform hasher then checks
+                // several answers at once.
+                let out = match out {
+                    Ok(bytes) => match &self.verify {
+                        Some(v) => v.verify(*cid, bytes).await,
+                        None => Block::new(*cid, bytes),
+                    }
+                    .map_err(|e| SourceError::Invalid(Reason::new(e))),
+                    Err(e) => Err(e),
+                };
+                (peer, out, elapsed)
             }
         };
         for peer in queue.by_ref().take(self.config.max_parallel.max(1)) {
             inflight.push(ask(peer));
         }
         while let Some((peer, out, elapsed)) = inflight.next().await {
-            match out.and_then(|bytes| {
-                Block::new(*cid, bytes).map_err(|e| SourceError::Invalid(Reason::new(e)))
-            }) {
+            match out {
                 Ok(block) => {
                     self.reputations.record_success(&peer, elapsed);
                     // Returning drops `inflight`: every losing request is cancelled.

@@ -103,6 +103,7 @@ impl FindPeers for SimNet {
             if found.is_empty() {
                 Err(LookupError {
                     found: 0,
+                    answered: 1,
                     answers: vec![("DHT".into(), "0 provider(s)".into())],
                 })
             } else {
@@ -316,6 +317,60 @@ async fn lying_peers_never_win_and_are_dropped_after_two_lies() {
     assert_eq!(reps.get(&"honest").successes, 2);
     let order = routing::Scored::default().order(b.cid(), &["liar"], &reps);
     assert!(order.is_empty(), "a twice-lying peer is no longer asked");
+}
+
+/// Hashes what peers send "elsewhere" (here, in a task of its own), as the browser's
+/// WebCrypto verifier does; counts the answers it checked.
+#[derive(Debug, Default)]
+struct Elsewhere(AtomicUsize);
+impl super::Verify for Elsewhere {
+    fn verify(
+        &self,
+        cid: Cid,
+        bytes: Bytes,
+    ) -> crate::BoxFuture<'static, Result<Block, crate::block::Error>> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            let data = bytes.clone();
+            let digest = tokio::spawn(async move { HashAlg::Sha2_256.digest(&data) })
+                .await
+                .unwrap();
+            Block::with_digest(cid, digest.digest(), bytes)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_platform_verifier_checks_every_answer_and_liars_are_still_refused() {
+    let b = block("verified elsewhere");
+    let (n, _) = net(
+        &[
+            ("liar", Sim::Lying(Gate::open())),
+            ("honest", Sim::Honest(Gate::open())),
+        ],
+        &[&b],
+    );
+    let verify = Arc::new(Elsewhere::default());
+    let race = race(n, routing::InOrder)
+        .config(RaceConfig {
+            max_parallel: 1,
+            look_up: false,
+            ..Default::default()
+        })
+        .verifier(Some(verify.clone()));
+    let reps = race.reputations().clone();
+    let got = race.retrieve(b.cid(), &Context::new()).await.unwrap();
+    assert_eq!(got, b);
+    assert_eq!(
+        verify.0.load(Ordering::SeqCst),
+        2,
+        "the lie and the truth were both checked"
+    );
+    assert_eq!(reps.get(&"liar").lies, 1);
+    assert_eq!(reps.get(&"honest").successes, 1);
+    // A digest that is not the CID's is a mismatch, whatever the bytes.
+    let e = Block::with_digest(*b.cid(), &[0; 32], b.data().clone()).unwrap_err();
+    assert!(matches!(e, crate::block::Error::HashMismatch { .. }), "{e}");
 }
 
 #[tokio::test]
@@ -719,4 +774,23 @@ mod dag_and_export {
             .unwrap_err();
         assert!(err.to_string().contains("its parent says 5"), "{err}");
     }
+}
+
+#[test]
+fn finding_nobody_is_not_found_only_when_a_routing_system_answered() {
+    let key = Box::new(*block("looked up").cid());
+    let lookup = |answered| SourceError::NoProvider {
+        key: key.clone(),
+        lookup: LookupError {
+            found: 0,
+            answered,
+            answers: vec![("DHT".into(), "no answer within 10s".into())],
+        },
+    };
+    assert_eq!(lookup(1).failure(), Failure::NotFound);
+    assert_eq!(
+        lookup(0).failure(),
+        Failure::Unreachable,
+        "no routing system answered: the content's holders could not be reached"
+    );
 }

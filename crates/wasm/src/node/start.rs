@@ -128,6 +128,8 @@ fn check(options: &CreateOptions) -> Result<Checked, JsValue> {
         peer_timeout: SOURCE_TIMEOUT,
         ipfs_timeout: SOURCE_TIMEOUT,
         gateway_timeout: SOURCE_TIMEOUT,
+        // What peers send is hashed by WebCrypto, several answers at once.
+        verify: Some(std::sync::Arc::new(crate::webcrypto::WebCrypto::new())),
     };
     Ok(Checked {
         profile,

@@ -49,6 +49,30 @@ async fn webcrypto_hashes_leaves_as_wasm_does_and_the_add_uses_it() {
             .is_none(),
         "blake3 is hashed in wasm"
     );
+    // What peers send: the right bytes pass, tampered ones do not, blake3 is checked in wasm.
+    use cairn_core::source::Verify;
+    for alg in [HashAlg::Sha2_256, HashAlg::Blake3] {
+        let good = cairn_core::block::Block::from_data(
+            cairn_core::cid::Codec::Raw,
+            alg,
+            chunks[0].clone(),
+        )
+        .unwrap();
+        let before = cairn_core::cid::hashes();
+        let got = hasher.verify(*good.cid(), chunks[0].clone()).await.unwrap();
+        assert_eq!(got, good);
+        assert_eq!(cairn_core::cid::hashes() - before, 1, "hashed once ({alg})");
+        let mut tampered = chunks[0].to_vec();
+        tampered[1000] ^= 1;
+        let e = hasher
+            .verify(*good.cid(), tampered.into())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, cairn_core::block::Error::HashMismatch { .. }),
+            "{e}"
+        );
+    }
     // An import through it: the same root as hashed in wasm, over several batches.
     let data: Vec<u8> = (0..9_000_000u32).map(|i| (i % 251) as u8).collect();
     let mut op = cairn_core::live::Live::global().operation();
