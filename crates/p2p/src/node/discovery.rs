@@ -81,7 +81,10 @@ impl Discovery {
 
     pub(crate) fn on_kad(&mut self, swarm: &mut Swarm<Behaviour>, event: kad::Event) {
         let kad::Event::OutboundQueryProgressed {
-            id, result, step, ..
+            id,
+            result,
+            step,
+            stats,
         } = event
         else {
             return;
@@ -112,9 +115,25 @@ impl Discovery {
                     }
                 }
                 if step.last
-                    && let Some((_, found, reply)) = self.finds.remove(&id)
+                    && let Some((cid, found, reply)) = self.finds.remove(&id)
                 {
-                    let _ = reply.send(Ok(found));
+                    // Peers were asked and none answered (the relay went away, say): that
+                    // is no answer, not an answer of none. With no peer to ask at all,
+                    // nobody known has it.
+                    let unanswered =
+                        found.is_empty() && stats.num_requests() > 0 && stats.num_successes() == 0;
+                    let _ = reply.send(if unanswered {
+                        Err(Error::Dht {
+                            op: "find providers",
+                            cid: Box::new(cid),
+                            source: cairn_core::Reason::msg(format!(
+                                "none of the {} DHT peer(s) asked answered",
+                                stats.num_requests()
+                            )),
+                        })
+                    } else {
+                        Ok(found)
+                    });
                 }
             }
             _ => {}
