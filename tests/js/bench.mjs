@@ -9,7 +9,9 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSyn
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { createServer } from 'node:http'
 import { gzipSync } from 'node:zlib'
+import { WebSocketServer } from 'ws'
 import { atExit, bundleSite, capture, cleanup, freePort, launchChromium, startRelay, step as say } from './harness.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
@@ -23,6 +25,27 @@ const RUNS = 3
 const MIB = 64
 const work = mkdtempSync(join(tmpdir(), 'cairn-bench-'))
 atExit(() => rmSync(work, { recursive: true, force: true }))
+
+/** A WebSocket server on loopback that sends `total` bytes in 64 KiB messages to whoever says so. */
+async function wsServer (total) {
+  const server = createServer((_, res) => res.end())
+  const wss = new WebSocketServer({ server, perMessageDeflate: false })
+  wss.on('connection', (sock) => sock.on('message', () => {
+    const msg = Buffer.alloc(64 * 1024, 7)
+    let sent = 0
+    const pump = () => {
+      while (sent < total) {
+        if (sock.bufferedAmount > 8 * 1024 * 1024) return setTimeout(pump, 1)
+        sock.send(msg)
+        sent += msg.length
+      }
+    }
+    pump()
+  }))
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  atExit(() => { wss.close(); server.close() })
+  return `ws://127.0.0.1:${server.address().port}/`
+}
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1]
 const mbps = (bytes, ms) => bytes / 1e6 / (ms / 1000)
@@ -86,7 +109,10 @@ try {
   step('fetch browser <- relay over WebSocket, beside HTTP from the same relay')
   const ws = median(await run('fetch over /cas', 'fetchRelay', relay.addr, cid))
   const plain = median(await run('HTTP /ipfs/{cid}', 'fetchHttp', cid))
-  results.fetch = { cas_ws_mbps: mbps(bytes, ws), http_mbps: mbps(bytes, plain) }
+  // The browser's own WebSocket ceiling: the same bytes from a plain WebSocket server on
+  // loopback (Node's ws, 64 KiB messages, nothing done with them in the page).
+  const rawWs = median(await run('plain WebSocket, 64 KiB messages', 'wsCeiling', await wsServer(bytes), bytes))
+  results.fetch = { cas_ws_mbps: mbps(bytes, ws), http_mbps: mbps(bytes, plain), raw_ws_mbps: mbps(bytes, rawWs) }
 
   step('what the app loads, gzipped')
   const sizes = {}
@@ -111,6 +137,7 @@ try {
     console.log(`IndexedDB ${k.slice(4).padEnd(12)} put batched ${f(x.put_batched_mbps)} MB/s  per block ${f(x.put_per_block_mbps)} MB/s  ratio ${(x.put_batched_mbps / x.put_per_block_mbps).toFixed(1)}x  get ${f(x.get_mbps)} MB/s`)
   }
   console.log(`fetch from the relay:  /cas over WebSocket ${f(r.fetch.cas_ws_mbps)} MB/s  HTTP ${f(r.fetch.http_mbps)} MB/s  ratio ${(r.fetch.cas_ws_mbps / r.fetch.http_mbps).toFixed(2)}`)
+  console.log(`WebSocket ceiling:     a plain WebSocket ${f(r.fetch.raw_ws_mbps)} MB/s  ratio to HTTP ${(r.fetch.raw_ws_mbps / r.fetch.http_mbps).toFixed(2)}  cairn /cas to it ${(r.fetch.cas_ws_mbps / r.fetch.raw_ws_mbps).toFixed(2)}`)
   for (const [name, s] of Object.entries(sizes)) console.log(`app loads ${name.padEnd(22)} ${(s.bytes / 1024).toFixed(0).padStart(6)} KiB, gzipped ${(s.gzip / 1024).toFixed(0).padStart(6)} KiB`)
   console.log(`(JSON: ${outJson})`)
 } catch (e) {

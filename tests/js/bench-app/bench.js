@@ -65,6 +65,21 @@ window.bench = {
     if (report.bySource.peers !== report.blocksDone) throw new Error(`not all from the relay: ${JSON.stringify(report)}`)
     return ms
   },
+  /** `total` bytes from a plain WebSocket server (see bench.mjs): the browser's WebSocket ceiling. */
+  wsCeiling (url, total) {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(url)
+      ws.binaryType = 'arraybuffer'
+      let got = 0
+      let t = 0
+      ws.onopen = () => { t = performance.now(); ws.send('go') }
+      ws.onerror = () => reject(new Error(`WebSocket ${url} failed`))
+      ws.onmessage = (e) => {
+        got += e.data.byteLength
+        if (got >= total) { resolve(performance.now() - t); ws.close() }
+      }
+    })
+  },
   /** The same file over HTTP from the same relay's gateway (`/ipfs/{cid}`): the baseline. */
   async fetchHttp (cid) {
     const t = performance.now()
