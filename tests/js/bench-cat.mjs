@@ -7,12 +7,10 @@
 //
 //   node bench-cat.mjs CAIRN_RELAY_BIN OUT_JSON
 
-import { spawn } from 'node:child_process'
-import { createCipheriv } from 'node:crypto'
 import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
-import { atExit, cleanup, freePort, startRelay } from './harness.mjs'
+import { atExit, cleanup, freePort, pseudoRandomFile, startRelay, timed } from './harness.mjs'
 
 const [bin, out] = process.argv.slice(2)
 if (!bin || !out) {
@@ -23,21 +21,6 @@ const MiB = 1024 * 1024
 const BYTES = 256 * MiB
 const ROUNDS = 3
 
-function run (cmd, args) {
-  return new Promise((resolve, reject) => {
-    const started = performance.now()
-    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CAIRN_LOG: 'error' } })
-    atExit(() => { if (p.exitCode === null) p.kill('SIGKILL') })
-    let stdout = ''
-    let stderr = ''
-    p.stdout.on('data', (d) => { stdout += d })
-    p.stderr.on('data', (d) => { stderr = (stderr + d).slice(-4000) })
-    p.on('error', reject)
-    p.on('exit', (code) => code === 0
-      ? resolve({ ms: performance.now() - started, stdout })
-      : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${stderr}`)))
-  })
-}
 
 function sized (file) {
   const got = statSync(file).size
@@ -52,10 +35,8 @@ atExit(() => rmSync(work, { recursive: true, force: true }))
 const shm = existsSync('/dev/shm') ? mkdtempSync(join('/dev/shm', 'cairn-bench-cat-')) : mkdtempSync(join(tmpdir(), 'cairn-bench-cat-'))
 atExit(() => rmSync(shm, { recursive: true, force: true }))
 try {
-  // Deterministic pseudo-random bytes (nothing deduplicates).
-  const cipher = createCipheriv('aes-128-ctr', Buffer.alloc(16, 7), Buffer.alloc(16, 9))
-  writeFileSync(join(work, 'file'), cipher.update(Buffer.alloc(BYTES)))
-  const cid = (await run(bin, ['add', join(work, 'file'), '--store', join(work, 'relay-store')])).stdout.trim()
+  pseudoRandomFile(join(work, 'file'), BYTES)
+  const cid = (await timed(bin, ['add', join(work, 'file'), '--store', join(work, 'relay-store')])).stdout.trim()
   rmSync(join(work, 'file'))
   const http = `127.0.0.1:${await freePort()}`
   const relay = await startRelay(bin, http, ['--store', join(work, 'relay-store'), '--identity', join(work, 'relay.key')])
@@ -63,24 +44,24 @@ try {
   const output = join(work, 'out')
   for (let r = 0; r < ROUNDS; r++) {
     const store = join(work, 'cat-store')
-    const c = await run(bin, ['cat', cid, '--peer', relay.addr, '--store', store, '-o', output, '--timeout', '600'])
+    const c = await timed(bin, ['cat', cid, '--peer', relay.addr, '--store', store, '-o', output, '--timeout', '600'])
     sized(output)
     best.cat_disk = Math.min(best.cat_disk, c.ms)
     rmSync(output)
-    const l = await run(bin, ['cat', cid, '--store', store, '-o', output])
+    const l = await timed(bin, ['cat', cid, '--store', store, '-o', output])
     sized(output)
     best.cat_local = Math.min(best.cat_local, l.ms)
     rmSync(output)
     rmSync(store, { recursive: true, force: true })
 
     const shmStore = join(shm, 'cat-store')
-    const t = await run(bin, ['cat', cid, '--peer', relay.addr, '--store', shmStore, '-o', output, '--timeout', '600'])
+    const t = await timed(bin, ['cat', cid, '--peer', relay.addr, '--store', shmStore, '-o', output, '--timeout', '600'])
     sized(output)
     best.cat_tmpfs = Math.min(best.cat_tmpfs, t.ms)
     rmSync(output)
     rmSync(shmStore, { recursive: true, force: true })
 
-    const h = await run('curl', ['-sf', '-o', output, `http://${http}/ipfs/${cid}`])
+    const h = await timed('curl', ['-sf', '-o', output, `http://${http}/ipfs/${cid}`])
     sized(output)
     best.curl = Math.min(best.curl, h.ms)
     rmSync(output)

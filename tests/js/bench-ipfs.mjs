@@ -14,31 +14,13 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'nod
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { atExit, cleanup, freePort, startRelay } from './harness.mjs'
+import { atExit, cleanup, freePort, startRelay, timed } from './harness.mjs'
 
 const [bin, out] = process.argv.slice(2)
 const BYTES = 64 * 1024 * 1024
 const ROUNDS = 3
 const node = process.execPath
 
-function run (cmd, args) {
-  return new Promise((resolve, reject) => {
-    const started = performance.now()
-    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CAIRN_LOG: 'error' } })
-    atExit(() => { if (p.exitCode === null) p.kill('SIGKILL') })
-    let stdout = ''
-    let stderr = ''
-    p.stdout.on('data', (d) => { stdout += d })
-    p.stderr.on('data', (d) => { stderr = (stderr + d).slice(-4000) })
-    const timer = setTimeout(() => p.kill('SIGKILL'), 300_000)
-    p.on('exit', (code) => {
-      clearTimeout(timer)
-      const ms = performance.now() - started
-      if (code === 0) resolve({ stdout, ms })
-      else reject(new Error(`${cmd} ${args.join(' ')} failed (${code}): ${stderr}`))
-    })
-  })
-}
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 const mbs = (ms) => Number((BYTES / 1e6 / (ms / 1000)).toFixed(1))
@@ -67,12 +49,12 @@ async function main () {
   const heliaTransfer = []
   for (let i = 0; i < ROUNDS; i++) {
     const file = join(dir, `out-${i}`)
-    const c = await run(bin, ['cat', info.cid, '--ipfs-via', relay.addr, '--store', join(dir, `store-${i}`), '-o', file])
+    const c = await timed(bin, ['cat', info.cid, '--ipfs-via', relay.addr, '--store', join(dir, `store-${i}`), '-o', file], 300_000)
     const sha = createHash('sha256').update(readFileSync(file)).digest('hex')
     if (sha !== info.sha256) throw new Error(`cairn's copy differs from what Helia added (${sha})`)
     rmSync(file)
     cairn.push(c.ms)
-    const h = await run(node, ['helia-peer.mjs', 'fetch', direct, info.cid])
+    const h = await timed(node, ['helia-peer.mjs', 'fetch', direct, info.cid], 300_000)
     const j = JSON.parse(h.stdout)
     if (j.sha256 !== info.sha256) throw new Error('the second Helia node got different bytes')
     helia.push(h.ms)

@@ -9,13 +9,11 @@
 // is written in one write. Only the relay-to-client direction is delayed (what a far relay
 // looks like to a fetch). Whole commands are timed (process start to verified output).
 
-import { spawn } from 'node:child_process'
-import { createCipheriv } from 'node:crypto'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
-import { atExit, cleanup, freePort, startRelay } from './harness.mjs'
+import { atExit, cleanup, freePort, pseudoRandomFile, startRelay, timed } from './harness.mjs'
 
 const [bin, out] = process.argv.slice(2)
 if (!bin || !out) {
@@ -28,20 +26,6 @@ const DELAYS = [0, 25, 50, 100]
 const ROUNDS = 2
 const node = process.execPath
 
-function run (cmd, args) {
-  return new Promise((resolve, reject) => {
-    const started = performance.now()
-    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CAIRN_LOG: 'error' } })
-    atExit(() => { if (p.exitCode === null) p.kill('SIGKILL') })
-    let stdout = ''
-    let stderr = ''
-    p.stdout.on('data', (d) => { stdout += d })
-    p.stderr.on('data', (d) => { stderr = (stderr + d).slice(-4000) })
-    p.on('exit', (code) => code === 0
-      ? resolve({ ms: performance.now() - started, stdout })
-      : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${stderr}`)))
-  })
-}
 
 /** A TCP proxy to `port` that holds each chunk from the target for `delay` ms. */
 async function delayProxy (port, delay) {
@@ -79,10 +63,8 @@ async function delayProxy (port, delay) {
 const work = mkdtempSync(join(tmpdir(), 'cairn-bench-latency-'))
 atExit(() => rmSync(work, { recursive: true, force: true }))
 try {
-  // Deterministic pseudo-random bytes (nothing deduplicates).
-  const cipher = createCipheriv('aes-128-ctr', Buffer.alloc(16, 7), Buffer.alloc(16, 9))
-  writeFileSync(join(work, 'file'), cipher.update(Buffer.alloc(BYTES)))
-  const cid = (await run(bin, ['add', join(work, 'file'), '--store', join(work, 'relay-store')])).stdout.trim()
+  pseudoRandomFile(join(work, 'file'), BYTES)
+  const cid = (await timed(bin, ['add', join(work, 'file'), '--store', join(work, 'relay-store')])).stdout.trim()
   const http = `127.0.0.1:${await freePort()}`
   const relay = await startRelay(bin, http, ['--store', join(work, 'relay-store'), '--identity', join(work, 'relay.key')])
   const parts = relay.addr.split('/') // ['', 'ip4', IP, 'tcp', PORT, 'ws', 'p2p', PEER]
@@ -95,10 +77,10 @@ try {
     let helia = Infinity
     for (let r = 0; r < ROUNDS; r++) {
       const store = join(work, `cat-store-${delay}-${r}`)
-      const c = await run(bin, ['cat', cid, '--peer', via, '--store', store, '-o', join(work, 'out'), '--timeout', '600'])
+      const c = await timed(bin, ['cat', cid, '--peer', via, '--store', store, '-o', join(work, 'out'), '--timeout', '600'])
       cairn = Math.min(cairn, c.ms)
       rmSync(store, { recursive: true, force: true })
-      const h = await run(node, [join(import.meta.dirname, 'helia-peer.mjs'), 'fetch', via, cid])
+      const h = await timed(node, [join(import.meta.dirname, 'helia-peer.mjs'), 'fetch', via, cid])
       const got = JSON.parse(h.stdout.trim().split('\n').pop())
       if (got.bytes !== BYTES) throw new Error(`Helia fetched ${got.bytes} bytes, not ${BYTES}`)
       helia = Math.min(helia, h.ms)

@@ -1,7 +1,8 @@
 // What the browser tests share: free ports, a cairn-relay started and always stopped,
 // Debian's Chromium through playwright-core, and cleanup on every exit path.
 import { spawn } from 'node:child_process'
-import { cpSync, mkdirSync } from 'node:fs'
+import { createCipheriv } from 'node:crypto'
+import { cpSync, mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createServer } from 'node:net'
 import { createInterface } from 'node:readline'
@@ -39,6 +40,36 @@ export async function cleanup () {
 
 for (const sig of ['SIGINT', 'SIGTERM']) {
   process.on(sig, () => cleanup().finally(() => process.exit(130)))
+}
+
+/**
+ * Runs `cmd args` to the end (killed past `limitMs`), timing it from start to exit:
+ * resolves `{ ms, stdout }` on exit code 0, rejects with the end of its stderr otherwise.
+ * The benchmarks time whole commands with it.
+ */
+export function timed (cmd, args, limitMs = 600_000) {
+  return new Promise((resolve, reject) => {
+    const started = performance.now()
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CAIRN_LOG: 'error' } })
+    atExit(() => { if (p.exitCode === null) p.kill('SIGKILL') })
+    let stdout = ''
+    let stderr = ''
+    p.stdout.on('data', (d) => { stdout += d })
+    p.stderr.on('data', (d) => { stderr = (stderr + d).slice(-4000) })
+    const timer = setTimeout(() => p.kill('SIGKILL'), limitMs)
+    p.on('error', (e) => { clearTimeout(timer); reject(e) })
+    p.on('exit', (code) => {
+      clearTimeout(timer)
+      if (code === 0) resolve({ ms: performance.now() - started, stdout })
+      else reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${stderr}`))
+    })
+  })
+}
+
+/** Writes `bytes` deterministic pseudo-random bytes (AES-CTR of zeros: nothing deduplicates). */
+export function pseudoRandomFile (path, bytes) {
+  const cipher = createCipheriv('aes-128-ctr', Buffer.alloc(16, 7), Buffer.alloc(16, 9))
+  writeFileSync(path, cipher.update(Buffer.alloc(bytes)))
 }
 
 /**
