@@ -98,6 +98,11 @@ impl Importer {
     pub fn push(&mut self, data: &[u8], out: &mut Vec<Block>) -> Result<(), Error> {
         let mut chunks = Vec::new();
         self.chunk(data, &mut chunks);
+        self.hash_and_add(chunks, out)
+    }
+
+    /// Hashes each chunk here and adds it as the next leaf.
+    fn hash_and_add(&mut self, chunks: Vec<Bytes>, out: &mut Vec<Block>) -> Result<(), Error> {
         for chunk in chunks {
             self.add_leaf(Block::from_data(Codec::Raw, self.hash, chunk)?, out)?;
         }
@@ -360,11 +365,7 @@ async fn add_leaves<H: LeafHasher>(
                 chunks.len()
             ))));
         }
-        None => {
-            for chunk in chunks {
-                importer.add_leaf(Block::from_data(Codec::Raw, alg, chunk)?, out)?;
-            }
-        }
+        None => importer.hash_and_add(chunks, out)?,
     }
     Ok(())
 }
