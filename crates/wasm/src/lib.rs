@@ -14,6 +14,7 @@ mod node;
 pub mod types;
 pub mod webcrypto;
 pub mod webrtc;
+pub mod websocket;
 
 pub use error::ErrorCode;
 pub use node::CairnNode;

@@ -1,5 +1,5 @@
-//! The browser's side of a node: its transports (WebSocket and WebRTC-direct to relays, the
-//! browser's own `WebSocket` and `RTCPeerConnection`; relay-v2 circuits through them;
+//! The browser's side of a node: its transports (WebSocket, [`crate::websocket`], and
+//! WebRTC-direct to relays, the browser's own `WebSocket` and `RTCPeerConnection`; relay-v2 circuits through them;
 //! `/webrtc` direct connections to other browsers, [`crate::webrtc`]) and its spawner,
 //! given to cairn-p2p's node builder.
 
@@ -40,10 +40,7 @@ pub fn transports(
         .map(muxed)
         .or_transport(authenticate(relay, key)?)
         .map(|e, _| e.into_inner())
-        .or_transport(authenticate(
-            libp2p::websocket_websys::Transport::default(),
-            key,
-        )?)
+        .or_transport(authenticate(crate::websocket::Transport, key)?)
         .map(|e, _| e.into_inner())
         .or_transport(webrtc_direct)
         .map(|e, _| e.into_inner())

@@ -10,3 +10,4 @@ mod network;
 mod node;
 mod store;
 mod support;
+mod websocket;
