@@ -19,7 +19,10 @@
 //! A malformed request is answered with its error (code 1 or 3); a frame over the limit is
 //! reset unread. Streams come from [`crate::streams`], which also bounds them per
 //! connection. While [`ServerHandle::drain`] runs, every new request is answered `busy`
-//! ("shutting down") and the drain resolves once the answers in flight are written.
+//! ("shutting down") and the drain resolves once the answers in flight are written and their
+//! requesters have read them (they close their side; each is waited for at most the stall
+//! timeout): libp2p's yamux refuses to read a stream whose connection has closed, so closing
+//! connections sooner loses answers still in the requesters' buffers.
 //!
 //! [`serve`] starts it.
 
@@ -88,7 +91,7 @@ pub struct ServerHandle {
 
 impl ServerHandle {
     /// Refuses new requests (`busy`, "shutting down") and resolves once the answers in
-    /// flight are written (at once if the server is not running).
+    /// flight are written and read (at once if the server is not running).
     pub async fn drain(&self) {
         let sender = self
             .drain
@@ -211,14 +214,20 @@ enum Written {
 }
 
 /// Writes `frame` (a whole frame, prefix included) and closes the stream: each piece within
-/// `stall`, the whole within `timeout`.
+/// `stall`, the whole within `timeout`. A stream whose answer was written whole is given
+/// back (see [`until_read`]).
 ///
 /// Meanwhile the stream's inbound side is watched: the requester sends nothing after its
 /// request (it may close its side), so bytes arriving now are a peer stuffing the stream
 /// (they would sit in the muxer's buffer, up to a whole window, for as long as the answer
 /// takes), and an error is a reset (nobody wants the answer any more). Either ends the
 /// answer at once.
-async fn write_answer(stream: Stream, frame: &[u8], stall: Duration, timeout: Duration) -> Written {
+async fn write_answer(
+    stream: Stream,
+    frame: &[u8],
+    stall: Duration,
+    timeout: Duration,
+) -> (Written, Option<Stream>) {
     use futures::AsyncReadExt as _;
     let (mut inbound, mut outbound) = stream.split();
     let write = async {
@@ -242,13 +251,30 @@ async fn write_answer(stream: Stream, frame: &[u8], stall: Duration, timeout: Du
             Err(_) => Written::Failed,
         }
     };
-    let answer = async {
-        futures::pin_mut!(write, watch);
-        futures::future::select(write, watch).await.factor_first().0
+    let written = {
+        let answer = async {
+            futures::pin_mut!(write, watch);
+            futures::future::select(write, watch).await.factor_first().0
+        };
+        cairn_core::rt::timeout(timeout, answer)
+            .await
+            .unwrap_or(Written::TimedOut)
     };
-    cairn_core::rt::timeout(timeout, answer)
-        .await
-        .unwrap_or(Written::TimedOut)
+    match written {
+        Written::Done => (Written::Done, inbound.reunite(outbound).ok()),
+        other => (other, None),
+    }
+}
+
+/// Holds a stream whose answer was written whole until its requester is done with it: it
+/// closes its side (cairn's client does once it has read the answer), resets it, or `stall`
+/// passes. A node that is stopping waits for these before it closes its connections:
+/// libp2p's yamux never lets a stream be read once its connection has closed, so an answer
+/// written in full but still in the requester's buffers would be lost with the connection.
+async fn until_read(mut stream: Stream, stall: Duration) {
+    use futures::AsyncReadExt as _;
+    let mut byte = [0u8; 1];
+    let _ = cairn_core::rt::timeout(stall, stream.read(&mut byte)).await;
 }
 
 /// The bytes to reserve for answering `req`: as many as it may need, and the least worth
@@ -292,8 +318,15 @@ struct Answering<'a, S> {
 }
 
 impl<S: BlockStore> Answering<'_, S> {
-    /// Answers `req` from `peer` on `stream` within the bytes of `permit`.
-    async fn reply(self, peer: PeerId, req: Request, stream: Stream, mut permit: Permit) {
+    /// Answers `req` from `peer` on `stream` within the bytes of `permit`; gives the stream
+    /// back when the answer was written whole.
+    async fn reply(
+        self,
+        peer: PeerId,
+        req: Request,
+        stream: Stream,
+        mut permit: Permit,
+    ) -> Option<Stream> {
         let kind = req.kind();
         let (frame, blocks, bytes) = match req {
             Request::Get { cids } => {
@@ -318,7 +351,9 @@ impl<S: BlockStore> Answering<'_, S> {
             m.record_answer(kind, blocks, bytes);
         }
         let stall = self.budget.caps().stall_timeout;
-        match write_answer(stream, &frame, stall, self.config.answer_timeout).await {
+        let (written, delivered) =
+            write_answer(stream, &frame, stall, self.config.answer_timeout).await;
+        match written {
             Written::Done => {}
             Written::Failed => {
                 tracing::debug!(%peer, "/cas answer not delivered: the stream failed")
@@ -334,6 +369,7 @@ impl<S: BlockStore> Answering<'_, S> {
                 self.control.cut(peer);
             }
         }
+        delivered
     }
 }
 
@@ -384,6 +420,8 @@ async fn run<S: BlockStore>(
     let mut reading = FuturesUnordered::new();
     let mut reading_per_peer: HashMap<PeerId, usize> = HashMap::new();
     let mut answering = FuturesUnordered::new();
+    // While draining: answers written whole whose requesters are still reading them.
+    let mut finishing = FuturesUnordered::new();
     let mut refusing = FuturesUnordered::new();
     let mut drain = drain.fuse();
     // Set while draining: told once the answers in flight are written.
@@ -397,9 +435,10 @@ async fn run<S: BlockStore>(
     loop {
         if draining
             && answering.is_empty()
+            && finishing.is_empty()
             && let Some(done) = drained.take()
         {
-            tracing::debug!("/cas: every answer in flight was written");
+            tracing::debug!("/cas: every answer in flight was written and read");
             let _ = done.send(());
         }
         futures::select! {
@@ -467,7 +506,14 @@ async fn run<S: BlockStore>(
                 let answered = Answering { store, caps, limits, config, budget, metrics, control };
                 answering.push(answered.reply(peer, req, stream, permit));
             },
-            () = answering.select_next_some() => {},
+            delivered = answering.select_next_some() => {
+                // Only a stopping node waits for requesters to finish reading; otherwise
+                // the stream goes now, as it always has.
+                if draining && let Some(stream) = delivered {
+                    finishing.push(until_read(stream, budget.caps().stall_timeout));
+                }
+            },
+            () = finishing.select_next_some() => {},
             () = refusing.select_next_some() => {},
             done = drain => {
                 draining = true;
