@@ -14,6 +14,7 @@ export const OPERATIONS = Object.freeze({
   cat: { options: 1, transfer: 'bytes' },
   fetch: { options: 1 },
   catStream: { options: 1, transfer: 'stream', sync: true },
+  size: { options: 1 },
   pin: { options: 1 },
   unpin: {},
   pins: {},

@@ -1,6 +1,7 @@
 // The cairn web app: a CairnNode in this page (IndexedDB storage), connected to the relay
 // that serves the page. It runs on the npm package `cairn-cas`, as any app would: `cargo
-// xtask` packs it and unpacks it into `dist/cairn-cas/` beside this file.
+// xtask` packs it and unpacks it into `dist/cairn-cas/` beside this file. Downloads are
+// streamed to disk by the service worker beside it (sw.js), from the store, block by block.
 //
 // URL parameters (all optional): relay=<multiaddr> (repeatable; "none" for none; default:
 // the serving relay's WebSocket address from /health), gateway=<url> (repeatable; "none"
@@ -183,6 +184,20 @@ function showProgress (p, started, firstByte) {
   $('ttfb').textContent = firstByte !== null ? `· first byte after ${firstByte.toFixed(0)} ms` : ''
 }
 
+/** Images up to this size are shown (read whole into memory); larger ones are only saved. */
+const PREVIEW_MAX = 32 * 1024 * 1024
+
+function concat (parts) {
+  if (parts.length === 1) return parts[0]
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
+  let at = 0
+  for (const p of parts) {
+    out.set(p, at)
+    at += p.length
+  }
+  return out
+}
+
 async function readAll (stream) {
   const parts = []
   const reader = stream.getReader()
@@ -230,26 +245,37 @@ async function fetchCid (text) {
     last = report
     window.cairnApp.last = report
     showProgress(report, started, firstByte)
-    const parts = await readAll(node.catStream(cid))
-    const size = parts.reduce((n, p) => n + p.length, 0)
-    const head = parts[0] ?? new Uint8Array()
+    const size = await node.size(cid)
+    const head = concat(await readAll(node.catStream(cid, { length: Math.min(size, 65536) })))
     const type = sniff(head)
-    const blob = new Blob(parts, { type })
     const link = $('download')
-    if (link.href) URL.revokeObjectURL(link.href)
-    link.href = URL.createObjectURL(blob)
-    link.download = cid
+    if (link.href.startsWith('blob:')) URL.revokeObjectURL(link.href)
+    if (await downloadsReady && navigator.serviceWorker.controller) {
+      // Streamed to disk by the service worker (sw.js), read from the store as it is saved:
+      // the page never holds the file.
+      link.href = `download/${encodeURIComponent(cid)}?${new URLSearchParams({ name: cid, type, size: String(size) })}`
+      link.removeAttribute('download')
+      link.dataset.via = 'stream'
+    } else {
+      // No service worker (it is not installed yet, or the browser has none): the file is
+      // assembled in memory.
+      link.href = URL.createObjectURL(new Blob(await readAll(node.catStream(cid)), { type }))
+      link.download = cid
+      link.dataset.via = 'memory'
+    }
     $('result-size').textContent = `${fmtBytes(size)} (${type})`
     const preview = $('preview')
     preview.replaceChildren()
-    if (type.startsWith('image/')) {
+    if (type.startsWith('image/') && size <= PREVIEW_MAX) {
       const img = document.createElement('img')
-      img.src = link.href
+      const blob = link.dataset.via === 'memory' ? null : new Blob(await readAll(node.catStream(cid)), { type })
+      img.src = blob ? URL.createObjectURL(blob) : link.href
+      if (blob) img.onload = () => URL.revokeObjectURL(img.src)
       img.alt = `preview of ${cid}`
       preview.append(img)
     } else if (type === 'text/plain') {
       const pre = document.createElement('pre')
-      pre.textContent = new TextDecoder().decode(head.subarray(0, 65536)) + (size > 65536 ? '\n…' : '')
+      pre.textContent = new TextDecoder().decode(head) + (size > head.length ? '\n…' : '')
       preview.append(pre)
     }
     $('result').hidden = false
@@ -371,8 +397,41 @@ async function refreshStorage () {
 
 // ---------------------------------------------------------------------------------------
 
+/** Resolves to whether downloads are streamed (the service worker controls this page). */
+let downloadsReady = Promise.resolve(false)
+
+/** Streamed downloads (sw.js): the service worker asks this page for a file's bytes. */
+function startDownloads () {
+  if (!('serviceWorker' in navigator)) return
+  navigator.serviceWorker.onmessage = (e) => {
+    const cid = e.data?.cairnDownload
+    const port = e.ports?.[0]
+    if (!cid || !port) return
+    try {
+      if (!node) throw new Error('the node has not started')
+      const stream = node.catStream(cid)
+      port.postMessage({ stream }, [stream])
+    } catch (err) {
+      port.postMessage({ error: describe(err) })
+    }
+  }
+  downloadsReady = navigator.serviceWorker.register('sw.js').then(() => new Promise((resolve) => {
+    // The worker takes this page over as soon as it is active (clients.claim()).
+    if (navigator.serviceWorker.controller) return resolve(true)
+    const timer = setTimeout(() => resolve(false), 5000)
+    navigator.serviceWorker.addEventListener('controllerchange', () => {
+      clearTimeout(timer)
+      resolve(true)
+    }, { once: true })
+  }), (e) => {
+    console.warn(`cairn: downloads will be assembled in memory: the service worker did not start: ${describe(e)}`)
+    return false
+  })
+}
+
 async function start () {
   window.cairnApp = { last: null }
+  startDownloads()
   $('version').textContent = await version()
   const cfg = await config()
   $('relay-addr').textContent = cfg.relays.join(' ') || 'none'

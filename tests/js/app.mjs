@@ -1,7 +1,7 @@
 // What the tests of the web app share: opening it in a page, adding a file through its file
 // picker, waiting for a transfer, and reading back what it downloaded.
 import { createHash, randomBytes } from 'node:crypto'
-import { writeFileSync } from 'node:fs'
+import { createReadStream, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { capture } from './harness.mjs'
 
@@ -17,10 +17,12 @@ export function randomFile (dir, name, size) {
   return { path, name, size, sha256: createHash('sha256').update(bytes).digest('hex') }
 }
 
-/** Opens the app at `url` in a new page of `context` and waits until it is ready. */
-export async function openApp (context, url, name) {
+/** Opens the app at `url` in a new page of `context` and waits until it is ready; `init`
+ * (a function) runs in the page before the app's own scripts. */
+export async function openApp (context, url, name, init) {
   const page = await context.newPage()
   const log = capture(page)
+  if (init) await page.addInitScript(init)
   await page.goto(url)
   await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 })
     .catch((e) => { throw new Error(`${name}: the app did not start: ${e.message}\n${log.join('\n')}`) })
@@ -52,11 +54,29 @@ export async function transferEnds (p, want = 'done') {
   return { last: await p.page.evaluate(() => window.cairnApp.last), error }
 }
 
-/** The downloadable result's length and SHA-256, computed in the page. */
+/** Saves the result through the app's download link, as a user's click would (streamed to
+ * disk by the app's service worker): `{ size, sha256, name, via }`, the bytes hashed here. */
 export async function downloaded (p) {
-  return p.page.evaluate(async () => {
-    const bytes = await (await fetch(document.getElementById('download').href)).arrayBuffer()
-    const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))
-    return { size: bytes.byteLength, sha256: [...digest].map((b) => b.toString(16).padStart(2, '0')).join('') }
-  })
+  const via = await p.page.getAttribute('#download', 'data-via')
+  const [download] = await Promise.all([
+    p.page.waitForEvent('download', { timeout: 300_000 }),
+    p.page.click('#download')
+  ])
+  const path = await download.path()
+    .catch(async (e) => { throw new Error(`${p.name}: the download failed: ${await download.failure()}: ${e.message}\n${p.log.slice(-20).join('\n')}`) })
+  const { size, sha256 } = await hashFile(path)
+  const name = download.suggestedFilename()
+  await download.delete()
+  return { size, sha256, name, via }
+}
+
+/** The length and SHA-256 of the file at `path`, read as a stream. */
+export async function hashFile (path) {
+  const hash = createHash('sha256')
+  let size = 0
+  for await (const chunk of createReadStream(path)) {
+    hash.update(chunk)
+    size += chunk.length
+  }
+  return { size, sha256: hash.digest('hex') }
 }

@@ -11,6 +11,8 @@
 //   through the gateway source; a gateway that tampers with bytes is refused, visibly.
 // - A's content survives closing and reopening the page (IndexedDB); a tab closed in the
 //   middle of an add leaves whole batches only.
+// - 1 GiB fetched from a relay and saved through the download link: streamed to disk by the
+//   app's service worker, the page's JS heap stays under 64 MiB, the saved file is whole.
 // - Bad input: a malformed CID, an unreachable relay, a 0-byte file, a full store, a
 //   cancelled fetch, and the relay going away in the middle of a transfer.
 // Screenshots of each moment go to the artifacts directory.
@@ -20,7 +22,7 @@ import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeSync } from '
 import { createServer } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { addFile as add, assert, downloaded, openApp as open, randomFile, transferEnds } from './app.mjs'
+import { addFile as add, assert, downloaded, hashFile, openApp as open, randomFile, transferEnds } from './app.mjs'
 import { atExit, cleanup, freePort, launchChromium, launchPersistent, startRelay, step as say } from './harness.mjs'
 
 const [relayBin, dist, artifacts] = process.argv.slice(2)
@@ -100,6 +102,7 @@ try {
   const got = await transferEnds(b)
   const dl = await downloaded(b)
   assert(dl.size === f32.size && dl.sha256 === f32.sha256, `B's bytes are A's: ${JSON.stringify(dl)}`)
+  assert(dl.via === 'stream' && dl.name === shared.cid, `saved through the service worker's stream, named by its CID: ${JSON.stringify(dl)}`)
   assert(got.last.bySource.peers === got.last.blocksDone && got.last.bySource.gateway === 0, `all from peers: ${JSON.stringify(got.last)}`)
   const peerRows = await b.page.locator('#peers tr').count()
   assert(peerRows >= 2, `B's peers panel lists the relay and A: ${peerRows}`)
@@ -233,6 +236,53 @@ try {
   rmSync(huge.path)
   rmSync(join(work, 'native-store'), { recursive: true, force: true })
   rmSync(join(work, 'profile-h'), { recursive: true, force: true })
+
+  step('1 GiB fetched from a relay and saved: streamed to disk, the page\'s heap stays small')
+  const gib = hugeFile('gib.bin', 1)
+  const gibStore = join(work, 'gib-store')
+  const gibCid = execFileSync(relayBin, ['add', gib.path, '--store', gibStore]).toString().trim()
+  const gibHash = await hashFile(gib.path)
+  const holder = await startRelay(relayBin, `127.0.0.1:${await freePort()}`, ['--store', gibStore, '--identity', join(work, 'gib.key')])
+  const sctx = await launchPersistent(join(work, 'profile-s'))
+  // Long tasks are counted from the first script on (the fetch starts as the app loads).
+  const s = await open(sctx, `${origin}?relay=${encodeURIComponent(holder.addr)}&gateway=none#/cid/${gibCid}`, 'S', () => {
+    window.longTasks = []
+    new PerformanceObserver((list) => { for (const e of list.getEntries()) window.longTasks.push(Math.round(e.duration)) })
+      .observe({ type: 'longtask', buffered: true })
+  })
+  // The page's JS heap (V8's used size) sampled every 200 ms until the file is saved.
+  const cdp = await sctx.newCDPSession(s.page)
+  let peakHeap = 0
+  let sampling = true
+  const sampler = (async () => {
+    while (sampling) {
+      const { usedSize } = await cdp.send('Runtime.getHeapUsage').catch(() => ({ usedSize: 0 }))
+      peakHeap = Math.max(peakHeap, usedSize)
+      await new Promise((resolve) => setTimeout(resolve, 200))
+    }
+  })()
+  const gibStarted = Date.now()
+  const gibGot = await transferEnds(s)
+  const fetchedMs = Date.now() - gibStarted
+  const savedStarted = Date.now()
+  const gibSaved = await downloaded(s).finally(() => { sampling = false })
+  const savedMs = Date.now() - savedStarted
+  await sampler
+  const longTasks = await s.page.evaluate(() => [...window.longTasks])
+  // The count means something only if the observer sees long tasks at all: make one.
+  await s.page.evaluate(() => { const t = performance.now(); while (performance.now() - t < 80); })
+  await s.page.waitForFunction((n) => window.longTasks.length > n, longTasks.length, { timeout: 10_000 })
+    .catch(() => { throw new Error('the long-task observer saw no 80 ms task: its count would mean nothing') })
+  step(`1 GiB: fetched in ${(fetchedMs / 1000).toFixed(1)} s (${gibGot.last.blocksDone} blocks), saved in ${(savedMs / 1000).toFixed(1)} s; ` +
+    `the page's heap peaked at ${(peakHeap / 1048576).toFixed(1)} MiB; ${longTasks.length} long tasks (longest ${Math.max(0, ...longTasks)} ms, node in the page)`)
+  assert(gibSaved.size === gib.size && gibSaved.sha256 === gibHash.sha256, `the saved 1 GiB file is the file: ${JSON.stringify(gibSaved)}`)
+  assert(gibSaved.via === 'stream', 'it was streamed to disk by the service worker')
+  assert(peakHeap > 0 && peakHeap < 64 * 1048576, `the page's JS heap stayed under 64 MiB while 1 GiB was fetched and saved: ${peakHeap} bytes`)
+  await sctx.close()
+  holder.proc.kill('SIGKILL')
+  rmSync(gib.path)
+  rmSync(gibStore, { recursive: true, force: true })
+  rmSync(join(work, 'profile-s'), { recursive: true, force: true })
 
   step('a cancelled fetch, then the relay going away in the middle of a transfer')
   // Kept on the relay (?direct=off): a direct WebRTC connection would outlive it.

@@ -604,7 +604,7 @@ fn build_web(root: &Path) -> Result<()> {
     let dist = root.join("dist");
     let _ = std::fs::remove_dir_all(&dist);
     std::fs::create_dir_all(&dist)?;
-    for f in ["index.html", "app.js", "style.css"] {
+    for f in ["index.html", "app.js", "style.css", "sw.js"] {
         std::fs::copy(root.join("web").join(f), dist.join(f))
             .with_context(|| format!("copy web/{f} into dist/"))?;
     }

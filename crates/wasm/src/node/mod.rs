@@ -388,6 +388,28 @@ impl CairnNode {
             .await
     }
 
+    /// The size in bytes of the file under `cid`, read from its root block alone (from the
+    /// local store, else fetched like any block): what a download's `Content-Length` or a
+    /// progress bar needs without reading the file.
+    pub async fn size(
+        &self,
+        cid: String,
+        #[wasm_bindgen(unchecked_optional_param_type = "CatOptions")] options: JsValue,
+    ) -> Result<f64, JsValue> {
+        let options: CatOptions = js::options(options)?;
+        let root = parse_cid(&cid)?;
+        let abort = Abort::new(&options.signal, "size")?;
+        abort
+            .run("size", async {
+                let chain = self.inner.chain(root);
+                let size = unixfs::file_size(&chain, &root, &abort.context())
+                    .await
+                    .map_err(|e| coded(format!("cannot read the size of {root}"), &e))?;
+                Ok(size as f64)
+            })
+            .await
+    }
+
     /// Unpins `cid` (its blocks stay until evicted); resolves to whether it was pinned.
     pub async fn unpin(&self, cid: String) -> Result<bool, JsValue> {
         let root = parse_cid(&cid)?;
