@@ -109,10 +109,11 @@ try {
   step('fetch browser <- relay over WebSocket, beside HTTP from the same relay')
   const ws = median(await run('fetch over /cas', 'fetchRelay', relay.addr, cid))
   const plain = median(await run('HTTP /ipfs/{cid}', 'fetchHttp', cid))
+  const viaGateway = median(await run('a node on the relay\'s gateway alone (verified)', 'fetchGateway', cid))
   // The browser's own WebSocket ceiling: the same bytes from a plain WebSocket server on
   // loopback (Node's ws, 64 KiB messages, nothing done with them in the page).
   const rawWs = median(await run('plain WebSocket, 64 KiB messages', 'wsCeiling', await wsServer(bytes), bytes))
-  results.fetch = { cas_ws_mbps: mbps(bytes, ws), http_mbps: mbps(bytes, plain), raw_ws_mbps: mbps(bytes, rawWs) }
+  results.fetch = { cas_ws_mbps: mbps(bytes, ws), http_mbps: mbps(bytes, plain), raw_ws_mbps: mbps(bytes, rawWs), gateway_mbps: mbps(bytes, viaGateway) }
 
   step('what the app loads, gzipped')
   const sizes = {}
@@ -137,6 +138,7 @@ try {
     console.log(`IndexedDB ${k.slice(4).padEnd(12)} put batched ${f(x.put_batched_mbps)} MB/s  per block ${f(x.put_per_block_mbps)} MB/s  ratio ${(x.put_batched_mbps / x.put_per_block_mbps).toFixed(1)}x  get ${f(x.get_mbps)} MB/s`)
   }
   console.log(`fetch from the relay:  /cas over WebSocket ${f(r.fetch.cas_ws_mbps)} MB/s  HTTP ${f(r.fetch.http_mbps)} MB/s  ratio ${(r.fetch.cas_ws_mbps / r.fetch.http_mbps).toFixed(2)}`)
+  console.log(`fetch, gateway source:  the relay's gateway, block by block ${f(r.fetch.gateway_mbps)} MB/s  ratio to HTTP ${(r.fetch.gateway_mbps / r.fetch.http_mbps).toFixed(2)}`)
   console.log(`WebSocket ceiling:     a plain WebSocket ${f(r.fetch.raw_ws_mbps)} MB/s  ratio to HTTP ${(r.fetch.raw_ws_mbps / r.fetch.http_mbps).toFixed(2)}  cairn /cas to it ${(r.fetch.cas_ws_mbps / r.fetch.raw_ws_mbps).toFixed(2)}`)
   for (const [name, s] of Object.entries(sizes)) console.log(`app loads ${name.padEnd(22)} ${(s.bytes / 1024).toFixed(0).padStart(6)} KiB, gzipped ${(s.gzip / 1024).toFixed(0).padStart(6)} KiB`)
   console.log(`(JSON: ${outJson})`)

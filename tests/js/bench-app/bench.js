@@ -80,6 +80,17 @@ window.bench = {
       }
     })
   },
+  /** The same file fetched by a node whose only source is the relay's trustless gateway
+   * (each block over HTTP, verified, kept in memory): what the gateway path gives. */
+  async fetchGateway (cid) {
+    const node = await CairnNode.create({ relays: [], routers: [], gateways: [location.origin], storage: 'memory' })
+    const t = performance.now()
+    const report = await node.fetch(cid)
+    const ms = performance.now() - t
+    await node.stop()
+    if (report.bySource.gateway !== report.blocksDone) throw new Error(`not all from the gateway: ${JSON.stringify(report)}`)
+    return ms
+  },
   /** The same file over HTTP from the same relay's gateway (`/ipfs/{cid}`): the baseline. */
   async fetchHttp (cid) {
     const t = performance.now()
