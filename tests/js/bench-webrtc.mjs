@@ -1,6 +1,7 @@
 // Browser-to-browser benchmark for `cargo xtask bench webrtc`: 64 MiB from one app page to
 // another over a direct WebRTC connection (`/webrtc`), beside the same transfer through the
-// relay over WebSocket (`?direct=off`), in one run. Each fetch is a fresh page (its own
+// relay over WebSocket (`?direct=off`) and a plain RTCDataChannel between two pages (the
+// ceiling), in one run. Each fetch is a fresh page (its own
 // store); the clock runs from the connected page's `cat` call to the last byte.
 //
 // node bench-webrtc.mjs <cairn-relay (release)> <dist/ (the app, release)> <out.json>
@@ -22,6 +23,62 @@ const MIB = 64
 const work = mkdtempSync(join(tmpdir(), 'cairn-bench-webrtc-'))
 atExit(() => rmSync(work, { recursive: true, force: true }))
 const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1]
+
+/** Milliseconds to move `mib` MiB over one RTCDataChannel from one page to another (the
+ * offer and answer carried by this script, ICE gathered first). */
+async function rawChannel (browser, origin, mib) {
+  const [tx, rx] = await Promise.all([0, 1].map(async () => {
+    const page = await (await browser.newContext()).newPage()
+    await page.goto(`${origin}health`)
+    return page
+  }))
+  const gathered = () => new Promise((resolve) => {
+    if (window.pc.iceGatheringState === 'complete') resolve()
+    else window.pc.addEventListener('icegatheringstatechange', () => window.pc.iceGatheringState === 'complete' && resolve())
+  })
+  const offer = await tx.evaluate(async (gathered) => {
+    window.pc = new RTCPeerConnection()
+    window.dc = window.pc.createDataChannel('bench')
+    await window.pc.setLocalDescription()
+    await eval(`(${gathered})`)()
+    return window.pc.localDescription.toJSON()
+  }, gathered.toString())
+  const answer = await rx.evaluate(async ([offer, gathered]) => {
+    window.pc = new RTCPeerConnection()
+    window.arrived = new Promise((resolve) => {
+      window.pc.ondatachannel = ({ channel }) => {
+        channel.binaryType = 'arraybuffer'
+        let got = 0
+        let t = 0
+        channel.onmessage = (e) => {
+          if (!t) t = performance.now()
+          got += e.data.byteLength
+          if (got >= window.expect) resolve(performance.now() - t)
+        }
+      }
+    })
+    await window.pc.setRemoteDescription(offer)
+    await window.pc.setLocalDescription()
+    await eval(`(${gathered})`)()
+    return window.pc.localDescription.toJSON()
+  }, [offer, gathered.toString()])
+  await rx.evaluate((n) => { window.expect = n }, mib * 1048576)
+  await tx.evaluate(async ([answer, total]) => {
+    await window.pc.setRemoteDescription(answer)
+    const dc = window.dc
+    await new Promise((resolve) => dc.readyState === 'open' ? resolve() : (dc.onopen = resolve))
+    const msg = new Uint8Array(16384)
+    let sent = 0
+    dc.bufferedAmountLowThreshold = 1 << 20
+    const pump = () => { while (sent < total && dc.bufferedAmount < 4 << 20) { dc.send(msg); sent += msg.length } }
+    dc.onbufferedamountlow = pump
+    pump()
+  }, [answer, mib * 1048576])
+  const ms = await rx.evaluate(() => window.arrived)
+  await tx.context().close()
+  await rx.context().close()
+  return ms
+}
 
 try {
   const http = `127.0.0.1:${await freePort()}`
@@ -63,6 +120,13 @@ try {
     const ms = median(runs.map((r) => r.ms))
     results[name] = { ms, mbps: MIB * 1.048576 / (ms / 1000), relay_mib: median(runs.map((r) => r.relayed)) / 1048576 }
   }
+  // The ceiling: a plain RTCDataChannel between two pages of the same browser (no libp2p,
+  // no cairn), the same 64 MiB in 16 KiB messages, the sender kept under 4 MiB queued.
+  step('ceiling: a plain RTCDataChannel between two pages')
+  const ceiling = []
+  for (let i = 0; i < RUNS; i++) ceiling.push(await rawChannel(browser, origin, MIB))
+  step(`raw data channel: ${ceiling.map((ms) => `${ms.toFixed(0)} ms`).join(', ')}`)
+  results.raw_channel = { ms: median(ceiling), mbps: MIB * 1.048576 / (median(ceiling) / 1000) }
   mkdirSync(dirname(outJson), { recursive: true })
   writeFileSync(outJson, JSON.stringify({ runs: RUNS, mib: MIB, chromium: browser.version(), results }, null, 2))
   const f = (x) => x.toFixed(0).padStart(6)
@@ -70,6 +134,7 @@ try {
   console.log(`direct /webrtc       ${f(results.webrtc.mbps)} MB/s  (relay carried ${results.webrtc.relay_mib.toFixed(1)} MiB)`)
   console.log(`relay over WebSocket ${f(results.relay_ws.mbps)} MB/s  (relay carried ${results.relay_ws.relay_mib.toFixed(1)} MiB)`)
   console.log(`ratio webrtc/relay   ${(results.webrtc.mbps / results.relay_ws.mbps).toFixed(2)}`)
+  console.log(`a plain data channel ${f(results.raw_channel.mbps)} MB/s  (two pages, no libp2p)  ratio webrtc/it ${(results.webrtc.mbps / results.raw_channel.mbps).toFixed(2)}`)
   console.log(`(JSON: ${outJson})`)
 } catch (e) {
   console.error(`bench-webrtc: FAILED: ${e.stack ?? e}`)
