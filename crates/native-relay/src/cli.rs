@@ -1,7 +1,7 @@
 //! The `cairn-relay` command line.
 //!
 //! ```text
-//! cairn-relay [serve] [--listen MULTIADDR]... [--http ADDR] [--identity FILE] [--web-root DIR] [--store DIR]
+//! cairn-relay [serve] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--http ADDR] [--identity FILE] [--web-root DIR] [--store DIR]
 //! cairn-relay id [--identity FILE]
 //! cairn-relay add FILE [--profile default|unixfs-v1-2025] [--hash sha2-256|blake3] [--only-hash] [--store DIR]
 //! cairn-relay cat CID [--store DIR] [--peer MULTIADDR]... [--ipfs-via MULTIADDR]... [--routing URL]...
@@ -117,6 +117,9 @@ struct ServeArgs {
     /// Serve the blocks of this store to peers over /cas/1.0.0 (content role).
     #[arg(long = "store", env = "CAIRN_SERVE_STORE")]
     store: Option<PathBuf>,
+    /// A relay (or any DHT server) to federate with, as a multiaddr ending in /p2p/<id> (repeatable; CAIRN_BOOTSTRAP takes a comma-separated list). Dialed at start without waiting, again with backoff (1 s doubling to 5 min) while unreachable.
+    #[arg(long = "bootstrap", env = "CAIRN_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<Multiaddr>,
     /// PEM certificate chain for WebSocket over TLS (/tls/ws listeners); needs --tls-key.
     #[arg(long, env = "CAIRN_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -236,7 +239,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     .lock_for_import()
                     .await
                     .map_err(|e| fail(Exit::NotWritable, e))?;
-                add(&store, &file, profile, hash).await?
+                let root = add(&store, &file, profile, hash).await?;
+                // Pinned: a relay serving this store provides it in the DHT.
+                store
+                    .pin(&root)
+                    .await
+                    .map_err(|e| fail(Exit::NotWritable, e))?;
+                root
             };
             println!("{root}");
             Ok(())
@@ -281,7 +290,7 @@ async fn add<S: BlockStore>(
     path: &Path,
     profile: Profile,
     hash: HashAlg,
-) -> Result<String, Failure> {
+) -> Result<cairn_core::Cid, Failure> {
     let file = tokio::fs::File::open(path).await.map_err(|e| {
         fail(
             Exit::Unreadable,
@@ -305,7 +314,7 @@ async fn add<S: BlockStore>(
             ImportError::Store(_) => fail(Exit::NotWritable, e),
             other => fail(Exit::Failure, other),
         })?;
-    Ok(imported.root.to_string())
+    Ok(imported.root)
 }
 
 /// Exit code for an export failure: what the fetch came down to, when it was one.
@@ -525,6 +534,7 @@ struct FileConfig {
     store: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    bootstrap: Option<Vec<Multiaddr>>,
     #[serde(default)]
     limits: FileLimits,
 }
@@ -619,6 +629,11 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         config.listen = args.listen;
     } else if let Some(listen) = file.listen {
         config.listen = listen;
+    }
+    if !args.bootstrap.is_empty() {
+        config.bootstrap = args.bootstrap;
+    } else if let Some(bootstrap) = file.bootstrap {
+        config.bootstrap = bootstrap;
     }
     let l = file.limits;
     let secs = Duration::from_secs;

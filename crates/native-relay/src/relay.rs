@@ -71,6 +71,12 @@ pub struct Config {
     /// it hold. Smaller than a client's ([`cairn_p2p::RECEIVE_WINDOW`]) because a relay reads
     /// little of what it receives; circuits it forwards at up to this much per round trip.
     pub receive_window: u32,
+    /// Other relays (or any DHT servers) to federate with: dialed at start without waiting,
+    /// again with `bootstrap_backoff` while unreachable, and again when they go away; the DHT
+    /// is refreshed through them. See [`cairn_p2p::node::Config::bootstrap`].
+    pub bootstrap: Vec<Multiaddr>,
+    /// How long an unreachable bootstrap peer waits before it is dialed again.
+    pub bootstrap_backoff: cairn_p2p::node::Backoff,
 }
 
 impl Default for Config {
@@ -98,6 +104,8 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             answers: cairn_p2p::budget::Caps::default(),
             receive_window: 1024 * 1024,
+            bootstrap: Vec::new(),
+            bootstrap_backoff: cairn_p2p::node::Backoff::default(),
         }
     }
 }
@@ -206,6 +214,8 @@ pub struct Running {
     pub node: Node,
     http_stop: mpsc::Sender<()>,
     http_task: tokio::task::JoinHandle<()>,
+    /// Provides the store's pinned roots in the DHT, if the relay has a store.
+    providing: Option<tokio::task::JoinHandle<()>>,
     /// Ends when the node's driver has stopped.
     ended: cairn_p2p::Events,
 }
@@ -217,6 +227,9 @@ impl Running {
     /// returns.
     pub async fn shutdown(mut self) {
         let _ = self.http_stop.send(()).await;
+        if let Some(p) = self.providing.take() {
+            p.abort();
+        }
         self.node.stop().await;
         while self.ended.next().await.is_some() {}
         let _ = self.http_task.await;
@@ -370,6 +383,8 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         metrics: Some(Arc::new(cairn_p2p::metrics::Metrics::new(&mut registry))),
         shutdown_grace: config.shutdown_grace,
         budget: budget.clone(),
+        bootstrap: config.bootstrap.clone(),
+        bootstrap_backoff: config.bootstrap_backoff,
         ..Default::default()
     };
     let builder = cairn_p2p::Builder::new(key)
@@ -405,7 +420,7 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         config.web_root.clone(),
         crate::gateway::Gateway::new(config.store.clone(), budget.clone()),
         (registry, refresh),
-        peer_id,
+        node.clone(),
         addrs.clone(),
     )?
     .merge(
@@ -432,6 +447,10 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
+    let providing = config
+        .store
+        .clone()
+        .map(|store| tokio::spawn(provide_pins(node.clone(), store)));
     Ok(Running {
         peer_id,
         addrs,
@@ -439,8 +458,84 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         node,
         http_stop,
         http_task,
+        providing,
         ended,
     })
+}
+
+/// How often the store's `pins/` is looked at for roots pinned since (by `cairn-relay add`
+/// while the relay runs).
+const PIN_SCAN: Duration = Duration::from_secs(60);
+
+/// DHT announcements made at once.
+const PROVIDING_AT_ONCE: usize = 8;
+
+/// Provides the store's pinned roots in the DHT: every one at start and whenever a bootstrap
+/// peer connects (the network it reaches has changed), and roots pinned since every
+/// [`PIN_SCAN`]. Kademlia republishes the records itself before they expire (every 12 hours;
+/// a record lives 48). Ends when the node stops.
+async fn provide_pins(node: Node, store: Disk) {
+    let mut events = node.events();
+    let mut provided = std::collections::HashSet::new();
+    let mut all = true;
+    loop {
+        match store.pins().await {
+            Ok(pins) => {
+                let todo: Vec<_> = pins
+                    .into_iter()
+                    .filter(|c| all || !provided.contains(c))
+                    .collect();
+                if !todo.is_empty() {
+                    let stored = futures::stream::iter(todo.iter().copied())
+                        .map(|root| {
+                            let node = node.clone();
+                            async move {
+                                let out = tokio::time::timeout(
+                                    Duration::from_secs(60),
+                                    node.provide(root),
+                                )
+                                .await;
+                                match out {
+                                    Ok(Ok(())) => true,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(%root, error = %e, "cannot provide");
+                                        false
+                                    }
+                                    Err(_) => false,
+                                }
+                            }
+                        })
+                        .buffer_unordered(PROVIDING_AT_ONCE)
+                        .filter(|ok| futures::future::ready(*ok))
+                        .count()
+                        .await;
+                    tracing::info!(
+                        roots = todo.len(),
+                        stored_remotely = stored,
+                        "provided the store's pinned roots in the DHT"
+                    );
+                    provided.extend(todo);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list the store's pins"),
+        }
+        all = false;
+        let next = tokio::time::sleep(PIN_SCAN);
+        tokio::pin!(next);
+        loop {
+            tokio::select! {
+                () = &mut next => break,
+                e = events.next() => match e {
+                    None => return,
+                    Some(cairn_p2p::Event::BootstrapConnected { .. }) => {
+                        all = true;
+                        break;
+                    }
+                    Some(_) => {}
+                },
+            }
+        }
+    }
 }
 
 /// Sets gauges read at scrape time.
@@ -475,23 +570,19 @@ fn web_app(
         Arc<std::sync::Mutex<prometheus_client::registry::Registry>>,
         Refresh,
     ),
-    peer_id: PeerId,
+    node: Node,
     addrs: Vec<Multiaddr>,
 ) -> Result<axum::Router, Error> {
     use axum::routing::get;
-    let info = serde_json::json!({
-        "status": "ok",
-        "peer_id": peer_id.to_string(),
-        "gateway": gateway.has_store(),
-        "addrs": addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-    })
-    .to_string();
+    let has_store = gateway.has_store();
     let health = move || {
-        let info = info.clone();
+        let node = node.clone();
+        let addrs = addrs.clone();
         async move {
+            let info = health(&node, &addrs, has_store).await;
             (
                 [(axum::http::header::CONTENT_TYPE, "application/json")],
-                info,
+                info.to_string(),
             )
         }
     };
@@ -528,6 +619,44 @@ fn web_app(
         None => router.route("/", get(|| async { axum::response::Html(FALLBACK_PAGE) })),
     };
     Ok(router.layer(tower_http::cors::CorsLayer::permissive()))
+}
+
+/// `/health`: the relay's addresses, whether it serves a gateway, and its federation: each
+/// bootstrap peer's state, and the other DHT servers (relays) it is connected to, with the
+/// addresses they listen on (a browser can reserve on those too).
+async fn health(node: &Node, addrs: &[Multiaddr], gateway: bool) -> serde_json::Value {
+    let bootstrap = node.bootstrap_peers().await.unwrap_or_default();
+    let mut relays: Vec<serde_json::Value> = node
+        .peers()
+        .into_iter()
+        .filter(|(_, info)| info.dht_server)
+        .map(|(peer, info)| {
+            let addrs: Vec<String> = info
+                .listen_addrs
+                .iter()
+                .map(|a| a.clone().with_p2p(peer).unwrap_or_else(|a| a).to_string())
+                .collect();
+            serde_json::json!({ "peer_id": peer.to_string(), "addrs": addrs })
+        })
+        .collect();
+    relays.sort_by(|a, b| a["peer_id"].as_str().cmp(&b["peer_id"].as_str()));
+    serde_json::json!({
+        "status": "ok",
+        "peer_id": node.peer_id().to_string(),
+        "gateway": gateway,
+        "addrs": addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "federation": {
+            "bootstrap": bootstrap.iter().map(|b| serde_json::json!({
+                "addr": b.addr.to_string(),
+                "peer_id": b.peer.map(|p| p.to_string()),
+                "connected": b.connected,
+                "failures": b.failures,
+                "error": b.last_error,
+                "retry_in_secs": b.retry_in.map(|d| d.as_secs_f64()),
+            })).collect::<Vec<_>>(),
+            "relays": relays,
+        },
+    })
 }
 
 const FALLBACK_PAGE: &str = "<!doctype html><meta charset=utf-8><title>cairn-relay</title>\

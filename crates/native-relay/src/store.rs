@@ -8,6 +8,8 @@
 //! tmp/                writes land here first and are renamed into place, so a crash never
 //!                     leaves a partial block under blocks/
 //! journal/            one file per batch being moved into place (see below)
+//! pins/<cid>          one empty file per pinned root (`cairn-relay add` pins what it adds;
+//!                     a relay serving the store provides its pinned roots in the DHT)
 //! lock                held (flock) by `cairn-relay add` while it imports, so that two adds
 //!                     on one store take turns (each one's clean-up is then its own)
 //! ```
@@ -189,6 +191,48 @@ impl Disk {
                 file.lock().map_err(|e| backend("lock", &path, e))?;
             }
             Ok(ImportLock { _file: file })
+        })
+        .await
+    }
+
+    /// Pins `root`: `pins/<root>` is made (durably). Idempotent.
+    pub async fn pin(&self, root: &Cid) -> Result<()> {
+        let dir = self.inner.root.join("pins");
+        let path = dir.join(root.to_string());
+        blocking("pin", move || {
+            std::fs::create_dir_all(&dir).map_err(|e| backend("pin", &dir, e))?;
+            std::fs::File::create(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| backend("pin", &path, e))?;
+            sync_dir(&dir);
+            Ok(())
+        })
+        .await
+    }
+
+    /// The pinned roots, in no particular order. A file in `pins/` whose name is not a CID
+    /// is skipped with a warning.
+    pub async fn pins(&self) -> Result<Vec<Cid>> {
+        let dir = self.inner.root.join("pins");
+        blocking("pins", move || {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(backend("pins", &dir, e)),
+            };
+            let mut pins = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|e| backend("pins", &dir, e))?;
+                let name = entry.file_name();
+                match name.to_str().map(cid::parse) {
+                    Some(Ok(c)) => pins.push(c),
+                    _ => tracing::warn!(
+                        file = %entry.path().display(),
+                        "not a CID: ignored in the store's pins"
+                    ),
+                }
+            }
+            Ok(pins)
         })
         .await
     }

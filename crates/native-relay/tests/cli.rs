@@ -121,6 +121,10 @@ fn add_then_cat_from_a_persistent_store() {
         cid.starts_with("bafybei"),
         "root CID alone on stdout: {cid}"
     );
+    assert!(
+        store.join("pins").join(&cid).is_file(),
+        "add pins its root in the store (a relay serving it provides the root)"
+    );
     let only = run(&["add", file.to_str().unwrap(), "--only-hash"]);
     assert_eq!(stdout(&only), cid, "--only-hash gives the same CID");
     // A second process sees what the first stored.

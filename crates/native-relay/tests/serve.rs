@@ -191,3 +191,62 @@ fn a_config_file_sets_what_flags_do_not() {
         "{msg}"
     );
 }
+
+#[test]
+fn bootstrap_peers_come_from_the_config_file_are_checked_and_never_hold_up_the_start() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("relay.toml");
+    let nobody = format!("/ip4/127.0.0.1/tcp/1/p2p/{}", libp2p::PeerId::random());
+    std::fs::write(
+        &cfg,
+        format!("listen = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [\"{nobody}\"]\n"),
+    )
+    .unwrap();
+    // Nothing listens at the bootstrap address: the relay serves anyway, and says so.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn-relay"))
+        .args(["serve", "--http", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .arg("--identity")
+        .arg(d.path().join("id.key"))
+        .env("CAIRN_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = lines(child.stdout.take().unwrap());
+    let err = lines(child.stderr.take().unwrap());
+    let relay = Kill(child);
+    let first = out
+        .recv_timeout(Duration::from_secs(30))
+        .expect("an address");
+    assert!(first.contains("/tcp/"), "{first}");
+    let said = (0..50)
+        .map_while(|_| err.recv_timeout(Duration::from_secs(20)).ok())
+        .find(|l| l.contains("bootstrap peer unreachable"));
+    let said = said.expect("the log names the bootstrap peer that is down");
+    assert!(said.contains("tcp/1/p2p/"), "{said}");
+    assert!(said.contains("retry_in"), "{said}");
+    drop(relay);
+
+    // A bootstrap address that is not a multiaddr: refused before anything starts.
+    let bad = Command::new(env!("CARGO_BIN_EXE_cairn-relay"))
+        .args(["serve", "--bootstrap", "relay.example:4001"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let msg = String::from_utf8_lossy(&bad.stderr);
+    assert!(msg.contains("--bootstrap"), "{msg}");
+    std::fs::write(&cfg, "bootstrap = [\"relay.example:4001\"]\n").unwrap();
+    let bad = Command::new(env!("CARGO_BIN_EXE_cairn-relay"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(7));
+    let msg = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        msg.contains("relay.toml") && msg.contains("bootstrap"),
+        "{msg}"
+    );
+}

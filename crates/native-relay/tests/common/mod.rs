@@ -179,6 +179,16 @@ pub(crate) async fn fetch_all(from: &Node, len: usize, root: Cid) -> (Arc<Memory
     (store, report)
 }
 
+/// The file under `root`, read whole from `store` alone.
+pub(crate) async fn read_all(store: &Arc<Memory>, root: Cid) -> Vec<u8> {
+    let local = cairn_core::source::Local(store.clone());
+    unixfs::export(&local, root, Range::ALL, 16, &Context::new())
+        .map_ok(|b| b.to_vec())
+        .try_concat()
+        .await
+        .unwrap()
+}
+
 /// Kills the process when dropped, so a failing test leaves no stray relay behind.
 pub(crate) struct Kill(pub(crate) Child);
 

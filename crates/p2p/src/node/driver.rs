@@ -12,6 +12,7 @@ use futures::{FutureExt, StreamExt};
 use libp2p::swarm::{Swarm, SwarmEvent};
 use libp2p::{PeerId, identify};
 
+use super::bootstrap::Bootstrap;
 use super::caps::CapsExchange;
 use super::connections::Connections;
 use super::discovery::Discovery;
@@ -67,6 +68,7 @@ pub(super) fn start<S: BlockStore + 'static>(
         peers,
         connections: Connections::default(),
         discovery: Discovery::default(),
+        bootstrap: Bootstrap::new(&config.bootstrap, config.bootstrap_backoff),
         caps: CapsExchange::new(client),
         shutdown: Shutdown::new(),
         emitter,
@@ -134,6 +136,7 @@ struct Driver {
     peers: PeerTable,
     connections: Connections,
     discovery: Discovery,
+    bootstrap: Bootstrap,
     caps: CapsExchange,
     shutdown: Shutdown,
     emitter: Emitter,
@@ -167,6 +170,9 @@ impl Driver {
                         self.emitter.emit(Event::CapsReceived { peer });
                     }
                 },
+                () = self.bootstrap.due().fuse() => {
+                    self.bootstrap.on_due(&mut self.swarm, &self.emitter);
+                }
                 () = &mut self.shutdown.done => {
                     if self.shutdown.phase_over(&mut self.swarm) {
                         break;
@@ -186,6 +192,9 @@ impl Driver {
             Some(Command::Connect(peer, addrs, reply)) => {
                 self.connections.connect(swarm, peer, addrs, reply)
             }
+            Some(Command::BootstrapPeers(reply)) => {
+                let _ = reply.send(Ok(self.bootstrap.status()));
+            }
             Some(Command::Providers(cid, reply)) => {
                 let _ = reply.send(Ok(Discovery::local(swarm, &cid)));
             }
@@ -201,12 +210,15 @@ impl Driver {
                 }));
             }
             // Every handle is gone, or one asked: stop.
-            Some(Command::Stop) | None => self.shutdown.begin(
-                swarm,
-                &mut self.connections,
-                self.server.clone(),
-                self.config.shutdown_grace,
-            ),
+            Some(Command::Stop) | None => {
+                self.bootstrap.stop();
+                self.shutdown.begin(
+                    swarm,
+                    &mut self.connections,
+                    self.server.clone(),
+                    self.config.shutdown_grace,
+                )
+            }
         }
     }
 
@@ -230,6 +242,12 @@ impl Driver {
                     self.reputations.admit(&peer_id);
                 }
                 self.connections.established(connection_id, peer_id);
+                self.bootstrap.on_established(
+                    &mut self.swarm,
+                    connection_id,
+                    peer_id,
+                    &self.emitter,
+                );
                 self.emitter.emit(Event::Connected {
                     peer: peer_id,
                     addr,
@@ -245,6 +263,9 @@ impl Driver {
                     self.reputations.forget(&peer_id);
                     self.bitswap.peer_gone(&peer_id);
                     self.emitter.emit(Event::Disconnected { peer: peer_id });
+                    if !self.shutdown.stopping() {
+                        self.bootstrap.on_disconnected(peer_id);
+                    }
                 }
                 if self.shutdown.connection_closed(&self.swarm) {
                     self.stopped = true;
@@ -255,6 +276,8 @@ impl Driver {
                 error,
                 peer_id,
             } => {
+                self.bootstrap
+                    .on_dial_failed(&self.swarm, connection_id, &error, &self.emitter);
                 let connected = peer_id.is_some_and(|p| self.swarm.is_connected(&p));
                 self.connections
                     .dial_failed(connection_id, peer_id, error, connected);

@@ -76,6 +76,23 @@ pub enum Event {
         /// The request's type (`get`, `have`, `list`, `caps`).
         kind: &'static str,
     },
+    /// A bootstrap peer ([`super::Config::bootstrap`]) is connected; the DHT is being
+    /// refreshed through it.
+    BootstrapConnected {
+        /// The peer.
+        peer: PeerId,
+        /// The address it was given as.
+        addr: Multiaddr,
+    },
+    /// A bootstrap peer could not be dialed; it is tried again after `retry_in`.
+    BootstrapUnreachable {
+        /// The address it was given as.
+        addr: Multiaddr,
+        /// Why the dial failed.
+        error: String,
+        /// When it is dialed next.
+        retry_in: std::time::Duration,
+    },
     /// A peer announced a root (validated).
     Announcement(Announcement),
     /// This subscriber fell behind: `missed` events were dropped for it.

@@ -9,6 +9,7 @@
 //! policy ([`crate::upgrade`]) and `/cas` serving ([`crate::cas::serve`]); `driver` only
 //! routes commands and swarm events to them.
 
+mod bootstrap;
 mod builder;
 mod caps;
 mod connections;
@@ -37,6 +38,7 @@ use futures::{SinkExt, StreamExt};
 use libp2p::swarm::Swarm;
 use libp2p::{Multiaddr, PeerId};
 
+pub use bootstrap::{Backoff, BootstrapPeer, REFRESH as BOOTSTRAP_REFRESH};
 pub use builder::{BuildError, Builder, Spawner, Transport, authenticate, authenticate_with};
 pub use events::{Event, Events};
 pub use peers::PeerInfo;
@@ -74,6 +76,12 @@ pub struct Config {
     /// The bytes of answers the node holds for its peers (`/cas` and bitswap; the relay's
     /// HTTP gateway shares it), per peer and in total.
     pub budget: crate::budget::Budget,
+    /// Peers the node stays connected to and refreshes its DHT through (relays list each
+    /// other here to federate): dialed at start without waiting, again with [`Backoff`]
+    /// while unreachable, and again when they go away. See [`Node::bootstrap_peers`].
+    pub bootstrap: Vec<Multiaddr>,
+    /// How long an unreachable bootstrap peer waits before it is dialed again.
+    pub bootstrap_backoff: Backoff,
 }
 
 impl Default for Config {
@@ -95,6 +103,8 @@ impl Default for Config {
             event_capacity: 1024,
             idle_timeout: Duration::from_secs(60),
             budget: crate::budget::Budget::default(),
+            bootstrap: Vec::new(),
+            bootstrap_backoff: Backoff::default(),
         }
     }
 }
@@ -158,6 +168,7 @@ pub(crate) enum Command {
     Connect(PeerId, Vec<Multiaddr>, Reply<()>),
     Providers(Cid, Reply<Vec<(PeerId, Vec<Multiaddr>)>>),
     Announce(Cid, u64, Duration, Reply<()>),
+    BootstrapPeers(Reply<Vec<BootstrapPeer>>),
     Stop,
 }
 
@@ -243,6 +254,12 @@ impl Node {
     /// identify gave. Asks no other node.
     pub async fn local_providers(&self, cid: Cid) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, Error> {
         self.ask(|r| Command::Providers(cid, r)).await
+    }
+
+    /// The bootstrap peers ([`Config::bootstrap`]): which are connected, which are down and
+    /// why, and when each is dialed next.
+    pub async fn bootstrap_peers(&self) -> Result<Vec<BootstrapPeer>, Error> {
+        self.ask(Command::BootstrapPeers).await
     }
 
     /// Tells peers on [`crate::announce::TOPIC`] that this node holds `root` (`size` bytes)

@@ -34,6 +34,10 @@ pub struct PeerInfo {
     pub addr: Option<Multiaddr>,
     /// The last round trip measured by ping.
     pub rtt: Option<Duration>,
+    /// The addresses it listens on, as identify said (at most 16).
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Whether identify says it serves the DHT (relays do; nodes ask it as clients).
+    pub dht_server: bool,
 }
 
 impl PeerInfo {
@@ -157,6 +161,8 @@ impl PeerTable {
         i.cas = cas;
         i.bitswap = info.protocols.contains(&crate::bitswap::PROTOCOL);
         i.agent = Some(info.agent_version.clone());
+        i.listen_addrs = info.listen_addrs.iter().take(16).cloned().collect();
+        i.dht_server = info.protocols.contains(&libp2p::kad::PROTOCOL_NAME);
         newly
     }
 

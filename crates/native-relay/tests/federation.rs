@@ -1,0 +1,248 @@
+//! Relays federate: each is given others as bootstrap peers, their DHT servers find each
+//! other, provider records land on the k closest servers of the whole network (and outlive
+//! the relay they were published through), a relay provides the roots pinned in its store,
+//! and a bootstrap peer that is down is retried with backoff without holding anything up.
+//! All real libp2p, in process, on loopback.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::store::Memory;
+use cairn_p2p::node::Backoff;
+use cairn_p2p::{Event, Node};
+use cairn_relay::relay::{Config, Running};
+use common::{data, fetch_all, holding, import, node, relay_with, until_cas, until_identified};
+use futures::StreamExt;
+use libp2p::Multiaddr;
+use libp2p::identity::Keypair;
+
+/// A loopback relay with these bootstrap peers (and quick retries).
+fn config(bootstrap: &[&Running]) -> Config {
+    Config {
+        bootstrap: bootstrap.iter().map(|r| r.addrs[0].clone()).collect(),
+        bootstrap_backoff: Backoff {
+            first: Duration::from_millis(100),
+            max: Duration::from_millis(400),
+        },
+        ..Config::loopback()
+    }
+}
+
+/// Waits (on the node's events) until every bootstrap peer of `node` is connected.
+async fn until_federated(node: &Node) {
+    let mut events = node.events();
+    let wait = async {
+        loop {
+            let peers = node.bootstrap_peers().await.unwrap();
+            if peers.iter().all(|p| p.connected) {
+                return;
+            }
+            events.next().await.expect("the node is running");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{}: its bootstrap peers never all connected",
+                node.peer_id()
+            )
+        });
+}
+
+async fn health(relay: &Running) -> serde_json::Value {
+    let text = reqwest::get(format!("http://{}/health", relay.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_one_relay_finds_and_fetches_what_a_relay_two_hops_away_holds() {
+    const LEN: usize = 3 << 20;
+    let a = relay_with(Config::loopback()).await;
+    let b = relay_with(config(&[&a])).await;
+    // C holds a file, pinned, and knows only B.
+    let dir = tempfile::tempdir().unwrap();
+    let store = cairn_relay::store::Disk::open(dir.path()).await.unwrap();
+    let content = data(LEN);
+    let root = import(&store, &content).await;
+    store.pin(&root).await.unwrap();
+    let c = relay_with(Config {
+        store: Some(store),
+        ..config(&[&b])
+    })
+    .await;
+    until_federated(&b.node).await;
+    until_federated(&c.node).await;
+
+    // B lists both as federated relays; C's bootstrap entry says it is connected.
+    let h = health(&b).await;
+    let relays: Vec<&str> = h["federation"]["relays"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["peer_id"].as_str().unwrap())
+        .collect();
+    assert!(relays.contains(&a.peer_id.to_string().as_str()), "{h}");
+    assert!(relays.contains(&c.peer_id.to_string().as_str()), "{h}");
+    let h = health(&c).await;
+    assert_eq!(h["federation"]["bootstrap"][0]["connected"], true, "{h}");
+    assert_eq!(
+        h["federation"]["bootstrap"][0]["peer_id"],
+        b.peer_id.to_string(),
+        "{h}"
+    );
+
+    // N knows only A, which C never dialed: the DHT, spanning all three, finds C.
+    let n = node(Arc::new(Memory::new())).await;
+    n.dial(a.addrs[0].clone()).await.unwrap();
+    until_identified(&n, a.peer_id).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let providers = loop {
+        // C provides its pins at start and again once B connects; the record may still be
+        // on its way to the k closest servers.
+        let found = n.find_providers(root).await.unwrap();
+        if !found.is_empty() || tokio::time::Instant::now() > deadline {
+            break found;
+        }
+        c.node.events().next().await;
+    };
+    assert_eq!(providers, vec![c.peer_id], "C, found through A's DHT");
+    until_cas(&n, c.peer_id).await;
+    let (got, _) = fetch_all(&n, LEN, root).await;
+    let bytes = common::read_all(&got, root).await;
+    assert!(bytes == content, "the file, byte-identical");
+
+    for r in [a, b, c] {
+        r.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_record_outlives_the_relay_it_was_published_through() {
+    const LEN: usize = 1 << 20;
+    let a = relay_with(Config::loopback()).await;
+    let b = relay_with(config(&[&a])).await;
+    until_federated(&b.node).await;
+    // A has B in its DHT table once identify told it B serves the DHT.
+    until_identified(&a.node, b.peer_id).await;
+
+    // P is reachable directly and publishes through A only.
+    let (store, root, _) = holding(LEN).await;
+    let p = node(store).await;
+    p.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .await
+        .unwrap();
+    p.dial(a.addrs[0].clone()).await.unwrap();
+    until_identified(&p, a.peer_id).await;
+    // Stored on the closest servers of the network: A, and B, which P learned of from A.
+    p.provide(root).await.expect("the record is stored");
+
+    a.shutdown().await;
+    let q = node(Arc::new(Memory::new())).await;
+    q.dial(b.addrs[0].clone()).await.unwrap();
+    until_identified(&q, b.peer_id).await;
+    let providers = q.find_providers(root).await.unwrap();
+    assert_eq!(providers, vec![p.peer_id()], "found through B with A gone");
+    until_cas(&q, p.peer_id()).await;
+    fetch_all(&q, LEN, root).await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_peer_that_is_down_is_retried_with_backoff_and_joins_when_it_comes_up() {
+    // A's port and identity are chosen now; A starts later.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let key = Keypair::generate_ed25519();
+    let a_id = key.public().to_peer_id();
+    let a_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{a_id}")
+        .parse()
+        .unwrap();
+    // And one that never comes up (nothing listens on port 1).
+    let never: Multiaddr = format!("/ip4/127.0.0.1/tcp/1/p2p/{}", libp2p::PeerId::random())
+        .parse()
+        .unwrap();
+    let b = relay_with(Config {
+        bootstrap: vec![a_addr.clone(), never.clone()],
+        bootstrap_backoff: Backoff {
+            first: Duration::from_millis(100),
+            max: Duration::from_millis(400),
+        },
+        ..Config::loopback()
+    })
+    .await;
+    // B started without waiting for either; it keeps trying A.
+    let mut events = b.node.events();
+    let retry = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match events.next().await.unwrap() {
+                Event::BootstrapUnreachable {
+                    addr,
+                    error,
+                    retry_in,
+                } if addr == a_addr => break (error, retry_in),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("B retries A");
+    assert!(retry.1 <= Duration::from_millis(400), "capped: {retry:?}");
+    assert!(!retry.0.is_empty());
+    let status = b.node.bootstrap_peers().await.unwrap();
+    let of_a = status.iter().find(|s| s.addr == a_addr).unwrap();
+    assert!(!of_a.connected);
+    assert!(of_a.last_error.is_some());
+    let h = health(&b).await;
+    let listed = h["federation"]["bootstrap"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{h}");
+    assert!(
+        listed
+            .iter()
+            .all(|e| e["connected"] == false && e["error"].is_string()),
+        "both down, with why: {h}"
+    );
+
+    // A comes up where B looks for it.
+    let a = cairn_relay::relay::start(
+        key,
+        Config {
+            listen: vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()],
+            ..Config::loopback()
+        },
+    )
+    .await
+    .unwrap();
+    let joined = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Event::BootstrapConnected { peer, .. } = events.next().await.unwrap()
+                && peer == a_id
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(joined.is_ok(), "B joined A once it came up");
+    let status = b.node.bootstrap_peers().await.unwrap();
+    assert!(status.iter().find(|s| s.addr == a_addr).unwrap().connected);
+    let down = status.iter().find(|s| s.addr == never).unwrap();
+    assert!(!down.connected && down.failures >= 2, "{down:?}");
+    assert!(
+        down.retry_in
+            .is_some_and(|d| d <= Duration::from_millis(400))
+    );
+
+    a.shutdown().await;
+    b.shutdown().await;
+}
