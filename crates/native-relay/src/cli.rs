@@ -559,6 +559,8 @@ struct FileLimits {
     answer_bytes_total: Option<usize>,
     stall_timeout_secs: Option<u64>,
     stream_receive_window: Option<u32>,
+    dht_records_per_peer: Option<usize>,
+    dht_records_total: Option<usize>,
 }
 
 fn read_config(path: &Path) -> Result<FileConfig, Failure> {
@@ -673,6 +675,12 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     }
     if let Some(v) = l.stream_receive_window {
         config.receive_window = v;
+    }
+    if let Some(v) = l.dht_records_per_peer {
+        config.dht.per_provider = v;
+    }
+    if let Some(v) = l.dht_records_total {
+        config.dht.total_providers = v;
     }
     let running = crate::relay::start(key, config)
         .await

@@ -77,6 +77,9 @@ pub struct Config {
     pub bootstrap: Vec<Multiaddr>,
     /// How long an unreachable bootstrap peer waits before it is dialed again.
     pub bootstrap_backoff: cairn_p2p::node::Backoff,
+    /// What the relay's DHT store takes from other peers: provider records per peer and in
+    /// total ([`cairn_p2p::dht_store::Limits`]).
+    pub dht: cairn_p2p::dht_store::Limits,
 }
 
 impl Default for Config {
@@ -106,6 +109,7 @@ impl Default for Config {
             receive_window: 1024 * 1024,
             bootstrap: Vec::new(),
             bootstrap_backoff: cairn_p2p::node::Backoff::default(),
+            dht: cairn_p2p::dht_store::Limits::default(),
         }
     }
 }
@@ -385,6 +389,7 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         budget: budget.clone(),
         bootstrap: config.bootstrap.clone(),
         bootstrap_backoff: config.bootstrap_backoff,
+        dht: config.dht,
         ..Default::default()
     };
     let builder = cairn_p2p::Builder::new(key)

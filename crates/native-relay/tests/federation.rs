@@ -142,7 +142,27 @@ async fn a_provider_record_outlives_the_relay_it_was_published_through() {
     p.dial(a.addrs[0].clone()).await.unwrap();
     until_identified(&p, a.peer_id).await;
     // Stored on the closest servers of the network: A, and B, which P learned of from A.
+    let mut told = b.node.events();
     p.provide(root).await.expect("the record is stored");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Event::ProviderRecord {
+                provider, stored, ..
+            } = told.next().await.unwrap()
+                && provider == p.peer_id()
+            {
+                assert!(stored);
+                break;
+            }
+        }
+    })
+    .await
+    .expect("B gets P's record, though P published through A");
+    let on_b = b.node.local_providers(root).await.unwrap();
+    assert!(
+        on_b.iter().any(|(peer, _)| *peer == p.peer_id()),
+        "{on_b:?}"
+    );
 
     a.shutdown().await;
     let q = node(Arc::new(Memory::new())).await;

@@ -11,6 +11,7 @@ use cairn_core::HashAlg;
 use cairn_core::store::Memory;
 use cairn_core::unixfs::{self, Profile};
 use common::{data, fetch_all, holding, metrics_of, node, relay_with, until_cas};
+use futures::StreamExt;
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
@@ -255,6 +256,93 @@ async fn a_circuit_flood_is_refused_and_others_still_get_circuits() {
     assert!(
         metrics.contains("CircuitReqDenied"),
         "denials are counted:\n{metrics}"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_record_flood_takes_only_its_share_of_the_relays_dht() {
+    const CAP: usize = 40;
+    let relay = relay_with(cairn_relay::relay::Config {
+        dht: cairn_p2p::dht_store::Limits {
+            per_provider: CAP,
+            ..Default::default()
+        },
+        ..cairn_relay::relay::Config::loopback()
+    })
+    .await;
+    let addr = relay.addrs[0].clone();
+    // One peer announces more CIDs than its share.
+    let flood = node(Arc::new(Memory::new())).await;
+    flood.dial(addr.clone()).await.unwrap();
+    common::until_identified(&flood, relay.peer_id).await;
+    let made_up: Vec<_> = (0..CAP as u32 + 20)
+        .map(|i| cairn_core::cid::of(cairn_core::Codec::Raw, HashAlg::Sha2_256, &i.to_le_bytes()))
+        .collect();
+    // Every record reaches the relay, which says of each whether it kept it.
+    let mut told = relay.node.events();
+    for c in &made_up {
+        // The relay takes or drops each without answering: every publish "succeeds".
+        flood.provide(*c).await.unwrap();
+    }
+    let (mut kept, mut refused) = (0, 0);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while kept + refused < made_up.len() {
+            if let cairn_p2p::Event::ProviderRecord {
+                provider, stored, ..
+            } = told.next().await.unwrap()
+                && provider == flood.peer_id()
+            {
+                if stored { kept += 1 } else { refused += 1 }
+            }
+        }
+    })
+    .await
+    .expect("the relay hears every record");
+    assert_eq!(
+        (kept, refused),
+        (CAP, 20),
+        "the relay keeps {CAP} of the flood's records"
+    );
+    let mut held = 0;
+    for c in &made_up {
+        if !relay.node.local_providers(*c).await.unwrap().is_empty() {
+            held += 1;
+        }
+    }
+    assert_eq!(held, CAP);
+
+    // An honest peer still publishes, and is found.
+    let (store, root, _) = holding(1 << 20).await;
+    let honest = node(store).await;
+    // Reachable (a record with no address and no route to its peer is not handed out).
+    honest
+        .listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .await
+        .unwrap();
+    honest.dial(addr.clone()).await.unwrap();
+    common::until_identified(&honest, relay.peer_id).await;
+    honest.provide(root).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let cairn_p2p::Event::ProviderRecord {
+                provider, stored, ..
+            } = told.next().await.unwrap()
+                && provider == honest.peer_id()
+            {
+                assert!(stored, "the honest peer's record is kept");
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the relay hears the honest record");
+    let asker = node(Arc::new(Memory::new())).await;
+    asker.dial(addr).await.unwrap();
+    common::until_identified(&asker, relay.peer_id).await;
+    assert_eq!(
+        asker.find_providers(root).await.unwrap(),
+        vec![honest.peer_id()]
     );
     relay.shutdown().await;
 }

@@ -24,7 +24,7 @@ pub struct Behaviour {
     /// Relay v2 client (nodes that reserve slots and dial circuits).
     pub relay_client: Toggle<relay::client::Behaviour>,
     /// Kademlia: a server on the relay, a client elsewhere; provider records for roots.
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub kad: kad::Behaviour<crate::dht_store::Bounded>,
     /// GossipSub, for signed announcements on [`crate::announce::TOPIC`].
     pub gossipsub: gossipsub::Behaviour,
     /// Raw streams: `/cas` both ways, bitswap, `/webrtc` signalling, [`crate::perf`].
@@ -35,20 +35,28 @@ pub struct Behaviour {
 
 impl Behaviour {
     /// The composition for `key`; `relay_client` comes with the relay transport.
-    /// `upgrade_direct` turns the direct-upgrade policy on.
+    /// `upgrade_direct` turns the direct-upgrade policy on; `dht` bounds what the DHT store
+    /// takes from other peers.
     pub fn new(
         key: &Keypair,
         relay_client: Option<relay::client::Behaviour>,
         relay_server: Option<relay::Config>,
         upgrade_direct: bool,
+        dht: crate::dht_store::Limits,
     ) -> Result<Self, Error> {
         let peer_id = key.public().to_peer_id();
         let mut kad_config = kad::Config::new(kad::PROTOCOL_NAME);
         // cairn's DHT is the relays': tables are filled by identify when a node connects to
         // one, so there is nothing to bootstrap on a timer (it only logs "no known peers").
         kad_config.set_periodic_bootstrap_interval(None);
-        let mut kad =
-            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        // Records peers send are handed to the driver, which stores them (bounded by
+        // `dht_store`) and tells subscribers ([`crate::Event::ProviderRecord`]).
+        kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+        let mut kad = kad::Behaviour::with_config(
+            peer_id,
+            crate::dht_store::Bounded::new(peer_id, dht),
+            kad_config,
+        );
         // The relay serves the DHT; everyone else only asks it (browsers cannot be dialed
         // directly, so they must not sit in others' routing tables).
         kad.set_mode(Some(if relay_server.is_some() {

@@ -9,6 +9,7 @@ pub mod behaviour;
 pub mod bitswap;
 pub mod budget;
 pub mod cas;
+pub mod dht_store;
 pub mod framing;
 pub mod ipfs;
 pub mod metrics;

@@ -93,6 +93,7 @@ impl Builder {
             Some(relay_client),
             self.relay_server,
             self.config.upgrade_direct,
+            self.config.dht,
         )?;
         // Outbound streams are negotiated lazily: the dialer sends its protocol and its first
         // bytes together instead of waiting a round trip for the listener's agreement (every

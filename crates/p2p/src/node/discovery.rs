@@ -79,7 +79,44 @@ impl Discovery {
             .collect()
     }
 
-    pub(crate) fn on_kad(&mut self, swarm: &mut Swarm<Behaviour>, event: kad::Event) {
+    pub(crate) fn on_kad(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        event: kad::Event,
+        emitter: &super::events::Emitter,
+    ) {
+        use libp2p::kad::store::RecordStore;
+        if let kad::Event::InboundRequest { request } = event {
+            match request {
+                kad::InboundRequest::AddProvider {
+                    record: Some(record),
+                } => {
+                    let provider = record.provider;
+                    let key = record.key.to_vec();
+                    let stored = swarm
+                        .behaviour_mut()
+                        .kad
+                        .store_mut()
+                        .add_provider(record)
+                        .is_ok();
+                    emitter.emit(super::Event::ProviderRecord {
+                        provider,
+                        key,
+                        stored,
+                    });
+                }
+                kad::InboundRequest::PutRecord {
+                    record: Some(record),
+                    ..
+                } => {
+                    if let Err(e) = swarm.behaviour_mut().kad.store_mut().put(record) {
+                        tracing::debug!(error = %e, "DHT value record not stored");
+                    }
+                }
+                _ => {}
+            }
+            return;
+        }
         let kad::Event::OutboundQueryProgressed {
             id,
             result,

@@ -341,7 +341,7 @@ impl Driver {
                 self.on_identify(peer_id, info)
             }
             BehaviourEvent::Upgrade(e) => self.on_upgrade(e),
-            BehaviourEvent::Kad(e) => self.discovery.on_kad(&mut self.swarm, e),
+            BehaviourEvent::Kad(e) => self.discovery.on_kad(&mut self.swarm, e, &self.emitter),
             BehaviourEvent::Gossipsub(libp2p::gossipsub::Event::Message {
                 propagation_source,
                 message_id,

@@ -93,6 +93,16 @@ pub enum Event {
         /// When it is dialed next.
         retry_in: std::time::Duration,
     },
+    /// A peer published a provider record to this node's DHT store (a DHT server's):
+    /// `stored` unless the store's bounds refused it ([`crate::dht_store`]).
+    ProviderRecord {
+        /// The providing peer (always the one that sent it).
+        provider: PeerId,
+        /// The record's key: the multihash of the CID provided.
+        key: Vec<u8>,
+        /// Whether it was stored.
+        stored: bool,
+    },
     /// A peer announced a root (validated).
     Announcement(Announcement),
     /// This subscriber fell behind: `missed` events were dropped for it.

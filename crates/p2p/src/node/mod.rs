@@ -82,6 +82,8 @@ pub struct Config {
     pub bootstrap: Vec<Multiaddr>,
     /// How long an unreachable bootstrap peer waits before it is dialed again.
     pub bootstrap_backoff: Backoff,
+    /// What the DHT store takes from other peers ([`crate::dht_store`]).
+    pub dht: crate::dht_store::Limits,
 }
 
 impl Default for Config {
@@ -105,6 +107,7 @@ impl Default for Config {
             budget: crate::budget::Budget::default(),
             bootstrap: Vec::new(),
             bootstrap_backoff: Backoff::default(),
+            dht: crate::dht_store::Limits::default(),
         }
     }
 }
