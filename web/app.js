@@ -4,7 +4,8 @@
 // streamed to disk by the service worker beside it (sw.js), from the store, block by block.
 //
 // URL parameters (all optional): relay=<multiaddr> (repeatable; "none" for none; default:
-// the serving relay's WebSocket address from /health), gateway=<url> (repeatable; "none"
+// the serving relay's WebSocket address from /health, and up to three relays it federates
+// with), gateway=<url> (repeatable; "none"
 // for none; default: the serving relay's own gateway when it has a store), store=<name>
 // (the IndexedDB database; default "app"), quota=<bytes> (a cap on the store).
 import { CairnNode, version } from './cairn-cas/index.js'
@@ -12,7 +13,9 @@ import { CairnNode, version } from './cairn-cas/index.js'
 const $ = (id) => document.getElementById(id)
 const params = new URLSearchParams(location.search)
 let node = null
-let relayPeer = null
+/** The peer ids of the relays the node was given, and whether all of them were lost. */
+let relayPeers = []
+let relaysLost = false
 let current = null
 
 function fmtBytes (n) {
@@ -85,6 +88,27 @@ function pickRelay (addrs) {
   return first.replace(/^\/(ip4|ip6|dns4|dns6|dns)\/[^/]+/, `/${proto}/${host.replace(/^\[|\]$/g, '')}`)
 }
 
+/**
+ * Further relays the serving relay federates with (`federation.relays` in its /health), each
+ * at a WebSocket address it listens on: the node reserves on these too and stays reachable
+ * through the others if one goes away.
+ */
+function federatedRelays (health, max = 3) {
+  const secure = location.protocol === 'https:'
+  const loopback = (a) => /^\/ip4\/127\.|^\/ip6\/::1\//.test(a)
+  const pageOnLoopback = /^(localhost|127\.|\[::1\])/.test(location.hostname)
+  const out = []
+  for (const r of health?.federation?.relays ?? []) {
+    const usable = (r.addrs ?? []).filter((a) => /\/p2p\//.test(a) &&
+      (secure ? /\/(tls\/ws|wss)\//.test(a) : /\/ws\//.test(a) && !/\/(tls|wss)\//.test(a)) &&
+      (pageOnLoopback || !loopback(a)))
+    const a = usable.find((a) => !a.startsWith('/ip6/')) ?? usable[0]
+    if (a) out.push(a)
+    if (out.length >= max) break
+  }
+  return out
+}
+
 async function config () {
   let health = null
   try {
@@ -94,7 +118,7 @@ async function config () {
   let relays = params.getAll('relay')
   if (relays.length === 0 && health) {
     const r = pickRelay(health.addrs ?? [])
-    if (r) relays = [r]
+    if (r) relays = [r, ...federatedRelays(health)]
   }
   relays = relays.filter((r) => r && r !== 'none')
   let gateways = params.getAll('gateway')
@@ -355,12 +379,30 @@ function refreshPeers () {
     return tr
   })
   $('peers').replaceChildren(...rows)
-  if (relayPeer) {
-    const connected = peers.some((p) => p.peerId === relayPeer)
-    if (!connected && $('node-status').dataset.state === 'ready') {
-      nodeStatus('Lost the relay: sharing and fetching from others stop until it is back (reload to reconnect). Your files stay here.', 'error')
+  if (relayPeers.length) {
+    // The node keeps trying every relay it was given; the app says when none is left, and
+    // when one is back.
+    const up = relayPeers.filter((id) => peers.some((p) => p.peerId === id)).length
+    const state = $('node-status').dataset.state
+    if (up === 0 && state === 'ready') {
+      relaysLost = true
+      nodeStatus('Lost the relay: sharing and fetching from others stop until it is back (cairn keeps trying to reach it). Your files stay here.', 'error')
+    } else if (up > 0 && relaysLost) {
+      relaysLost = false
+      nodeStatus(connectedText(Math.max(1, reservedRelays())), 'ready')
     }
+    $('my-address').textContent = node.addresses.join(' ') || 'none (no relay reservation)'
   }
+}
+
+/** How many relays hold a reservation for the node now (its circuit addresses). */
+function reservedRelays () {
+  return new Set(node.addresses.map((a) => a.split('/p2p-circuit')[0])).size
+}
+
+function connectedText (relays) {
+  const through = relays > 1 ? `Connected through ${relays} relays` : 'Connected to the relay'
+  return `${through}: files you add can be fetched by others.`
 }
 
 async function refreshStorage () {
@@ -440,8 +482,8 @@ async function start () {
   const options = { relays: cfg.relays, routers: cfg.routers, gateways: cfg.gateways, direct: cfg.direct, storage: 'indexeddb', name: cfg.name, quota: cfg.quota }
   try {
     node = await CairnNode.create(options)
-    relayPeer = cfg.relays[0]?.split('/p2p/').pop()?.split('/')[0] ?? null
-    nodeStatus(cfg.relays.length ? 'Connected to the relay: files you add can be fetched by others.' : 'Running without a relay: files stay in this browser.', 'ready')
+    relayPeers = cfg.relays.map((r) => r.split('/p2p/').pop()?.split('/')[0]).filter(Boolean)
+    nodeStatus(cfg.relays.length ? connectedText(Math.max(1, reservedRelays())) : 'Running without a relay: files stay in this browser.', 'ready')
   } catch (e) {
     try {
       node = await CairnNode.create({ ...options, relays: [] })

@@ -73,11 +73,13 @@ export function pseudoRandomFile (path, bytes) {
 }
 
 /**
- * Starts `cairn-relay serve` with `args` (plus a WebSocket listener on a free port and HTTP
- * on `http`), and resolves once it printed its first address: `{ addr, peerId, http, proc }`.
+ * Starts `cairn-relay serve` with `args` (plus HTTP on `http` and, unless `args` has a
+ * `--listen`, a WebSocket listener on a free port), and resolves once it printed its first address: `{ addr, peerId, http, proc }`.
  */
 export async function startRelay (bin, http, args) {
-  const proc = spawn(bin, ['serve', '--listen', '/ip4/127.0.0.1/tcp/0/ws', '--http', http, ...args], {
+  // A WebSocket listener on a free port, unless `args` names its own listeners.
+  const listen = args.includes('--listen') ? [] : ['--listen', '/ip4/127.0.0.1/tcp/0/ws']
+  const proc = spawn(bin, ['serve', ...listen, '--http', http, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, CAIRN_LOG: 'error' }
   })

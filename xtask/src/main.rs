@@ -352,6 +352,14 @@ fn test(root: &Path) -> Result<()> {
         .arg(root.join("tests/artifacts/e2e"))
         .current_dir(root.join("tests/js")))?;
 
+    step("browsers on several relays: federation, a relay lost and back (Playwright)");
+    sh(Command::new(node_bin(root))
+        .arg(root.join("tests/js/federation.mjs"))
+        .arg(target_dir(root).join("debug/cairn-relay"))
+        .arg(root.join("dist"))
+        .arg(root.join("tests/artifacts/e2e"))
+        .current_dir(root.join("tests/js")))?;
+
     eprintln!("\nall checks passed in {:.0?}", started.elapsed());
     Ok(())
 }

@@ -266,3 +266,112 @@ async fn a_bootstrap_peer_that_is_down_is_retried_with_backoff_and_joins_when_it
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Waits (on `node`'s events) until `ok` holds for its relays' state.
+async fn until_relays(
+    node: &Node,
+    what: &str,
+    ok: impl Fn(&[cairn_p2p::node::BootstrapPeer]) -> bool,
+) {
+    let mut events = node.events();
+    let wait = async {
+        loop {
+            if ok(&node.bootstrap_peers().await.unwrap()) {
+                return;
+            }
+            events.next().await.expect("the node is running");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .unwrap_or_else(|_| panic!("{what} never happened"));
+}
+
+/// Whether `addrs` has a circuit address through `relay`.
+fn through(addrs: &[Multiaddr], relay: libp2p::PeerId) -> bool {
+    addrs.iter().any(|a| {
+        let s = a.to_string();
+        s.contains(&format!("/p2p/{relay}/p2p-circuit"))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_two_relays_stays_reachable_through_one_and_reserves_again_when_the_other_returns()
+ {
+    const LEN: usize = 1 << 20;
+    let key_a = Keypair::generate_ed25519();
+    let a = cairn_relay::relay::start(key_a.clone(), Config::loopback())
+        .await
+        .unwrap();
+    let a_addr = a.addrs[0].clone();
+    let b = relay_with(Config::loopback()).await;
+    let (store, root, _) = holding(LEN).await;
+    let n = common::native_node(
+        store,
+        cairn_p2p::node::Config {
+            relays: vec![a_addr.clone(), b.addrs[0].clone()],
+            bootstrap_backoff: Backoff {
+                first: Duration::from_millis(100),
+                max: Duration::from_millis(400),
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    until_relays(&n, "reservations on both relays", |ps| {
+        ps.len() == 2 && ps.iter().all(|p| p.relay && p.reserved)
+    })
+    .await;
+    let addrs = n.listen_addrs();
+    assert!(
+        through(&addrs, a.peer_id) && through(&addrs, b.peer_id),
+        "{addrs:?}"
+    );
+
+    // A goes away: N says so, and is still reachable through B.
+    let mut told = n.events();
+    let a_id = a.peer_id;
+    a.shutdown().await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Event::ReservationLost { addr, .. } = told.next().await.unwrap()
+                && addr == a_addr
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("N hears its reservation on A is gone");
+    let addrs = n.listen_addrs();
+    assert!(
+        !through(&addrs, a_id) && through(&addrs, b.peer_id),
+        "{addrs:?}"
+    );
+    let via_b = b.addrs[0]
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2pCircuit)
+        .with(libp2p::multiaddr::Protocol::P2p(n.peer_id()));
+    let q = node(Arc::new(Memory::new())).await;
+    assert_eq!(q.dial(via_b).await.unwrap(), n.peer_id());
+    until_cas(&q, n.peer_id()).await;
+    fetch_all(&q, LEN, root).await;
+
+    // A comes back at the same address: N reserves on it again by itself.
+    let a = cairn_relay::relay::start(
+        key_a,
+        Config {
+            listen: vec![common::without_p2p(&a_addr)],
+            ..Config::loopback()
+        },
+    )
+    .await
+    .unwrap();
+    until_relays(&n, "a reservation on A again", |ps| {
+        ps.iter().all(|p| p.reserved)
+    })
+    .await;
+    assert!(through(&n.listen_addrs(), a.peer_id));
+    a.shutdown().await;
+    b.shutdown().await;
+}

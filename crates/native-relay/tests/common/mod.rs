@@ -179,6 +179,13 @@ pub(crate) async fn fetch_all(from: &Node, len: usize, root: Cid) -> (Arc<Memory
     (store, report)
 }
 
+/// `addr` without its trailing `/p2p/<id>`.
+pub(crate) fn without_p2p(addr: &libp2p::Multiaddr) -> libp2p::Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect()
+}
+
 /// The file under `root`, read whole from `store` alone.
 pub(crate) async fn read_all(store: &Arc<Memory>, root: Cid) -> Vec<u8> {
     let local = cairn_core::source::Local(store.clone());

@@ -8,16 +8,25 @@
 //!
 //! This is how relays federate: each lists some of the others, and their DHT servers find
 //! each other; provider records then land on the k closest servers of the whole network.
+//!
+//! Relays ([`Config::relays`](super::Config::relays)) are kept the same way, and the node
+//! also holds a reservation on each (listens through it: `<relay>/p2p-circuit`, and
+//! `…/p2p-circuit/webrtc` where direct connections are on), so that it stays reachable
+//! through every relay still up. A reservation refused or lost while the relay is connected
+//! is asked for again with the same backoff; one lost with the relay is asked for again when
+//! the relay is back.
 
 use std::time::Duration;
 
 use cairn_core::rt::Instant;
 use futures_timer::Delay;
+use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, DialError, Swarm};
 use libp2p::{Multiaddr, PeerId};
 
+use super::connections::Connections;
 use super::events::{Emitter, Event};
 use crate::behaviour::Behaviour;
 
@@ -70,6 +79,12 @@ pub struct BootstrapPeer {
     pub last_error: Option<String>,
     /// When it is dialed next, if it is waiting to be.
     pub retry_in: Option<Duration>,
+    /// Whether the node holds (or asks for) a reservation on it: a relay it listens through.
+    pub relay: bool,
+    /// Whether the node listens through it now (a reservation is held).
+    pub reserved: bool,
+    /// Why the last reservation on it was refused or lost (kept until one is held).
+    pub reservation_error: Option<String>,
 }
 
 #[derive(Debug)]
@@ -86,12 +101,26 @@ struct Entry {
     state: State,
     failures: u32,
     last_error: Option<String>,
+    /// A relay to listen through.
+    relay: bool,
+    /// The listeners made through it (the circuit, and its `/webrtc`).
+    listeners: Vec<ListenerId>,
+    /// Whether a listener through it reported an address (the reservation was accepted).
+    reserved: bool,
+    /// When to ask for a reservation again (connected, none held).
+    relisten_at: Option<Instant>,
+    /// Reservations refused or lost in a row.
+    refusals: u32,
+    /// Why the last one was.
+    refusal: Option<String>,
 }
 
 /// The bootstrap peers and the timer that dials them.
 pub(crate) struct Bootstrap {
     entries: Vec<Entry>,
     backoff: Backoff,
+    /// Whether a reservation also gets a `/webrtc` listener (direct connections are on).
+    webrtc: bool,
     /// When the DHT is refreshed next (while a bootstrap peer is connected).
     refresh_at: Option<Instant>,
     /// The timer, and the instant it was armed for.
@@ -116,10 +145,21 @@ fn without_peer(addr: &Multiaddr) -> Multiaddr {
 }
 
 impl Bootstrap {
-    pub(crate) fn new(addrs: &[Multiaddr], backoff: Backoff) -> Self {
+    /// Keeps `bootstrap` peers, and `relays` with a reservation on each (`webrtc`: a
+    /// `/webrtc` listener through each too).
+    pub(crate) fn new(
+        bootstrap: &[Multiaddr],
+        relays: &[Multiaddr],
+        backoff: Backoff,
+        webrtc: bool,
+    ) -> Self {
         let now = Instant::now();
         let mut entries: Vec<Entry> = Vec::new();
-        for addr in addrs {
+        let given = relays
+            .iter()
+            .map(|a| (a, true))
+            .chain(bootstrap.iter().map(|a| (a, false)));
+        for (addr, relay) in given {
             if entries.iter().any(|e| e.addr == *addr) {
                 continue;
             }
@@ -129,11 +169,18 @@ impl Bootstrap {
                 state: State::Waiting(now),
                 failures: 0,
                 last_error: None,
+                relay,
+                listeners: Vec::new(),
+                reserved: false,
+                relisten_at: None,
+                refusals: 0,
+                refusal: None,
             });
         }
         let mut b = Self {
             entries,
             backoff,
+            webrtc,
             refresh_at: None,
             timer: None,
         };
@@ -148,7 +195,8 @@ impl Bootstrap {
             .iter()
             .filter_map(|e| match e.state {
                 State::Waiting(at) => Some(at),
-                _ => None,
+                State::Connected => e.relisten_at,
+                State::Dialing(_) => None,
             })
             .chain(self.refresh_at)
             .min();
@@ -170,11 +218,23 @@ impl Bootstrap {
         }
     }
 
-    /// Dials the peers whose wait is over and refreshes the DHT if it is time.
-    pub(crate) fn on_due(&mut self, swarm: &mut Swarm<Behaviour>, emitter: &Emitter) {
+    /// Dials the peers whose wait is over, asks again for reservations refused or lost, and
+    /// refreshes the DHT if it is time.
+    pub(crate) fn on_due(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        conns: &mut Connections,
+        emitter: &Emitter,
+    ) {
         self.timer = None;
         let now = Instant::now();
         for i in 0..self.entries.len() {
+            let e = &mut self.entries[i];
+            if matches!(e.state, State::Connected) && e.relisten_at.is_some_and(|at| at <= now) {
+                e.relisten_at = None;
+                self.reserve(swarm, conns, i);
+                continue;
+            }
             let State::Waiting(at) = self.entries[i].state else {
                 continue;
             };
@@ -187,7 +247,7 @@ impl Bootstrap {
             {
                 // It dialed us meanwhile.
                 e.state = State::Connected;
-                self.joined(swarm, i, emitter);
+                self.joined(swarm, conns, i, emitter);
                 continue;
             }
             let opts = match e.peer {
@@ -222,8 +282,15 @@ impl Bootstrap {
     }
 
     /// Entry `i` is connected now: its address goes into the DHT (bootstrap peers are
-    /// taken to be DHT servers, as IPFS takes its own) and the DHT is refreshed through it.
-    fn joined(&mut self, swarm: &mut Swarm<Behaviour>, i: usize, emitter: &Emitter) {
+    /// taken to be DHT servers, as IPFS takes its own), the DHT is refreshed through it, and
+    /// a relay is listened through.
+    fn joined(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        conns: &mut Connections,
+        i: usize,
+        emitter: &Emitter,
+    ) {
         let e = &mut self.entries[i];
         e.failures = 0;
         e.last_error = None;
@@ -234,8 +301,99 @@ impl Bootstrap {
             .behaviour_mut()
             .kad
             .add_address(&peer, without_peer(&addr));
-        emitter.emit(Event::BootstrapConnected { peer, addr });
+        emitter.emit(Event::BootstrapConnected {
+            peer,
+            addr: addr.clone(),
+        });
+        if e.relay {
+            self.reserve(swarm, conns, i);
+        }
         self.refresh(swarm);
+    }
+
+    /// Listens through relay `i` (asking it for a reservation), dropping listeners left
+    /// from an earlier connection to it.
+    fn reserve(&mut self, swarm: &mut Swarm<Behaviour>, conns: &mut Connections, i: usize) {
+        let e = &mut self.entries[i];
+        let Some(peer) = e.peer else { return };
+        for id in e.listeners.drain(..) {
+            swarm.remove_listener(id);
+        }
+        e.reserved = false;
+        let circuit = without_peer(&e.addr)
+            .with(Protocol::P2p(peer))
+            .with(Protocol::P2pCircuit);
+        let mut wanted = vec![circuit.clone()];
+        if self.webrtc {
+            wanted.push(circuit.with(Protocol::WebRTC));
+        }
+        for a in wanted {
+            match conns.listen_for_node(swarm, a.clone()) {
+                Ok(id) => e.listeners.push(id),
+                Err(err) => {
+                    tracing::warn!(addr = %a, error = %err, "cannot listen through the relay")
+                }
+            }
+        }
+    }
+
+    /// A listener reported an address: if it is the circuit through a relay (the first of
+    /// its listeners), the reservation was accepted.
+    pub(crate) fn on_listen_addr(&mut self, listener: ListenerId) {
+        if let Some(e) = self
+            .entries
+            .iter_mut()
+            .find(|e| e.listeners.first() == Some(&listener))
+        {
+            e.reserved = true;
+            e.refusals = 0;
+            e.refusal = None;
+        }
+    }
+
+    /// A listener closed: if it was one through a relay, its reservation was refused or
+    /// lost. While the relay is connected it is asked for again after the backoff;
+    /// otherwise once the relay is back.
+    pub(crate) fn on_listener_closed(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        listener: ListenerId,
+        error: Option<&str>,
+        emitter: &Emitter,
+    ) {
+        let Some(i) = self
+            .entries
+            .iter()
+            .position(|e| e.listeners.contains(&listener))
+        else {
+            return;
+        };
+        let backoff = self.backoff;
+        let e = &mut self.entries[i];
+        // The circuit and its /webrtc go together: the rest of them are closed as well.
+        for id in e.listeners.drain(..) {
+            if id != listener {
+                swarm.remove_listener(id);
+            }
+        }
+        e.reserved = false;
+        let error = error.unwrap_or("closed").to_owned();
+        e.refusal = Some(error.clone());
+        let retry_in = if matches!(e.state, State::Connected) {
+            e.refusals = e.refusals.saturating_add(1);
+            let wait = backoff.after(e.refusals);
+            e.relisten_at = Some(Instant::now() + wait);
+            Some(wait)
+        } else {
+            None
+        };
+        tracing::warn!(addr = %e.addr, %error, ?retry_in, "reservation on the relay lost");
+        emitter.emit(Event::ReservationLost {
+            addr: e.addr.clone(),
+            error,
+            retry_in,
+        });
+        self.arm();
     }
 
     fn failed(&mut self, i: usize, error: &DialError, emitter: &Emitter) {
@@ -270,6 +428,7 @@ impl Bootstrap {
     pub(crate) fn on_established(
         &mut self,
         swarm: &mut Swarm<Behaviour>,
+        conns: &mut Connections,
         connection: ConnectionId,
         peer: PeerId,
         emitter: &Emitter,
@@ -285,7 +444,7 @@ impl Bootstrap {
             if ours {
                 e.peer = Some(peer);
                 e.state = State::Connected;
-                self.joined(swarm, i, emitter);
+                self.joined(swarm, conns, i, emitter);
                 changed = true;
             }
         }
@@ -326,6 +485,7 @@ impl Bootstrap {
             if e.peer == Some(peer) && matches!(e.state, State::Connected) {
                 tracing::info!(addr = %e.addr, %peer, "bootstrap peer went away; dialing it again");
                 e.state = State::Waiting(Instant::now() + self.backoff.first);
+                e.relisten_at = None;
                 changed = true;
             }
         }
@@ -355,6 +515,9 @@ impl Bootstrap {
                     State::Waiting(at) => Some(at.saturating_duration_since(now)),
                     _ => None,
                 },
+                relay: e.relay,
+                reserved: e.reserved,
+                reservation_error: e.refusal.clone(),
             })
             .collect()
     }
@@ -395,8 +558,15 @@ mod tests {
     #[test]
     fn the_same_address_given_twice_is_dialed_once() {
         let addr: Multiaddr = "/ip4/198.51.100.7/tcp/4001".parse().unwrap();
-        let b = Bootstrap::new(&[addr.clone(), addr], Backoff::default());
-        assert_eq!(b.status().len(), 1);
+        let b = Bootstrap::new(
+            &[addr.clone(), addr.clone()],
+            &[addr],
+            Backoff::default(),
+            false,
+        );
+        let status = b.status();
+        assert_eq!(status.len(), 1);
+        assert!(status[0].relay, "given as a relay too: reserved on");
         assert!(b.timer.is_some(), "armed for the first dial");
     }
 }

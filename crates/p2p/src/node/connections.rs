@@ -22,9 +22,43 @@ pub(crate) struct Connections {
     listeners: HashSet<ListenerId>,
     /// Addresses each listener reported.
     listen_addrs: HashMap<ListenerId, Vec<Multiaddr>>,
+    /// All of them, for [`super::Node::listen_addrs`].
+    shared: ListenAddrs,
+}
+
+/// The addresses a node listens on now, shared with its handles.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ListenAddrs(std::sync::Arc<std::sync::Mutex<Vec<Multiaddr>>>);
+
+impl ListenAddrs {
+    pub(crate) fn get(&self) -> Vec<Multiaddr> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, addrs: Vec<Multiaddr>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = addrs;
+    }
 }
 
 impl Connections {
+    pub(crate) fn new(shared: ListenAddrs) -> Self {
+        Self {
+            shared,
+            ..Self::default()
+        }
+    }
+
+    fn publish(&self) {
+        self.shared
+            .set(self.listen_addrs.values().flatten().cloned().collect());
+    }
+
     pub(crate) fn dial(
         &mut self,
         swarm: &mut Swarm<Behaviour>,
@@ -134,6 +168,7 @@ impl Connections {
 
     pub(crate) fn new_listen_addr(&mut self, id: ListenerId, addr: &Multiaddr) {
         self.listen_addrs.entry(id).or_default().push(addr.clone());
+        self.publish();
         if let Some((_, reply)) = self.listens.remove(&id) {
             let _ = reply.send(Ok(addr.clone()));
         }
@@ -143,6 +178,7 @@ impl Connections {
         if let Some(a) = self.listen_addrs.get_mut(&id) {
             a.retain(|x| x != addr);
         }
+        self.publish();
     }
 
     /// A listener closed; returns the addresses it had.
@@ -158,7 +194,21 @@ impl Connections {
                 source: error.unwrap_or_else(|| "listener closed".into()).into(),
             }));
         }
-        self.listen_addrs.remove(&id).unwrap_or_default()
+        let gone = self.listen_addrs.remove(&id).unwrap_or_default();
+        self.publish();
+        gone
+    }
+
+    /// Listens on `addr` for the node itself (no handle waits): the listener is closed on
+    /// stop like the others.
+    pub(crate) fn listen_for_node(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        addr: Multiaddr,
+    ) -> Result<ListenerId, libp2p::TransportError<std::io::Error>> {
+        let id = swarm.listen_on(addr)?;
+        self.listeners.insert(id);
+        Ok(id)
     }
 
     /// Closes every listener (stopping).

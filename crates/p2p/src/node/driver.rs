@@ -52,10 +52,12 @@ pub(super) fn start<S: BlockStore + 'static>(
     };
     let reputations = Reputations::tracking();
     let peers = PeerTable::default();
+    let listening = super::connections::ListenAddrs::default();
     let node = Node {
         peer_id,
         commands,
         peers: peers.clone(),
+        listening: listening.clone(),
         cas: client.clone(),
         reputations: reputations.clone(),
         bitswap: bitswap.clone(),
@@ -66,9 +68,14 @@ pub(super) fn start<S: BlockStore + 'static>(
         swarm,
         commands: rx,
         peers,
-        connections: Connections::default(),
+        connections: Connections::new(listening),
         discovery: Discovery::default(),
-        bootstrap: Bootstrap::new(&config.bootstrap, config.bootstrap_backoff),
+        bootstrap: Bootstrap::new(
+            &config.bootstrap,
+            &config.relays,
+            config.bootstrap_backoff,
+            config.upgrade_direct,
+        ),
         caps: CapsExchange::new(client),
         shutdown: Shutdown::new(),
         emitter,
@@ -171,7 +178,8 @@ impl Driver {
                     }
                 },
                 () = self.bootstrap.due().fuse() => {
-                    self.bootstrap.on_due(&mut self.swarm, &self.emitter);
+                    self.bootstrap
+                        .on_due(&mut self.swarm, &mut self.connections, &self.emitter);
                 }
                 () = &mut self.shutdown.done => {
                     if self.shutdown.phase_over(&mut self.swarm) {
@@ -244,6 +252,7 @@ impl Driver {
                 self.connections.established(connection_id, peer_id);
                 self.bootstrap.on_established(
                     &mut self.swarm,
+                    &mut self.connections,
                     connection_id,
                     peer_id,
                     &self.emitter,
@@ -302,6 +311,7 @@ impl Driver {
             } => {
                 tracing::info!(%address, "listening");
                 self.connections.new_listen_addr(listener_id, &address);
+                self.bootstrap.on_listen_addr(listener_id);
                 if self.config.advertise_listen_addrs {
                     self.swarm.add_external_address(address.clone());
                 }
@@ -321,6 +331,14 @@ impl Driver {
             } => {
                 let error = reason.err().map(|e| e.to_string());
                 let addrs = self.connections.listener_closed(listener_id, error.clone());
+                if !self.shutdown.stopping() {
+                    self.bootstrap.on_listener_closed(
+                        &mut self.swarm,
+                        listener_id,
+                        error.as_deref(),
+                        &self.emitter,
+                    );
+                }
                 self.emitter.emit(Event::ListenerClosed { addrs, error });
             }
             SwarmEvent::ListenerError { error, .. } => {

@@ -93,6 +93,17 @@ pub enum Event {
         /// When it is dialed next.
         retry_in: std::time::Duration,
     },
+    /// A reservation on a relay ([`super::Config::relays`]) was refused or lost: the node
+    /// no longer listens through it. Asked for again after `retry_in` while the relay is
+    /// connected (`None`: once it is back).
+    ReservationLost {
+        /// The relay's address, as it was given.
+        addr: Multiaddr,
+        /// Why.
+        error: String,
+        /// When it is asked for again.
+        retry_in: Option<std::time::Duration>,
+    },
     /// A peer published a provider record to this node's DHT store (a DHT server's):
     /// `stored` unless the store's bounds refused it ([`crate::dht_store`]).
     ProviderRecord {

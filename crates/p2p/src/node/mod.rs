@@ -80,7 +80,13 @@ pub struct Config {
     /// other here to federate): dialed at start without waiting, again with [`Backoff`]
     /// while unreachable, and again when they go away. See [`Node::bootstrap_peers`].
     pub bootstrap: Vec<Multiaddr>,
-    /// How long an unreachable bootstrap peer waits before it is dialed again.
+    /// Relays to hold a reservation on (listen through, so peers reach this node by each):
+    /// kept like [`Config::bootstrap`] peers, and a reservation refused or lost is asked for
+    /// again with the same backoff. Where `upgrade_direct` is on, a `/webrtc` listener goes
+    /// through each too. See [`Node::listen_addrs`].
+    pub relays: Vec<Multiaddr>,
+    /// How long an unreachable bootstrap peer or relay waits before it is dialed again, and
+    /// a refused reservation before it is asked for again.
     pub bootstrap_backoff: Backoff,
     /// What the DHT store takes from other peers ([`crate::dht_store`]).
     pub dht: crate::dht_store::Limits,
@@ -106,6 +112,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             budget: crate::budget::Budget::default(),
             bootstrap: Vec::new(),
+            relays: Vec::new(),
             bootstrap_backoff: Backoff::default(),
             dht: crate::dht_store::Limits::default(),
         }
@@ -181,6 +188,7 @@ pub struct Node {
     peer_id: PeerId,
     commands: mpsc::Sender<Command>,
     peers: peers::PeerTable,
+    listening: connections::ListenAddrs,
     cas: cas::Client,
     reputations: Reputations<PeerId>,
     bitswap: Bitswap,
@@ -303,6 +311,12 @@ impl Node {
     /// shared by every peer source made over it. Peers are dropped when they leave.
     pub fn reputations(&self) -> &Reputations<PeerId> {
         &self.reputations
+    }
+
+    /// The addresses the node listens on now, relay circuits included (each reported by its
+    /// listener; without the trailing `/p2p/<this node>`).
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.listening.get()
     }
 
     /// Connected peers and what we know of them.

@@ -43,6 +43,24 @@ fn parse_cid(cid: &str) -> Result<Cid, JsValue> {
     })
 }
 
+impl Inner {
+    /// The addresses through the relays that hold a reservation for this node now, each
+    /// ending in `/p2p/<this node>`, sorted.
+    fn addresses(&self) -> Vec<Multiaddr> {
+        let me = self.node.peer_id();
+        let mut out: Vec<Multiaddr> = self
+            .node
+            .listen_addrs()
+            .into_iter()
+            .filter(|a| a.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
+            .map(|a| a.with_p2p(me).unwrap_or_else(|a| a))
+            .collect();
+        out.sort_by_key(ToString::to_string);
+        out.dedup();
+        out
+    }
+}
+
 /// What every call of a node shares.
 #[derive(Debug, Clone)]
 struct Inner {
@@ -51,7 +69,8 @@ struct Inner {
     profile: Profile,
     sources: Sources,
     in_use: InUse,
-    addresses: Vec<Multiaddr>,
+    /// Whether the node was given relays.
+    relayed: bool,
     /// Whether direct `/webrtc` connections to other browsers are made.
     direct: bool,
     /// The Web Lock on the kept identity, released by `stop`.
@@ -186,7 +205,7 @@ impl CairnNode {
     #[wasm_bindgen(getter)]
     pub fn addresses(&self) -> Vec<String> {
         self.inner
-            .addresses
+            .addresses()
             .iter()
             .map(ToString::to_string)
             .collect()
@@ -255,7 +274,7 @@ impl CairnNode {
         op.finish();
         let provided =
             cairn_core::rt::timeout(Duration::from_secs(10), inner.node.provide(root)).await;
-        if !matches!(provided, Some(Ok(()))) && !inner.addresses.is_empty() {
+        if !matches!(provided, Some(Ok(()))) && inner.relayed {
             let why = match provided {
                 Some(Err(e)) => e.to_string(),
                 _ => "no answer within 10 s".into(),

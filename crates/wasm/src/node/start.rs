@@ -8,7 +8,6 @@ use std::time::Duration;
 use cairn_core::unixfs::Profile;
 use cairn_p2p::sources::{self, IpfsRouting, Sources};
 use libp2p::Multiaddr;
-use libp2p::multiaddr::Protocol;
 use wasm_bindgen::JsValue;
 
 use super::Inner;
@@ -154,50 +153,54 @@ async fn open_store(options: &CreateOptions) -> Result<Store, JsValue> {
     })
 }
 
-/// Reaches each relay and reserves a slot on it; returns this node's addresses through
-/// those that answered, and what the others said.
-async fn reserve(
-    node: &cairn_p2p::Node,
-    relays: &[Multiaddr],
-    direct: bool,
-) -> (Vec<Multiaddr>, Vec<String>) {
-    let mut failures = Vec::new();
-    let mut addresses = Vec::new();
-    for relay in relays {
-        let dialed =
-            cairn_core::rt::timeout(Duration::from_secs(15), node.dial(relay.clone())).await;
-        let peer = match dialed {
-            Some(Ok(peer)) => peer,
-            Some(Err(e)) => {
-                failures.push(format!("{relay}: {e}"));
-                continue;
-            }
-            None => {
-                failures.push(format!("{relay}: no answer within 15 s"));
-                continue;
-            }
-        };
-        // Identify puts the relay in the DHT table; provider records need it.
-        node.wait_for(&[peer], Duration::from_secs(5), |p| p.identified())
-            .await;
-        let circuit = relay.clone().with(Protocol::P2pCircuit);
-        if let Err(e) = node.listen(circuit.clone()).await {
-            failures.push(format!("{relay}: no reservation ({e})"));
-            continue;
-        }
-        addresses.push(circuit.clone().with(Protocol::P2p(node.peer_id())));
-        // Other browsers reach this one directly through the circuit.
-        let webrtc = circuit.with(Protocol::WebRTC);
-        if direct {
-            match node.listen(webrtc.clone()).await {
-                Ok(_) => addresses.push(webrtc.with(Protocol::P2p(node.peer_id()))),
-                Err(e) => web_sys::console::warn_1(
-                    &format!("cairn: cannot listen on {webrtc}: {e}").into(),
-                ),
-            }
-        }
+/// How long [`first_reservations`] waits for every relay's first outcome.
+const RESERVE_WAIT: Duration = Duration::from_secs(15);
+
+/// Once one relay holds a reservation, how long the others may still take before the node
+/// starts without them (it keeps trying them in the background).
+const OTHERS_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits until each relay has either accepted a reservation or failed once (to be dialed,
+/// or to reserve) — at most [`RESERVE_WAIT`], and no more than [`OTHERS_GRACE`] once one
+/// holds a reservation; returns what each relay without a reservation said. The node keeps
+/// trying those in the background ([`cairn_p2p::node::Config::relays`]).
+async fn first_reservations(node: &cairn_p2p::Node, relays: &[Multiaddr]) -> Vec<String> {
+    use cairn_core::rt::Instant;
+    use futures::StreamExt;
+    if relays.is_empty() {
+        return Vec::new();
     }
-    (addresses, failures)
+    let mut events = node.events();
+    let settled = |p: &cairn_p2p::node::BootstrapPeer| {
+        p.reserved || p.failures > 0 || p.reservation_error.is_some()
+    };
+    let started = Instant::now();
+    let peers = loop {
+        let peers = node.bootstrap_peers().await.unwrap_or_default();
+        let relays = || peers.iter().filter(|p| p.relay);
+        let one = relays().any(|p| p.reserved);
+        let limit = if one { OTHERS_GRACE } else { RESERVE_WAIT };
+        let left = limit.saturating_sub(started.elapsed());
+        if relays().all(settled) || left.is_zero() {
+            break peers;
+        }
+        if let Some(None) = cairn_core::rt::timeout(left, events.next()).await {
+            break peers; // the node stopped
+        }
+    };
+    peers
+        .iter()
+        .filter(|p| p.relay && !p.reserved)
+        .map(|p| {
+            let why = p
+                .reservation_error
+                .as_ref()
+                .map(|e| format!("no reservation ({e})"))
+                .or_else(|| p.last_error.clone())
+                .unwrap_or_else(|| format!("no answer within {} s", started.elapsed().as_secs()));
+            format!("{}: {why}", p.addr)
+        })
+        .collect()
 }
 
 /// Tells the DHT again what this node holds: its records name this peer id, which the
@@ -221,15 +224,19 @@ pub(super) async fn start(options: CreateOptions) -> Result<Inner, JsValue> {
     let store = open_store(&options).await?;
     // The circuit listen addresses are announced as external ones (the default), so
     // provider records carry them.
+    // Each relay is kept: dialed again with backoff while it is down, and a reservation
+    // asked for again when one is lost; the node stays reachable through the others.
     let config = cairn_p2p::node::Config {
         upgrade_direct: checked.direct,
+        relays: checked.relays.clone(),
         ..Default::default()
     };
     let (key, lock) = identity(&store).await?;
     let node = crate::net::build(key, config, checked.rtc, store.clone())
         .map_err(|e| js_error(ErrorCode::Internal, format!("cannot start libp2p: {e}")))?;
-    let (addresses, failures) = reserve(&node, &checked.relays, checked.direct).await;
-    if !checked.relays.is_empty() && addresses.is_empty() {
+    let failures = first_reservations(&node, &checked.relays).await;
+    let reserved = failures.len() < checked.relays.len();
+    if !checked.relays.is_empty() && !reserved {
         node.stop().await;
         return Err(js_error(
             ErrorCode::Unreachable,
@@ -242,7 +249,7 @@ pub(super) async fn start(options: CreateOptions) -> Result<Inner, JsValue> {
     for f in &failures {
         web_sys::console::warn_1(&format!("cairn: relay {f}").into());
     }
-    if !addresses.is_empty() {
+    if reserved {
         reprovide(node.clone(), store.clone());
     }
     Ok(Inner {
@@ -251,7 +258,7 @@ pub(super) async fn start(options: CreateOptions) -> Result<Inner, JsValue> {
         profile: checked.profile,
         sources: checked.sources,
         in_use: InUse::default(),
-        addresses,
+        relayed: !checked.relays.is_empty(),
         direct: checked.direct,
         lock: Rc::new(RefCell::new(lock)),
     })
