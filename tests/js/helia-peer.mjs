@@ -12,6 +12,17 @@
 //       to the connected peer over bitswap. Prints {"cid","bytes","sha256","ms","mb_per_s"}.
 //   node helia-peer.mjs add BYTES SEED
 //       Prints the root CID Helia's default import gives (no network).
+//   node helia-peer.mjs dht [BOOTSTRAP_MULTIADDR]
+//       A DHT server (kad-dht in server mode) on loopback TCP: one node of a stand-in for the
+//       public IPFS DHT. Dials BOOTSTRAP if given. Prints {"peer","addrs"}, then serves until
+//       stdin closes, SIGTERM, or CAIRN_JS_TIMEOUT_MS passes.
+//   node helia-peer.mjs provide DHT_MULTIADDR BYTES SEED
+//       Like serve, but reachable directly (loopback TCP, no relay) and providing through a
+//       DHT server (a `dht` node): the IPFS network with no cairn relay in it.
+//   node helia-peer.mjs find-fetch DHT_MULTIADDR CID
+//       Knows only a DHT server: finds CID's providers in the DHT (asking again until one is
+//       found), dials the first, and cats CID from it over bitswap. Prints
+//       {"cid","bytes","sha256","provider","ms"}.
 //
 // Helia is assembled from createHeliaLight + withLibp2pLight + withBitswap, which is what
 // createHelia() does minus its public-network defaults (bootstrap peers, mDNS, autoNAT,
@@ -30,6 +41,7 @@ import { unixfs } from '@helia/unixfs'
 import { circuitRelayTransport } from '@libp2p/circuit-relay-v2'
 import { identify } from '@libp2p/identify'
 import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { webSockets } from '@libp2p/websockets'
@@ -61,7 +73,7 @@ function* data (bytes, seed) {
   }
 }
 
-async function createPeer ({ listen }) {
+async function createPeer ({ listen, dhtServer = false }) {
   const helia = withBitswap(withLibp2pLight(createHeliaLight({
     blockstore: new MemoryBlockstore(),
     datastore: new MemoryDatastore()
@@ -74,7 +86,7 @@ async function createPeer ({ listen }) {
     services: {
       identify: identify(),
       ping: ping(),
-      dht: kadDHT({ clientMode: true, peerInfoMapper: passthroughMapper })
+      dht: kadDHT({ clientMode: !dhtServer, peerInfoMapper: passthroughMapper })
     }
   }), {
     // Relayed connections are "limited" in js-libp2p; bitswap refuses them unless told.
@@ -122,13 +134,7 @@ async function serve (relay, bytes, seed) {
     add_ms: Math.round(addMs),
     provide_ms: Math.round(provideMs)
   }))
-  phase = 'serving'
-  await new Promise(resolve => {
-    process.stdin.on('end', resolve)
-    process.stdin.on('close', resolve)
-    process.stdin.resume()
-    process.on('SIGTERM', resolve)
-  })
+  await serveUntilTold()
 }
 
 async function fetch (peer, cidText) {
@@ -154,6 +160,87 @@ async function fetch (peer, cidText) {
   }))
 }
 
+/** Waits for stdin to close, SIGTERM, or the deadline. */
+async function serveUntilTold () {
+  phase = 'serving'
+  await new Promise(resolve => {
+    process.stdin.on('end', resolve)
+    process.stdin.on('close', resolve)
+    process.stdin.resume()
+    process.on('SIGTERM', resolve)
+  })
+}
+
+async function dhtServer (bootstrap) {
+  const { helia } = await createPeer({ listen: ['/ip4/127.0.0.1/tcp/0'], dhtServer: true })
+  if (bootstrap) {
+    phase = `dialing ${bootstrap}`
+    await helia.libp2p.dial(multiaddr(bootstrap), { signal: deadline })
+    await waitFor('the bootstrap peer in the routing table', () => helia.libp2p.services.dht.routingTable.size > 0)
+  }
+  console.log(JSON.stringify({
+    peer: helia.libp2p.peerId.toString(),
+    addrs: helia.libp2p.getMultiaddrs().map(a => a.toString())
+  }))
+  await serveUntilTold()
+}
+
+async function provide (dht, bytes, seed) {
+  const { helia, fs } = await createPeer({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+  phase = `dialing ${dht}`
+  await helia.libp2p.dial(multiaddr(dht), { signal: deadline })
+  await waitFor('the DHT server in the routing table', () => helia.libp2p.services.dht.routingTable.size > 0)
+  phase = 'adding'
+  const hash = createHash('sha256')
+  const cid = await fs.addByteStream((async function* () {
+    for (const c of data(bytes, seed)) { hash.update(c); yield c }
+  })())
+  phase = 'providing'
+  await helia.routing.provide(cid, { signal: deadline })
+  console.log(JSON.stringify({
+    cid: cid.toString(),
+    peer: helia.libp2p.peerId.toString(),
+    addrs: helia.libp2p.getMultiaddrs().map(a => a.toString()),
+    bytes,
+    sha256: hash.digest('hex')
+  }))
+  await serveUntilTold()
+}
+
+async function findFetch (dht, cidText) {
+  const { helia, fs } = await createPeer({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+  const cid = CID.parse(cidText)
+  phase = `dialing ${dht}`
+  await helia.libp2p.dial(multiaddr(dht), { signal: deadline })
+  await waitFor('the DHT server in the routing table', () => helia.libp2p.services.dht.routingTable.size > 0)
+  const t = performance.now()
+  // The provider may still be publishing its record: ask again until the DHT has one.
+  const provider = await waitFor(`a provider of ${cidText} in the DHT`, async () => {
+    for await (const p of helia.routing.findProviders(cid, { signal: deadline })) {
+      if (p.multiaddrs.length > 0) return p
+    }
+    await new Promise(resolve => setTimeout(resolve, 250))
+    return null
+  })
+  phase = `dialing the provider ${provider.id}`
+  await helia.libp2p.dial(provider.multiaddrs, { signal: deadline })
+  phase = `fetching ${cidText}`
+  const hash = createHash('sha256')
+  let n = 0
+  for await (const c of fs.cat(cid, { signal: deadline })) {
+    hash.update(c)
+    n += c.length
+  }
+  console.log(JSON.stringify({
+    cid: cidText,
+    bytes: n,
+    sha256: hash.digest('hex'),
+    // The peer id as libp2p prints it (routing may give it as a CID).
+    provider: peerIdFromString(provider.id.toString()).toString(),
+    ms: Math.round(performance.now() - t)
+  }))
+}
+
 async function add (bytes, seed) {
   const { fs } = await createPeer({ listen: [] })
   const cid = await fs.addByteStream((async function* () { yield * data(bytes, seed) })())
@@ -164,9 +251,12 @@ const [mode, ...args] = process.argv.slice(2)
 const run = {
   serve: () => serve(args[0], Number(args[1]), args[2] ?? '0'),
   fetch: () => fetch(args[0], args[1]),
-  add: () => add(Number(args[0]), args[1] ?? '0')
+  add: () => add(Number(args[0]), args[1] ?? '0'),
+  dht: () => dhtServer(args[0]),
+  provide: () => provide(args[0], Number(args[1]), args[2] ?? '0'),
+  'find-fetch': () => findFetch(args[0], args[1])
 }[mode]
-if (run == null) fail(`unknown mode \`${mode}\`: use serve, fetch or add`)
+if (run == null) fail(`unknown mode \`${mode}\`: use serve, fetch, add, dht, provide or find-fetch`)
 run().then(async () => {
   if (node != null) await node.stop()
   process.exit(0)

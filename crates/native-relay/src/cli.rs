@@ -1,7 +1,7 @@
 //! The `cairn-relay` command line.
 //!
 //! ```text
-//! cairn-relay [serve] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--http ADDR] [--identity FILE] [--web-root DIR] [--store DIR]
+//! cairn-relay [serve] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--ipfs-dht] [--http ADDR] [--identity FILE] [--web-root DIR] [--store DIR]
 //! cairn-relay id [--identity FILE]
 //! cairn-relay add FILE [--profile default|unixfs-v1-2025] [--hash sha2-256|blake3] [--only-hash] [--store DIR]
 //! cairn-relay cat CID [--store DIR] [--peer MULTIADDR]... [--ipfs-via MULTIADDR]... [--routing URL]...
@@ -120,6 +120,9 @@ struct ServeArgs {
     /// A relay (or any DHT server) to federate with, as a multiaddr ending in /p2p/<id> (repeatable; CAIRN_BOOTSTRAP takes a comma-separated list). Dialed at start without waiting, again with backoff (1 s doubling to 5 min) while unreachable.
     #[arg(long = "bootstrap", env = "CAIRN_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Vec<Multiaddr>,
+    /// Join the IPFS DHT: bootstrap from the public IPFS network's peers (or from the --bootstrap ones, when given), so the store's pinned roots are provided there and providers are found there.
+    #[arg(long, env = "CAIRN_IPFS_DHT")]
+    ipfs_dht: bool,
     /// PEM certificate chain for WebSocket over TLS (/tls/ws listeners); needs --tls-key.
     #[arg(long, env = "CAIRN_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -535,6 +538,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     bootstrap: Option<Vec<Multiaddr>>,
+    ipfs_dht: Option<bool>,
     #[serde(default)]
     limits: FileLimits,
 }
@@ -636,6 +640,9 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         config.bootstrap = args.bootstrap;
     } else if let Some(bootstrap) = file.bootstrap {
         config.bootstrap = bootstrap;
+    }
+    if (args.ipfs_dht || file.ipfs_dht == Some(true)) && config.bootstrap.is_empty() {
+        config.bootstrap = cairn_p2p::ipfs::public_bootstrap();
     }
     let l = file.limits;
     let secs = Duration::from_secs;

@@ -56,10 +56,16 @@ struct Helia {
 }
 
 fn helia_serve(relay: &str, bytes: u64, seed: &str) -> Helia {
+    helia(&["serve", relay, &bytes.to_string(), seed])
+}
+
+/// A Helia process in mode `args[0]` that prints one JSON line and then serves until
+/// dropped.
+fn helia(args: &[&str]) -> Helia {
     let node = node22("ipfs (Helia)");
     let mut child = Command::new(node)
         .arg(repo_root().join("tests/js/helia-peer.mjs"))
-        .args(["serve", relay, &bytes.to_string(), seed])
+        .args(args)
         .env("CAIRN_JS_TIMEOUT_MS", "300000")
         .current_dir(repo_root().join("tests/js"))
         .stdin(Stdio::piped())
@@ -79,7 +85,7 @@ fn helia_serve(relay: &str, bytes: u64, seed: &str) -> Helia {
             drop(child);
             let mut err = String::new();
             let _ = stderr.read_to_string(&mut err);
-            panic!("Helia did not start serving:\n{err}");
+            panic!("Helia ({}) did not start serving:\n{err}", args[0]);
         }
     }
 }
@@ -99,6 +105,17 @@ fn helia_fetch(peer: &str, cid: &str) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("Helia's JSON line")
+}
+
+/// A Helia peer's first TCP address, with its `/p2p/` id.
+fn tcp_addr(h: &Helia) -> String {
+    h.info["addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .find(|a| a.contains("/tcp/") && !a.contains("/ws") && !a.contains("p2p-circuit"))
+        .expect("a TCP address")
 }
 
 fn cat(args: &[&str]) -> std::process::Output {
@@ -215,6 +232,106 @@ async fn a_helia_node_fetches_what_cairn_relay_added() {
     let served = relay.node.bitswap().stats();
     assert!(served.blocks_sent >= 256, "{served:?}");
     relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node 22 and the npm packages of tests/js: run through `cargo xtask test`"]
+async fn cairn_and_helia_find_each_other_on_an_ipfs_dht_with_no_cairn_relay_between_them() {
+    // The stand-in for the public IPFS DHT: two Helia DHT servers.
+    let h1 = tokio::task::spawn_blocking(|| helia(&["dht"]))
+        .await
+        .unwrap();
+    let h1_addr = tcp_addr(&h1);
+    let boot = h1_addr.clone();
+    let h2 = tokio::task::spawn_blocking(move || helia(&["dht", &boot]))
+        .await
+        .unwrap();
+    let h2_addr = tcp_addr(&h2);
+
+    // cairn-relay joins it (`--ipfs-dht`, bootstrapping from H1 instead of the public
+    // peers) with a file pinned in its store.
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let file = d.path().join("cairn.bin");
+    let bytes = Data::new(11).bytes(4 * MIB as usize);
+    std::fs::write(&file, &bytes).unwrap();
+    let added = bin()
+        .args(["add", "--store"])
+        .arg(&store)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let cid = String::from_utf8_lossy(&added.stdout).trim().to_owned();
+    let mut child = bin()
+        .args(["serve", "--ipfs-dht", "--bootstrap", &h1_addr])
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0"])
+        .arg("--store")
+        .arg(&store)
+        .arg("--identity")
+        .arg(d.path().join("id.key"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = lines(child.stdout.take().unwrap());
+    let relay = Kill(child);
+    let relay_addr = out
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the relay's address");
+    let relay_id = relay_addr.rsplit('/').next().unwrap().to_owned();
+
+    // cairn → IPFS: a Helia node that knows only H2 finds the relay in the DHT (the record
+    // it published through H1) and fetches the file over bitswap.
+    let (h2a, c) = (h2_addr.clone(), cid.clone());
+    let got = tokio::task::spawn_blocking(move || {
+        let node = node22("ipfs (Helia)");
+        let out = Command::new(node)
+            .arg(repo_root().join("tests/js/helia-peer.mjs"))
+            .args(["find-fetch", &h2a, &c])
+            .env("CAIRN_JS_TIMEOUT_MS", "120000")
+            .current_dir(repo_root().join("tests/js"))
+            .output()
+            .expect("run Helia");
+        assert!(
+            out.status.success(),
+            "Helia find-fetch failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("Helia's JSON line")
+    })
+    .await
+    .unwrap();
+    assert_eq!(got["provider"].as_str(), Some(relay_id.as_str()), "{got}");
+    assert_eq!(got["sha256"].as_str().unwrap(), sha256_hex(&bytes), "{got}");
+
+    // IPFS → cairn: Helia provides through H1; cairn, asking only H2, finds and fetches it.
+    let boot = h1_addr.clone();
+    let h3 = tokio::task::spawn_blocking(move || {
+        helia(&["provide", &boot, &(2 * MIB).to_string(), "dht"])
+    })
+    .await
+    .unwrap();
+    let their = h3.info["cid"].as_str().unwrap().to_owned();
+    let o = cat(&[
+        &their,
+        "--store",
+        d.path().join("s2").to_str().unwrap(),
+        "--ipfs-via",
+        &h2_addr,
+        "-o",
+        d.path().join("theirs.bin").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        sha256_hex(&std::fs::read(d.path().join("theirs.bin")).unwrap()),
+        h3.info["sha256"].as_str().unwrap()
+    );
+    drop(relay);
+    drop((h1, h2, h3));
 }
 
 // ---------------------------------------------------------------------------------------

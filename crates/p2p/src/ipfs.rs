@@ -24,6 +24,24 @@ pub const MAX_PROVIDERS: usize = 16;
 
 /// Whether a browser can dial `addr`: WebSocket (plain or TLS), WebRTC-direct, or a relay
 /// circuit. Everything else (TCP, QUIC) is out of a page's reach.
+/// The public IPFS network's bootstrap peers (Kubo's defaults): where a node joining the
+/// IPFS DHT starts (`cairn-relay serve --ipfs-dht`).
+pub const PUBLIC_BOOTSTRAP: &[&str] = &[
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmQCU2EcMqAqQPR2i9bChDtGNJchTbq5TbXJJ16u19uLTa",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmbLHAnMoJPWSCR5Zhtx6BHJX9KiKNN6tpvbUcqanj75Nb",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmcZf59bWwK5XFi76CZX8cbJ4BhTzzA3gU1ZjYZcYW3dwt",
+    "/ip4/104.131.131.82/tcp/4001/p2p/QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ",
+];
+
+/// [`PUBLIC_BOOTSTRAP`], parsed.
+pub fn public_bootstrap() -> Vec<Multiaddr> {
+    PUBLIC_BOOTSTRAP
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}
+
 pub fn browser_dialable(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| {
         matches!(

@@ -48,7 +48,9 @@ pub enum Storage {
 #[serde(rename_all = "camelCase", default)]
 pub struct CreateOptions {
     /// Multiaddrs of cairn relays (`/ip4/…/tcp/…/ws/p2p/12D3KooW…`). The node reserves a
-    /// slot on each, so other browsers can reach it through the relay.
+    /// slot on each, so other browsers can reach it through any of them, and keeps them: a
+    /// relay that goes away is dialed again with backoff (1 s doubling to 5 min) and the
+    /// reservation asked for again. `create` fails only if none can be reserved on.
     #[tsify(optional)]
     pub relays: Vec<String>,
     /// Delegated Routing V1 endpoints (`https://…`; a cairn relay's HTTP address serves
