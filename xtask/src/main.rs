@@ -199,6 +199,17 @@ fn install(root: &Path, needs: Needs) -> Result<()> {
         eprintln!("installing Debian's chromium and chromium-driver");
         apt_install(&["chromium", "chromium-driver"])?;
     }
+    // The NAT traversal test (crates/native-relay/tests/nat.rs) builds NATs in network
+    // namespaces with nftables; it runs where the machine allows namespaces (as root).
+    let root_user = output(Command::new("id").arg("-u")).is_some_and(|u| u.trim() == "0");
+    if needs.node
+        && root_user
+        && output(Command::new("ip").args(["-V"])).is_some()
+        && output(Command::new("nft").arg("--version")).is_none()
+    {
+        eprintln!("installing Debian's nftables (NATs in network namespaces for the NAT test)");
+        apt_install(&["nftables"])?;
+    }
     if needs.node {
         if output(Command::new("npm").arg("--version")).is_none() {
             eprintln!(

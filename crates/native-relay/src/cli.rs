@@ -1,7 +1,7 @@
 //! The `cairn-relay` command line.
 //!
 //! ```text
-//! cairn-relay [serve] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--ipfs-dht] [--http ADDR] [--identity FILE] [--web-root DIR] [--store DIR]
+//! cairn-relay [serve] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--ipfs-dht] [--no-relay] [--relay MULTIADDR]... [--http ADDR] [--identity FILE] [--web-root DIR] [--store DIR]
 //! cairn-relay id [--identity FILE]
 //! cairn-relay add FILE [--profile default|unixfs-v1-2025] [--hash sha2-256|blake3] [--only-hash] [--store DIR]
 //! cairn-relay cat CID [--store DIR] [--peer MULTIADDR]... [--ipfs-via MULTIADDR]... [--routing URL]...
@@ -120,6 +120,12 @@ struct ServeArgs {
     /// A relay (or any DHT server) to federate with, as a multiaddr ending in /p2p/<id> (repeatable; CAIRN_BOOTSTRAP takes a comma-separated list). Dialed at start without waiting, again with backoff (1 s doubling to 5 min) while unreachable.
     #[arg(long = "bootstrap", env = "CAIRN_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Vec<Multiaddr>,
+    /// Run as a node, not a relay: hold no reservations or circuits for others and be a DHT client; announce only the addresses AutoNAT confirms reachable, and circuits through --relay.
+    #[arg(long, env = "CAIRN_NO_RELAY")]
+    no_relay: bool,
+    /// A relay to hold a reservation on (repeatable; CAIRN_RELAYS comma-separated), so that peers reach this node through it while AutoNAT does not find it reachable; relayed connections are moved to direct ones by hole punching where the NATs allow.
+    #[arg(long = "relay", env = "CAIRN_RELAYS", value_delimiter = ',')]
+    relays: Vec<Multiaddr>,
     /// Join the IPFS DHT: bootstrap from the public IPFS network's peers (or from the --bootstrap ones, when given), so the store's pinned roots are provided there and providers are found there.
     #[arg(long, env = "CAIRN_IPFS_DHT")]
     ipfs_dht: bool,
@@ -539,6 +545,8 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     bootstrap: Option<Vec<Multiaddr>>,
     ipfs_dht: Option<bool>,
+    no_relay: Option<bool>,
+    relays: Option<Vec<Multiaddr>>,
     #[serde(default)]
     limits: FileLimits,
 }
@@ -640,6 +648,12 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         config.bootstrap = args.bootstrap;
     } else if let Some(bootstrap) = file.bootstrap {
         config.bootstrap = bootstrap;
+    }
+    config.relay_server = !(args.no_relay || file.no_relay == Some(true));
+    if !args.relays.is_empty() {
+        config.relays = args.relays;
+    } else if let Some(relays) = file.relays {
+        config.relays = relays;
     }
     if (args.ipfs_dht || file.ipfs_dht == Some(true)) && config.bootstrap.is_empty() {
         config.bootstrap = cairn_p2p::ipfs::public_bootstrap();

@@ -80,6 +80,15 @@ pub struct Config {
     /// What the relay's DHT store takes from other peers: provider records per peer and in
     /// total ([`cairn_p2p::dht_store::Limits`]).
     pub dht: cairn_p2p::dht_store::Limits,
+    /// Whether it is a relay (holds reservations and circuits for others, serves the DHT).
+    /// Off: a native node (`serve --no-relay`) that may sit behind a NAT: a DHT client that
+    /// announces only the addresses AutoNAT confirms and its circuits through `relays`.
+    pub relay_server: bool,
+    /// Relays to hold a reservation on while AutoNAT does not find this node reachable
+    /// ([`cairn_p2p::node::Config::relays`]): for a node behind a NAT.
+    pub relays: Vec<Multiaddr>,
+    /// Hole punching and AutoNAT ([`cairn_p2p::behaviour::Nat`]).
+    pub nat: cairn_p2p::behaviour::Nat,
 }
 
 impl Default for Config {
@@ -110,6 +119,9 @@ impl Default for Config {
             bootstrap: Vec::new(),
             bootstrap_backoff: cairn_p2p::node::Backoff::default(),
             dht: cairn_p2p::dht_store::Limits::default(),
+            relay_server: true,
+            relays: Vec::new(),
+            nat: cairn_p2p::behaviour::Nat::default(),
         }
     }
 }
@@ -387,14 +399,20 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         metrics: Some(Arc::new(cairn_p2p::metrics::Metrics::new(&mut registry))),
         shutdown_grace: config.shutdown_grace,
         budget: budget.clone(),
-        bootstrap: config.bootstrap.clone(),
+        // Bootstrap peers and relays are given once the listeners are up (`Node::keep`).
         bootstrap_backoff: config.bootstrap_backoff,
         dht: config.dht,
+        nat: Some(config.nat),
+        // A relay is on a public host; a node may be behind a NAT (AutoNAT says).
+        advertise_listen_addrs: config.relay_server,
         ..Default::default()
     };
-    let builder = cairn_p2p::Builder::new(key)
-        .config(p2p)
-        .relay_server(relay_cfg);
+    let builder = cairn_p2p::Builder::new(key).config(p2p);
+    let builder = if config.relay_server {
+        builder.relay_server(relay_cfg)
+    } else {
+        builder
+    };
     let built = match config.store.clone() {
         Some(store) => crate::node::build(builder, store, &transports, &mut registry),
         None => crate::node::build(builder, Null::new(), &transports, &mut registry),
@@ -408,6 +426,12 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
             return Err(e);
         }
     };
+    // Now that it listens, its connections to these leave from its listening ports.
+    for (addrs, relays) in [(&config.bootstrap, false), (&config.relays, true)] {
+        if !addrs.is_empty() {
+            let _ = node.keep(addrs.clone(), relays).await;
+        }
+    }
 
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
@@ -645,11 +669,19 @@ async fn health(node: &Node, addrs: &[Multiaddr], gateway: bool) -> serde_json::
         })
         .collect();
     relays.sort_by(|a, b| a["peer_id"].as_str().cmp(&b["peer_id"].as_str()));
+    let reachability = match node.reachability().await {
+        Ok(cairn_p2p::node::Reachability::Public(a)) => {
+            serde_json::json!({ "public": a.to_string() })
+        }
+        Ok(cairn_p2p::node::Reachability::Private) => serde_json::json!("private"),
+        _ => serde_json::json!("unknown"),
+    };
     serde_json::json!({
         "status": "ok",
         "peer_id": node.peer_id().to_string(),
         "gateway": gateway,
         "addrs": addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "reachability": reachability,
         "federation": {
             "bootstrap": bootstrap.iter().map(|b| serde_json::json!({
                 "addr": b.addr.to_string(),

@@ -8,6 +8,26 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{gossipsub, identify, kad, ping, relay};
 
+/// NAT traversal: libp2p's hole punching and AutoNAT natively; placeholders in the browser,
+/// which has no socket of its own to punch through or to be probed at (its [`Nat`] is
+/// `None`), so that none of their code is in the wasm.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod nat {
+    /// Hole punching.
+    pub type Dcutr = libp2p::dcutr::Behaviour;
+    /// AutoNAT v1.
+    pub type Autonat = libp2p::autonat::Behaviour;
+}
+
+/// NAT traversal (see the native build): placeholders in the browser.
+#[cfg(target_arch = "wasm32")]
+pub mod nat {
+    /// Hole punching: nothing here.
+    pub type Dcutr = libp2p::swarm::dummy::Behaviour;
+    /// AutoNAT: nothing here.
+    pub type Autonat = libp2p::swarm::dummy::Behaviour;
+}
+
 /// Protocol version announced over identify.
 pub const PROTOCOL_VERSION: &str = "/cairn/1.0.0";
 
@@ -31,18 +51,46 @@ pub struct Behaviour {
     pub streams: crate::streams::Behaviour,
     /// Moving relayed connections to direct `/webrtc` ones (browsers).
     pub upgrade: crate::upgrade::Behaviour,
+    /// Hole punching (DCUtR, native nodes): a relayed connection moved to a direct one.
+    pub dcutr: Toggle<nat::Dcutr>,
+    /// AutoNAT v1 (native nodes): whether this node can be dialed from outside; every native
+    /// node (relays first) also answers others' probes.
+    pub autonat: Toggle<nat::Autonat>,
+}
+
+/// NAT traversal for native nodes: hole punching and AutoNAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nat {
+    /// Only public (global) IP addresses are probed and dialed back: right on the internet;
+    /// off for tests and for networks that use other ranges.
+    pub global_only: bool,
+    /// When the first AutoNAT probe is made, after start.
+    pub first_probe: std::time::Duration,
+    /// How often the probes are repeated once the status is known.
+    pub refresh: std::time::Duration,
+}
+
+impl Default for Nat {
+    fn default() -> Self {
+        Self {
+            global_only: true,
+            first_probe: std::time::Duration::from_secs(15),
+            refresh: std::time::Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 impl Behaviour {
     /// The composition for `key`; `relay_client` comes with the relay transport.
     /// `upgrade_direct` turns the direct-upgrade policy on; `dht` bounds what the DHT store
-    /// takes from other peers.
+    /// takes from other peers; `nat` turns hole punching and AutoNAT on.
     pub fn new(
         key: &Keypair,
         relay_client: Option<relay::client::Behaviour>,
         relay_server: Option<relay::Config>,
         upgrade_direct: bool,
         dht: crate::dht_store::Limits,
+        nat: Option<Nat>,
     ) -> Result<Self, Error> {
         let peer_id = key.public().to_peer_id();
         let mut kad_config = kad::Config::new(kad::PROTOCOL_NAME);
@@ -98,8 +146,41 @@ impl Behaviour {
             gossipsub,
             streams: crate::streams::Behaviour::new(crate::streams::Config::default()),
             upgrade: crate::upgrade::Behaviour::new(upgrade_direct),
+            dcutr: dcutr(peer_id, nat).into(),
+            autonat: autonat(peer_id, nat).into(),
         })
     }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn dcutr(peer_id: libp2p::PeerId, nat: Option<Nat>) -> Option<nat::Dcutr> {
+    nat.map(|_| libp2p::dcutr::Behaviour::new(peer_id))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn autonat(peer_id: libp2p::PeerId, nat: Option<Nat>) -> Option<nat::Autonat> {
+    nat.map(|n| {
+        libp2p::autonat::Behaviour::new(
+            peer_id,
+            libp2p::autonat::Config {
+                boot_delay: n.first_probe,
+                refresh_interval: n.refresh,
+                retry_interval: n.first_probe.max(std::time::Duration::from_secs(1)),
+                only_global_ips: n.global_only,
+                ..Default::default()
+            },
+        )
+    })
+}
+
+#[cfg(target_arch = "wasm32")]
+fn dcutr(_: libp2p::PeerId, _: Option<Nat>) -> Option<nat::Dcutr> {
+    None
+}
+
+#[cfg(target_arch = "wasm32")]
+fn autonat(_: libp2p::PeerId, _: Option<Nat>) -> Option<nat::Autonat> {
+    None
 }
 
 /// Why the behaviour could not be built.

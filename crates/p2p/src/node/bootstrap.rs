@@ -153,17 +153,28 @@ impl Bootstrap {
         backoff: Backoff,
         webrtc: bool,
     ) -> Self {
+        let mut b = Self {
+            entries: Vec::new(),
+            backoff,
+            webrtc,
+            refresh_at: None,
+            timer: None,
+        };
+        b.add(relays, true);
+        b.add(bootstrap, false);
+        b
+    }
+
+    /// Keeps `addrs` too (`relay`: with a reservation on each), dialing them now. An address
+    /// kept already is not added again (given as a relay, it becomes one).
+    pub(crate) fn add(&mut self, addrs: &[Multiaddr], relay: bool) {
         let now = Instant::now();
-        let mut entries: Vec<Entry> = Vec::new();
-        let given = relays
-            .iter()
-            .map(|a| (a, true))
-            .chain(bootstrap.iter().map(|a| (a, false)));
-        for (addr, relay) in given {
-            if entries.iter().any(|e| e.addr == *addr) {
+        for addr in addrs {
+            if let Some(e) = self.entries.iter_mut().find(|e| e.addr == *addr) {
+                e.relay |= relay;
                 continue;
             }
-            entries.push(Entry {
+            self.entries.push(Entry {
                 addr: addr.clone(),
                 peer: peer_of(addr),
                 state: State::Waiting(now),
@@ -177,15 +188,7 @@ impl Bootstrap {
                 refusal: None,
             });
         }
-        let mut b = Self {
-            entries,
-            backoff,
-            webrtc,
-            refresh_at: None,
-            timer: None,
-        };
-        b.arm();
-        b
+        self.arm();
     }
 
     /// The earliest instant something is due, and (re)arms the timer for it.
@@ -314,8 +317,21 @@ impl Bootstrap {
     /// Listens through relay `i` (asking it for a reservation), dropping listeners left
     /// from an earlier connection to it.
     fn reserve(&mut self, swarm: &mut Swarm<Behaviour>, conns: &mut Connections, i: usize) {
+        #[cfg(not(target_arch = "wasm32"))]
+        let public = swarm
+            .behaviour()
+            .autonat
+            .as_ref()
+            .is_some_and(|a| a.nat_status().is_public());
+        #[cfg(target_arch = "wasm32")]
+        let public = false;
         let e = &mut self.entries[i];
         let Some(peer) = e.peer else { return };
+        if public {
+            // AutoNAT found this node reachable from outside: it needs no relay.
+            tracing::info!(addr = %e.addr, "reachable from outside: no reservation asked");
+            return;
+        }
         for id in e.listeners.drain(..) {
             swarm.remove_listener(id);
         }

@@ -94,6 +94,7 @@ impl Builder {
             self.relay_server,
             self.config.upgrade_direct,
             self.config.dht,
+            self.config.nat,
         )?;
         // Outbound streams are negotiated lazily: the dialer sends its protocol and its first
         // bytes together instead of waiting a round trip for the listener's agreement (every

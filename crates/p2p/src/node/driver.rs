@@ -200,6 +200,22 @@ impl Driver {
             Some(Command::Connect(peer, addrs, reply)) => {
                 self.connections.connect(swarm, peer, addrs, reply)
             }
+            Some(Command::Reachability(reply)) => {
+                #[cfg(not(target_arch = "wasm32"))]
+                let status = swarm
+                    .behaviour()
+                    .autonat
+                    .as_ref()
+                    .map(|a| a.nat_status().into())
+                    .unwrap_or(super::Reachability::Unknown);
+                #[cfg(target_arch = "wasm32")]
+                let status = super::Reachability::Unknown;
+                let _ = reply.send(Ok(status));
+            }
+            Some(Command::Keep(addrs, relays, reply)) => {
+                self.bootstrap.add(&addrs, relays);
+                let _ = reply.send(Ok(()));
+            }
             Some(Command::BootstrapPeers(reply)) => {
                 let _ = reply.send(Ok(self.bootstrap.status()));
             }
@@ -312,7 +328,10 @@ impl Driver {
                 tracing::info!(%address, "listening");
                 self.connections.new_listen_addr(listener_id, &address);
                 self.bootstrap.on_listen_addr(listener_id);
-                if self.config.advertise_listen_addrs {
+                let circuit = address
+                    .iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit));
+                if self.config.advertise_listen_addrs || circuit {
                     self.swarm.add_external_address(address.clone());
                 }
                 self.emitter.emit(Event::Listening { addr: address });
@@ -374,6 +393,29 @@ impl Driver {
                     .behaviour_mut()
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, verdict);
+            }
+            #[cfg(not(target_arch = "wasm32"))]
+            BehaviourEvent::Dcutr(libp2p::dcutr::Event {
+                remote_peer_id: peer,
+                result,
+            }) => match result {
+                Ok(_) => {
+                    tracing::info!(%peer, "hole punched: the connection is direct");
+                    self.peers.hole_punched(peer, None);
+                    self.emitter.emit(Event::HolePunched { peer });
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    tracing::info!(%peer, %reason, "hole punching failed: the connection stays relayed");
+                    self.peers.hole_punched(peer, Some(reason.clone()));
+                    self.emitter.emit(Event::HolePunchFailed { peer, reason });
+                }
+            },
+            #[cfg(not(target_arch = "wasm32"))]
+            BehaviourEvent::Autonat(libp2p::autonat::Event::StatusChanged { new, .. }) => {
+                let status: super::Reachability = new.into();
+                tracing::info!(?status, "reachability");
+                self.emitter.emit(Event::Reachability(status));
             }
             BehaviourEvent::RelayServer(e) => tracing::info!(event = ?e, "relay"),
             BehaviourEvent::RelayClient(e) => tracing::debug!(event = ?e, "relay client"),

@@ -104,6 +104,21 @@ pub enum Event {
         /// When it is asked for again.
         retry_in: Option<std::time::Duration>,
     },
+    /// A relayed connection to `peer` was moved to a direct one by hole punching (DCUtR).
+    HolePunched {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// Hole punching to `peer` failed; its connection stays relayed
+    /// ([`super::PeerInfo::hole_punch_error`] says why).
+    HolePunchFailed {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// AutoNAT changed its mind about whether this node can be dialed from outside.
+    Reachability(super::Reachability),
     /// A peer published a provider record to this node's DHT store (a DHT server's):
     /// `stored` unless the store's bounds refused it ([`crate::dht_store`]).
     ProviderRecord {

@@ -57,7 +57,8 @@ pub struct Config {
     /// What `caps` answers.
     pub caps: cas::Capabilities,
     /// Whether each listen address is also announced as an external address (right for a
-    /// relay on a public host and for circuit addresses; wrong behind NAT).
+    /// relay on a public host; wrong behind NAT, where AutoNAT confirms the addresses that
+    /// are). Relay circuit addresses are announced either way.
     pub advertise_listen_addrs: bool,
     /// Where to record metrics, if anywhere.
     pub metrics: Option<Arc<Metrics>>,
@@ -90,6 +91,9 @@ pub struct Config {
     pub bootstrap_backoff: Backoff,
     /// What the DHT store takes from other peers ([`crate::dht_store`]).
     pub dht: crate::dht_store::Limits,
+    /// Hole punching and AutoNAT (native nodes; `None` in browsers). See
+    /// [`Node::reachability`] and [`Event::HolePunched`].
+    pub nat: Option<crate::behaviour::Nat>,
 }
 
 impl Default for Config {
@@ -115,6 +119,7 @@ impl Default for Config {
             relays: Vec::new(),
             bootstrap_backoff: Backoff::default(),
             dht: crate::dht_store::Limits::default(),
+            nat: None,
         }
     }
 }
@@ -168,6 +173,29 @@ pub enum Error {
     Stopped,
 }
 
+/// Whether a node can be dialed from outside ([`Node::reachability`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reachability {
+    /// Peers dialed it back at this address.
+    Public(Multiaddr),
+    /// Peers could not dial it back: it is behind a NAT or a firewall (relays and hole
+    /// punching reach it).
+    Private,
+    /// Not known yet (or AutoNAT is off).
+    Unknown,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl From<libp2p::autonat::NatStatus> for Reachability {
+    fn from(s: libp2p::autonat::NatStatus) -> Self {
+        match s {
+            libp2p::autonat::NatStatus::Public(a) => Self::Public(a),
+            libp2p::autonat::NatStatus::Private => Self::Private,
+            libp2p::autonat::NatStatus::Unknown => Self::Unknown,
+        }
+    }
+}
+
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
 pub(crate) enum Command {
@@ -179,6 +207,8 @@ pub(crate) enum Command {
     Providers(Cid, Reply<Vec<(PeerId, Vec<Multiaddr>)>>),
     Announce(Cid, u64, Duration, Reply<()>),
     BootstrapPeers(Reply<Vec<BootstrapPeer>>),
+    Keep(Vec<Multiaddr>, bool, Reply<()>),
+    Reachability(Reply<Reachability>),
     Stop,
 }
 
@@ -267,10 +297,25 @@ impl Node {
         self.ask(|r| Command::Providers(cid, r)).await
     }
 
+    /// Keeps `addrs` as bootstrap peers from now on (`relays`: and holds a reservation on
+    /// each), as if they had been in [`Config::bootstrap`] (or [`Config::relays`]). A node
+    /// that listens should be given them after its listeners are up: its first connections
+    /// then leave from its listening port, which hole punching needs (the address the peer
+    /// observes is then the one others can punch to).
+    pub async fn keep(&self, addrs: Vec<Multiaddr>, relays: bool) -> Result<(), Error> {
+        self.ask(|r| Command::Keep(addrs, relays, r)).await
+    }
+
     /// The bootstrap peers ([`Config::bootstrap`]): which are connected, which are down and
     /// why, and when each is dialed next.
     pub async fn bootstrap_peers(&self) -> Result<Vec<BootstrapPeer>, Error> {
         self.ask(Command::BootstrapPeers).await
+    }
+
+    /// Whether this node can be dialed from outside, as AutoNAT found
+    /// ([`Config::nat`]; always [`Reachability::Unknown`] without it).
+    pub async fn reachability(&self) -> Result<Reachability, Error> {
+        self.ask(Command::Reachability).await
     }
 
     /// Tells peers on [`crate::announce::TOPIC`] that this node holds `root` (`size` bytes)

@@ -38,6 +38,8 @@ pub struct PeerInfo {
     pub listen_addrs: Vec<Multiaddr>,
     /// Whether identify says it serves the DHT (relays do; nodes ask it as clients).
     pub dht_server: bool,
+    /// Why hole punching to it failed (its connection stays relayed), if it did.
+    pub hole_punch_error: Option<String>,
 }
 
 impl PeerInfo {
@@ -164,6 +166,14 @@ impl PeerTable {
         i.listen_addrs = info.listen_addrs.iter().take(16).cloned().collect();
         i.dht_server = info.protocols.contains(&libp2p::kad::PROTOCOL_NAME);
         newly
+    }
+
+    /// What hole punching to `peer` came to (native nodes only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn hole_punched(&self, peer: PeerId, error: Option<String>) {
+        if let Some(i) = self.lock().peers.get_mut(&peer) {
+            i.hole_punch_error = error;
+        }
     }
 
     pub(crate) fn rtt(&self, peer: PeerId, rtt: Duration) {
