@@ -87,7 +87,8 @@ pub struct Config {
     /// Relays to hold a reservation on while AutoNAT does not find this node reachable
     /// ([`cairn_p2p::node::Config::relays`]): for a node behind a NAT.
     pub relays: Vec<Multiaddr>,
-    /// Hole punching and AutoNAT ([`cairn_p2p::behaviour::Nat`]).
+    /// Hole punching, AutoNAT and mDNS ([`cairn_p2p::behaviour::Nat`]; mDNS is off
+    /// unless asked for: `serve --no-relay` turns it on, `--no-mdns` off).
     pub nat: cairn_p2p::behaviour::Nat,
 }
 

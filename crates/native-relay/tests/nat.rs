@@ -34,29 +34,69 @@ use libp2p::{Multiaddr, PeerId};
 
 const LEN: usize = 8 << 20;
 
-/// The network namespaces of one run, removed when dropped.
+/// The network namespaces (and host-side veths) of one test, removed when dropped.
 struct Net {
     prefix: String,
+    made: Vec<String>,
+    veths: usize,
 }
 
 impl Net {
+    /// `tag` tells the tests of one process apart (they run at once).
+    fn new(tag: char) -> Self {
+        Self {
+            prefix: format!("c{tag}{}", std::process::id() % 100_000),
+            made: Vec::new(),
+            veths: 0,
+        }
+    }
+
     fn ns(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
+    }
+
+    /// Makes namespace `name` (loopback up).
+    fn add(&mut self, name: &str) -> String {
+        let n = self.ns(name);
+        sh(&["ip", "netns", "add", &n]);
+        self.made.push(n.clone());
+        in_ns(&n, &["ip", "link", "set", "dev", "lo", "up"]);
+        n
+    }
+
+    /// A veth between `(ns1, if1, addr1)` and `(ns2, if2, addr2)`, up.
+    fn link(&mut self, one: (&str, &str, &str), two: (&str, &str, &str)) {
+        // Made in the host, then moved: names only need to be unique per namespace.
+        let i = self.veths;
+        self.veths += 1;
+        let (h1, h2) = (
+            format!("{}x{i}", self.prefix),
+            format!("{}y{i}", self.prefix),
+        );
+        sh(&[
+            "ip", "link", "add", &h1, "type", "veth", "peer", "name", &h2,
+        ]);
+        for (h, (n, name, addr)) in [(&h1, one), (&h2, two)] {
+            sh(&["ip", "link", "set", h, "netns", n]);
+            in_ns(n, &["ip", "link", "set", "dev", h, "name", name]);
+            in_ns(n, &["ip", "addr", "add", addr, "dev", name]);
+            in_ns(n, &["ip", "link", "set", "dev", name, "up"]);
+        }
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
         // A veth not yet moved into its namespace would be left in the host.
-        for i in 0..4 {
+        for i in 0..self.veths {
             let _ = Command::new("ip")
                 .args(["link", "del", &format!("{}x{i}", self.prefix)])
                 .stderr(Stdio::null())
                 .status();
         }
-        for n in ["p", "na", "nb", "a", "b"] {
+        for n in &self.made {
             let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(n)])
+                .args(["netns", "del", n])
                 .stderr(Stdio::null())
                 .status();
         }
@@ -127,47 +167,24 @@ fn capable() -> Result<(), String> {
 /// 198.51.100.0/25 behind 203.0.113.2, NB masquerades B's 198.51.100.128/25 behind
 /// 203.0.113.6.
 fn build() -> Net {
-    let net = Net {
-        prefix: format!("cn{}", std::process::id() % 100_000),
-    };
+    let mut net = Net::new('n');
     let (p, na, nb, a, b) = (
-        net.ns("p"),
-        net.ns("na"),
-        net.ns("nb"),
-        net.ns("a"),
-        net.ns("b"),
+        net.add("p"),
+        net.add("na"),
+        net.add("nb"),
+        net.add("a"),
+        net.add("b"),
     );
-    for n in [&p, &na, &nb, &a, &b] {
-        sh(&["ip", "netns", "add", n]);
-        in_ns(n, &["ip", "link", "set", "dev", "lo", "up"]);
-    }
-    // (ns1, if1, addr1, ns2, if2, addr2)
-    let links = [
-        (&p, "pa", "203.0.113.1/30", &na, "wan", "203.0.113.2/30"),
-        (&p, "pb", "203.0.113.5/30", &nb, "wan", "203.0.113.6/30"),
-        (&na, "la", "198.51.100.1/25", &a, "eth0", "198.51.100.2/25"),
-        (
-            &nb,
-            "lb",
-            "198.51.100.129/25",
-            &b,
-            "eth0",
-            "198.51.100.130/25",
-        ),
-    ];
-    for (i, (n1, if1, a1, n2, if2, a2)) in links.iter().enumerate() {
-        // Made in the host, then moved: names only need to be unique per namespace.
-        let (h1, h2) = (format!("{}x{i}", net.prefix), format!("{}y{i}", net.prefix));
-        sh(&[
-            "ip", "link", "add", &h1, "type", "veth", "peer", "name", &h2,
-        ]);
-        for (h, n, name, addr) in [(&h1, n1, if1, a1), (&h2, n2, if2, a2)] {
-            sh(&["ip", "link", "set", h, "netns", n]);
-            in_ns(n, &["ip", "link", "set", "dev", h, "name", name]);
-            in_ns(n, &["ip", "addr", "add", addr, "dev", name]);
-            in_ns(n, &["ip", "link", "set", "dev", name, "up"]);
-        }
-    }
+    net.link((&p, "pa", "203.0.113.1/30"), (&na, "wan", "203.0.113.2/30"));
+    net.link((&p, "pb", "203.0.113.5/30"), (&nb, "wan", "203.0.113.6/30"));
+    net.link(
+        (&na, "la", "198.51.100.1/25"),
+        (&a, "eth0", "198.51.100.2/25"),
+    );
+    net.link(
+        (&nb, "lb", "198.51.100.129/25"),
+        (&b, "eth0", "198.51.100.130/25"),
+    );
     in_ns(
         &na,
         &["ip", "route", "add", "default", "via", "203.0.113.1"],
@@ -312,6 +329,7 @@ fn nat() -> Nat {
         global_only: false, // the documentation ranges are not global
         first_probe: Duration::from_secs(1),
         refresh: Duration::from_secs(60),
+        mdns: false,
     }
 }
 
@@ -511,5 +529,53 @@ fn behind_two_nats_a_relayed_connection_becomes_direct_and_the_relay_carries_not
         );
     });
     drop((c, b, a, relay));
+    drop(net);
+}
+
+#[test]
+fn on_a_lan_two_nodes_find_each_other_by_mdns_with_no_relay() {
+    if let Err(why) = capable() {
+        eprintln!("SKIPPED: the mDNS test cannot run here: {why}");
+        return;
+    }
+    common::logs();
+    let mut net = Net::new('m');
+    let (l1, l2) = (net.add("l1"), net.add("l2"));
+    net.link(
+        (&l1, "eth0", "198.51.100.2/25"),
+        (&l2, "eth0", "198.51.100.3/25"),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = rt
+        .block_on(cairn_relay::store::Disk::open(dir.path()))
+        .unwrap();
+    let content = common::data(LEN);
+    let root = rt.block_on(common::import(&store, &content));
+    let lan = |store| Config {
+        relay_server: false,
+        listen: vec!["/ip4/0.0.0.0/tcp/4001".parse().unwrap()],
+        http: "127.0.0.1:0".parse().unwrap(),
+        store,
+        nat: Nat {
+            mdns: true,
+            ..nat()
+        },
+        ..Config::default()
+    };
+    let a = start_in(&l1, lan(Some(store)));
+    let b = start_in(&l2, lan(None));
+    rt.block_on(async {
+        // Neither was told of the other, and there is no relay: mDNS finds them.
+        common::until_cas(&b.node, a.peer_id).await;
+        let info = b.node.peer(&a.peer_id).unwrap();
+        assert!(!info.relayed, "{info:?}");
+        let (got, _) = common::fetch_all(&b.node, LEN, root).await;
+        assert!(
+            common::read_all(&got, root).await == content,
+            "the file, byte-identical"
+        );
+    });
+    drop((b, a));
     drop(net);
 }

@@ -17,6 +17,8 @@ pub mod nat {
     pub type Dcutr = libp2p::dcutr::Behaviour;
     /// AutoNAT v1.
     pub type Autonat = libp2p::autonat::Behaviour;
+    /// mDNS discovery on the local network.
+    pub type Mdns = libp2p::mdns::tokio::Behaviour;
 }
 
 /// NAT traversal (see the native build): placeholders in the browser.
@@ -26,6 +28,8 @@ pub mod nat {
     pub type Dcutr = libp2p::swarm::dummy::Behaviour;
     /// AutoNAT: nothing here.
     pub type Autonat = libp2p::swarm::dummy::Behaviour;
+    /// mDNS: nothing here.
+    pub type Mdns = libp2p::swarm::dummy::Behaviour;
 }
 
 /// Protocol version announced over identify.
@@ -56,6 +60,9 @@ pub struct Behaviour {
     /// AutoNAT v1 (native nodes): whether this node can be dialed from outside; every native
     /// node (relays first) also answers others' probes.
     pub autonat: Toggle<nat::Autonat>,
+    /// mDNS (native nodes that ask for it): peers on the local network, found and dialed
+    /// without any relay.
+    pub mdns: Toggle<nat::Mdns>,
 }
 
 /// NAT traversal for native nodes: hole punching and AutoNAT.
@@ -68,6 +75,8 @@ pub struct Nat {
     pub first_probe: std::time::Duration,
     /// How often the probes are repeated once the status is known.
     pub refresh: std::time::Duration,
+    /// Whether peers on the local network are found by mDNS and dialed.
+    pub mdns: bool,
 }
 
 impl Default for Nat {
@@ -76,6 +85,7 @@ impl Default for Nat {
             global_only: true,
             first_probe: std::time::Duration::from_secs(15),
             refresh: std::time::Duration::from_secs(15 * 60),
+            mdns: false,
         }
     }
 }
@@ -148,6 +158,7 @@ impl Behaviour {
             upgrade: crate::upgrade::Behaviour::new(upgrade_direct),
             dcutr: dcutr(peer_id, nat).into(),
             autonat: autonat(peer_id, nat).into(),
+            mdns: mdns(peer_id, nat)?.into(),
         })
     }
 }
@@ -173,6 +184,21 @@ fn autonat(peer_id: libp2p::PeerId, nat: Option<Nat>) -> Option<nat::Autonat> {
     })
 }
 
+#[cfg(not(target_arch = "wasm32"))]
+fn mdns(peer_id: libp2p::PeerId, nat: Option<Nat>) -> Result<Option<nat::Mdns>, Error> {
+    if !nat.is_some_and(|n| n.mdns) {
+        return Ok(None);
+    }
+    libp2p::mdns::tokio::Behaviour::new(libp2p::mdns::Config::default(), peer_id)
+        .map(Some)
+        .map_err(|e| Error::Mdns(cairn_core::Reason::new(e)))
+}
+
+#[cfg(target_arch = "wasm32")]
+fn mdns(_: libp2p::PeerId, _: Option<Nat>) -> Result<Option<nat::Mdns>, Error> {
+    Ok(None)
+}
+
 #[cfg(target_arch = "wasm32")]
 fn dcutr(_: libp2p::PeerId, _: Option<Nat>) -> Option<nat::Dcutr> {
     None
@@ -190,4 +216,7 @@ pub enum Error {
     /// GossipSub refused its configuration.
     #[error("cannot set up GossipSub: {0}")]
     Gossipsub(#[source] cairn_core::Reason),
+    /// mDNS could not open its sockets.
+    #[error("cannot start mDNS (turn it off with --no-mdns): {0}")]
+    Mdns(#[source] cairn_core::Reason),
 }

@@ -412,6 +412,24 @@ impl Driver {
                 }
             },
             #[cfg(not(target_arch = "wasm32"))]
+            BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found.into_iter().take(64) {
+                    self.swarm.add_peer_address(peer, addr.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                            .addresses(vec![addr.clone()])
+                            .condition(
+                                libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing,
+                            )
+                            .build();
+                        if let Err(e) = self.swarm.dial(opts) {
+                            tracing::debug!(%peer, error = %e, "cannot dial a peer mDNS found");
+                        }
+                    }
+                    self.emitter.emit(Event::Discovered { peer, addr });
+                }
+            }
+            #[cfg(not(target_arch = "wasm32"))]
             BehaviourEvent::Autonat(libp2p::autonat::Event::StatusChanged { new, .. }) => {
                 let status: super::Reachability = new.into();
                 tracing::info!(?status, "reachability");

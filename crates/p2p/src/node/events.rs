@@ -117,6 +117,13 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// mDNS found `peer` on the local network at `addr`; it is dialed.
+    Discovered {
+        /// The peer.
+        peer: PeerId,
+        /// Where.
+        addr: Multiaddr,
+    },
     /// AutoNAT changed its mind about whether this node can be dialed from outside.
     Reachability(super::Reachability),
     /// A peer published a provider record to this node's DHT store (a DHT server's):
