@@ -5,7 +5,8 @@
 //
 // - Relay R2 federates with R1 (--bootstrap); each lists the other in /health.
 // - X opens the app from R1 and reserves on R1 and on R2 (learned from R1's /health); Y,
-//   on R2 only, fetches what X added: found through the relays' DHT.
+//   on R2 only, fetches what X added: found through the relays' DHT. W, on R1 only, adds
+//   a file; V, on R2 only, finds it in the DHT and fetches it.
 // - R1 dies: X stays reachable through R2 (Z, on R2 with no direct connections, fetches a
 //   file X adds afterwards); when R1 is back at its address, X reserves on it again by
 //   itself, and the app never said it lost its relay.
@@ -86,6 +87,18 @@ try {
   assert(dl.size === f1.size && dl.sha256 === f1.sha256, `Y's bytes are X's: ${JSON.stringify(dl)}`)
   assert(got.last.bySource.peers === got.last.blocksDone, `all from X: ${JSON.stringify(got.last)}`)
   await shot(x, '1-x-on-two-relays')
+
+  step('W, on R1 only, adds; V, on R2 only, finds and fetches it (through R1\'s circuit)')
+  const w = await open(await browser.newContext(), `http://${r1Http}/?relay=${encodeURIComponent(r1.addr)}`, 'W')
+  await until(w, { [r1.peerId]: true, [r2.peerId]: false }, 'W reserves on R1 alone')
+  const f3 = randomFile(work, 'three.bin', 4 * MiB)
+  const three = await add(w, f3)
+  const v = await open(await browser.newContext(), onR2(three.cid), 'V')
+  const gotW = await transferEnds(v)
+  const dlW = await downloaded(v)
+  assert(dlW.size === f3.size && dlW.sha256 === f3.sha256, `V's bytes are W's: ${JSON.stringify(dlW)}`)
+  assert(gotW.last.bySource.peers === gotW.last.blocksDone, `all from W: ${JSON.stringify(gotW.last)}`)
+  await w.page.close()
 
   step('R1 dies: X stays reachable through R2')
   r1.proc.kill('SIGKILL')
