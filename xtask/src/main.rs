@@ -798,6 +798,15 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
             .arg(target_dir(root).join("bench/ipfs.json"))
             .current_dir(root.join("tests/js")))?;
     }
+    if extra.is_empty() || extra.iter().any(|f| "network".contains(f.as_str())) {
+        step("network simulation: 20, 100 and 300 nodes on 5 relays (one stopped halfway at 100)");
+        sh(cargo()
+            .args(["bench", "-p", "cairn-cas-relay", "--bench", "network"])
+            .env(
+                "CAIRN_BENCH_OUT",
+                target_dir(root).join("bench/network.json"),
+            ))?;
+    }
     if extra.is_empty() || extra.iter().any(|f| "latency".contains(f.as_str())) {
         step(
             "32 MiB from a relay 0/25/50/100 ms away: cairn cat --peer beside Helia's bitswap (release cairn-relay)",

@@ -80,6 +80,9 @@ async fn a_node_on_one_relay_finds_and_fetches_what_a_relay_two_hops_away_holds(
     .await;
     until_federated(&b.node).await;
     until_federated(&c.node).await;
+    // B knows each serves the DHT once identify has told it.
+    until_identified(&b.node, a.peer_id).await;
+    until_identified(&b.node, c.peer_id).await;
 
     // B lists both as federated relays; C's bootstrap entry says it is connected.
     let h = health(&b).await;

@@ -115,13 +115,17 @@ impl Behaviour {
             crate::dht_store::Bounded::new(peer_id, dht),
             kad_config,
         );
-        // The relay serves the DHT; everyone else only asks it (browsers cannot be dialed
-        // directly, so they must not sit in others' routing tables).
-        kad.set_mode(Some(if relay_server.is_some() {
-            kad::Mode::Server
+        // The relay serves the DHT. Browsers only ask it (they cannot be dialed directly, so
+        // they must not sit in others' routing tables). A native node serves it once it has
+        // a confirmed external address (AutoNAT, or listen addresses it announces), as
+        // IPFS nodes do: Kademlia's automatic mode.
+        kad.set_mode(if relay_server.is_some() {
+            Some(kad::Mode::Server)
+        } else if nat.is_some() {
+            None
         } else {
-            kad::Mode::Client
-        }));
+            Some(kad::Mode::Client)
+        });
         let gossip_config = gossipsub::ConfigBuilder::default()
             // Signature, author and sequence number required and checked by GossipSub.
             .validation_mode(gossipsub::ValidationMode::Strict)

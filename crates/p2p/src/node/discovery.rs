@@ -19,7 +19,7 @@ pub(crate) fn dht_key(cid: &Cid) -> kad::RecordKey {
 }
 
 /// A provider lookup in flight: the CID, the providers found so far, and who is waiting.
-type FindQuery = (Cid, Vec<PeerId>, Reply<Vec<PeerId>>);
+type FindQuery = (Cid, Vec<PeerId>, Reply<super::Lookup>);
 
 /// DHT queries in flight.
 #[derive(Default)]
@@ -58,7 +58,7 @@ impl Discovery {
         &mut self,
         swarm: &mut Swarm<Behaviour>,
         cid: Cid,
-        reply: Reply<Vec<PeerId>>,
+        reply: Reply<super::Lookup>,
     ) {
         let q = swarm.behaviour_mut().kad.get_providers(dht_key(&cid));
         self.finds.insert(q, (cid, Vec::new(), reply));
@@ -150,6 +150,15 @@ impl Discovery {
                             tracing::debug!(peer = %p, error = %e, "cannot dial provider");
                         }
                     }
+                    // A record holder answered with providers: that answer is the lookup's
+                    // (each record holder keeps every provider it was told of), so the query
+                    // ends here instead of asking the rest of the k closest peers.
+                    if !found.is_empty()
+                        && !step.last
+                        && let Some(mut q) = swarm.behaviour_mut().kad.query_mut(&id)
+                    {
+                        q.finish();
+                    }
                 }
                 if step.last
                     && let Some((cid, found, reply)) = self.finds.remove(&id)
@@ -159,6 +168,11 @@ impl Discovery {
                     // nobody known has it.
                     let unanswered =
                         found.is_empty() && stats.num_requests() > 0 && stats.num_successes() == 0;
+                    let lookup = super::Lookup {
+                        providers: found,
+                        requests: stats.num_requests(),
+                        answered: stats.num_successes(),
+                    };
                     let _ = reply.send(if unanswered {
                         Err(Error::Dht {
                             op: "find providers",
@@ -169,7 +183,7 @@ impl Discovery {
                             )),
                         })
                     } else {
-                        Ok(found)
+                        Ok(lookup)
                     });
                 }
             }

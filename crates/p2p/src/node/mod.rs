@@ -173,6 +173,17 @@ pub enum Error {
     Stopped,
 }
 
+/// A provider lookup's outcome ([`Node::lookup_providers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    /// The providers found (each dialed as it was found).
+    pub providers: Vec<PeerId>,
+    /// DHT peers asked.
+    pub requests: u32,
+    /// DHT peers that answered.
+    pub answered: u32,
+}
+
 /// Whether a node can be dialed from outside ([`Node::reachability`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reachability {
@@ -202,7 +213,7 @@ pub(crate) enum Command {
     Dial(Multiaddr, Reply<PeerId>),
     Listen(Multiaddr, Reply<Multiaddr>),
     Provide(Cid, Reply<()>),
-    FindProviders(Cid, Reply<Vec<PeerId>>),
+    FindProviders(Cid, Reply<Lookup>),
     Connect(PeerId, Vec<Multiaddr>, Reply<()>),
     Providers(Cid, Reply<Vec<(PeerId, Vec<Multiaddr>)>>),
     Announce(Cid, u64, Duration, Reply<()>),
@@ -287,6 +298,12 @@ impl Node {
     /// Asks the DHT who provides `cid`; providers found are dialed (at the addresses their
     /// records carry, relay circuits included) as they are found.
     pub async fn find_providers(&self, cid: Cid) -> Result<Vec<PeerId>, Error> {
+        Ok(self.lookup_providers(cid).await?.providers)
+    }
+
+    /// [`Node::find_providers`], with what the lookup took: how many DHT peers were asked
+    /// (the lookup's hops, in all) and how many answered.
+    pub async fn lookup_providers(&self, cid: Cid) -> Result<Lookup, Error> {
         self.ask(|r| Command::FindProviders(cid, r)).await
     }
 
