@@ -1,7 +1,7 @@
 //! The `cairn-relay` command line.
 //!
 //! ```text
-//! cairn-relay [serve] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--ipfs-dht] [--no-relay [--no-mdns]] [--relay MULTIADDR]... [--http ADDR] [--identity FILE] [--web-root DIR] [--store DIR]
+//! cairn-relay [serve] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--ipfs-dht] [--no-relay [--no-mdns]] [--upnp] [--relay MULTIADDR]... [--http ADDR] [--identity FILE] [--web-root DIR] [--store DIR]
 //! cairn-relay id [--identity FILE]
 //! cairn-relay add FILE [--profile default|unixfs-v1-2025] [--hash sha2-256|blake3] [--only-hash] [--store DIR]
 //! cairn-relay cat CID [--store DIR] [--peer MULTIADDR]... [--ipfs-via MULTIADDR]... [--routing URL]...
@@ -126,6 +126,9 @@ struct ServeArgs {
     /// With --no-relay: do not look for peers on the local network by mDNS (on by default for nodes, off for relays).
     #[arg(long, env = "CAIRN_NO_MDNS")]
     no_mdns: bool,
+    /// Map the listening ports on the local gateway by UPnP (off by default).
+    #[arg(long, env = "CAIRN_UPNP")]
+    upnp: bool,
     /// A relay to hold a reservation on (repeatable; CAIRN_RELAYS comma-separated), so that peers reach this node through it while AutoNAT does not find it reachable; relayed connections are moved to direct ones by hole punching where the NATs allow.
     #[arg(long = "relay", env = "CAIRN_RELAYS", value_delimiter = ',')]
     relays: Vec<Multiaddr>,
@@ -550,6 +553,7 @@ struct FileConfig {
     ipfs_dht: Option<bool>,
     no_relay: Option<bool>,
     no_mdns: Option<bool>,
+    upnp: Option<bool>,
     relays: Option<Vec<Multiaddr>>,
     #[serde(default)]
     limits: FileLimits,
@@ -656,6 +660,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     config.relay_server = !(args.no_relay || file.no_relay == Some(true));
     // Nodes look for peers on their LAN; relays, on public hosts, do not.
     config.nat.mdns = !(config.relay_server || args.no_mdns || file.no_mdns == Some(true));
+    config.nat.upnp = args.upnp || file.upnp == Some(true);
     if !args.relays.is_empty() {
         config.relays = args.relays;
     } else if let Some(relays) = file.relays {

@@ -330,6 +330,7 @@ fn nat() -> Nat {
         first_probe: Duration::from_secs(1),
         refresh: Duration::from_secs(60),
         mdns: false,
+        upnp: false,
     }
 }
 
@@ -431,10 +432,11 @@ fn behind_two_nats_a_relayed_connection_becomes_direct_and_the_relay_carries_not
         .unwrap();
     let content = common::data(LEN);
     let root = rt.block_on(common::import(&store, &content));
-    let a = start_in(
-        &net.ns("a"),
-        node_config(4001, relay_for("203.0.113.1"), Some(store)),
-    );
+    // A also asks for UPnP: there is no gateway in its network, and it says so.
+    let mut a_config = node_config(4001, relay_for("203.0.113.1"), Some(store));
+    a_config.nat.upnp = true;
+    let a = start_in(&net.ns("a"), a_config);
+    let mut a_told = a.node.events();
     let b = start_in(
         &net.ns("b"),
         node_config(4001, relay_for("203.0.113.5"), None),
@@ -488,6 +490,16 @@ fn behind_two_nats_a_relayed_connection_becomes_direct_and_the_relay_carries_not
             carried < (LEN / 16) as u64,
             "the relay carried {carried} bytes of an {LEN}-byte transfer"
         );
+        let upnp = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Event::PortMappingUnavailable { reason } = a_told.next().await.unwrap() {
+                    break reason;
+                }
+            }
+        })
+        .await
+        .expect("A says UPnP could not map its ports");
+        assert!(upnp.contains("no UPnP gateway"), "{upnp}");
     });
 
     // Direct traffic between the NATs is dropped: C (beside B) cannot punch through.

@@ -19,6 +19,8 @@ pub mod nat {
     pub type Autonat = libp2p::autonat::Behaviour;
     /// mDNS discovery on the local network.
     pub type Mdns = libp2p::mdns::tokio::Behaviour;
+    /// UPnP port mapping on the local gateway.
+    pub type Upnp = libp2p::upnp::tokio::Behaviour;
 }
 
 /// NAT traversal (see the native build): placeholders in the browser.
@@ -30,6 +32,8 @@ pub mod nat {
     pub type Autonat = libp2p::swarm::dummy::Behaviour;
     /// mDNS: nothing here.
     pub type Mdns = libp2p::swarm::dummy::Behaviour;
+    /// UPnP: nothing here.
+    pub type Upnp = libp2p::swarm::dummy::Behaviour;
 }
 
 /// Protocol version announced over identify.
@@ -63,6 +67,9 @@ pub struct Behaviour {
     /// mDNS (native nodes that ask for it): peers on the local network, found and dialed
     /// without any relay.
     pub mdns: Toggle<nat::Mdns>,
+    /// UPnP (native nodes that ask for it): the listening ports mapped on the local
+    /// gateway, which makes the node reachable from outside where the gateway allows.
+    pub upnp: Toggle<nat::Upnp>,
 }
 
 /// NAT traversal for native nodes: hole punching and AutoNAT.
@@ -77,6 +84,8 @@ pub struct Nat {
     pub refresh: std::time::Duration,
     /// Whether peers on the local network are found by mDNS and dialed.
     pub mdns: bool,
+    /// Whether the listening ports are mapped on the local gateway by UPnP.
+    pub upnp: bool,
 }
 
 impl Default for Nat {
@@ -86,6 +95,7 @@ impl Default for Nat {
             first_probe: std::time::Duration::from_secs(15),
             refresh: std::time::Duration::from_secs(15 * 60),
             mdns: false,
+            upnp: false,
         }
     }
 }
@@ -163,6 +173,7 @@ impl Behaviour {
             dcutr: dcutr(peer_id, nat).into(),
             autonat: autonat(peer_id, nat).into(),
             mdns: mdns(peer_id, nat)?.into(),
+            upnp: upnp(nat).into(),
         })
     }
 }
@@ -196,6 +207,17 @@ fn mdns(peer_id: libp2p::PeerId, nat: Option<Nat>) -> Result<Option<nat::Mdns>, 
     libp2p::mdns::tokio::Behaviour::new(libp2p::mdns::Config::default(), peer_id)
         .map(Some)
         .map_err(|e| Error::Mdns(cairn_core::Reason::new(e)))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn upnp(nat: Option<Nat>) -> Option<nat::Upnp> {
+    nat.is_some_and(|n| n.upnp)
+        .then(libp2p::upnp::tokio::Behaviour::default)
+}
+
+#[cfg(target_arch = "wasm32")]
+fn upnp(_: Option<Nat>) -> Option<nat::Upnp> {
+    None
 }
 
 #[cfg(target_arch = "wasm32")]

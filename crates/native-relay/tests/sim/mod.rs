@@ -231,6 +231,7 @@ pub(crate) async fn run(p: Params) -> Report {
                 first_probe: Duration::from_secs(3600),
                 refresh: Duration::from_secs(3600),
                 mdns: false,
+                upnp: false,
             }),
             ..Default::default()
         };

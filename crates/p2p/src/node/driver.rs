@@ -430,6 +430,30 @@ impl Driver {
                 }
             }
             #[cfg(not(target_arch = "wasm32"))]
+            BehaviourEvent::Upnp(e) => {
+                use libp2p::upnp::Event as U;
+                match e {
+                    U::NewExternalAddr(addr) => {
+                        tracing::info!(%addr, "UPnP: port mapped on the gateway");
+                        self.emitter.emit(Event::PortMapped { addr });
+                    }
+                    U::ExpiredExternalAddr(addr) => {
+                        tracing::warn!(%addr, "UPnP: the gateway's mapping expired");
+                    }
+                    U::GatewayNotFound | U::NonRoutableGateway => {
+                        let reason = if matches!(e, U::GatewayNotFound) {
+                            "no UPnP gateway found on the local network"
+                        } else {
+                            "the UPnP gateway is itself behind another NAT"
+                        };
+                        tracing::warn!(reason, "UPnP: no port mapping");
+                        self.emitter.emit(Event::PortMappingUnavailable {
+                            reason: reason.into(),
+                        });
+                    }
+                }
+            }
+            #[cfg(not(target_arch = "wasm32"))]
             BehaviourEvent::Autonat(libp2p::autonat::Event::StatusChanged { new, .. }) => {
                 let status: super::Reachability = new.into();
                 tracing::info!(?status, "reachability");

@@ -124,6 +124,18 @@ pub enum Event {
         /// Where.
         addr: Multiaddr,
     },
+    /// UPnP mapped a listening port on the local gateway: this address is reachable from
+    /// outside (announced as an external address).
+    PortMapped {
+        /// The address.
+        addr: Multiaddr,
+    },
+    /// UPnP cannot map ports: `reason` says why (no gateway found, or the gateway is itself
+    /// behind another NAT). The node works as without it.
+    PortMappingUnavailable {
+        /// Why.
+        reason: String,
+    },
     /// AutoNAT changed its mind about whether this node can be dialed from outside.
     Reachability(super::Reachability),
     /// A peer published a provider record to this node's DHT store (a DHT server's):
