@@ -33,6 +33,9 @@ use crate::behaviour::Behaviour;
 /// How often the DHT is refreshed through the bootstrap peers while one is connected.
 pub const REFRESH: Duration = Duration::from_secs(5 * 60);
 
+/// At most one refresh this often: bootstrap peers that connect moments apart share one.
+const REFRESH_AT_MOST: Duration = Duration::from_secs(10);
+
 /// How long to wait before dialing an unreachable bootstrap peer again: `first` after the
 /// first failure, doubling after each further one, never more than `max`. A peer that was
 /// connected and went away is dialed again after `first`.
@@ -123,6 +126,8 @@ pub(crate) struct Bootstrap {
     webrtc: bool,
     /// When the DHT is refreshed next (while a bootstrap peer is connected).
     refresh_at: Option<Instant>,
+    /// When it was last refreshed.
+    last_refresh: Option<Instant>,
     /// The timer, and the instant it was armed for.
     timer: Option<(Instant, Delay)>,
 }
@@ -158,6 +163,7 @@ impl Bootstrap {
             backoff,
             webrtc,
             refresh_at: None,
+            last_refresh: None,
             timer: None,
         };
         b.add(relays, true);
@@ -275,10 +281,19 @@ impl Bootstrap {
             .iter()
             .any(|e| matches!(e.state, State::Connected));
         if connected {
-            if let Err(e) = swarm.behaviour_mut().kad.bootstrap() {
-                tracing::debug!(error = %e, "cannot refresh the DHT");
+            // Bootstrap peers connecting moments apart (at start, all of them) share one
+            // lookup: each lookup opens connections to the k closest peers.
+            let now = Instant::now();
+            let recent = self
+                .last_refresh
+                .is_some_and(|t| now.saturating_duration_since(t) < REFRESH_AT_MOST);
+            if !recent {
+                if let Err(e) = swarm.behaviour_mut().kad.bootstrap() {
+                    tracing::debug!(error = %e, "cannot refresh the DHT");
+                }
+                self.last_refresh = Some(now);
             }
-            self.refresh_at = Some(Instant::now() + REFRESH);
+            self.refresh_at = Some(now + REFRESH);
         } else {
             self.refresh_at = None;
         }
