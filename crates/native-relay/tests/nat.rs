@@ -139,12 +139,19 @@ fn nft(ns: &str, rules: &str) {
     );
 }
 
+/// The tests of this file take turns: run at once, the mDNS test's nodes missed each other
+/// (1 run in 5), which they never did alone.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Whether this machine lets the test make namespaces (root, `ip`), and has `nft`.
 fn capable() -> Result<(), String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("not root: network namespaces need it".into());
     }
-    let probe = format!("cairn-probe-{}", std::process::id());
+    // One name per probe: the tests of this file probe at the same time.
+    static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = format!("cairn-probe-{}-{n}", std::process::id());
     let made = Command::new("ip")
         .args(["netns", "add", &probe])
         .stderr(Stdio::null())
@@ -399,6 +406,9 @@ async fn dial_and_punch(from: &Node, relay_addr: &Multiaddr, target: &Node) -> R
 
 #[test]
 fn behind_two_nats_a_relayed_connection_becomes_direct_and_the_relay_carries_nothing() {
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Err(why) = capable() {
         eprintln!("SKIPPED: the NAT traversal test cannot run here: {why}");
         return;
@@ -546,6 +556,9 @@ fn behind_two_nats_a_relayed_connection_becomes_direct_and_the_relay_carries_not
 
 #[test]
 fn on_a_lan_two_nodes_find_each_other_by_mdns_with_no_relay() {
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Err(why) = capable() {
         eprintln!("SKIPPED: the mDNS test cannot run here: {why}");
         return;

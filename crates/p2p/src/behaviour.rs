@@ -103,7 +103,8 @@ impl Default for Nat {
 impl Behaviour {
     /// The composition for `key`; `relay_client` comes with the relay transport.
     /// `upgrade_direct` turns the direct-upgrade policy on; `dht` bounds what the DHT store
-    /// takes from other peers; `nat` turns hole punching and AutoNAT on.
+    /// takes from other peers; `nat` turns hole punching and AutoNAT on; `dht_server` makes
+    /// a node that is not a relay serve the DHT from the start.
     pub fn new(
         key: &Keypair,
         relay_client: Option<relay::client::Behaviour>,
@@ -111,6 +112,7 @@ impl Behaviour {
         upgrade_direct: bool,
         dht: crate::dht_store::Limits,
         nat: Option<Nat>,
+        dht_server: bool,
     ) -> Result<Self, Error> {
         let peer_id = key.public().to_peer_id();
         let mut kad_config = kad::Config::new(kad::PROTOCOL_NAME);
@@ -126,16 +128,16 @@ impl Behaviour {
             kad_config,
         );
         // The relay serves the DHT. Browsers only ask it (they cannot be dialed directly, so
-        // they must not sit in others' routing tables). A native node serves it once it has
-        // a confirmed external address (AutoNAT, or listen addresses it announces), as
-        // IPFS nodes do: Kademlia's automatic mode.
-        kad.set_mode(if relay_server.is_some() {
-            Some(kad::Mode::Server)
-        } else if nat.is_some() {
-            None
+        // they must not sit in others' routing tables). A native node serves it when it
+        // announces its listen addresses as reachable (`dht_server`), or once AutoNAT finds
+        // it reachable (the driver switches it then). Not Kademlia's automatic mode: that
+        // would serve from behind a NAT with only a relay circuit as its address, putting
+        // a relayed peer in everyone's table.
+        kad.set_mode(Some(if relay_server.is_some() || dht_server {
+            kad::Mode::Server
         } else {
-            Some(kad::Mode::Client)
-        });
+            kad::Mode::Client
+        }));
         let gossip_config = gossipsub::ConfigBuilder::default()
             // Signature, author and sequence number required and checked by GossipSub.
             .validation_mode(gossipsub::ValidationMode::Strict)

@@ -214,7 +214,7 @@ pub(crate) async fn run(p: Params) -> Report {
     }
 
     // Nodes: each on loopback TCP, bootstrapping from two relays, serving the DHT once its
-    // listen address is announced (Kademlia's automatic mode).
+    // listen address is announced.
     let mut nodes = Vec::with_capacity(p.nodes);
     let mut roots = Vec::with_capacity(p.nodes);
     for i in 0..p.nodes {

@@ -95,6 +95,8 @@ impl Builder {
             self.config.upgrade_direct,
             self.config.dht,
             self.config.nat,
+            // A native node that announces its listen addresses says it is reachable.
+            self.config.nat.is_some() && self.config.advertise_listen_addrs,
         )?;
         // Outbound streams are negotiated lazily: the dialer sends its protocol and its first
         // bytes together instead of waiting a round trip for the listener's agreement (every

@@ -457,6 +457,13 @@ impl Driver {
             BehaviourEvent::Autonat(libp2p::autonat::Event::StatusChanged { new, .. }) => {
                 let status: super::Reachability = new.into();
                 tracing::info!(?status, "reachability");
+                if matches!(status, super::Reachability::Public(_)) {
+                    // Reachable from outside: it serves the DHT, as IPFS nodes do.
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .set_mode(Some(libp2p::kad::Mode::Server));
+                }
                 self.emitter.emit(Event::Reachability(status));
             }
             BehaviourEvent::RelayServer(e) => tracing::info!(event = ?e, "relay"),
