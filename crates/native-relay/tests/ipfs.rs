@@ -35,6 +35,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: u64 = 1024 * 1024;
 
+/// The tests that run Helia processes take turns: Node under load beside another such test
+/// made a 64 MiB bitswap fetch miss its 15 s per-block timeout once in CI.
+static HELIA_TURN: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+
+async fn helia_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    HELIA_TURN.get_or_init(Default::default).lock().await
+}
+
 fn sha256_hex(b: &[u8]) -> String {
     let d = sha2::Sha256::digest(b);
     d.iter().map(|x| format!("{x:02x}")).collect()
@@ -129,6 +137,7 @@ fn cat(args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Node 22 and the npm packages of tests/js: run through `cargo xtask test`"]
 async fn helia_content_reaches_cairn_through_the_ipfs_source_alone() {
+    let _turn = helia_turn().await;
     let relay = relay(None).await;
     let addr = full(&relay);
     let helia = tokio::task::spawn_blocking(move || helia_serve(&addr, 64 * MIB, "a"))
@@ -216,6 +225,7 @@ async fn helia_content_reaches_cairn_through_the_ipfs_source_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Node 22 and the npm packages of tests/js: run through `cargo xtask test`"]
 async fn a_helia_node_fetches_what_cairn_relay_added() {
+    let _turn = helia_turn().await;
     let d = tempfile::tempdir().unwrap();
     let store = Disk::open(d.path()).await.unwrap();
     let bytes = Data::new(5).bytes(64 * MIB as usize);
@@ -237,6 +247,7 @@ async fn a_helia_node_fetches_what_cairn_relay_added() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Node 22 and the npm packages of tests/js: run through `cargo xtask test`"]
 async fn cairn_and_helia_find_each_other_on_an_ipfs_dht_with_no_cairn_relay_between_them() {
+    let _turn = helia_turn().await;
     // The stand-in for the public IPFS DHT: two Helia DHT servers.
     let h1 = tokio::task::spawn_blocking(|| helia(&["dht"]))
         .await
