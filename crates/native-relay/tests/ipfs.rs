@@ -327,15 +327,27 @@ async fn cairn_and_helia_find_each_other_on_an_ipfs_dht_with_no_cairn_relay_betw
     .await
     .unwrap();
     let their = h3.info["cid"].as_str().unwrap().to_owned();
-    let o = cat(&[
-        &their,
-        "--store",
-        d.path().join("s2").to_str().unwrap(),
-        "--ipfs-via",
-        &h2_addr,
-        "-o",
-        d.path().join("theirs.bin").to_str().unwrap(),
-    ]);
+    // Helia's provide resolves once its messages are sent; the DHT servers (other processes,
+    // with nothing to subscribe to) store the record moments later. Under load the first
+    // lookup can come first: up to five lookups, 500 ms apart.
+    let mut tries = 0;
+    let o = loop {
+        tries += 1;
+        let o = cat(&[
+            &their,
+            "--store",
+            d.path().join("s2").to_str().unwrap(),
+            "--ipfs-via",
+            &h2_addr,
+            "-o",
+            d.path().join("theirs.bin").to_str().unwrap(),
+        ]);
+        let none = String::from_utf8_lossy(&o.stderr).contains("found none");
+        if o.status.success() || !none || tries == 5 {
+            break o;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
         sha256_hex(&std::fs::read(d.path().join("theirs.bin")).unwrap()),
