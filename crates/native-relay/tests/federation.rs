@@ -378,3 +378,128 @@ async fn a_node_on_two_relays_stays_reachable_through_one_and_reserves_again_whe
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_whose_relay_dies_goes_on_through_another_fetching_only_what_is_missing() {
+    use cairn_core::source::{Chain, Context, RaceConfig};
+    const LEN: usize = 32 << 20;
+    let fast = Backoff {
+        first: Duration::from_millis(100),
+        max: Duration::from_millis(400),
+    };
+    let r1 = relay_with(Config {
+        shutdown_grace: Duration::from_millis(100),
+        ..config(&[])
+    })
+    .await;
+    let r2 = relay_with(config(&[&r1])).await;
+    until_federated(&r2.node).await;
+    let (r1_addr, r2_addr) = (r1.addrs[0].clone(), r2.addrs[0].clone());
+
+    // A holds the file, reachable only through its reservations on R1 and R2.
+    let (store, root, content) = holding(LEN).await;
+    let a = common::native_node(
+        store,
+        cairn_p2p::node::Config {
+            relays: vec![r1_addr.clone(), r2_addr.clone()],
+            bootstrap_backoff: fast,
+            ..Default::default()
+        },
+    )
+    .await;
+    until_relays(&a, "A's reservations on both relays", |ps| {
+        ps.iter().all(|p| p.reserved)
+    })
+    .await;
+    a.provide(root).await.unwrap();
+    // Every block A is asked for, counted.
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut a_told = a.events();
+    let count = asked.clone();
+    tokio::spawn(async move {
+        while let Some(e) = a_told.next().await {
+            if let Event::Answering { kind: "get", .. } = e {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+
+    // B knows both relays and reaches A through R1's circuit.
+    let b = common::native_node(
+        Arc::new(Memory::new()),
+        cairn_p2p::node::Config {
+            bootstrap: vec![r1_addr.clone(), r2_addr.clone()],
+            bootstrap_backoff: fast,
+            ..Default::default()
+        },
+    )
+    .await;
+    until_federated(&b).await;
+    let via_r1 = r1_addr
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2pCircuit)
+        .with(libp2p::multiaddr::Protocol::P2p(a.peer_id()));
+    b.dial(via_r1).await.unwrap();
+    until_cas(&b, a.peer_id()).await;
+
+    // R1 stops a quarter of the way through.
+    let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+    let stopper = tokio::spawn(async move {
+        if killed.await.is_ok() {
+            r1.shutdown().await;
+        }
+    });
+    let kill = std::sync::Mutex::new(Some(kill));
+    let got = Arc::new(Memory::new());
+    let race = cairn_p2p::sources::cas_source(
+        &b,
+        Some(root),
+        RaceConfig {
+            per_peer_timeout: Duration::from_secs(10),
+            max_parallel: 4,
+            // When the peers at hand fail, the DHT is asked again: A, at its R2 circuit.
+            look_up: true,
+        },
+    );
+    let chain = Chain::new().local(got.clone()).source(race, None);
+    let ctx = Context::new().with_timeout(Duration::from_secs(120));
+    let report = cairn_core::dag::fetch(
+        &chain,
+        &*got,
+        root,
+        cairn_core::dag::Options {
+            window: 16,
+            ..Default::default()
+        },
+        &ctx,
+        |p| {
+            if p.blocks_done >= p.blocks_known.max(1) / 4
+                && let Some(k) = kill.lock().unwrap().take()
+            {
+                let _ = k.send(());
+            }
+        },
+    )
+    .await
+    .expect("the transfer completes through R2");
+    stopper.await.unwrap();
+    assert!(
+        common::read_all(&got, root).await == content,
+        "the file, byte-identical"
+    );
+    let info = b.peer(&a.peer_id()).expect("connected to A");
+    let addr = info.addr.map(|a| a.to_string()).unwrap_or_default();
+    assert!(
+        addr.contains(&r2.peer_id.to_string()),
+        "now through R2: {addr}"
+    );
+    let blocks = report.progress.blocks_done as usize;
+    let gets = asked.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{blocks} blocks; A answered {gets} gets");
+    // Only what was in flight when R1 went (the window) is asked for twice.
+    assert!(
+        gets <= blocks + 16,
+        "A was asked for {gets} blocks of a {blocks}-block file"
+    );
+    r2.shutdown().await;
+}

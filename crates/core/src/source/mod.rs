@@ -24,7 +24,9 @@ use futures::future::Shared;
 
 pub use chain::{Attempt, Chain, ChainError, Retrieval, Step, WriteBack};
 pub use gateway::{Gateway, HttpClient, HttpError, HttpResponse, RAW_BLOCK};
-pub use peers::{AskPeer, FindPeers, LookupError, Peer, PeerError, PeerSource, RaceConfig, Verify};
+pub use peers::{
+    AskPeer, FindPeers, LookupError, Peer, PeerError, PeerSource, ROOT_LOOKUPS, RaceConfig, Verify,
+};
 
 use crate::block::Block;
 use crate::cid::Cid;

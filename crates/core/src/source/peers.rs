@@ -6,14 +6,18 @@
 //! ([`AskPeer`]). [`PeerSource`] puts them together: it races the candidates (the first
 //! verified answer wins, the other requests are dropped), orders them with a
 //! [`RoutingStrategy`] over a shared [`Reputations`] table, and looks up more when those at
-//! hand fail: the fetch's root once (a session, as bitswap clients keep), and a block none
-//! of the root's providers has, once. A lookup that finds nobody is remembered, so the
-//! blocks of a fetch nobody can serve fail at once instead of asking again.
+//! hand fail: the fetch's root (a session, as bitswap clients keep), and a block none of the
+//! root's providers has, once. The root is looked up again only when the peers asked could
+//! not be reached (a connection closed under a transfer: its relay died, say), at most
+//! [`ROOT_LOOKUPS`] times a fetch, and the peers found are then asked again on the connection
+//! the lookup made. A lookup that finds nobody is remembered, so the blocks of a fetch
+//! nobody can serve fail at once instead of asking again.
 
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -169,6 +173,13 @@ impl Default for RaceConfig {
     }
 }
 
+/// How many times one fetch may look its root up: once, and again when the providers found
+/// could not be reached (each lookup is bounded in time by the network).
+pub const ROOT_LOOKUPS: u32 = 4;
+
+/// How many rounds of "look the root up, ask who it found" one block may take.
+const ROUNDS_PER_BLOCK: u32 = 3;
+
 /// Which keys one fetch has looked up, and the failure when nothing was ever found. Held
 /// across a lookup, so that the blocks in flight share it instead of each asking.
 struct Lookups {
@@ -187,6 +198,8 @@ pub struct PeerSource<F: FindPeers, A, R = Scored> {
     root: Option<Cid>,
     verify: Option<std::sync::Arc<dyn Verify>>,
     lookups: futures::lock::Mutex<Lookups>,
+    /// How many times the root was looked up (read without waiting on a lookup in flight).
+    root_rounds: AtomicU32,
     /// Peers the lookups found (read without waiting on a lookup in flight).
     found: std::sync::Mutex<Vec<F::Peer>>,
 }
@@ -244,6 +257,7 @@ where
                 done: HashSet::new(),
                 root_failed: None,
             }),
+            root_rounds: AtomicU32::new(0),
             found: std::sync::Mutex::default(),
         }
     }
@@ -265,24 +279,39 @@ where
         &self.reputations
     }
 
-    /// Looks `key` up once per session; returns the peers it found that were not known,
-    /// or, when nothing was ever found for the root, why.
+    /// The peers the lookups found.
     fn found(&self) -> std::sync::MutexGuard<'_, Vec<F::Peer>> {
         self.found
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Keeps `peers` among those found; returns those that were not known.
+    fn remember(&self, peers: Vec<F::Peer>) -> Vec<F::Peer> {
+        let mut known = self.found();
+        let fresh: Vec<F::Peer> = peers.into_iter().filter(|p| !known.contains(p)).collect();
+        known.extend(fresh.iter().cloned());
+        fresh
+    }
+
+    /// Looks `key` (a block's own CID, or any CID of a fetch without a root) up once per
+    /// session; returns the peers it found that were not known, or, when nothing was ever
+    /// found for the root, why.
     async fn look_up(&self, key: &Cid, ctx: &Context) -> Result<Vec<F::Peer>, SourceError> {
         let mut s = self.lookups.lock().await;
+        if let (Some(root), Some(e)) = (self.root, &s.root_failed) {
+            // Nobody provides the root: no block of it is worth its own lookup.
+            return Err(SourceError::NoProvider {
+                key: Box::new(root),
+                lookup: e.clone(),
+            });
+        }
         if s.done.contains(key) {
             return match &s.root_failed {
-                Some(e) if Some(*key) == self.root || self.root.is_none() => {
-                    Err(SourceError::NoProvider {
-                        key: Box::new(*key),
-                        lookup: e.clone(),
-                    })
-                }
+                Some(e) if self.root.is_none() => Err(SourceError::NoProvider {
+                    key: Box::new(*key),
+                    lookup: e.clone(),
+                }),
                 _ => Ok(Vec::new()),
             };
         }
@@ -292,15 +321,9 @@ where
             .await?;
         s.done.insert(*key);
         match found {
-            Ok(peers) => {
-                let mut known = self.found();
-                let fresh: Vec<F::Peer> =
-                    peers.into_iter().filter(|p| !known.contains(p)).collect();
-                known.extend(fresh.iter().cloned());
-                Ok(fresh)
-            }
+            Ok(peers) => Ok(self.remember(peers)),
             Err(e) => {
-                if self.found().is_empty() {
+                if self.root.is_none() && self.found().is_empty() {
                     s.root_failed = Some(e.clone());
                 }
                 Err(SourceError::NoProvider {
@@ -311,9 +334,53 @@ where
         }
     }
 
+    /// Looks the root up, unless another block has since this one last looked (`seen`
+    /// lookups): then those found are used as they are. Returns how many lookups there have
+    /// been and every peer found; the same count as `seen` when no more lookups are allowed.
+    async fn look_up_root(
+        &self,
+        root: &Cid,
+        seen: u32,
+        ctx: &Context,
+    ) -> Result<(u32, Vec<F::Peer>), SourceError> {
+        let mut s = self.lookups.lock().await;
+        let rounds = self.root_rounds.load(Ordering::Acquire);
+        if let Some(e) = &s.root_failed {
+            // Nobody was ever found: no block of it is worth asking again.
+            return Err(SourceError::NoProvider {
+                key: Box::new(*root),
+                lookup: e.clone(),
+            });
+        }
+        if rounds > seen || rounds >= ROOT_LOOKUPS {
+            return Ok((rounds, self.found().clone()));
+        }
+        // Cancelled or out of time: not counted, so a later call asks again.
+        let found = ctx
+            .run(None, async { Ok(self.find.look_up(root).await) })
+            .await?;
+        self.root_rounds.store(rounds + 1, Ordering::Release);
+        match found {
+            Ok(peers) => {
+                self.remember(peers.clone());
+                Ok((rounds + 1, peers))
+            }
+            Err(e) => {
+                if self.found().is_empty() {
+                    s.root_failed = Some(e.clone());
+                }
+                Err(SourceError::NoProvider {
+                    key: Box::new(*root),
+                    lookup: e,
+                })
+            }
+        }
+    }
+
     async fn fetch(&self, cid: &Cid, ctx: &Context) -> Result<Block, SourceError> {
         let mut asked: HashSet<F::Peer> = HashSet::new();
         let mut failures: Failures<F::Peer> = Vec::new();
+        let mut seen = self.root_rounds.load(Ordering::Acquire);
         let mut at_hand = self.find.at_hand(cid);
         at_hand.extend(self.found().iter().cloned());
         if let Some(b) = self
@@ -324,30 +391,66 @@ where
         }
         let mut lookup_error = None;
         if self.config.look_up {
-            // The root's providers first (once a fetch), then, if they lack this block, its own.
-            let keys = match self.root {
-                Some(root) if root != *cid => vec![root, *cid],
-                _ => vec![*cid],
-            };
-            for key in keys {
-                let found = match self.look_up(&key, ctx).await {
-                    Ok(found) => found,
+            // The root's providers first: looked up once a fetch, and again when those asked
+            // could not be reached (their connections closed: a relay died under the
+            // transfer, say); then, if they lack this block, its own.
+            let mut from = 0;
+            if let Some(root) = self.root {
+                for _ in 0..ROUNDS_PER_BLOCK {
+                    let unreachable = failures[from..]
+                        .iter()
+                        .any(|(_, e)| matches!(e, SourceError::Unavailable(_)));
+                    if seen > 0 && !unreachable {
+                        break;
+                    }
+                    let (rounds, found) = match self.look_up_root(&root, seen, ctx).await {
+                        Ok(r) => r,
+                        Err(e @ (SourceError::Cancelled | SourceError::DeadlineExceeded)) => {
+                            return Err(e);
+                        }
+                        Err(e) => {
+                            lookup_error = Some(e);
+                            break;
+                        }
+                    };
+                    if rounds == seen {
+                        break;
+                    }
+                    seen = rounds;
+                    // The lookup reached them anew: those that could not be reached are
+                    // asked again.
+                    asked.retain(|p| {
+                        !failures[from..]
+                            .iter()
+                            .any(|(q, e)| q == p && matches!(e, SourceError::Unavailable(_)))
+                    });
+                    from = failures.len();
+                    let mut fresh = self.find.at_hand(cid);
+                    fresh.extend(found);
+                    if let Some(b) = self
+                        .race(cid, ctx, fresh, &mut asked, &mut failures)
+                        .await?
+                    {
+                        return Ok(b);
+                    }
+                }
+            }
+            if lookup_error.is_none() && self.root != Some(*cid) {
+                match self.look_up(cid, ctx).await {
+                    Ok(found) => {
+                        let mut fresh = self.find.at_hand(cid);
+                        fresh.extend(found);
+                        if let Some(b) = self
+                            .race(cid, ctx, fresh, &mut asked, &mut failures)
+                            .await?
+                        {
+                            return Ok(b);
+                        }
+                    }
                     Err(e @ (SourceError::Cancelled | SourceError::DeadlineExceeded)) => {
                         return Err(e);
                     }
-                    Err(e) => {
-                        lookup_error = Some(e);
-                        // Nobody provides the root: no block of it is worth its own lookup.
-                        break;
-                    }
-                };
-                let mut fresh = self.find.at_hand(cid);
-                fresh.extend(found);
-                if let Some(b) = self
-                    .race(cid, ctx, fresh, &mut asked, &mut failures)
-                    .await?
-                {
-                    return Ok(b);
+                    Err(e) => lookup_error = Some(e),
                 }
             }
         }
@@ -361,10 +464,14 @@ where
                 {
                     return Err(SourceError::DeadlineExceeded);
                 }
-                let mut all: Vec<(String, SourceError)> = failures
-                    .into_iter()
-                    .map(|(p, e)| (format!("peer {p}"), e))
-                    .collect();
+                // A peer asked again (after a lookup) that failed the same way is listed once.
+                let mut all: Vec<(String, SourceError)> = Vec::with_capacity(failures.len());
+                for (p, e) in failures {
+                    let who = format!("peer {p}");
+                    if !all.iter().any(|(w, f)| *w == who && *f == e) {
+                        all.push((who, e));
+                    }
+                }
                 if let Some(e) = lookup_error {
                     all.push(("lookup".into(), e));
                 }

@@ -26,6 +26,9 @@ enum Sim {
     Failing,
     Missing,
     Hanging,
+    /// Cannot be reached (its connection closed) until the network has been looked up in
+    /// this many times: a lookup reaches it anew.
+    Unreachable(usize),
 }
 
 /// A release the test controls: a peer behind a closed gate answers only when it opens.
@@ -148,6 +151,15 @@ impl AskPeer for SimNet {
                 Some(Sim::Failing) => Err(PeerError::Failed("connection reset".into())),
                 Some(Sim::Missing) | None => Err(PeerError::NotFound),
                 Some(Sim::Hanging) => std::future::pending().await,
+                Some(Sim::Unreachable(n)) => {
+                    if counters.lookups.load(Ordering::SeqCst) >= n {
+                        data.ok_or(PeerError::NotFound)
+                    } else {
+                        Err(PeerError::Failed(
+                            "the connection closed before the stream was open".into(),
+                        ))
+                    }
+                }
             };
             guard.1 = true;
             counters.completed.fetch_add(1, Ordering::SeqCst);
@@ -450,6 +462,61 @@ async fn lookups_find_the_roots_providers_once_and_a_blocks_own_when_they_lack_i
         counters.lookups.load(Ordering::SeqCst),
         2,
         "c is not looked up again"
+    );
+}
+
+#[tokio::test]
+async fn a_provider_whose_connection_closed_is_looked_up_and_asked_again() {
+    let (a, b, c) = (block("a"), block("b"), block("c"));
+    let root = *a.cid();
+    // "p1" holds everything, but its connection closed under the transfer: only a lookup
+    // (the second) reaches it again.
+    let (n, counters) = net_with(
+        &[("p1", Sim::Unreachable(2))],
+        HashMap::from([(root, vec!["p1"])]),
+        &[&a, &b, &c],
+    );
+    let src = PeerSource::new(SourceKind::Peers, n.clone(), n, Some(root));
+    let ctx = Context::new();
+    assert_eq!(src.retrieve(b.cid(), &ctx).await.unwrap(), b);
+    assert_eq!(
+        counters.lookups.load(Ordering::SeqCst),
+        2,
+        "the root, looked up again when the provider it found could not be reached"
+    );
+    assert_eq!(src.retrieve(c.cid(), &ctx).await.unwrap(), c);
+    assert_eq!(src.retrieve(a.cid(), &ctx).await.unwrap(), a);
+    assert_eq!(
+        counters.lookups.load(Ordering::SeqCst),
+        2,
+        "no lookup once it answers"
+    );
+}
+
+#[tokio::test]
+async fn a_provider_that_stays_unreachable_costs_a_bounded_number_of_lookups() {
+    let blocks: Vec<Block> = (0..10).map(|i| block(&format!("block {i}"))).collect();
+    let root = *blocks[0].cid();
+    let (n, counters) = net_with(
+        &[("p1", Sim::Failing)],
+        HashMap::from([(root, vec!["p1"])]),
+        &blocks.iter().collect::<Vec<_>>(),
+    );
+    let src = PeerSource::new(SourceKind::Peers, n.clone(), n, Some(root));
+    let ctx = Context::new();
+    for b in &blocks {
+        let err = src.retrieve(b.cid(), &ctx).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("every source failed (peer p1: unavailable: connection reset"),
+            "{err}"
+        );
+    }
+    // The root at most ROOT_LOOKUPS times, and each block but the root once by its own CID.
+    let lookups = counters.lookups.load(Ordering::SeqCst);
+    assert!(
+        lookups < peers::ROOT_LOOKUPS as usize + blocks.len(),
+        "{lookups} lookups"
     );
 }
 
