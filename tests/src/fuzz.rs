@@ -217,12 +217,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("cid", raw.to_bytes()),
     ];
-    let data = pb::UnixFs {
-        kind: pb::DataType::File,
-        data: None,
-        filesize: Some(3 * 262_144),
-        blocksizes: vec![262_144; 3],
-    };
+    let data = pb::UnixFs::file(vec![262_144; 3]);
     let node = pb::Node {
         links: (0..3)
             .map(|i| pb::Link {

@@ -27,6 +27,12 @@ pub fn put_bytes(out: &mut Vec<u8>, field: u8, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// Appends a fixed32 field (wire type 5).
+pub fn put_fixed32(out: &mut Vec<u8>, field: u8, v: u32) {
+    out.push(field << 3 | 5);
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
 /// Appends a varint field (wire type 0).
 pub fn put_uint(out: &mut Vec<u8>, field: u8, v: u64) {
     out.push(field << 3);
@@ -89,6 +95,11 @@ impl<'a> Reader<'a> {
             Ok(b) => Ok(self.buf.slice_ref(b)),
             Err(e) => Err(self.fail(e)),
         }
+    }
+
+    /// A fixed32 field's value.
+    pub fn fixed32(&mut self) -> Result<u32, DecodeError> {
+        self.inner.read_fixed32(self.buf).map_err(|e| self.fail(e))
     }
 
     /// Skips a field of wire type `wire`.

@@ -694,6 +694,7 @@ mod dag_and_export {
     const SMALL: Profile = Profile {
         chunk_size: 1000,
         max_links: 5,
+        shard_split: crate::unixfs::ShardSplit::LinksBytes,
         name: "small",
     };
 

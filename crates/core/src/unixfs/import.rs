@@ -386,6 +386,7 @@ mod tests {
     const SMALL: Profile = Profile {
         chunk_size: 4,
         max_links: 3,
+        shard_split: crate::unixfs::ShardSplit::LinksBytes,
         name: "test",
     };
 

@@ -5,9 +5,12 @@
 //! [`Profile`]. [`import`] drives it from an `AsyncRead` into a store without holding the file
 //! in memory. [`export`] streams a file's bytes, or a byte range, back out of any
 //! [`ContentSource`](crate::source::ContentSource), fetching only the leaves the range needs.
+//! [`dir`] builds directories (plain and HAMT-sharded) from paths and reads them back.
 
+pub mod dir;
 mod export;
 mod import;
+mod murmur3;
 pub mod pb;
 
 use std::fmt;
@@ -26,21 +29,40 @@ pub struct Profile {
     pub chunk_size: usize,
     /// Links per inner node.
     pub max_links: usize,
+    /// How a directory's size is reckoned to decide when it becomes a HAMT.
+    pub shard_split: ShardSplit,
     /// Display name.
     pub name: &'static str,
 }
+
+/// How a directory's size is reckoned to decide when it becomes a HAMT shard: past
+/// [`SHARD_THRESHOLD`] bytes (counting only the entries that are files or directories added
+/// as such, as Helia and Kubo do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardSplit {
+    /// Each entry's name and CID bytes (Kubo's and Helia's default, the `unixfs-v0-2015`
+    /// profile).
+    LinksBytes,
+    /// The directory block's exact encoded size (the IPIP-499 `unixfs-v1-2025` profile).
+    BlockBytes,
+}
+
+/// Past this many bytes (as [`ShardSplit`] reckons them) a directory becomes a HAMT.
+pub const SHARD_THRESHOLD: u64 = 262_144;
 
 impl Profile {
     /// Helia's default: 256 KiB chunks, 174 links per node.
     pub const DEFAULT: Profile = Profile {
         chunk_size: 256 * 1024,
         max_links: 174,
+        shard_split: ShardSplit::LinksBytes,
         name: "default",
     };
     /// The IPIP-499 `unixfs-v1-2025` profile: 1 MiB chunks, 1024 links per node.
     pub const UNIXFS_V1_2025: Profile = Profile {
         chunk_size: 1024 * 1024,
         max_links: 1024,
+        shard_split: ShardSplit::BlockBytes,
         name: "unixfs-v1-2025",
     };
 }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use crate::cid::Cid;
 
 pub use crate::protobuf::DecodeError;
-use crate::protobuf::{Reader, err, put_bytes, put_uint};
+use crate::protobuf::{Reader, err, put_bytes, put_fixed32, put_uint};
 
 /// A DAG-PB link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,17 +51,60 @@ pub enum DataType {
     HamtShard = 5,
 }
 
-/// The UnixFS `Data` message (fields cairn uses).
+/// The UnixFS `Data` message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnixFs {
     /// Node type.
     pub kind: DataType,
-    /// Inline file bytes.
+    /// Inline file bytes; for a HAMT shard, its bitfield.
     pub data: Option<Bytes>,
     /// Total file size under this node.
     pub filesize: Option<u64>,
     /// File size of each child, in link order.
     pub blocksizes: Vec<u64>,
+    /// A HAMT shard's hash function (multicodec: `0x22`, murmur3-x64-64).
+    pub hash_type: Option<u64>,
+    /// A HAMT shard's width.
+    pub fanout: Option<u64>,
+    /// Unix permission bits, when given (`None`: 0644 for files, 0755 for directories).
+    pub mode: Option<u32>,
+    /// Modification time, when given.
+    pub mtime: Option<Mtime>,
+}
+
+/// A UnixFS modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Mtime {
+    /// Seconds since the Unix epoch (negative before it).
+    pub secs: i64,
+    /// Nanoseconds past `secs` (1 to 999,999,999; `None` for none).
+    pub nsecs: Option<u32>,
+}
+
+impl Mtime {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        // int64: a negative number is its two's complement, ten bytes as a varint.
+        put_uint(&mut out, 1, self.secs as u64);
+        if let Some(n) = self.nsecs {
+            put_fixed32(&mut out, 2, n);
+        }
+        out
+    }
+
+    fn decode(buf: &Bytes) -> Result<Self, DecodeError> {
+        const W: &str = "UnixFS mtime";
+        let mut r = Reader::new(buf, W);
+        let mut t = Mtime::default();
+        while let Some((field, wire)) = r.key()? {
+            match (field, wire) {
+                (1, 0) => t.secs = r.varint()? as i64,
+                (2, 5) => t.nsecs = Some(r.fixed32()?),
+                (_, w) => r.skip(w)?,
+            }
+        }
+        Ok(t)
+    }
 }
 
 impl Node {
@@ -132,10 +175,23 @@ impl UnixFs {
     /// A file node with these children sizes and no inline data.
     pub fn file(blocksizes: Vec<u64>) -> Self {
         Self {
-            kind: DataType::File,
-            data: None,
             filesize: Some(blocksizes.iter().sum()),
             blocksizes,
+            ..Self::of(DataType::File)
+        }
+    }
+
+    /// A message of `kind` with no other field set.
+    pub fn of(kind: DataType) -> Self {
+        Self {
+            kind,
+            data: None,
+            filesize: None,
+            blocksizes: Vec::new(),
+            hash_type: None,
+            fanout: None,
+            mode: None,
+            mtime: None,
         }
     }
 
@@ -152,14 +208,27 @@ impl UnixFs {
         for b in &self.blocksizes {
             put_uint(&mut out, 4, *b);
         }
+        if let Some(h) = self.hash_type {
+            put_uint(&mut out, 5, h);
+        }
+        if let Some(f) = self.fanout {
+            put_uint(&mut out, 6, f);
+        }
+        if let Some(m) = self.mode {
+            put_uint(&mut out, 7, u64::from(m));
+        }
+        if let Some(t) = &self.mtime {
+            put_bytes(&mut out, 8, &t.encode());
+        }
         out
     }
 
-    /// Decodes the message, ignoring fields cairn does not use (hashType, fanout, mode, mtime).
+    /// Decodes the message, skipping fields it does not know.
     pub fn decode(buf: &Bytes) -> Result<Self, DecodeError> {
         const W: &str = "UnixFS data";
         let mut r = Reader::new(buf, W);
         let (mut kind, mut data, mut filesize, mut blocksizes) = (None, None, None, Vec::new());
+        let mut m = Self::of(DataType::Raw);
         while let Some((field, wire)) = r.key()? {
             match (field, wire) {
                 (1, 0) => {
@@ -183,6 +252,10 @@ impl UnixFs {
                         blocksizes.push(pr.varint()?);
                     }
                 }
+                (5, 0) => m.hash_type = Some(r.varint()?),
+                (6, 0) => m.fanout = Some(r.varint()?),
+                (7, 0) => m.mode = Some(r.varint()? as u32),
+                (8, 2) => m.mtime = Some(Mtime::decode(&r.bytes()?)?),
                 (_, w) => r.skip(w)?,
             }
         }
@@ -191,6 +264,7 @@ impl UnixFs {
             data,
             filesize,
             blocksizes,
+            ..m
         })
     }
 }

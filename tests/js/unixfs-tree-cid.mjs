@@ -1,0 +1,64 @@
+// Prints the root CID Helia's UnixFS importer (ipfs-unixfs-importer, what `@helia/unixfs`
+// `addAll` runs) gives a directory tree on disk, or a single file wrapped in a directory.
+// Usage: node unixfs-tree-cid.mjs PROFILE PATH [wrap]   (PROFILE: default | unixfs-v1-2025)
+// A directory is added as `<its name>/<relative path>` entries, files in name order, empty
+// directories as entries of their own, as `addAll(globSource(...))` gives them; `wrap` sets
+// wrapWithDirectory. Options are spelled out, so a change of defaults upstream cannot
+// silently change the test.
+import { createReadStream, readdirSync, statSync } from 'node:fs'
+import { basename, join } from 'node:path'
+import { importer } from 'ipfs-unixfs-importer'
+import { fixedSize } from 'ipfs-unixfs-importer/chunker'
+import { balanced } from 'ipfs-unixfs-importer/layout'
+
+const PROFILES = {
+  default: { chunkSize: 262144, maxChildrenPerNode: 174, shardSplitStrategy: 'links-bytes' },
+  'unixfs-v1-2025': { chunkSize: 1048576, maxChildrenPerNode: 1024, shardSplitStrategy: 'block-bytes' }
+}
+
+const discard = {
+  async put (cid) { return cid },
+  async has () { return false },
+  async * putMany (source) { for await (const { cid } of source) yield cid }
+}
+
+function * walk (dir, prefix) {
+  const names = readdirSync(dir).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)))
+  if (names.length === 0) {
+    yield { path: prefix }
+    return
+  }
+  for (const name of names) {
+    const full = join(dir, name)
+    if (statSync(full).isDirectory()) {
+      yield * walk(full, `${prefix}/${name}`)
+    } else {
+      yield { path: `${prefix}/${name}`, content: createReadStream(full) }
+    }
+  }
+}
+
+const [profileName, path, wrap] = process.argv.slice(2)
+const profile = PROFILES[profileName]
+if (profile == null || path == null) {
+  console.error(`usage: unixfs-tree-cid.mjs <${Object.keys(PROFILES).join('|')}> PATH [wrap]`)
+  process.exit(2)
+}
+const entries = statSync(path).isDirectory()
+  ? walk(path, basename(path))
+  : [{ path: basename(path), content: createReadStream(path) }]
+let root
+for await (const entry of importer(entries, discard, {
+  cidVersion: 1,
+  rawLeaves: true,
+  reduceSingleLeafToSelf: true,
+  chunker: fixedSize({ chunkSize: profile.chunkSize }),
+  layout: balanced({ maxChildrenPerNode: profile.maxChildrenPerNode }),
+  shardSplitStrategy: profile.shardSplitStrategy,
+  shardSplitThresholdBytes: 262144,
+  shardFanoutBits: 8,
+  wrapWithDirectory: wrap === 'wrap'
+})) {
+  root = entry.cid
+}
+console.log(root.toString())
