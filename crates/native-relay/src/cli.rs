@@ -3,9 +3,12 @@
 //! ```text
 //! cairn-relay [serve] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--ipfs-dht] [--no-relay [--no-mdns]] [--upnp] [--relay MULTIADDR]... [--http ADDR] [--identity FILE] [--web-root DIR] [--store DIR]
 //! cairn-relay id [--identity FILE]
-//! cairn-relay add FILE [--profile default|unixfs-v1-2025] [--hash sha2-256|blake3] [--only-hash] [--store DIR]
-//! cairn-relay cat CID [--store DIR] [--peer MULTIADDR]... [--ipfs-via MULTIADDR]... [--routing URL]...
-//!                    [--gateway URL]... [--timeout SECS] [-o FILE]
+//! cairn-relay add FILE|DIR [-r] [--wrap] [--profile default|unixfs-v1-2025] [--hash sha2-256|blake3] [--only-hash] [--store DIR]
+//! cairn-relay cat CID[/PATH] [SOURCES] [-o FILE]
+//! cairn-relay ls CID[/PATH] [SOURCES]
+//! cairn-relay get CID[/PATH] -o NEW-PATH [SOURCES]
+//!   SOURCES: [--store DIR] [--peer MULTIADDR]... [--ipfs-via MULTIADDR]... [--routing URL]...
+//!            [--gateway URL]... [--timeout SECS]
 //! ```
 //! Exit codes: 0 success, 1 other failure, 2 bad usage, 3 content not found, 4 a source sent
 //! bytes that do not match the CID, 5 store or output not writable, 6 input unreadable,
@@ -21,7 +24,7 @@ use std::time::Duration;
 use cairn_core::cid::{self, HashAlg};
 use cairn_core::source::{Context, Failure as Fetch};
 use cairn_core::store::{BlockStore, Null};
-use cairn_core::unixfs::{self, ExportError, ImportError, Profile, Range};
+use cairn_core::unixfs::{self, ExportError, ImportError, Profile, Range, dir};
 use cairn_p2p::sources::{self, IpfsRouting, Sources};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
@@ -49,10 +52,17 @@ enum Command {
         #[arg(long, env = "CAIRN_IDENTITY")]
         identity: Option<PathBuf>,
     },
-    /// Import a file as UnixFS and print its root CID.
+    /// Import a file, or a directory with -r, as UnixFS and print its root CID.
     Add {
-        /// The file to import.
+        /// The file or directory to import.
         file: PathBuf,
+        /// Import a directory and everything under it (files in name order, empty
+        /// directories kept; symlinks are refused).
+        #[arg(short, long)]
+        recursive: bool,
+        /// Wrap the file or directory in a directory, so that its name survives in the CID.
+        #[arg(short, long)]
+        wrap: bool,
         /// Chunking profile.
         #[arg(long, default_value = "default")]
         profile: Profile,
@@ -66,35 +76,62 @@ enum Command {
         #[arg(long, env = "CAIRN_STORE")]
         store: Option<PathBuf>,
     },
-    /// Write the verified bytes of a file to stdout or a file.
+    /// Write the verified bytes of a file (CID, or CID/path in a directory) to stdout or a
+    /// file.
     Cat {
-        /// The root CID.
+        /// The root CID, or CID/path/in/a/directory (`/ipfs/` in front is accepted).
         cid: String,
-        /// The block store directory.
-        #[arg(long, env = "CAIRN_STORE")]
-        store: Option<PathBuf>,
-        /// Peers to ask over /cas/1.0.0 (a full multiaddr ending in /p2p/<id>, direct or a
-        /// relay circuit), raced in parallel before any gateway.
-        #[arg(long = "peer")]
-        peers: Vec<Multiaddr>,
-        /// The IPFS source: DHT servers (a cairn-relay's multiaddr ending in /p2p/<id>) to
-        /// ask for providers, which are then asked over bitswap.
-        #[arg(long = "ipfs-via")]
-        ipfs_via: Vec<Multiaddr>,
-        /// The IPFS source: Delegated Routing V1 endpoints (`http://host:port`, as a
-        /// cairn-relay serves) to ask for providers, which are then asked over bitswap.
-        #[arg(long = "routing")]
-        routing: Vec<String>,
-        /// Trustless gateways to ask for blocks the store lacks, in order.
-        #[arg(long = "gateway")]
-        gateways: Vec<String>,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 120)]
-        timeout: u64,
+        #[command(flatten)]
+        from: FetchArgs,
         /// Write to this file instead of stdout (only complete, verified output is kept).
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// List a directory (CID, or CID/path): one line per entry, `CID SIZE NAME`, a `/`
+    /// after the names of directories.
+    Ls {
+        /// The directory's CID, or CID/path.
+        cid: String,
+        #[command(flatten)]
+        from: FetchArgs,
+    },
+    /// Write a file or a whole directory tree (CID, or CID/path), verified, under a new
+    /// name: each file is written under a temporary name and renamed when complete.
+    Get {
+        /// The CID, or CID/path.
+        cid: String,
+        #[command(flatten)]
+        from: FetchArgs,
+        /// Where to write it (must not exist yet).
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+/// Where a fetch looks beyond the local store, and for how long.
+#[derive(Debug, Clone, clap::Args)]
+struct FetchArgs {
+    /// The block store directory.
+    #[arg(long, env = "CAIRN_STORE")]
+    store: Option<PathBuf>,
+    /// Peers to ask over /cas/1.0.0 (a full multiaddr ending in /p2p/<id>, direct or a
+    /// relay circuit), raced in parallel before any gateway.
+    #[arg(long = "peer")]
+    peers: Vec<Multiaddr>,
+    /// The IPFS source: DHT servers (a cairn-relay's multiaddr ending in /p2p/<id>) to
+    /// ask for providers, which are then asked over bitswap.
+    #[arg(long = "ipfs-via")]
+    ipfs_via: Vec<Multiaddr>,
+    /// The IPFS source: Delegated Routing V1 endpoints (`http://host:port`, as a
+    /// cairn-relay serves) to ask for providers, which are then asked over bitswap.
+    #[arg(long = "routing")]
+    routing: Vec<String>,
+    /// Trustless gateways to ask for blocks the store lacks, in order.
+    #[arg(long = "gateway")]
+    gateways: Vec<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -240,13 +277,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Some(Command::Add {
             file,
+            recursive,
+            wrap,
             profile,
             hash,
             only_hash,
             store,
         }) => {
+            let how = AddHow {
+                recursive,
+                wrap,
+                profile,
+                hash,
+            };
             let root = if only_hash {
-                add(&Null::new(), &file, profile, hash).await?
+                add(&Null::new(), &file, &how).await?
             } else {
                 let store = open_store(store).await?;
                 // Two adds to one store take turns: each one's clean-up is then its own.
@@ -254,7 +299,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     .lock_for_import()
                     .await
                     .map_err(|e| fail(Exit::NotWritable, e))?;
-                let root = add(&store, &file, profile, hash).await?;
+                let root = add(&store, &file, &how).await?;
                 // Pinned: a relay serving this store provides it in the DHT.
                 store
                     .pin(&root)
@@ -265,25 +310,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("{root}");
             Ok(())
         }
-        Some(Command::Cat {
-            cid,
-            store,
-            peers,
-            ipfs_via,
-            routing,
-            gateways,
-            timeout,
-            output,
-        }) => {
-            let store = open_store(store).await?;
-            let from = Where {
-                peers,
-                ipfs_via,
-                routing,
-                gateways,
-            };
-            let timeout = Duration::from_secs(timeout);
-            cat(store, &cid, &from, timeout, output.as_deref()).await
+        Some(Command::Cat { cid, from, output }) => {
+            let f = Fetcher::start(&cid, &from).await?;
+            f.cat(output.as_deref()).await
+        }
+        Some(Command::Ls { cid, from }) => Fetcher::start(&cid, &from).await?.ls().await,
+        Some(Command::Get { cid, from, output }) => {
+            Fetcher::start(&cid, &from).await?.get(&output).await
         }
     }
 }
@@ -300,36 +333,154 @@ async fn open_store(dir: Option<PathBuf>) -> Result<Disk, Failure> {
         .map_err(|e| fail(Exit::NotWritable, e))
 }
 
+/// How `add` imports.
+struct AddHow {
+    recursive: bool,
+    wrap: bool,
+    profile: Profile,
+    hash: HashAlg,
+}
+
+fn unreadable(path: &Path, e: impl std::fmt::Display) -> Failure {
+    fail(
+        Exit::Unreadable,
+        format!("cannot read {}: {e}", path.display()),
+    )
+}
+
+/// A path's last name, as UnixFS stores it (UTF-8).
+fn utf8_name(path: &Path) -> Result<String, Failure> {
+    let name = path.file_name().ok_or_else(|| {
+        fail(
+            Exit::Usage,
+            format!("{} has no name to wrap it under", path.display()),
+        )
+    })?;
+    name.to_str().map(str::to_owned).ok_or_else(|| {
+        fail(
+            Exit::Unreadable,
+            format!(
+                "{}: the name is not UTF-8, which UnixFS names must be",
+                path.display()
+            ),
+        )
+    })
+}
+
 async fn add<S: BlockStore>(
     store: &S,
     path: &Path,
-    profile: Profile,
-    hash: HashAlg,
+    how: &AddHow,
 ) -> Result<cairn_core::Cid, Failure> {
-    let file = tokio::fs::File::open(path).await.map_err(|e| {
-        fail(
-            Exit::Unreadable,
-            format!("cannot read {}: {e}", path.display()),
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| unreadable(path, e))?;
+    let mut tree = dir::TreeBuilder::new(how.profile, how.hash);
+    let bad_path = |e: dir::PathError| fail(Exit::Unreadable, e);
+    if meta.is_dir() {
+        if !how.recursive {
+            return Err(fail(
+                Exit::Unreadable,
+                format!("{} is a directory: add it with -r", path.display()),
+            ));
+        }
+        let top = if how.wrap {
+            utf8_name(path)?
+        } else {
+            String::new()
+        };
+        let mut files = 0u64;
+        // Depth first, names in byte order; a directory with nothing in it is kept.
+        let mut stack = vec![(path.to_owned(), top)];
+        while let Some((dir_path, prefix)) = stack.pop() {
+            let mut names = Vec::new();
+            let mut rd = tokio::fs::read_dir(&dir_path)
+                .await
+                .map_err(|e| unreadable(&dir_path, e))?;
+            while let Some(e) = rd
+                .next_entry()
+                .await
+                .map_err(|e| unreadable(&dir_path, e))?
+            {
+                names.push(e.path());
+            }
+            names.sort();
+            if names.is_empty() && !prefix.is_empty() {
+                tree.add_dir(&prefix, dir::Metadata::default())
+                    .map_err(bad_path)?;
+            }
+            for full in names.into_iter().rev() {
+                let name = utf8_name(&full)?;
+                let rel = if prefix.is_empty() {
+                    name
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                let kind = tokio::fs::symlink_metadata(&full)
+                    .await
+                    .map_err(|e| unreadable(&full, e))?;
+                if kind.is_symlink() {
+                    eprintln!(
+                        "warning: skipped {}: a symlink (cairn adds what is in files and directories, not links)",
+                        full.display()
+                    );
+                } else if kind.is_dir() {
+                    stack.push((full, rel));
+                } else {
+                    let imported = add_one(store, &full, how).await?;
+                    tree.add(
+                        &rel,
+                        dir::Entry {
+                            cid: imported.root,
+                            tsize: imported.dag_size,
+                        },
+                    )
+                    .map_err(bad_path)?;
+                    files += 1;
+                }
+            }
+        }
+        tracing::debug!(files, "directory imported");
+    } else {
+        let imported = add_one(store, path, how).await?;
+        if !how.wrap {
+            return Ok(imported.root);
+        }
+        tree.add(
+            &utf8_name(path)?,
+            dir::Entry {
+                cid: imported.root,
+                tsize: imported.dag_size,
+            },
         )
-    })?;
-    if file.metadata().await.is_ok_and(|m| m.is_dir()) {
-        return Err(fail(
-            Exit::Unreadable,
-            format!("{} is a directory; cairn adds single files", path.display()),
-        ));
+        .map_err(bad_path)?;
     }
+    let mut blocks = Vec::new();
+    let root = tree
+        .finish(&mut blocks)
+        .map_err(|e| fail(Exit::Failure, e))?;
+    for b in blocks {
+        store.put(b).await.map_err(|e| fail(Exit::NotWritable, e))?;
+    }
+    Ok(root.cid)
+}
+
+async fn add_one<S: BlockStore>(
+    store: &S,
+    path: &Path,
+    how: &AddHow,
+) -> Result<unixfs::Imported, Failure> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| unreadable(path, e))?;
     let reader = tokio::io::BufReader::with_capacity(1 << 20, file);
-    let imported = crate::add_file(store, reader, profile, hash)
+    crate::add_file(store, reader, how.profile, how.hash)
         .await
         .map_err(|e| match e {
-            ImportError::Read { .. } => fail(
-                Exit::Unreadable,
-                format!("cannot read {}: {e}", path.display()),
-            ),
+            ImportError::Read { .. } => unreadable(path, e),
             ImportError::Store(_) => fail(Exit::NotWritable, e),
             other => fail(Exit::Failure, other),
-        })?;
-    Ok(imported.root)
+        })
 }
 
 /// Exit code for an export failure: what the fetch came down to, when it was one.
@@ -338,14 +489,6 @@ fn export_exit(e: &ExportError) -> Exit {
         ExportError::Retrieve { source, .. } => Exit::of_fetch(source.failure()),
         _ => Exit::Failure,
     }
-}
-
-/// Where `cat` looks beyond the local store.
-struct Where {
-    peers: Vec<Multiaddr>,
-    ipfs_via: Vec<Multiaddr>,
-    routing: Vec<String>,
-    gateways: Vec<String>,
 }
 
 /// Starts a client node and connects to `peers`; peers that cannot be reached are reported
@@ -407,55 +550,185 @@ async fn connect(peers: &[Multiaddr], deadline: Duration) -> Result<cairn_p2p::N
     Ok(node)
 }
 
-async fn cat(
-    store: Disk,
-    cid_text: &str,
-    from: &Where,
-    timeout: Duration,
-    output: Option<&Path>,
-) -> Result<(), Failure> {
-    let root = cid::parse(cid_text).map_err(|e| fail(Exit::Usage, e))?;
-    let http = crate::http::Client::new().map_err(|e| fail(Exit::Failure, e))?;
-    let check = |what, urls: &[String]| {
-        urls.iter()
-            .map(|u| sources::http_url(what, u).map_err(|e| fail(Exit::Usage, e)))
-            .collect::<Result<Vec<_>, _>>()
-    };
-    let routers = check("routing endpoint", &from.routing)?;
-    let gateways = check("gateway", &from.gateways)?;
-    let ipfs = !from.ipfs_via.is_empty() || !routers.is_empty();
-    let node = if !from.peers.is_empty() || ipfs {
-        let dial: Vec<Multiaddr> = from.peers.iter().chain(&from.ipfs_via).cloned().collect();
-        Some(connect(&dial, timeout.min(Duration::from_secs(20))).await?)
-    } else {
-        None
-    };
-    let sources = Sources {
-        peers: !from.peers.is_empty(),
-        discover: false,
-        ipfs: ipfs.then_some(IpfsRouting {
-            dht: !from.ipfs_via.is_empty(),
-            routers,
-            dialable: cairn_p2p::ipfs::any_address,
-        }),
-        gateways,
-        ..Sources::default()
-    };
-    let chain = Arc::new(sources.chain(node.as_ref(), store, &http, root));
-    let ctx = Context::new().with_timeout(timeout);
-    let mut out = Output::open(output)?;
-    let mut stream = std::pin::pin!(unixfs::export(
-        &*chain,
-        root,
-        Range::ALL,
-        cairn_core::dag::WINDOW,
-        &ctx
-    ));
-    while let Some(piece) = stream.next().await {
-        let bytes = piece.map_err(|e| fail(export_exit(&e), e))?;
-        out.write(&bytes)?;
+/// `CID`, `CID/path` or `/ipfs/CID/path`: the root and the path under it.
+fn split_cid_path(text: &str) -> Result<(cairn_core::Cid, String), Failure> {
+    let t = text.strip_prefix("/ipfs/").unwrap_or(text);
+    let (c, path) = t.split_once('/').unwrap_or((t, ""));
+    let root = cid::parse(c).map_err(|e| fail(Exit::Usage, e))?;
+    Ok((root, path.to_owned()))
+}
+
+/// Exit code for a directory that could not be read.
+fn read_exit(e: &dir::ReadError) -> Exit {
+    match e {
+        dir::ReadError::Retrieve { source, .. } => Exit::of_fetch(source.failure()),
+        dir::ReadError::NotFound { .. } => Exit::NotFound,
+        dir::ReadError::NotADirectory { .. } | dir::ReadError::Path(_) => Exit::Usage,
+        _ => Exit::Failure,
     }
-    out.finish()
+}
+
+/// The chain of sources one `cat`, `ls` or `get` fetches through.
+struct Fetcher {
+    chain: Arc<cairn_core::source::Chain>,
+    root: cairn_core::Cid,
+    path: String,
+    ctx: Context,
+    /// Kept alive while the chain asks its peers.
+    _node: Option<cairn_p2p::Node>,
+}
+
+impl Fetcher {
+    async fn start(text: &str, from: &FetchArgs) -> Result<Self, Failure> {
+        let (root, path) = split_cid_path(text)?;
+        let timeout = Duration::from_secs(from.timeout);
+        let store = open_store(from.store.clone()).await?;
+        let http = crate::http::Client::new().map_err(|e| fail(Exit::Failure, e))?;
+        let check = |what, urls: &[String]| {
+            urls.iter()
+                .map(|u| sources::http_url(what, u).map_err(|e| fail(Exit::Usage, e)))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let routers = check("routing endpoint", &from.routing)?;
+        let gateways = check("gateway", &from.gateways)?;
+        let ipfs = !from.ipfs_via.is_empty() || !routers.is_empty();
+        let node = if !from.peers.is_empty() || ipfs {
+            let dial: Vec<Multiaddr> = from.peers.iter().chain(&from.ipfs_via).cloned().collect();
+            Some(connect(&dial, timeout.min(Duration::from_secs(20))).await?)
+        } else {
+            None
+        };
+        let sources = Sources {
+            peers: !from.peers.is_empty(),
+            discover: false,
+            ipfs: ipfs.then_some(IpfsRouting {
+                dht: !from.ipfs_via.is_empty(),
+                routers,
+                dialable: cairn_p2p::ipfs::any_address,
+            }),
+            gateways,
+            ..Sources::default()
+        };
+        let chain = Arc::new(sources.chain(node.as_ref(), store, &http, root));
+        Ok(Self {
+            chain,
+            root,
+            path,
+            ctx: Context::new().with_timeout(timeout),
+            _node: node,
+        })
+    }
+
+    /// The CID the path leads to.
+    async fn target(&self) -> Result<cairn_core::Cid, Failure> {
+        dir::resolve(&*self.chain, &self.ctx, self.root, &self.path)
+            .await
+            .map_err(|e| fail(read_exit(&e), e))
+    }
+
+    async fn cat(self, output: Option<&Path>) -> Result<(), Failure> {
+        let cid = self.target().await?;
+        let mut out = Output::open(output)?;
+        self.write(cid, &mut out).await?;
+        out.finish()
+    }
+
+    async fn write(&self, cid: cairn_core::Cid, out: &mut Output) -> Result<(), Failure> {
+        let mut stream = std::pin::pin!(unixfs::export(
+            &*self.chain,
+            cid,
+            Range::ALL,
+            cairn_core::dag::WINDOW,
+            &self.ctx
+        ));
+        while let Some(piece) = stream.next().await {
+            let bytes = piece.map_err(|e| fail(export_exit(&e), e))?;
+            out.write(&bytes)?;
+        }
+        Ok(())
+    }
+
+    /// The entries of the directory `cid`, each with what it is.
+    async fn entries(
+        &self,
+        cid: cairn_core::Cid,
+    ) -> Result<Vec<(dir::DirEntry, dir::Kind)>, Failure> {
+        let mut entries = Vec::new();
+        dir::ls(&*self.chain, &self.ctx, cid, |e| {
+            entries.push(e);
+            std::ops::ControlFlow::Continue(())
+        })
+        .await
+        .map_err(|e| fail(read_exit(&e), e))?;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let k = dir::kind(&*self.chain, &self.ctx, e.cid)
+                .await
+                .map_err(|err| fail(read_exit(&err), format!("{}: {err}", e.name)))?;
+            out.push((e, k));
+        }
+        Ok(out)
+    }
+
+    async fn ls(self) -> Result<(), Failure> {
+        let cid = self.target().await?;
+        let mut w = std::io::BufWriter::new(std::io::stdout());
+        for (e, k) in self.entries(cid).await? {
+            let slash = if k == dir::Kind::Directory { "/" } else { "" };
+            let size = e.tsize.map_or_else(|| "-".to_owned(), |t| t.to_string());
+            writeln!(w, "{} {size} {}{slash}", e.cid, e.name)
+                .map_err(|e| fail(Exit::NotWritable, format!("cannot write output: {e}")))?;
+        }
+        w.flush()
+            .map_err(|e| fail(Exit::NotWritable, format!("cannot write output: {e}")))
+    }
+
+    /// Writes the file or tree at the path to `dest`, which must not exist. Each file is
+    /// complete (written under a temporary name, then renamed) or absent; names that could
+    /// leave `dest` (`..`, `/`, NUL) are refused by [`dir::ls`] before anything is written.
+    async fn get(self, dest: &Path) -> Result<(), Failure> {
+        if tokio::fs::symlink_metadata(dest).await.is_ok() {
+            return Err(fail(
+                Exit::Usage,
+                format!("{} already exists: give a new name with -o", dest.display()),
+            ));
+        }
+        let cid = self.target().await?;
+        let not_writable = |p: &Path, e: std::io::Error| {
+            fail(
+                Exit::NotWritable,
+                format!("cannot write {}: {e}", p.display()),
+            )
+        };
+        if dir::kind(&*self.chain, &self.ctx, cid)
+            .await
+            .map_err(|e| fail(read_exit(&e), e))?
+            != dir::Kind::Directory
+        {
+            let mut out = Output::open(Some(dest))?;
+            self.write(cid, &mut out).await?;
+            return out.finish();
+        }
+        let mut stack = vec![(cid, dest.to_owned())];
+        while let Some((cid, at)) = stack.pop() {
+            tokio::fs::create_dir(&at)
+                .await
+                .map_err(|e| not_writable(&at, e))?;
+            for (e, k) in self.entries(cid).await? {
+                let path = at.join(&e.name);
+                match k {
+                    dir::Kind::Directory => stack.push((e.cid, path)),
+                    dir::Kind::File => {
+                        let mut out = Output::open(Some(&path))?;
+                        self.write(e.cid, &mut out).await?;
+                        out.finish()?;
+                    }
+                    other => eprintln!("warning: skipped {}: a {other:?} node", path.display()),
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Stdout, or a file written under a temporary name and renamed when complete.

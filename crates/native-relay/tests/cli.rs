@@ -339,3 +339,162 @@ fn an_unreadable_file_mid_import_leaves_the_store_as_it_was() {
         .unwrap_or(0);
     assert_eq!(blocks, 0, "nothing stored");
 }
+
+/// Every file under `root`, by relative path, with its bytes (directories as `None`).
+fn tree_of(root: &std::path::Path) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if p.is_dir() {
+                out.insert(rel, None);
+                stack.push(p);
+            } else {
+                out.insert(rel, Some(std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn directories_add_list_cat_by_path_and_get_back_whole() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("site");
+    std::fs::create_dir_all(src.join("photos/2026")).unwrap();
+    std::fs::create_dir_all(src.join("empty")).unwrap();
+    std::fs::write(src.join("index.html"), b"<h1>hi</h1>").unwrap();
+    std::fs::write(src.join("photos/2026/a.jpg"), data(700_000, 3)).unwrap();
+    std::fs::write(src.join("photos/ü.txt"), b"unicode").unwrap();
+    let store = d.path().join("store");
+    let s = store.to_str().unwrap();
+    let site = src.to_str().unwrap();
+
+    let no_r = run(&["add", site, "--store", s]);
+    assert_eq!(no_r.status.code(), Some(6), "{}", stderr(&no_r));
+    assert!(stderr(&no_r).contains("is a directory: add it with -r"));
+
+    let add = run(&["add", "-r", site, "--store", s]);
+    assert!(add.status.success(), "{}", stderr(&add));
+    let cid = stdout(&add);
+    assert!(
+        store.join("pins").join(&cid).is_file(),
+        "the root is pinned"
+    );
+    let only = run(&["add", "-r", site, "--only-hash"]);
+    assert_eq!(stdout(&only), cid);
+
+    let ls = run(&["ls", &cid, "--store", s]);
+    assert!(ls.status.success(), "{}", stderr(&ls));
+    let names: Vec<String> = stdout(&ls)
+        .lines()
+        .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["empty/", "index.html", "photos/"]);
+    let ls = run(&["ls", &format!("/ipfs/{cid}/photos"), "--store", s]);
+    assert_eq!(stdout(&ls).lines().count(), 2, "{}", stdout(&ls));
+
+    let cat = run(&["cat", &format!("{cid}/photos/2026/a.jpg"), "--store", s]);
+    assert!(cat.status.success(), "{}", stderr(&cat));
+    assert_eq!(cat.stdout, data(700_000, 3));
+
+    let out = d.path().join("copy");
+    let get = run(&["get", &cid, "-o", out.to_str().unwrap(), "--store", s]);
+    assert!(get.status.success(), "{}", stderr(&get));
+    assert_eq!(tree_of(&out), tree_of(&src), "the tree, byte-identical");
+    let one = d.path().join("one.txt");
+    let get = run(&[
+        "get",
+        &format!("{cid}/photos/ü.txt"),
+        "-o",
+        one.to_str().unwrap(),
+        "--store",
+        s,
+    ]);
+    assert!(get.status.success(), "{}", stderr(&get));
+    assert_eq!(std::fs::read(&one).unwrap(), b"unicode");
+
+    // A wrapped file keeps its name.
+    let wrap = run(&[
+        "add",
+        "--wrap",
+        src.join("index.html").to_str().unwrap(),
+        "--store",
+        s,
+    ]);
+    let ls = run(&["ls", &stdout(&wrap), "--store", s]);
+    assert!(stdout(&ls).ends_with(" 11 index.html"), "{}", stdout(&ls));
+
+    // Bad paths and targets.
+    for (args, code, says) in [
+        (vec!["cat", &format!("{cid}/nope")], 3, "no `nope` in `/`"),
+        (
+            vec!["cat", &format!("{cid}/index.html/x")],
+            2,
+            "is a file, not a directory",
+        ),
+        (vec!["ls", &format!("{cid}/../x")], 2, "`..` is not allowed"),
+        (
+            vec!["get", &cid, "-o", out.to_str().unwrap()],
+            2,
+            "already exists",
+        ),
+    ] {
+        let mut a = args.clone();
+        a.extend(["--store", s]);
+        let o = run(&a);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[tokio::test]
+async fn get_refuses_a_directory_whose_names_would_leave_the_target() {
+    use cairn_core::unixfs::pb;
+    let store = Arc::new(Memory::new());
+    let leaf =
+        cairn_core::Block::from_data(Codec::Raw, HashAlg::Sha2_256, b"evil".to_vec()).unwrap();
+    store.put(leaf.clone()).await.unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let long = "n".repeat(10_000);
+    for bad in ["../escaped", "a/b", "..", "nul\0name", long.as_str()] {
+        let node = pb::Node {
+            links: vec![pb::Link {
+                cid: *leaf.cid(),
+                name: bad.to_owned(),
+                tsize: Some(4),
+            }],
+            data: Some(pb::UnixFs::of(pb::DataType::Directory).encode().into()),
+        };
+        let dir =
+            cairn_core::Block::from_data(Codec::DagPb, HashAlg::Sha2_256, node.encode()).unwrap();
+        store.put(dir.clone()).await.unwrap();
+        let addr = gateway(store.clone(), Mode::Honest).await;
+        let target = d.path().join("inside").join("out");
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        let args: Vec<String> = vec![
+            "get".into(),
+            dir.cid().to_string(),
+            "-o".into(),
+            target.to_string_lossy().into(),
+            "--store".into(),
+            d.path().join("store").to_string_lossy().into(),
+            "--gateway".into(),
+            format!("http://{addr}"),
+        ];
+        let o = tokio::task::spawn_blocking(move || bin().args(&args).output().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{bad:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("is not a valid UnixFS directory"),
+            "{bad:?}: {}",
+            stderr(&o)
+        );
+        assert!(!d.path().join("inside/escaped").exists());
+        assert!(!d.path().join("escaped").exists());
+        let _ = std::fs::remove_dir_all(&target);
+    }
+}

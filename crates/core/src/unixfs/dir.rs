@@ -362,7 +362,9 @@ impl Dir {
         let mut links = Vec::with_capacity(self.children.len());
         for (name, node) in self.children {
             let e = match node {
-                Node::Leaf(e, _) => e,
+                Node::Leaf(e, None) => e,
+                // An empty directory added as such: its block is written here.
+                Node::Leaf(_, Some(meta)) => emit(flat_node(Vec::new(), meta), 0, hash, path, out)?,
                 Node::Dir(d) => {
                     let len = path.len();
                     if !path.is_empty() {
@@ -613,6 +615,34 @@ async fn load<S: ContentSource + ?Sized>(
         DataType::File | DataType::Raw => Decoded::Other("file"),
         DataType::Symlink => Decoded::Other("symlink"),
         DataType::Metadata => Decoded::Other("metadata node"),
+    })
+}
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A UnixFS file (or a raw block).
+    File,
+    /// A directory, plain or HAMT-sharded.
+    Directory,
+    /// A UnixFS symlink.
+    Symlink,
+    /// Anything else (another codec, a metadata node).
+    Other,
+}
+
+/// What the node `cid` is (reading its root block, unless its CID says: a raw block is a
+/// file).
+pub async fn kind<S: ContentSource + ?Sized>(
+    src: &S,
+    ctx: &Context,
+    cid: Cid,
+) -> Result<Kind, ReadError> {
+    Ok(match load(src, ctx, cid).await? {
+        Decoded::Dir(_) | Decoded::Shard(_) => Kind::Directory,
+        Decoded::Other("file") => Kind::File,
+        Decoded::Other("symlink") => Kind::Symlink,
+        Decoded::Other(_) => Kind::Other,
     })
 }
 
