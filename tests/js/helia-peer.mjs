@@ -7,9 +7,14 @@
 //       SEED) with @helia/unixfs's defaults, provides the root CID through the relay's DHT,
 //       prints one JSON line {"cid","peer","addrs","bytes","sha256","add_ms","provide_ms"},
 //       then serves over bitswap until stdin closes, SIGTERM, or CAIRN_JS_TIMEOUT_MS passes.
-//   node helia-peer.mjs fetch PEER_MULTIADDR CID
-//       Starts Helia, dials the peer (a cairn-relay, say), and cats CID: Helia sends its wants
-//       to the connected peer over bitswap. Prints {"cid","bytes","sha256","ms","mb_per_s"}.
+//   node helia-peer.mjs fetch PEER_MULTIADDR CID[/PATH]
+//       Starts Helia, dials the peer (a cairn-relay, say), and cats CID (or the file at PATH
+//       under it): Helia sends its wants to the connected peer over bitswap. Prints
+//       {"cid","bytes","sha256","ms","mb_per_s"}.
+//   node helia-peer.mjs serve-tree RELAY_MULTIADDR SEED
+//       Like serve, but adds a directory tree with @helia/unixfs addAll (wrapped in a
+//       directory): docs/readme.txt, media/clip.bin (3 MiB of SEED's data) and big/ (6,000
+//       small files, a HAMT). Prints {"cid","peer","addrs","sha256"} (sha256 of clip.bin).
 //   node helia-peer.mjs add BYTES SEED
 //       Prints the root CID Helia's default import gives (no network).
 //   node helia-peer.mjs dht [BOOTSTRAP_MULTIADDR]
@@ -137,8 +142,40 @@ async function serve (relay, bytes, seed) {
   await serveUntilTold()
 }
 
-async function fetch (peer, cidText) {
+async function serveTree (relay, seed) {
+  const { helia, fs } = await createPeer({
+    listen: ['/ip4/127.0.0.1/tcp/0', '/p2p-circuit']
+  })
+  phase = 'dialing the relay'
+  await helia.libp2p.dial(multiaddr(relay), { signal: deadline })
+  await waitFor('the relay in the DHT routing table', () => helia.libp2p.services.dht.routingTable.size > 0)
+  await waitFor('a circuit address', () => helia.libp2p.getMultiaddrs().some(a => a.toString().includes('/p2p-circuit')))
+  phase = 'adding a tree'
+  const clip = Buffer.concat([...data(3 << 20, seed)])
+  const entries = [
+    { path: 'tree/docs/readme.txt', content: new TextEncoder().encode('a directory from Helia') },
+    { path: 'tree/media/clip.bin', content: clip }
+  ]
+  for (let i = 0; i < 6000; i++) {
+    entries.push({ path: `tree/big/file-${String(i).padStart(5, '0')}.txt`, content: new TextEncoder().encode(`${i}`) })
+  }
+  let root
+  for await (const e of fs.addAll(entries)) root = e.cid
+  phase = 'providing'
+  await helia.routing.provide(root, { signal: deadline })
+  console.log(JSON.stringify({
+    cid: root.toString(),
+    peer: helia.libp2p.peerId.toString(),
+    addrs: helia.libp2p.getMultiaddrs().map(a => a.toString()),
+    sha256: createHash('sha256').update(clip).digest('hex')
+  }))
+  await serveUntilTold()
+}
+
+async function fetch (peer, target) {
   const { helia, fs } = await createPeer({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+  const [cidText, ...rest] = target.split('/')
+  const path = rest.join('/')
   const cid = CID.parse(cidText)
   phase = `dialing ${peer}`
   await helia.libp2p.dial(multiaddr(peer), { signal: deadline })
@@ -146,7 +183,7 @@ async function fetch (peer, cidText) {
   const hash = createHash('sha256')
   let n = 0
   const t = performance.now()
-  for await (const c of fs.cat(cid, { signal: deadline })) {
+  for await (const c of fs.cat(cid, { signal: deadline, ...(path ? { path } : {}) })) {
     hash.update(c)
     n += c.length
   }
@@ -251,12 +288,13 @@ const [mode, ...args] = process.argv.slice(2)
 const run = {
   serve: () => serve(args[0], Number(args[1]), args[2] ?? '0'),
   fetch: () => fetch(args[0], args[1]),
+  'serve-tree': () => serveTree(args[0], args[1] ?? '0'),
   add: () => add(Number(args[0]), args[1] ?? '0'),
   dht: () => dhtServer(args[0]),
   provide: () => provide(args[0], Number(args[1]), args[2] ?? '0'),
   'find-fetch': () => findFetch(args[0], args[1])
 }[mode]
-if (run == null) fail(`unknown mode \`${mode}\`: use serve, fetch, add, dht, provide or find-fetch`)
+if (run == null) fail(`unknown mode \`${mode}\`: use serve, serve-tree, fetch, add, dht, provide or find-fetch`)
 run().then(async () => {
   if (node != null) await node.stop()
   process.exit(0)

@@ -246,6 +246,103 @@ async fn a_helia_node_fetches_what_cairn_relay_added() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Node 22 and the npm packages of tests/js: run through `cargo xtask test`"]
+async fn helia_fetches_a_file_in_a_cairn_directory_by_path() {
+    let _turn = helia_turn().await;
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("site");
+    std::fs::create_dir_all(tree.join("media")).unwrap();
+    std::fs::create_dir_all(tree.join("big")).unwrap();
+    let clip = Data::new(9).bytes(3 << 20);
+    std::fs::write(tree.join("media/clip.bin"), &clip).unwrap();
+    // 6,000 names of 14 bytes: 300,000 bytes of names and CIDs, past the 262,144 at which
+    // a directory becomes a HAMT.
+    for i in 0..6000 {
+        std::fs::write(tree.join(format!("big/file-{i:05}.txt")), format!("{i}")).unwrap();
+    }
+    let store_dir = d.path().join("store");
+    let o = bin()
+        .args(["add", "-r"])
+        .arg(&tree)
+        .arg("--store")
+        .arg(&store_dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let root = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+    let store = Disk::open(&store_dir).await.unwrap();
+    let relay = relay(Some(store)).await;
+    let addr = full(&relay);
+    for (path, want) in [
+        ("media/clip.bin", sha256_hex(&clip)),
+        ("big/file-04321.txt", sha256_hex(b"4321")),
+    ] {
+        let (addr, target) = (addr.clone(), format!("{root}/{path}"));
+        let got = tokio::task::spawn_blocking(move || helia_fetch(&addr, &target))
+            .await
+            .unwrap();
+        assert_eq!(got["sha256"].as_str().unwrap(), want, "{path}: {got}");
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node 22 and the npm packages of tests/js: run through `cargo xtask test`"]
+async fn cairn_fetches_a_file_in_a_helia_directory_by_path() {
+    let _turn = helia_turn().await;
+    let relay = relay(None).await;
+    let addr = full(&relay);
+    let helia = tokio::task::spawn_blocking(move || helia(&["serve-tree", &addr, "t"]))
+        .await
+        .unwrap();
+    let root = helia.info["cid"].as_str().unwrap().to_owned();
+    let want = helia.info["sha256"].as_str().unwrap().to_owned();
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let relay_addr = full(&relay);
+    let fetch = |path: &str| {
+        cat(&[
+            &format!("{root}/{path}"),
+            "--store",
+            store.to_str().unwrap(),
+            "--ipfs-via",
+            &relay_addr,
+        ])
+    };
+    let o = fetch("media/clip.bin");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        sha256_hex(&o.stdout),
+        want,
+        "byte-identical to what Helia added"
+    );
+    // Through Helia's HAMT (6,000 entries): only the shards on the way are fetched.
+    let o = fetch("big/file-04321.txt");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.stdout, b"4321");
+    let held = Disk::open(&store)
+        .await
+        .unwrap()
+        .stat()
+        .await
+        .unwrap()
+        .blocks;
+    assert!(
+        held < 6000 / 4,
+        "{held} blocks held: the path alone, not the whole directory"
+    );
+    let o = fetch("big/absent");
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    drop(helia);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node 22 and the npm packages of tests/js: run through `cargo xtask test`"]
 async fn cairn_and_helia_find_each_other_on_an_ipfs_dht_with_no_cairn_relay_between_them() {
     let _turn = helia_turn().await;
     // The stand-in for the public IPFS DHT: two Helia DHT servers.
