@@ -193,6 +193,24 @@ impl Coded for cairn_p2p::node::Error {
     }
 }
 
+impl Coded for cairn_core::unixfs::dir::ReadError {
+    fn code(&self) -> ErrorCode {
+        use cairn_core::unixfs::dir::ReadError as E;
+        match self {
+            E::Retrieve { source, .. } => source.code(),
+            E::NotFound { .. } => ErrorCode::NotFound,
+            E::Malformed { .. } => ErrorCode::InvalidData,
+            _ => ErrorCode::InvalidArgument,
+        }
+    }
+}
+
+impl Coded for cairn_core::unixfs::dir::PathError {
+    fn code(&self) -> ErrorCode {
+        ErrorCode::InvalidArgument
+    }
+}
+
 impl Coded for cairn_core::cid::Error {
     fn code(&self) -> ErrorCode {
         ErrorCode::InvalidArgument

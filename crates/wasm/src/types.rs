@@ -346,3 +346,39 @@ impl ErrorCode {
         }
     }
 }
+
+/// One entry of a directory, as `ls` gives it.
+#[derive(Debug, Clone, Serialize, Deserialize, Tsify)]
+#[serde(rename_all = "camelCase")]
+pub struct DirEntry {
+    /// Its name.
+    pub name: String,
+    /// Its root CID.
+    pub cid: String,
+    /// The size of its DAG in bytes, as its directory's link records it (for a file: its
+    /// bytes plus a little structure).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub size: Option<u64>,
+    /// What it is.
+    #[serde(rename = "type")]
+    #[tsify(type = "\"file\" | \"directory\" | \"symlink\" | \"other\"")]
+    pub kind: String,
+}
+
+/// `addAll`'s options: `add`'s, and whether to keep the top directory.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, Tsify)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AddAllOptions {
+    /// Pin the root (default `true`).
+    #[tsify(optional)]
+    pub pin: Option<bool>,
+    /// Cancels the add: it rejects with an `AbortError` and keeps nothing of it.
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    #[tsify(optional, type = "AbortSignal")]
+    pub signal: JsValue,
+    /// Called with each [`AddProgress`] (bytes over all the files).
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    #[tsify(optional, type = "(progress: AddProgress) => void")]
+    pub on_progress: JsValue,
+}

@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use cairn_core::cid::Cid;
 use cairn_core::source::Chain;
+use cairn_core::source::Context;
 use cairn_core::store::BlockStore;
-use cairn_core::unixfs::{self, Profile, Range};
+use cairn_core::unixfs::{self, Profile, Range, dir};
 use cairn_core::{HashAlg, dag, pin};
 use cairn_p2p::sources::Sources;
 use futures::{SinkExt, StreamExt};
@@ -30,8 +31,8 @@ use crate::error::{ErrorCode, coded, invalid, js_error};
 use crate::http::Fetch;
 use crate::js::{self, Abort};
 use crate::types::{
-    AddOptions, AddProgress, CatOptions, CatStreamOptions, CreateOptions, EvictOptions, Evicted,
-    FetchProgress, FetchReport, PeerInfo, Stats,
+    AddAllOptions, AddOptions, AddProgress, CatOptions, CatStreamOptions, CreateOptions, DirEntry,
+    EvictOptions, Evicted, FetchProgress, FetchReport, PeerInfo, Stats,
 };
 
 fn parse_cid(cid: &str) -> Result<Cid, JsValue> {
@@ -41,6 +42,30 @@ fn parse_cid(cid: &str) -> Result<Cid, JsValue> {
             &e,
         )
     })
+}
+
+/// `CID`, `CID/path/in/it` or `/ipfs/CID/path`: the CID and the path.
+fn parse_target(text: &str) -> Result<(Cid, String), JsValue> {
+    let t = text.trim();
+    let t = t.strip_prefix("/ipfs/").unwrap_or(t);
+    let (c, path) = t.split_once('/').unwrap_or((t, ""));
+    Ok((parse_cid(c)?, path.to_owned()))
+}
+
+impl Inner {
+    /// What `text` names: its root CID, and the CID its path leads to (the root itself
+    /// without a path), read through the directories on the way (only their blocks).
+    async fn resolve(&self, text: &str, ctx: &Context) -> Result<(Cid, Cid), JsValue> {
+        let (root, path) = parse_target(text)?;
+        if path.split('/').all(str::is_empty) {
+            return Ok((root, root));
+        }
+        let chain = self.chain(root);
+        let target = dir::resolve(&chain, ctx, root, &path)
+            .await
+            .map_err(|e| coded(format!("cannot follow {text}"), &e))?;
+        Ok((root, target))
+    }
 }
 
 impl Inner {
@@ -286,6 +311,208 @@ impl CairnNode {
         Ok(root.to_string())
     }
 
+    /// Imports several files as one UnixFS directory tree and resolves to its root CID: the
+    /// directory holding the entries' paths, so every name survives (as Helia's `addAll` with
+    /// `wrapWithDirectory`). `entries` is a `FileList` (from `<input type="file" multiple>`,
+    /// or `webkitdirectory`, whose files keep their `webkitRelativePath`), or an array of
+    /// `File`s and of `{ path, content }` (`content` as `add` takes it; none for an empty
+    /// directory). Files are streamed, one at a time. The root CID equals Helia's for the same
+    /// tree and profile (a directory past 256 KiB of links becomes a HAMT). Paths with `..`,
+    /// `.`, NUL, a name over 255 bytes or the same path twice are refused before anything is
+    /// stored; a failed or cancelled add keeps nothing of it.
+    #[wasm_bindgen(js_name = addAll)]
+    pub async fn add_all(
+        &self,
+        #[wasm_bindgen(
+            unchecked_param_type = "FileList | Array<File | { path: string, content?: Uint8Array | Blob | ReadableStream<Uint8Array> }>"
+        )]
+        entries: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "AddAllOptions")] options: JsValue,
+    ) -> Result<String, JsValue> {
+        use wasm_bindgen::JsCast;
+        let options: AddAllOptions = js::options(options)?;
+        let on_progress = js::callback("onProgress", &options.on_progress)?;
+        let abort = Abort::new(&options.signal, "addAll")?;
+        if entries.is_null() || entries.is_undefined() {
+            return Err(invalid(
+                "addAll takes a FileList or an array of files and { path, content }",
+            ));
+        }
+        let list = js_sys::Array::from(&entries);
+        // Every path is checked before anything is stored.
+        let mut items = Vec::with_capacity(list.length() as usize);
+        let mut check = dir::TreeBuilder::new(self.inner.profile, HashAlg::Sha2_256);
+        let mut total = Some(0u64);
+        let dummy = dir::Entry {
+            cid: Cid::default(),
+            tsize: 0,
+        };
+        for (i, item) in list.iter().enumerate() {
+            let (path, content) = if let Some(f) = item.dyn_ref::<web_sys::File>() {
+                let rel = js_sys::Reflect::get(f, &"webkitRelativePath".into())
+                    .ok()
+                    .and_then(|v| v.as_string())
+                    .filter(|p| !p.is_empty());
+                (rel.unwrap_or_else(|| f.name()), Some(item.clone()))
+            } else if item.is_object() {
+                let path = js_sys::Reflect::get(&item, &"path".into())
+                    .ok()
+                    .and_then(|v| v.as_string())
+                    .ok_or_else(|| invalid(format!("entry {i} has no `path` string")))?;
+                let content = js_sys::Reflect::get(&item, &"content".into())
+                    .ok()
+                    .filter(|c| !c.is_null() && !c.is_undefined());
+                (path, content)
+            } else {
+                return Err(invalid(format!(
+                    "entry {i} is neither a File nor {{ path, content }}"
+                )));
+            };
+            let checked = match &content {
+                Some(_) => check.add(&path, dummy),
+                None => check.add_dir(&path, dir::Metadata::default()),
+            };
+            checked.map_err(|e| coded(format!("entry {i}"), &e))?;
+            total = match (&content, total) {
+                (Some(c), Some(t)) => c
+                    .dyn_ref::<web_sys::Blob>()
+                    .map(|b| t + b.size() as u64)
+                    .or_else(|| {
+                        c.dyn_ref::<js_sys::Uint8Array>()
+                            .map(|u| t + u64::from(u.length()))
+                    }),
+                (None, t) => t,
+                _ => None,
+            };
+            items.push((path, content));
+        }
+        if items.is_empty() {
+            return Err(invalid("addAll was given no entries"));
+        }
+        let inner = &self.inner;
+        let mut op = cairn_core::live::Live::global().operation();
+        let result =
+            abort
+                .run("addAll", async {
+                    let mut tree = dir::TreeBuilder::new(inner.profile, HashAlg::Sha2_256);
+                    let mut before = 0u64;
+                    for (path, content) in items {
+                        let Some(content) = content else {
+                            tree.add_dir(&path, dir::Metadata::default())
+                                .map_err(|e| coded(&path, &e))?;
+                            continue;
+                        };
+                        let (reader, _) = js::reader_of(content)?;
+                        let reader = abort.reader(reader);
+                        let report = |done: u64| {
+                            if let Some(f) = &on_progress {
+                                let p = AddProgress {
+                                    bytes_done: before + done,
+                                    bytes_total: total,
+                                };
+                                let _ = f.call1(&JsValue::NULL, &js::to_js(&p));
+                            }
+                        };
+                        let imported = unixfs::import_hashing(
+                            &inner.store,
+                            reader,
+                            inner.profile,
+                            HashAlg::Sha2_256,
+                            &crate::webcrypto::WebCrypto::new(),
+                            report,
+                            &mut op,
+                        )
+                        .await
+                        .map_err(|e| coded(format!("cannot add {path}"), &e))?;
+                        before += imported.size;
+                        tree.add(
+                            &path,
+                            dir::Entry {
+                                cid: imported.root,
+                                tsize: imported.dag_size,
+                            },
+                        )
+                        .map_err(|e| coded(&path, &e))?;
+                    }
+                    let mut blocks = Vec::new();
+                    let root = tree
+                        .finish(&mut blocks)
+                        .map_err(|e| invalid(e.to_string()))?;
+                    op.put_many(&inner.store, blocks)
+                        .await
+                        .map_err(|e| coded("cannot store the directories", &e))?;
+                    if options.pin.unwrap_or(true) {
+                        inner.store.set_pinned(&root.cid, true).await.map_err(|e| {
+                            coded(format!("{} was added but not pinned", root.cid), &e)
+                        })?;
+                    }
+                    Ok(root.cid)
+                })
+                .await;
+        let root = match result {
+            Ok(r) => r,
+            Err(e) => {
+                op.abandon(&inner.store).await;
+                return Err(e);
+            }
+        };
+        op.finish();
+        let provided =
+            cairn_core::rt::timeout(Duration::from_secs(10), inner.node.provide(root)).await;
+        if !matches!(provided, Some(Ok(()))) && inner.relayed {
+            web_sys::console::warn_1(&format!("cairn: {root} added but not announced").into());
+        }
+        Ok(root.to_string())
+    }
+
+    /// The entries of a directory (`cid`, `cid/path`, or `/ipfs/cid/path`): each one's
+    /// `name`, `cid`, `size` (its DAG's, as the link records it) and `type`, in the
+    /// directory's order (by name; a HAMT's in hash order). Only the directory's own blocks
+    /// and each entry's root block (for its type) are fetched.
+    #[wasm_bindgen(unchecked_return_type = "DirEntry[]")]
+    pub async fn ls(
+        &self,
+        cid: String,
+        #[wasm_bindgen(unchecked_optional_param_type = "CatOptions")] options: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let options: CatOptions = js::options(options)?;
+        parse_target(&cid)?;
+        let abort = Abort::new(&options.signal, "ls")?;
+        abort
+            .run("ls", async {
+                let ctx = abort.context();
+                let (top, target) = self.inner.resolve(&cid, &ctx).await?;
+                let chain = self.inner.chain(top);
+                let mut links = Vec::new();
+                dir::ls(&chain, &ctx, target, |e| {
+                    links.push(e);
+                    std::ops::ControlFlow::Continue(())
+                })
+                .await
+                .map_err(|e| coded(format!("cannot list {cid}"), &e))?;
+                let out = js_sys::Array::new();
+                for e in links {
+                    let kind = match dir::kind(&chain, &ctx, e.cid).await {
+                        Ok(dir::Kind::File) => "file",
+                        Ok(dir::Kind::Directory) => "directory",
+                        Ok(dir::Kind::Symlink) => "symlink",
+                        Ok(dir::Kind::Other) => "other",
+                        Err(err) => {
+                            return Err(coded(format!("cannot read {}", e.name), &err));
+                        }
+                    };
+                    out.push(&js::to_js(&DirEntry {
+                        name: e.name,
+                        cid: e.cid.to_string(),
+                        size: e.tsize,
+                        kind: kind.into(),
+                    }));
+                }
+                Ok(out.into())
+            })
+            .await
+    }
+
     /// The bytes of a file, whole: from the local store, else fetched (local → peers → IPFS
     /// → gateways), verified, and kept locally as they arrive. When no connected peer has a
     /// block, the relays' DHT is asked who provides the file, and those peers are reached
@@ -297,12 +524,13 @@ impl CairnNode {
         #[wasm_bindgen(unchecked_optional_param_type = "CatOptions")] options: JsValue,
     ) -> Result<js_sys::Uint8Array, JsValue> {
         let options: CatOptions = js::options(options)?;
-        let root = parse_cid(&cid)?;
+        parse_target(&cid)?;
         let on_progress = js::callback("onProgress", &options.on_progress)?;
         let abort = Abort::new(&options.signal, "cat")?;
-        let _using = self.inner.in_use.hold(root);
         abort
             .run("cat", async {
+                let (_, root) = self.inner.resolve(&cid, &abort.context()).await?;
+                let _using = self.inner.in_use.hold(root);
                 self.inner
                     .fetch_dag(root, &abort, on_progress.as_ref())
                     .await?;
@@ -322,12 +550,13 @@ impl CairnNode {
         #[wasm_bindgen(unchecked_optional_param_type = "CatOptions")] options: JsValue,
     ) -> Result<JsValue, JsValue> {
         let options: CatOptions = js::options(options)?;
-        let root = parse_cid(&cid)?;
+        parse_target(&cid)?;
         let on_progress = js::callback("onProgress", &options.on_progress)?;
         let abort = Abort::new(&options.signal, "fetch")?;
-        let _using = self.inner.in_use.hold(root);
         abort
             .run("fetch", async {
+                let (_, root) = self.inner.resolve(&cid, &abort.context()).await?;
+                let _using = self.inner.in_use.hold(root);
                 let report = self
                     .inner
                     .fetch_dag(root, &abort, on_progress.as_ref())
@@ -350,7 +579,7 @@ impl CairnNode {
         #[wasm_bindgen(unchecked_optional_param_type = "CatStreamOptions")] options: JsValue,
     ) -> Result<web_sys::ReadableStream, JsValue> {
         let options: CatStreamOptions = js::options(options)?;
-        let root = parse_cid(&cid)?;
+        parse_target(&cid)?;
         let range = Range {
             offset: options.offset.unwrap_or(0),
             length: options.length,
@@ -359,9 +588,16 @@ impl CairnNode {
         let inner = self.inner.clone();
         let (mut tx, rx) = futures::channel::mpsc::channel::<Result<JsValue, JsValue>>(2);
         wasm_bindgen_futures::spawn_local(async move {
-            let _using = inner.in_use.hold(root);
-            let chain = inner.chain(root);
             let ctx = abort.context();
+            let (top, root) = match inner.resolve(&cid, &ctx).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            let _using = inner.in_use.hold(root);
+            let chain = inner.chain(top);
             let bytes = unixfs::export(&chain, root, range, cairn_core::dag::WINDOW, &ctx);
             futures::pin_mut!(bytes);
             while let Some(chunk) = bytes.next().await {
@@ -388,12 +624,13 @@ impl CairnNode {
         #[wasm_bindgen(unchecked_optional_param_type = "CatOptions")] options: JsValue,
     ) -> Result<(), JsValue> {
         let options: CatOptions = js::options(options)?;
-        let root = parse_cid(&cid)?;
+        parse_target(&cid)?;
         let on_progress = js::callback("onProgress", &options.on_progress)?;
         let abort = Abort::new(&options.signal, "pin")?;
-        let _using = self.inner.in_use.hold(root);
         abort
             .run("pin", async {
+                let (_, root) = self.inner.resolve(&cid, &abort.context()).await?;
+                let _using = self.inner.in_use.hold(root);
                 self.inner
                     .fetch_dag(root, &abort, on_progress.as_ref())
                     .await?;
@@ -416,11 +653,12 @@ impl CairnNode {
         #[wasm_bindgen(unchecked_optional_param_type = "CatOptions")] options: JsValue,
     ) -> Result<f64, JsValue> {
         let options: CatOptions = js::options(options)?;
-        let root = parse_cid(&cid)?;
+        parse_target(&cid)?;
         let abort = Abort::new(&options.signal, "size")?;
         abort
             .run("size", async {
-                let chain = self.inner.chain(root);
+                let (top, root) = self.inner.resolve(&cid, &abort.context()).await?;
+                let chain = self.inner.chain(top);
                 let size = unixfs::file_size(&chain, &root, &abort.context())
                     .await
                     .map_err(|e| coded(format!("cannot read the size of {root}"), &e))?;

@@ -290,3 +290,137 @@ async fn an_aborted_add_rejects_and_keeps_nothing_of_it() {
     assert_eq!(num(&stats, "pins"), 0.0);
     node.stop().await;
 }
+
+/// Reads a `ReadableStream<Uint8Array>` to its end.
+async fn read_all(stream: web_sys::ReadableStream) -> Vec<u8> {
+    use futures::StreamExt;
+    let mut s = wasm_streams::ReadableStream::from_raw(stream).into_stream();
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next().await {
+        out.extend(js_sys::Uint8Array::new(&chunk.unwrap()).to_vec());
+    }
+    out
+}
+
+#[wasm_bindgen_test]
+async fn add_all_makes_helias_directory_lists_it_and_reads_files_by_path() {
+    let node = CairnNode::create(options(&[])).await.unwrap();
+    let b: Vec<u8> = (0..600_000u32).map(|i| ((i * 7) % 251) as u8).collect();
+    let blob = web_sys::Blob::new_with_u8_array_sequence(&js_sys::Array::of1(
+        &js_sys::Uint8Array::from(&b[..]),
+    ))
+    .unwrap();
+    let file = web_sys::File::new_with_str_sequence(
+        &js_sys::Array::of1(&"a file from a FileList".into()),
+        "c d.txt",
+    )
+    .unwrap();
+    let entry = |path: &str, content: JsValue| obj(&[("path", path.into()), ("content", content)]);
+    let entries = js_sys::Array::new();
+    entries.push(&entry(
+        "photos/a.txt",
+        js_sys::Uint8Array::from(&b"alpha"[..]).into(),
+    ));
+    entries.push(&entry("photos/2026/b.bin", blob.into()));
+    entries.push(&obj(&[("path", "empty".into())]));
+    entries.push(&file);
+    let (seen, on_progress) = recorder();
+    let root = node
+        .add_all(entries.into(), obj(&[("onProgress", on_progress.into())]))
+        .await
+        .unwrap();
+    // What Helia's importer gives the same tree (tests/js/unixfs-tree-cid.mjs, default
+    // profile, on a directory holding these four entries).
+    assert_eq!(
+        root,
+        "bafybeifuf7qaihpykuu2rpina6uuzvky4vthvoinvgntmlfllupdyxdp4a"
+    );
+    let last = seen.get(seen.length() - 1);
+    assert_eq!(num(&last, "bytesDone"), (5 + 600_000 + 22) as f64);
+    assert_eq!(num(&last, "bytesTotal"), (5 + 600_000 + 22) as f64);
+
+    let listed: js_sys::Array = node
+        .ls(root.clone(), JsValue::UNDEFINED)
+        .await
+        .unwrap()
+        .into();
+    let names: Vec<(String, String)> = listed
+        .iter()
+        .map(|e| {
+            (
+                get(&e, "name").as_string().unwrap(),
+                get(&e, "type").as_string().unwrap(),
+            )
+        })
+        .collect();
+    let want = [
+        ("c d.txt", "file"),
+        ("empty", "directory"),
+        ("photos", "directory"),
+    ];
+    assert_eq!(names, want.map(|(a, b)| (a.to_owned(), b.to_owned())));
+    let photos: js_sys::Array = node
+        .ls(format!("/ipfs/{root}/photos"), JsValue::UNDEFINED)
+        .await
+        .unwrap()
+        .into();
+    assert_eq!(photos.length(), 2);
+
+    let back = node
+        .cat(format!("{root}/photos/a.txt"), JsValue::UNDEFINED)
+        .await
+        .unwrap();
+    assert_eq!(back.to_vec(), b"alpha");
+    let range = node
+        .cat_stream(
+            format!("{root}/photos/2026/b.bin"),
+            obj(&[("offset", 100.into()), ("length", 100.into())]),
+        )
+        .unwrap();
+    assert_eq!(read_all(range).await, &b[100..200]);
+    let size = node
+        .size(format!("{root}/photos/2026/b.bin"), JsValue::UNDEFINED)
+        .await
+        .unwrap();
+    assert_eq!(size, 600_000.0);
+
+    // Bad paths, by code.
+    let err = node
+        .cat(format!("{root}/nope"), JsValue::UNDEFINED)
+        .await
+        .unwrap_err();
+    assert_code(&err, "NOT_FOUND");
+    assert_says(&err, "no `nope` in `/`");
+    let err = node
+        .cat(format!("{root}/../x"), JsValue::UNDEFINED)
+        .await
+        .unwrap_err();
+    assert_code(&err, "INVALID_ARGUMENT");
+    let err = node
+        .ls(format!("{root}/c d.txt"), JsValue::UNDEFINED)
+        .await
+        .unwrap_err();
+    assert_says(&err, "not a directory");
+    for bad in ["../up", "a/../b", "nul\u{0}", ""] {
+        let one = js_sys::Array::of1(&entry(bad, js_sys::Uint8Array::from(&b"x"[..]).into()));
+        let err = node
+            .add_all(one.into(), JsValue::UNDEFINED)
+            .await
+            .unwrap_err();
+        assert_code(&err, "INVALID_ARGUMENT");
+    }
+    let twice = js_sys::Array::new();
+    twice.push(&entry("a", js_sys::Uint8Array::from(&b"1"[..]).into()));
+    twice.push(&entry("a", js_sys::Uint8Array::from(&b"2"[..]).into()));
+    let err = node
+        .add_all(twice.into(), JsValue::UNDEFINED)
+        .await
+        .unwrap_err();
+    assert_says(&err, "added twice");
+    let err = node
+        .add_all(js_sys::Array::new().into(), JsValue::UNDEFINED)
+        .await
+        .unwrap_err();
+    assert_says(&err, "no entries");
+    node.stop().await;
+}
