@@ -65,7 +65,12 @@ export async function createWorkerNode (options = {}) {
       args[spec.options] = { ...plain, progress: !!onProgress }
     }
     if (signal?.aborted) return Promise.reject(abortError(op, signal.reason))
-    const transfer = spec.transfer === 'input' && typeof ReadableStream !== 'undefined' && args[0] instanceof ReadableStream ? [args[0]] : []
+    const isStream = (v) => typeof ReadableStream !== 'undefined' && v instanceof ReadableStream
+    const transfer = spec.transfer === 'input' && isStream(args[0])
+      ? [args[0]]
+      : spec.transfer === 'inputs' && Array.isArray(args[0])
+        ? args[0].map((e) => e?.content).filter(isStream)
+        : []
     const id = next++
     return new Promise((resolve, reject) => {
       const onAbort = () => worker.postMessage({ abort: id })

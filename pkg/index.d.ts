@@ -4,13 +4,17 @@
 import type { CairnNode, CreateOptions, ErrorCode } from './dist/cairn_wasm.js'
 
 export { CairnNode } from './dist/cairn_wasm.js'
+export { serveIpfs } from './serve.js'
+export type { ServeOptions, ServedRequest } from './serve.js'
 export type {
+  AddAllOptions,
   AddOptions,
   AddProgress,
   BySource,
   CatOptions,
   CatStreamOptions,
   CreateOptions,
+  DirEntry,
   ErrorCode,
   EvictOptions,
   Evicted,

@@ -3,6 +3,7 @@
 import init, { CairnNode, version as wasmVersion } from './dist/cairn_wasm.js'
 
 export { createWorkerNode } from './client.js'
+export { serveIpfs } from './serve.js'
 
 let loading = null
 

@@ -8,7 +8,8 @@
 // with), gateway=<url> (repeatable; "none"
 // for none; default: the serving relay's own gateway when it has a store), store=<name>
 // (the IndexedDB database; default "app"), quota=<bytes> (a cap on the store).
-import { CairnNode, version } from './cairn-cas/index.js'
+import { CairnNode, serveIpfs, version } from './cairn-cas/index.js'
+import { sniff, typeOfName } from './cairn-cas/serve.js'
 
 const $ = (id) => document.getElementById(id)
 const params = new URLSearchParams(location.search)
@@ -62,15 +63,26 @@ function nodeStatus (text, state) {
   el.dataset.state = state
 }
 
-/** The CID in what the user typed or pasted: a CID, a share link, or an /ipfs/ path. */
+/** The CID (and path under it) in what the user typed or pasted: a CID, `CID/path`, a share
+ * link, or an /ipfs/ path. */
 function cidFrom (text) {
   const t = text.trim()
-  const m = t.match(/#\/cid\/([^/?#\s]+)/) ?? t.match(/\/ipfs\/([^/?#\s]+)/)
-  return m ? decodeURIComponent(m[1]) : t
+  const m = t.match(/#\/cid\/([^?#\s]+)/) ?? t.match(/\/ipfs\/([^?#\s]+)/)
+  const raw = m ? m[1] : t
+  try {
+    return raw.split('/').filter(Boolean).map(decodeURIComponent).join('/')
+  } catch {
+    return raw
+  }
+}
+
+/** `cid/path` for a URL: each name percent-encoded. */
+function encodePath (target) {
+  return target.split('/').map(encodeURIComponent).join('/')
 }
 
 function shareLink (cid) {
-  return `${location.origin}${location.pathname}${location.search}#/cid/${cid}`
+  return `${location.origin}${location.pathname}${location.search}#/cid/${encodePath(cid)}`
 }
 
 /** The relay's WebSocket address for this page, from /health's list. */
@@ -137,17 +149,23 @@ async function config () {
 // ---------------------------------------------------------------------------------------
 // Adding
 
-async function addFile (file) {
+/**
+ * Adds what was picked or dropped as one directory (so every name survives, and one link
+ * shares it all): `entries` are `{ path, content }` (`content` a File; none for an empty
+ * folder), `title` what the list shows.
+ */
+async function addFiles (entries, title) {
   const li = document.createElement('li')
   li.innerHTML = '<strong class="name"></strong> <span class="size"></span><br><progress max="1" value="0"></progress><span class="state">hashing…</span>'
-  li.querySelector('.name').textContent = file.name
-  li.querySelector('.size').textContent = fmtBytes(file.size)
+  const total = entries.reduce((n, e) => n + (e.content?.size ?? 0), 0)
+  li.querySelector('.name').textContent = title
+  li.querySelector('.size').textContent = fmtBytes(total)
   $('files').prepend(li)
   const bar = li.querySelector('progress')
   const state = li.querySelector('.state')
   const started = performance.now()
   try {
-    const cid = await node.add(file, {
+    const cid = await node.addAll(entries, {
       onProgress: (p) => {
         bar.value = p.bytesTotal ? p.bytesDone / p.bytesTotal : 0
         state.textContent = ` ${fmtBytes(p.bytesDone)}`
@@ -156,6 +174,12 @@ async function addFile (file) {
     const secs = (performance.now() - started) / 1000
     bar.remove()
     li.dataset.cid = cid
+    // One file: its own CID too (what `cairn-relay add` or Helia gives the file alone).
+    const files = entries.filter((e) => e.content)
+    if (files.length === 1 && !files[0].path.includes('/')) {
+      const [only] = await node.ls(cid)
+      if (only) li.dataset.fileCid = only.cid
+    }
     state.innerHTML = '<br><code class="cid"></code><br><a class="share">share link</a> <button type="button" class="copy">copy link</button> <span class="took"></span>'
     state.querySelector('.cid').textContent = cid
     const link = state.querySelector('.share')
@@ -168,7 +192,7 @@ async function addFile (file) {
         e.target.textContent = 'select the link to copy it'
       }
     })
-    state.querySelector('.took').textContent = `added in ${secs.toFixed(1)} s (${fmtBytes(file.size / Math.max(secs, 0.001))}/s)`
+    state.querySelector('.took').textContent = `added in ${secs.toFixed(1)} s (${fmtBytes(total / Math.max(secs, 0.001))}/s)`
   } catch (e) {
     bar.remove()
     li.classList.add('error')
@@ -177,26 +201,45 @@ async function addFile (file) {
   refreshStorage()
 }
 
+/** What a `FileList` (a picker's, folders keeping `webkitRelativePath`) adds. */
+function fromFileList (files) {
+  const entries = [...files].map((f) => ({ path: f.webkitRelativePath || f.name, content: f }))
+  const tops = new Set(entries.map((e) => e.path.split('/')[0]))
+  const title = entries.length === 1 ? entries[0].path : tops.size === 1 && entries[0].path.includes('/') ? `${[...tops][0]}/ (${entries.length} files)` : `${entries.length} files`
+  return { entries, title }
+}
+
+/** The files under a dropped folder (`FileSystemDirectoryEntry`), empty folders kept. */
+async function walkEntry (entry, prefix, out) {
+  const path = prefix ? `${prefix}/${entry.name}` : entry.name
+  if (entry.isFile) {
+    out.push({ path, content: await new Promise((resolve, reject) => entry.file(resolve, reject)) })
+    return
+  }
+  const reader = entry.createReader()
+  let any = false
+  for (;;) {
+    // readEntries gives at most 100 at a time: call it until it gives none.
+    const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject))
+    if (batch.length === 0) break
+    any = true
+    for (const child of batch) await walkEntry(child, path, out)
+  }
+  if (!any) out.push({ path })
+}
+
+/** What a drop adds: files and whole folders. */
+async function fromDrop (dataTransfer) {
+  const items = [...(dataTransfer.items ?? [])].map((i) => i.webkitGetAsEntry?.()).filter(Boolean)
+  if (items.length === 0) return fromFileList(dataTransfer.files)
+  const entries = []
+  for (const entry of items) await walkEntry(entry, '', entries)
+  const title = items.length === 1 ? (items[0].isDirectory ? `${items[0].name}/ (${entries.length} files)` : items[0].name) : `${items.length} items`
+  return { entries, title }
+}
+
 // ---------------------------------------------------------------------------------------
 // Fetching
-
-const SNIFF = [
-  ['image/png', [0x89, 0x50, 0x4e, 0x47]],
-  ['image/jpeg', [0xff, 0xd8, 0xff]],
-  ['image/gif', [0x47, 0x49, 0x46, 0x38]],
-  ['image/webp', [0x52, 0x49, 0x46, 0x46], [0x57, 0x45, 0x42, 0x50]]
-]
-
-function sniff (head) {
-  for (const [type, magic, at8] of SNIFF) {
-    if (magic.every((b, i) => head[i] === b) && (!at8 || at8.every((b, i) => head[8 + i] === b))) return type
-  }
-  try {
-    new TextDecoder('utf-8', { fatal: true }).decode(head.subarray(0, 4096), { stream: true })
-    if (!head.subarray(0, 4096).includes(0)) return 'text/plain'
-  } catch {}
-  return 'application/octet-stream'
-}
 
 function showProgress (p, started, firstByte) {
   const elapsed = (performance.now() - started) / 1000
@@ -232,17 +275,32 @@ async function readAll (stream) {
   }
 }
 
-async function fetchCid (text) {
-  const cid = cidFrom(text)
+/** Shows a failed fetch or listing: a headline from its code, the full chain below. */
+function showError (e, last, started, firstByte) {
+  const transfer = $('transfer')
   const error = $('fetch-error')
-  error.hidden = true
-  $('result').hidden = true
-  if (!cid) return
-  if (!node) {
-    error.textContent = 'The node has not started (see the status above).'
-    error.hidden = false
+  if (e.name === 'AbortError') {
+    transfer.dataset.state = 'cancelled'
+    $('transfer-status').textContent = 'Cancelled. What arrived is kept: fetching again resumes.'
     return
   }
+  transfer.dataset.state = 'error'
+  error.textContent = headline(e)
+  error.dataset.code = e.code ?? ''
+  const details = document.createElement('details')
+  details.innerHTML = '<summary>details</summary><code></code>'
+  details.querySelector('code').textContent = describe(e)
+  error.append(details)
+  error.hidden = false
+  $('transfer-status').textContent = 'Failed.'
+  if (last) showProgress(last, started, firstByte)
+}
+
+/** Starts a transfer in the UI: cancels the one running, returns its controller. */
+function beginTransfer (what) {
+  $('fetch-error').hidden = true
+  $('result').hidden = true
+  $('listing').hidden = true
   current?.abort()
   const controller = new AbortController()
   current = controller
@@ -250,14 +308,105 @@ async function fetchCid (text) {
   transfer.hidden = false
   transfer.dataset.state = 'running'
   $('cancel-button').hidden = false
+  window.cairnApp.last = null
+  showProgress({ blocksDone: 0, blocksKnown: 1, bytesDone: 0, bytesTotal: 0, bySource: {} }, performance.now(), null)
+  $('transfer-status').textContent = `Looking for ${what}…`
+  return controller
+}
+
+function endTransfer (controller) {
+  if (current === controller) {
+    current = null
+    $('cancel-button').hidden = true
+  }
+  refreshStorage()
+}
+
+/** Whether the service worker answers `/ipfs/` URLs for this page. */
+async function ipfsUrls () {
+  return (await downloadsReady) && !!navigator.serviceWorker.controller
+}
+
+/** Opens what a link or the input names: a directory's listing, or a file. A directory
+ * holding one file (what sharing one file makes) opens that file. */
+async function openTarget (text) {
+  const target = cidFrom(text)
+  if (!target) return
+  if (!node) {
+    const error = $('fetch-error')
+    error.textContent = 'The node has not started (see the status above).'
+    error.hidden = false
+    return
+  }
+  const controller = beginTransfer(short(target.split('/')[0]))
+  let entries
+  try {
+    entries = await node.ls(target, { signal: controller.signal })
+  } catch (e) {
+    endTransfer(controller)
+    if (e.code === 'INVALID_ARGUMENT' && /not a directory/.test(describe(e))) return fetchCid(target)
+    return showError(e, null, performance.now(), null)
+  }
+  endTransfer(controller)
+  if (entries.length === 1 && entries[0].type === 'file') return fetchCid(`${target}/${entries[0].name}`)
+  return showListing(target, entries)
+}
+
+/** A directory's entries: names (links into it), sizes, types, and image previews. */
+async function showListing (target, entries) {
+  $('transfer').hidden = true
+  $('transfer').dataset.state = 'listed'
+  const listing = $('listing')
+  const parts = target.split('/')
+  const crumbs = parts.map((name, i) => {
+    const a = document.createElement('a')
+    a.href = `#/cid/${encodePath(parts.slice(0, i + 1).join('/'))}`
+    a.textContent = i === 0 ? short(name) : name
+    return a
+  })
+  $('listing-path').replaceChildren(...crumbs.flatMap((a, i) => (i ? [' / ', a] : [a])))
+  const previews = await ipfsUrls()
+  const rows = entries.map((e) => {
+    const tr = document.createElement('tr')
+    tr.dataset.name = e.name
+    tr.dataset.type = e.type
+    const name = document.createElement('td')
+    const a = document.createElement('a')
+    a.href = `#/cid/${encodePath(`${target}/${e.name}`)}`
+    a.textContent = e.type === 'directory' ? `${e.name}/` : e.name
+    name.append(a)
+    const size = document.createElement('td')
+    size.className = 'size'
+    size.textContent = e.size !== undefined ? fmtBytes(e.size) : ''
+    const preview = document.createElement('td')
+    const type = typeOfName(e.name)
+    if (previews && e.type === 'file' && type?.startsWith('image/')) {
+      // Fetched only when shown (lazy), through the service worker, verified.
+      const img = document.createElement('img')
+      img.loading = 'lazy'
+      img.alt = e.name
+      img.src = `ipfs/${encodePath(`${target}/${e.name}`)}`
+      preview.append(img)
+    }
+    tr.append(name, size, preview)
+    return tr
+  })
+  $('listing-rows').replaceChildren(...rows)
+  $('listing-count').textContent = `${entries.length} entr${entries.length === 1 ? 'y' : 'ies'}`
+  listing.hidden = false
+  listing.dataset.cid = target
+}
+
+/** Fetches a file (a CID, or `cid/path` in a directory) into the store, then offers it. */
+async function fetchCid (target) {
+  const controller = beginTransfer(short(target))
+  const transfer = $('transfer')
   const started = performance.now()
   let firstByte = null
   let last = null
-  window.cairnApp.last = null
-  showProgress({ blocksDone: 0, blocksKnown: 1, bytesDone: 0, bytesTotal: 0, bySource: {} }, started, null)
-  $('transfer-status').textContent = `Looking for ${short(cid)}…`
+  const name = target.includes('/') ? target.split('/').pop() : target
   try {
-    const report = await node.fetch(cid, {
+    const report = await node.fetch(target, {
       signal: controller.signal,
       onProgress: (p) => {
         if (firstByte === null && p.bytesDone > 0) firstByte = performance.now() - started
@@ -269,35 +418,46 @@ async function fetchCid (text) {
     last = report
     window.cairnApp.last = report
     showProgress(report, started, firstByte)
-    const size = await node.size(cid)
-    const head = concat(await readAll(node.catStream(cid, { length: Math.min(size, 65536) })))
-    const type = sniff(head)
+    const size = await node.size(target)
+    const head = concat(await readAll(node.catStream(target, { length: Math.min(size, 65536) })))
+    const type = typeOfName(name) ?? sniff(head)
     const link = $('download')
     if (link.href.startsWith('blob:')) URL.revokeObjectURL(link.href)
-    if (await downloadsReady && navigator.serviceWorker.controller) {
+    const streamed = await ipfsUrls()
+    if (streamed) {
       // Streamed to disk by the service worker (sw.js), read from the store as it is saved:
       // the page never holds the file.
-      link.href = `download/${encodeURIComponent(cid)}?${new URLSearchParams({ name: cid, type, size: String(size) })}`
+      link.href = `download/${encodePath(target)}?${new URLSearchParams({ name, type, size: String(size) })}`
       link.removeAttribute('download')
       link.dataset.via = 'stream'
     } else {
       // No service worker (it is not installed yet, or the browser has none): the file is
       // assembled in memory.
-      link.href = URL.createObjectURL(new Blob(await readAll(node.catStream(cid)), { type }))
-      link.download = cid
+      link.href = URL.createObjectURL(new Blob(await readAll(node.catStream(target)), { type }))
+      link.download = name
       link.dataset.via = 'memory'
     }
-    $('result-size').textContent = `${fmtBytes(size)} (${type})`
+    $('result-size').textContent = `${name === target ? '' : `${name} · `}${fmtBytes(size)} (${type})`
     const preview = $('preview')
     preview.replaceChildren()
+    const url = `ipfs/${encodePath(target)}`
     if (type.startsWith('image/') && size <= PREVIEW_MAX) {
       const img = document.createElement('img')
-      const blob = link.dataset.via === 'memory' ? null : new Blob(await readAll(node.catStream(cid)), { type })
-      img.src = blob ? URL.createObjectURL(blob) : link.href
+      const blob = streamed ? null : new Blob(await readAll(node.catStream(target)), { type })
+      // Through the service worker: an /ipfs/ URL like any other image.
+      img.src = blob ? URL.createObjectURL(blob) : url
       if (blob) img.onload = () => URL.revokeObjectURL(img.src)
-      img.alt = `preview of ${cid}`
+      img.alt = `preview of ${name}`
       preview.append(img)
-    } else if (type === 'text/plain') {
+    } else if ((type.startsWith('video/') || type.startsWith('audio/')) && streamed) {
+      // The element asks for ranges as it plays and seeks; the worker answers each from the
+      // store.
+      const media = document.createElement('video')
+      media.controls = true
+      media.preload = 'metadata'
+      media.src = url
+      preview.append(media)
+    } else if (type.startsWith('text/plain')) {
       const pre = document.createElement('pre')
       pre.textContent = new TextDecoder().decode(head) + (size > head.length ? '\n…' : '')
       preview.append(pre)
@@ -308,37 +468,18 @@ async function fetchCid (text) {
     $('transfer-status').textContent = `Done: ${report.blocksDone} blocks, ${fmtBytes(size)} in ${secs.toFixed(1)} s`
     transfer.dataset.state = 'done'
   } catch (e) {
-    if (e.name === 'AbortError') {
-      transfer.dataset.state = 'cancelled'
-      $('transfer-status').textContent = 'Cancelled. What arrived is kept: fetching again resumes.'
-    } else {
-      transfer.dataset.state = 'error'
-      const full = describe(e)
-      error.textContent = headline(e)
-      error.dataset.code = e.code ?? ''
-      const details = document.createElement('details')
-      details.innerHTML = '<summary>details</summary><code></code>'
-      details.querySelector('code').textContent = full
-      error.append(details)
-      error.hidden = false
-      $('transfer-status').textContent = 'Failed.'
-      if (last) showProgress(last, started, firstByte)
-    }
+    showError(e, last, started, firstByte)
   } finally {
-    if (current === controller) {
-      current = null
-      $('cancel-button').hidden = true
-    }
-    refreshStorage()
+    endTransfer(controller)
   }
 }
 
 function route () {
   const m = location.hash.match(/^#\/cid\/(.+)$/)
   if (!m) return
-  const cid = decodeURIComponent(m[1])
-  $('cid-input').value = cid
-  fetchCid(cid)
+  const target = cidFrom(location.hash)
+  $('cid-input').value = target
+  openTarget(target)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -442,21 +583,11 @@ async function refreshStorage () {
 /** Resolves to whether downloads are streamed (the service worker controls this page). */
 let downloadsReady = Promise.resolve(false)
 
-/** Streamed downloads (sw.js): the service worker asks this page for a file's bytes. */
+/** The service worker (sw.js, the package's): `/ipfs/` URLs and streamed downloads, read
+ * from this page's node. */
 function startDownloads () {
   if (!('serviceWorker' in navigator)) return
-  navigator.serviceWorker.onmessage = (e) => {
-    const cid = e.data?.cairnDownload
-    const port = e.ports?.[0]
-    if (!cid || !port) return
-    try {
-      if (!node) throw new Error('the node has not started')
-      const stream = node.catStream(cid)
-      port.postMessage({ stream }, [stream])
-    } catch (err) {
-      port.postMessage({ error: describe(err) })
-    }
-  }
+  serveIpfs(() => node, { onRequest: (r) => window.cairnApp.served.push(r) })
   downloadsReady = navigator.serviceWorker.register('sw.js').then(() => new Promise((resolve) => {
     // The worker takes this page over as soon as it is active (clients.claim()).
     if (navigator.serviceWorker.controller) return resolve(true)
@@ -466,13 +597,13 @@ function startDownloads () {
       resolve(true)
     }, { once: true })
   }), (e) => {
-    console.warn(`cairn: downloads will be assembled in memory: the service worker did not start: ${describe(e)}`)
+    console.warn(`cairn: downloads will be assembled in memory and /ipfs/ URLs go to the relay: the service worker did not start: ${describe(e)}`)
     return false
   })
 }
 
 async function start () {
-  window.cairnApp = { last: null }
+  window.cairnApp = { last: null, served: [] }
   startDownloads()
   $('version').textContent = await version()
   const cfg = await config()
@@ -498,27 +629,33 @@ async function start () {
   $('peer-id').textContent = node.peerId
   $('my-address').textContent = node.addresses.join(' ') || 'none (no relay reservation)'
 
-  $('file').addEventListener('change', (e) => {
-    for (const f of e.target.files) addFile(f)
-    e.target.value = ''
-  })
+  for (const id of ['file', 'folder']) {
+    $(id).addEventListener('change', (e) => {
+      const { entries, title } = fromFileList(e.target.files)
+      if (entries.length) addFiles(entries, title)
+      e.target.value = ''
+    })
+  }
   const drop = $('drop')
   drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over') })
   drop.addEventListener('dragleave', () => drop.classList.remove('over'))
   drop.addEventListener('drop', (e) => {
     e.preventDefault()
     drop.classList.remove('over')
-    for (const f of e.dataTransfer.files) addFile(f)
+    fromDrop(e.dataTransfer).then(({ entries, title }) => {
+      if (entries.length) addFiles(entries, title)
+    }, (err) => console.warn(`cairn: cannot read what was dropped: ${describe(err)}`))
   })
   drop.addEventListener('keydown', (e) => {
     if (e.key === 'Enter' || e.key === ' ') $('file').click()
   })
   $('fetch-form').addEventListener('submit', (e) => {
     e.preventDefault()
-    const cid = cidFrom($('cid-input').value)
-    if (!cid) return
-    if (location.hash !== `#/cid/${cid}`) location.hash = `#/cid/${cid}`
-    else fetchCid(cid)
+    const target = cidFrom($('cid-input').value)
+    if (!target) return
+    const hash = `#/cid/${encodePath(target)}`
+    if (location.hash !== hash) location.hash = hash
+    else openTarget(target)
   })
   $('cancel-button').addEventListener('click', () => current?.abort())
   $('evict').addEventListener('click', async () => {

@@ -29,7 +29,8 @@ export async function openApp (context, url, name, init) {
   return { page, log, name }
 }
 
-/** Adds file `f` through the picker; resolves to the new entry's `{ cid, link }`. */
+/** Adds file `f` through the picker; resolves to the new entry's `{ cid, fileCid, link }`
+ * (`cid` the directory that keeps its name, `fileCid` the file's own). */
 export async function addFile (p, f) {
   const before = await p.page.locator('#files li[data-cid]').count()
   await p.page.setInputFiles('#file', f.path)
@@ -41,6 +42,22 @@ export async function addFile (p, f) {
     })
   const failed = await p.page.locator('#files li.error').first().textContent({ timeout: 100 }).catch(() => null)
   if (failed) throw new Error(`${p.name}: adding ${f.name} failed: ${failed}`)
+  const li = p.page.locator('#files li[data-cid]').first()
+  return {
+    cid: await li.getAttribute('data-cid'),
+    fileCid: await li.getAttribute('data-file-cid'),
+    link: await li.locator('.share').getAttribute('href')
+  }
+}
+
+/** Adds the folder at `dir` through the folder picker; resolves to the entry's `{ cid, link }`. */
+export async function addFolder (p, dir) {
+  const before = await p.page.locator('#files li[data-cid]').count()
+  await p.page.setInputFiles('#folder', dir)
+  await p.page.waitForFunction((n) => document.querySelectorAll('#files li[data-cid]').length > n ||
+    document.querySelector('#files li.error'), before, { timeout: 300_000 })
+  const failed = await p.page.locator('#files li.error').first().textContent({ timeout: 100 }).catch(() => null)
+  if (failed) throw new Error(`${p.name}: adding the folder ${dir} failed: ${failed}`)
   const li = p.page.locator('#files li[data-cid]').first()
   return { cid: await li.getAttribute('data-cid'), link: await li.locator('.share').getAttribute('href') }
 }

@@ -13,16 +13,21 @@
 //   middle of an add leaves whole batches only.
 // - 1 GiB fetched from a relay and saved through the download link: streamed to disk by the
 //   app's service worker, the page's JS heap stays under 64 MiB, the saved file is whole.
+// - A folder (an image, a text in a subfolder, a 30 s WAV, 8 MiB of noise) added through the
+//   folder picker makes one share link; opened in B it shows a listing, the image displays
+//   through an /ipfs/ URL the service worker answers, one file is fetched without the rest,
+//   and the sound, in a <video>, seeks through Range requests (206).
 // - Bad input: a malformed CID, an unreachable relay, a 0-byte file, a full store, a
 //   cancelled fetch, and the relay going away in the middle of a transfer.
 // Screenshots of each moment go to the artifacts directory.
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs'
+import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { addFile as add, assert, downloaded, hashFile, openApp as open, randomFile, transferEnds } from './app.mjs'
+import { crc32, deflateSync } from 'node:zlib'
+import { addFile as add, addFolder, assert, downloaded, hashFile, openApp as open, randomFile, transferEnds } from './app.mjs'
 import { atExit, cleanup, freePort, launchChromium, launchPersistent, startRelay, step as say } from './harness.mjs'
 
 const [relayBin, dist, artifacts] = process.argv.slice(2)
@@ -73,6 +78,52 @@ async function testGateway (upstream, tamper) {
   return `http://127.0.0.1:${port}`
 }
 
+/** A `w`×`h` PNG of a colour gradient. */
+function png (w, h) {
+  const chunk = (type, data) => {
+    const out = Buffer.alloc(12 + data.length)
+    out.writeUInt32BE(data.length, 0)
+    out.write(type, 4, 'latin1')
+    data.copy(out, 8)
+    out.writeUInt32BE(crc32(out.subarray(4, 8 + data.length)), 8 + data.length)
+    return out
+  }
+  const ihdr = Buffer.alloc(13)
+  ihdr.writeUInt32BE(w, 0)
+  ihdr.writeUInt32BE(h, 4)
+  ihdr.set([8, 2, 0, 0, 0], 8)
+  const rows = Buffer.alloc(h * (1 + 3 * w))
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) rows.set([x * 4 % 256, y * 4 % 256, 128], y * (1 + 3 * w) + 1 + 3 * x)
+  }
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', ihdr), chunk('IDAT', deflateSync(rows)), chunk('IEND', Buffer.alloc(0))])
+}
+
+/** `secs` seconds of a 440 Hz tone: 16-bit stereo PCM at 44.1 kHz, as a WAV file. */
+function wav (secs) {
+  const rate = 44100
+  const frames = rate * secs
+  const out = Buffer.alloc(44 + frames * 4)
+  out.write('RIFF', 0, 'latin1')
+  out.writeUInt32LE(36 + frames * 4, 4)
+  out.write('WAVEfmt ', 8, 'latin1')
+  out.writeUInt32LE(16, 16)
+  out.writeUInt16LE(1, 20)
+  out.writeUInt16LE(2, 22)
+  out.writeUInt32LE(rate, 24)
+  out.writeUInt32LE(rate * 4, 28)
+  out.writeUInt16LE(4, 32)
+  out.writeUInt16LE(16, 34)
+  out.write('data', 36, 'latin1')
+  out.writeUInt32LE(frames * 4, 40)
+  for (let i = 0; i < frames; i++) {
+    const v = Math.round(8000 * Math.sin(2 * Math.PI * 440 * i / rate))
+    out.writeInt16LE(v, 44 + i * 4)
+    out.writeInt16LE(v, 46 + i * 4)
+  }
+  return out
+}
+
 async function shot ({ page }, what) {
   await page.screenshot({ path: join(artifacts, `${what}.png`), fullPage: true })
 }
@@ -94,7 +145,7 @@ try {
   const f32 = randomFile(work, 'thirty-two.bin', 32 * MiB)
   const shared = await add(a, f32)
   const empty = await add(a, randomFile(work, 'empty.txt', 0))
-  assert(empty.cid === 'bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku', `the empty file's CID is IPFS's: ${empty.cid}`)
+  assert(empty.fileCid === 'bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku', `the empty file's CID is IPFS's: ${empty.fileCid}`)
   await shot(a, '01-a-added')
 
   step('B opens the share link (another context, narrow screen)')
@@ -102,12 +153,70 @@ try {
   const got = await transferEnds(b)
   const dl = await downloaded(b)
   assert(dl.size === f32.size && dl.sha256 === f32.sha256, `B's bytes are A's: ${JSON.stringify(dl)}`)
-  assert(dl.via === 'stream' && dl.name === shared.cid, `saved through the service worker's stream, named by its CID: ${JSON.stringify(dl)}`)
+  assert(dl.via === 'stream' && dl.name === f32.name, `saved through the service worker's stream, under its name: ${JSON.stringify(dl)}`)
   assert(got.last.bySource.peers === got.last.blocksDone && got.last.bySource.gateway === 0, `all from peers: ${JSON.stringify(got.last)}`)
   const peerRows = await b.page.locator('#peers tr').count()
   assert(peerRows >= 2, `B's peers panel lists the relay and A: ${peerRows}`)
   await shot(b, '02-b-fetched-narrow')
   step(`B got ${got.last.blocksDone} blocks from peers`)
+
+  step('A adds a folder; B opens its link: a listing, an image through /ipfs/, one file alone, a seek')
+  const trip = join(work, 'trip')
+  mkdirSync(join(trip, 'notes'), { recursive: true })
+  writeFileSync(join(trip, 'photo.png'), png(64, 48))
+  writeFileSync(join(trip, 'notes', 'readme.txt'), 'what we saw on the trip\n')
+  const sound = wav(30)
+  writeFileSync(join(trip, 'tone.wav'), sound)
+  const noise = randomFile(trip, 'noise.bin', 8 * MiB)
+  const folder = await addFolder(a, trip)
+  const bf = await open(await browser.newContext(), folder.link, 'B (folder)')
+  await bf.page.waitForSelector('#listing:not([hidden])', { timeout: 120_000 })
+  const names = await bf.page.$$eval('#listing-rows tr', (rows) => rows.map((r) => `${r.dataset.name}:${r.dataset.type}`))
+  assert(JSON.stringify(names) === JSON.stringify(['trip:directory']), `the share is the folder, by name: ${names}`)
+  await bf.page.click('#listing-rows tr[data-name="trip"] a')
+  await bf.page.waitForFunction(() => document.querySelectorAll('#listing-rows tr').length === 4, null, { timeout: 60_000 })
+  const inner = await bf.page.$$eval('#listing-rows tr', (rows) => rows.map((r) => `${r.dataset.name}:${r.dataset.type}`))
+  assert(JSON.stringify(inner) === JSON.stringify(['noise.bin:file', 'notes:directory', 'photo.png:file', 'tone.wav:file']), `the listing: ${inner}`)
+  // The image's preview is an /ipfs/ URL, answered by the service worker from B's node.
+  await bf.page.waitForFunction(() => document.querySelector('#listing-rows tr[data-name="photo.png"] img')?.naturalWidth === 64, null, { timeout: 60_000 })
+  const servedImage = await bf.page.evaluate(() => window.cairnApp.served.filter((r) => r.path.endsWith('/photo.png')))
+  assert(servedImage.length > 0 && servedImage.every((r) => r.status === 200), `the image came through the service worker: ${JSON.stringify(servedImage)}`)
+  await shot(bf, '02b-folder-listing')
+  await bf.page.click('#listing-rows tr[data-name="notes"] a')
+  await bf.page.waitForSelector('#listing-rows tr[data-name="readme.txt"]', { timeout: 60_000 })
+  await bf.page.click('#listing-rows tr[data-name="readme.txt"] a')
+  await transferEnds(bf)
+  const text = await bf.page.locator('#preview pre').textContent()
+  assert(text.startsWith('what we saw on the trip'), `the text file: ${text}`)
+  const heldAfterOne = await bf.page.evaluate(async () => (await window.cairnApp.node.stats()).bytes)
+  assert(heldAfterOne < noise.size / 4, `one file was fetched without the rest: ${heldAfterOne} bytes held, the folder has ${noise.size + sound.length}`)
+  // A Range from the page, as a <video> or curl would send it: exactly those bytes, 206.
+  const rangeCheck = await bf.page.evaluate(async (root) => {
+    const r = await fetch(`/ipfs/${root}/trip/noise.bin`, { headers: { Range: 'bytes=100-199' } })
+    return { status: r.status, range: r.headers.get('content-range'), bytes: [...new Uint8Array(await r.arrayBuffer())] }
+  }, folder.cid)
+  const want = [...(await import('node:fs')).readFileSync(noise.path).subarray(100, 200)]
+  assert(rangeCheck.status === 206 && rangeCheck.range === `bytes 100-199/${noise.size}` && JSON.stringify(rangeCheck.bytes) === JSON.stringify(want), `a range through the worker: ${rangeCheck.status} ${rangeCheck.range}`)
+  // The sound, in a <video> that asks for ranges as it seeks.
+  await bf.page.goto(`${origin}#/cid/${folder.cid}/trip/tone.wav`)
+  await bf.page.waitForSelector('body[data-ready="true"]')
+  await transferEnds(bf)
+  await bf.page.waitForFunction(() => document.querySelector('#preview video')?.readyState >= 1, null, { timeout: 60_000 })
+  const duration = await bf.page.evaluate(() => document.querySelector('#preview video').duration)
+  assert(Math.abs(duration - 30) < 0.5, `the media's duration: ${duration}`)
+  const seeked = await bf.page.evaluate(() => new Promise((resolve, reject) => {
+    const v = document.querySelector('#preview video')
+    const timer = setTimeout(() => reject(new Error(`no seeked event; currentTime ${v.currentTime}`)), 30_000)
+    v.addEventListener('seeked', () => { clearTimeout(timer); resolve(v.currentTime) }, { once: true })
+    v.currentTime = 25
+  }))
+  assert(Math.abs(seeked - 25) < 0.5, `the video seeked to 25 s: ${seeked}`)
+  const ranges = await bf.page.evaluate(() => window.cairnApp.served.filter((r) => r.path.endsWith('/tone.wav')))
+  assert(ranges.some((r) => r.status === 206 && /^bytes=\d+-/.test(r.range ?? '') && Number(/\d+/.exec(r.range)[0]) > 0),
+    `the seek was answered with a range past the start: ${JSON.stringify(ranges)}`)
+  await shot(bf, '02c-folder-seeked')
+  step(`folder: ${names.length} top entry, ${inner.length} inside; one file alone held ${heldAfterOne} bytes; ranges asked: ${ranges.map((r) => r.range).join(' ')}`)
+  await bf.page.context().close()
 
   step('B reloads in the middle of a 128 MiB transfer')
   const f128 = randomFile(work, 'big.bin', 128 * MiB)
@@ -227,7 +336,7 @@ try {
   const added = await add(h, huge)
   const maxGap = await h.page.evaluate(() => { clearInterval(window.ticker); return window.maxGap })
   step(`2 GiB added in the page; the longest pause of the page's timers was ${maxGap.toFixed(0)} ms`)
-  assert(added.cid === hugeCid, `the browser's CID ${added.cid} is cairn-relay's ${hugeCid}`)
+  assert(added.fileCid === hugeCid, `the browser's CID ${added.fileCid} is cairn-relay's ${hugeCid}`)
   assert(maxGap < 5000, `the page kept running while it hashed 2 GiB (longest pause ${maxGap.toFixed(0)} ms)`)
   const hugeStats = await h.page.evaluate(async () => (await window.cairnApp.node.stats()).bytes)
   assert(hugeStats > huge.size, `all of it is in IndexedDB: ${hugeStats} bytes`)

@@ -290,8 +290,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 profile,
                 hash,
             };
+            // One live operation for the whole add: a failure (an unreadable file halfway
+            // through a tree, a full store) deletes every block it wrote.
+            let mut op = cairn_core::live::Live::global().operation();
             let root = if only_hash {
-                add(&Null::new(), &file, &how).await?
+                let store = Null::new();
+                let root = add(&store, &file, &how, &mut op).await;
+                op.finish();
+                root?
             } else {
                 let store = open_store(store).await?;
                 // Two adds to one store take turns: each one's clean-up is then its own.
@@ -299,13 +305,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     .lock_for_import()
                     .await
                     .map_err(|e| fail(Exit::NotWritable, e))?;
-                let root = add(&store, &file, &how).await?;
-                // Pinned: a relay serving this store provides it in the DHT.
-                store
-                    .pin(&root)
-                    .await
-                    .map_err(|e| fail(Exit::NotWritable, e))?;
-                root
+                let added = match add(&store, &file, &how, &mut op).await {
+                    // Pinned: a relay serving this store provides it in the DHT.
+                    Ok(root) => store
+                        .pin(&root)
+                        .await
+                        .map(|()| root)
+                        .map_err(|e| fail(Exit::NotWritable, e)),
+                    Err(e) => Err(e),
+                };
+                match added {
+                    Ok(root) => {
+                        op.finish();
+                        root
+                    }
+                    Err(e) => {
+                        op.abandon(&store).await;
+                        return Err(e);
+                    }
+                }
             };
             println!("{root}");
             Ok(())
@@ -371,6 +389,7 @@ async fn add<S: BlockStore>(
     store: &S,
     path: &Path,
     how: &AddHow,
+    op: &mut cairn_core::live::Operation<'_>,
 ) -> Result<cairn_core::Cid, Failure> {
     let meta = tokio::fs::metadata(path)
         .await
@@ -427,7 +446,7 @@ async fn add<S: BlockStore>(
                 } else if kind.is_dir() {
                     stack.push((full, rel));
                 } else {
-                    let imported = add_one(store, &full, how).await?;
+                    let imported = add_one(store, &full, how, op).await?;
                     tree.add(
                         &rel,
                         dir::Entry {
@@ -442,7 +461,7 @@ async fn add<S: BlockStore>(
         }
         tracing::debug!(files, "directory imported");
     } else {
-        let imported = add_one(store, path, how).await?;
+        let imported = add_one(store, path, how, op).await?;
         if !how.wrap {
             return Ok(imported.root);
         }
@@ -459,9 +478,9 @@ async fn add<S: BlockStore>(
     let root = tree
         .finish(&mut blocks)
         .map_err(|e| fail(Exit::Failure, e))?;
-    for b in blocks {
-        store.put(b).await.map_err(|e| fail(Exit::NotWritable, e))?;
-    }
+    op.put_many(store, blocks)
+        .await
+        .map_err(|e| fail(Exit::NotWritable, e))?;
     Ok(root.cid)
 }
 
@@ -469,12 +488,14 @@ async fn add_one<S: BlockStore>(
     store: &S,
     path: &Path,
     how: &AddHow,
+    op: &mut cairn_core::live::Operation<'_>,
 ) -> Result<unixfs::Imported, Failure> {
+    use tokio_util::compat::TokioAsyncReadCompatExt;
     let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| unreadable(path, e))?;
     let reader = tokio::io::BufReader::with_capacity(1 << 20, file);
-    crate::add_file(store, reader, how.profile, how.hash)
+    unixfs::import_with(store, reader.compat(), how.profile, how.hash, |_| {}, op)
         .await
         .map_err(|e| match e {
             ImportError::Read { .. } => unreadable(path, e),

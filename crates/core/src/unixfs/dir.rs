@@ -9,7 +9,7 @@
 //! that finding one name reads one shard per level, never the whole directory.
 //!
 //! The builder holds each entry's name, CID and size (not its content) until
-//! [`TreeBuilder::finish`]: about 100 bytes an entry.
+//! [`TreeBuilder::finish`]: about 300 bytes an entry (29 MiB for 100,000 files, measured).
 
 use std::collections::BTreeMap;
 

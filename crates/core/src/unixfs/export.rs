@@ -27,7 +27,9 @@ pub enum Error {
         reason: String,
     },
     /// The root is a UnixFS directory or another non-file node.
-    #[error("{cid} is a UnixFS {kind}, not a file; cairn can only export files")]
+    #[error(
+        "{cid} is a UnixFS {kind}, not a file: list a directory with ls, or name a file in it (CID/path)"
+    )]
     NotAFile {
         /// The root.
         cid: Cid,

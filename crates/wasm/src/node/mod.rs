@@ -109,14 +109,17 @@ impl Inner {
             .chain(Some(&self.node), self.store.clone(), &Fetch, root)
     }
 
-    /// Fetches the whole DAG under `root` into the store, reporting to `on_progress`.
+    /// Fetches the whole DAG under `root` into the store, reporting to `on_progress`; `top`
+    /// is the CID the caller named (`root`, or a directory `root` is under), whose providers
+    /// the peers are looked up by.
     async fn fetch_dag(
         &self,
+        top: Cid,
         root: Cid,
         abort: &Abort,
         on_progress: Option<&js_sys::Function>,
     ) -> Result<dag::Report, JsValue> {
-        let chain = self.chain(root);
+        let chain = self.chain(top);
         let ctx = abort.context();
         let report = |p: &dag::Progress| {
             if let Some(f) = on_progress {
@@ -529,10 +532,10 @@ impl CairnNode {
         let abort = Abort::new(&options.signal, "cat")?;
         abort
             .run("cat", async {
-                let (_, root) = self.inner.resolve(&cid, &abort.context()).await?;
+                let (top, root) = self.inner.resolve(&cid, &abort.context()).await?;
                 let _using = self.inner.in_use.hold(root);
                 self.inner
-                    .fetch_dag(root, &abort, on_progress.as_ref())
+                    .fetch_dag(top, root, &abort, on_progress.as_ref())
                     .await?;
                 let local = Chain::new().local(self.inner.store.clone());
                 crate::export_all(&local, root).await
@@ -555,11 +558,11 @@ impl CairnNode {
         let abort = Abort::new(&options.signal, "fetch")?;
         abort
             .run("fetch", async {
-                let (_, root) = self.inner.resolve(&cid, &abort.context()).await?;
+                let (top, root) = self.inner.resolve(&cid, &abort.context()).await?;
                 let _using = self.inner.in_use.hold(root);
                 let report = self
                     .inner
-                    .fetch_dag(root, &abort, on_progress.as_ref())
+                    .fetch_dag(top, root, &abort, on_progress.as_ref())
                     .await?;
                 Ok(js::to_js(&FetchReport {
                     progress: FetchProgress::from(&report.progress),
@@ -629,10 +632,10 @@ impl CairnNode {
         let abort = Abort::new(&options.signal, "pin")?;
         abort
             .run("pin", async {
-                let (_, root) = self.inner.resolve(&cid, &abort.context()).await?;
+                let (top, root) = self.inner.resolve(&cid, &abort.context()).await?;
                 let _using = self.inner.in_use.hold(root);
                 self.inner
-                    .fetch_dag(root, &abort, on_progress.as_ref())
+                    .fetch_dag(top, root, &abort, on_progress.as_ref())
                     .await?;
                 self.inner
                     .store
