@@ -327,8 +327,8 @@ async function ipfsUrls () {
   return (await downloadsReady) && !!navigator.serviceWorker.controller
 }
 
-/** Opens what a link or the input names: a directory's listing, or a file. A directory
- * holding one file (what sharing one file makes) opens that file. */
+/** Opens what a link or the input names: a directory's listing, or a file. A link to a
+ * directory holding one file (what sharing one file makes) opens that file. */
 async function openTarget (text) {
   const target = cidFrom(text)
   if (!target) return
@@ -348,7 +348,8 @@ async function openTarget (text) {
     return showError(e, null, performance.now(), null)
   }
   endTransfer(controller)
-  if (entries.length === 1 && entries[0].type === 'file') return fetchCid(`${target}/${entries[0].name}`)
+  // A shared file (a directory of one file, at the top of a link) opens as the file.
+  if (!target.includes('/') && entries.length === 1 && entries[0].type === 'file') return fetchCid(`${target}/${entries[0].name}`)
   return showListing(target, entries)
 }
 
