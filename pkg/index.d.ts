@@ -7,7 +7,6 @@ export { CairnNode } from './dist/cairn_wasm.js'
 export { serveIpfs } from './serve.js'
 export type { ServeOptions, ServedRequest } from './serve.js'
 export type {
-  AddAllOptions,
   AddOptions,
   AddProgress,
   BySource,

@@ -107,7 +107,7 @@ pub struct AddProgress {
     pub bytes_total: Option<u64>,
 }
 
-/// `add`'s options.
+/// `add`'s and `addAll`'s options.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, Tsify)]
 #[serde(rename_all = "camelCase", default)]
 pub struct AddOptions {
@@ -364,21 +364,4 @@ pub struct DirEntry {
     #[serde(rename = "type")]
     #[tsify(type = "\"file\" | \"directory\" | \"symlink\" | \"other\"")]
     pub kind: String,
-}
-
-/// `addAll`'s options: `add`'s, and whether to keep the top directory.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, Tsify)]
-#[serde(rename_all = "camelCase", default)]
-pub struct AddAllOptions {
-    /// Pin the root (default `true`).
-    #[tsify(optional)]
-    pub pin: Option<bool>,
-    /// Cancels the add: it rejects with an `AbortError` and keeps nothing of it.
-    #[serde(with = "serde_wasm_bindgen::preserve")]
-    #[tsify(optional, type = "AbortSignal")]
-    pub signal: JsValue,
-    /// Called with each [`AddProgress`] (bytes over all the files).
-    #[serde(with = "serde_wasm_bindgen::preserve")]
-    #[tsify(optional, type = "(progress: AddProgress) => void")]
-    pub on_progress: JsValue,
 }

@@ -31,8 +31,8 @@ use crate::error::{ErrorCode, coded, invalid, js_error};
 use crate::http::Fetch;
 use crate::js::{self, Abort};
 use crate::types::{
-    AddAllOptions, AddOptions, AddProgress, CatOptions, CatStreamOptions, CreateOptions, DirEntry,
-    EvictOptions, Evicted, FetchProgress, FetchReport, PeerInfo, Stats,
+    AddOptions, AddProgress, CatOptions, CatStreamOptions, CreateOptions, DirEntry, EvictOptions,
+    Evicted, FetchProgress, FetchReport, PeerInfo, Stats,
 };
 
 fn parse_cid(cid: &str) -> Result<Cid, JsValue> {
@@ -330,10 +330,10 @@ impl CairnNode {
             unchecked_param_type = "FileList | Array<File | { path: string, content?: Uint8Array | Blob | ReadableStream<Uint8Array> }>"
         )]
         entries: JsValue,
-        #[wasm_bindgen(unchecked_optional_param_type = "AddAllOptions")] options: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "AddOptions")] options: JsValue,
     ) -> Result<String, JsValue> {
         use wasm_bindgen::JsCast;
-        let options: AddAllOptions = js::options(options)?;
+        let options: AddOptions = js::options(options)?;
         let on_progress = js::callback("onProgress", &options.on_progress)?;
         let abort = Abort::new(&options.signal, "addAll")?;
         if entries.is_null() || entries.is_undefined() {
