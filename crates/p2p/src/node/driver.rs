@@ -416,11 +416,17 @@ impl Driver {
                 for (peer, addr) in found.into_iter().take(64) {
                     self.swarm.add_peer_address(peer, addr.clone());
                     if !self.swarm.is_connected(&peer) {
+                        // From a new port: two nodes that find each other at the same moment
+                        // dial each other at once, and from their listening ports (reused for
+                        // hole punching) the two dials are one TCP connection opened from both
+                        // ends, which both handshakes then refuse; mDNS would not say again
+                        // for minutes (1 run in 6 of the LAN test).
                         let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
                             .addresses(vec![addr.clone()])
                             .condition(
                                 libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing,
                             )
+                            .allocate_new_port()
                             .build();
                         if let Err(e) = self.swarm.dial(opts) {
                             tracing::debug!(%peer, error = %e, "cannot dial a peer mDNS found");
