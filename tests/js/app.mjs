@@ -9,6 +9,13 @@ export function assert (ok, what) {
   if (!ok) throw new Error(`assertion failed: ${what}`)
 }
 
+/** Whether every block of a fetch's progress `p` came from `source`, but the file's root,
+ * which opening a share link read already (to tell a file from a directory) and kept. */
+export function allFrom (p, source) {
+  const by = p.bySource
+  return by[source] + by.local === p.blocksDone && by.local <= 1 && by[source] > 0
+}
+
 /** `size` random bytes in `dir/name`: `{ path, name, size, sha256 }`. */
 export function randomFile (dir, name, size) {
   const path = join(dir, name)
