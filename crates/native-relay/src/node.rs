@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
+use cairn_p2p::node::Upgrader;
 use libp2p::core::transport::OptionalTransport;
-use libp2p::identity::Keypair;
 use libp2p::{Transport as _, relay, websocket};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -141,9 +141,11 @@ impl cairn_p2p::node::Spawner for Tokio {
 
 /// The native transports around `relay` (the relay client's): TCP, QUIC, WebRTC-direct
 /// and WebSocket over TLS when `transports` has their keys, DNS, plain WebSocket, and
-/// circuits. Byte counters per protocol stack and direction go into `registry`.
+/// circuits. In a private network ([`Upgrader::private`]) QUIC and WebRTC-direct are left
+/// out: they cannot carry the swarm key's protection. Byte counters per protocol stack and
+/// direction go into `registry`.
 pub fn transports(
-    key: &Keypair,
+    upgrader: &Upgrader,
     relay: relay::client::Transport,
     transports: &Transports,
     registry: &mut prometheus_client::registry::Registry,
@@ -152,11 +154,17 @@ pub fn transports(
     let window = transports
         .receive_window
         .unwrap_or(cairn_p2p::RECEIVE_WINDOW);
-    use cairn_p2p::node::authenticate_with;
+    let key = upgrader.key();
+    let open = !upgrader.private();
     let tcp = || libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true));
-    let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
-        .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
-    let webrtc = match transports.webrtc.clone() {
+    let quic = match open {
+        true => OptionalTransport::some(
+            libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
+                .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn))),
+        ),
+        false => OptionalTransport::none(),
+    };
+    let webrtc = match transports.webrtc.clone().filter(|_| open) {
         Some(cert) => {
             OptionalTransport::some(libp2p_webrtc::tokio::Transport::new(key.clone(), cert).map(
                 |(peer, conn), _| (peer, StreamMuxerBox::new(crate::webrtc::Connection(conn))),
@@ -170,11 +178,12 @@ pub fn transports(
         Some(tls) => {
             let mut ws = websocket::Config::new(tcp());
             ws.set_tls_config(tls);
-            OptionalTransport::some(authenticate_with(ws, key, window)?)
+            OptionalTransport::some(upgrader.authenticate_with(ws, window)?)
         }
         None => OptionalTransport::none(),
     };
-    let direct = authenticate_with(tcp(), key, window)?
+    let direct = upgrader
+        .authenticate_with(tcp(), window)?
         .or_transport(quic)
         .map(|e, _| e.into_inner())
         .or_transport(webrtc)
@@ -185,8 +194,9 @@ pub fn transports(
     // passes on cannot fall through to a transport after it (as libp2p's SwarmBuilder
     // orders them).
     let ws = websocket::Config::new(libp2p::dns::tokio::Transport::system(tcp())?);
-    let all = authenticate_with(relay, key, window)?
-        .or_transport(authenticate_with(ws, key, window)?)
+    let all = upgrader
+        .authenticate_with(relay, window)?
+        .or_transport(upgrader.authenticate_with(ws, window)?)
         .map(|e, _| e.into_inner())
         .or_transport(libp2p::dns::tokio::Transport::system(direct)?)
         .map(|e, _| e.into_inner());
@@ -203,8 +213,8 @@ pub fn build<S: cairn_core::store::BlockStore + 'static>(
     registry: &mut prometheus_client::registry::Registry,
 ) -> Result<cairn_p2p::Node, Error> {
     builder
-        .build(store, Tokio, |key, relay| {
-            transports(key, relay, extra, registry)
+        .build(store, Tokio, |upgrader, relay| {
+            transports(upgrader, relay, extra, registry)
         })
         .map_err(err)
 }

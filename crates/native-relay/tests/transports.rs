@@ -195,7 +195,7 @@ async fn a_block_moves_over_websocket_with_tls() {
         .build(
             cairn_core::store::Null::new(),
             cairn_relay::node::Tokio,
-            |key, relay| {
+            |upgrader, relay| {
                 use libp2p::Transport as _;
                 let mut ws = websocket::Config::new(libp2p::tcp::tokio::Transport::new(
                     libp2p::tcp::Config::default(),
@@ -204,9 +204,9 @@ async fn a_block_moves_over_websocket_with_tls() {
                 trust.add_trust(&websocket::tls::Certificate::new(der.clone()))?;
                 ws.set_tls_config(trust.finish());
                 // The relay client's transport must stay with its behaviour, used or not.
-                let relay = cairn_p2p::node::authenticate(relay, key)?;
+                let relay = upgrader.authenticate(relay)?;
                 Ok(relay
-                    .or_transport(cairn_p2p::node::authenticate(ws, key)?)
+                    .or_transport(upgrader.authenticate(ws)?)
                     .map(|e, _| e.into_inner())
                     .boxed())
             },

@@ -4,9 +4,10 @@
 //! given to cairn-p2p's node builder.
 
 use cairn_core::store::BlockStore;
-use cairn_p2p::node::{Builder, Config, Spawner, Transport, authenticate};
+use cairn_p2p::node::{Builder, Config, Spawner, Transport, Upgrader};
 use libp2p::core::Transport as _;
 use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::OptionalTransport;
 use libp2p::identity::Keypair;
 use libp2p::{PeerId, relay};
 
@@ -26,21 +27,29 @@ impl Spawner for Local {
 
 /// The browser's transports around `relay` (the relay client's), with `direct` (the
 /// `/webrtc` transport) first: the relay client would take its addresses (they contain
-/// `/p2p-circuit`) for plain circuits.
+/// `/p2p-circuit`) for plain circuits. In a private network WebRTC-direct to relays is
+/// left out (it cannot carry the swarm key's protection); `/webrtc` to other browsers
+/// stays, since it can only be signalled over a protected relayed connection.
 pub fn transports(
-    key: &Keypair,
+    upgrader: &Upgrader,
     relay: relay::client::Transport,
     direct: webrtc::Transport,
 ) -> Result<Transport, BoxError> {
     let muxed = |(peer, m): (PeerId, StreamMuxerBox), _| (peer, m);
-    let webrtc_direct =
-        libp2p::webrtc_websys::Transport::new(libp2p::webrtc_websys::Config::new(key))
-            .map(|(peer, m), _| (peer, StreamMuxerBox::new(m)));
+    let webrtc_direct = match upgrader.private() {
+        false => OptionalTransport::some(
+            libp2p::webrtc_websys::Transport::new(libp2p::webrtc_websys::Config::new(
+                upgrader.key(),
+            ))
+            .map(|(peer, m), _| (peer, StreamMuxerBox::new(m))),
+        ),
+        true => OptionalTransport::none(),
+    };
     Ok(direct
         .map(muxed)
-        .or_transport(authenticate(relay, key)?)
+        .or_transport(upgrader.authenticate(relay)?)
         .map(|e, _| e.into_inner())
-        .or_transport(authenticate(crate::websocket::Transport, key)?)
+        .or_transport(upgrader.authenticate(crate::websocket::Transport)?)
         .map(|e, _| e.into_inner())
         .or_transport(webrtc_direct)
         .map(|e, _| e.into_inner())
@@ -57,7 +66,9 @@ pub fn build<S: BlockStore + 'static>(
     let (direct, handle) = webrtc::Transport::new(rtc);
     let node = Builder::new(key)
         .config(config)
-        .build(store, Local, |key, relay| transports(key, relay, direct))?;
+        .build(store, Local, |upgrader, relay| {
+            transports(upgrader, relay, direct)
+        })?;
     // Signalling streams go over the node's own streams.
     handle.attach(node.streams());
     Ok(node)

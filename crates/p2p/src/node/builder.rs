@@ -3,15 +3,19 @@
 //! spawns the driver. The browser node, the relay, the CLI and the tests all make nodes
 //! this way.
 
+use either::Either;
 use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::timeout::{TransportTimeout, TransportTimeoutError};
 use libp2p::core::upgrade::Version;
 use libp2p::core::{Transport as _, transport};
 use libp2p::identity::Keypair;
 use libp2p::swarm::Swarm;
 use libp2p::{PeerId, noise, relay};
+use std::time::Duration;
 
 use super::{Config, Node};
 use crate::behaviour::Behaviour;
+use crate::pnet::SwarmKey;
 use cairn_core::store::BlockStore;
 
 /// A node's transport, as the swarm takes it.
@@ -77,17 +81,20 @@ impl Builder {
     }
 
     /// Makes the node over `store`, spawning its driver with `spawner`. `transports` makes
-    /// the node's transport from its key and the relay client's transport, which it should
-    /// include (upgraded like the others: [`authenticate`]) so circuits work.
+    /// the node's transport from its [`Upgrader`] (its key, and its swarm key in a private
+    /// network) and the relay client's transport, which it should include (upgraded like the
+    /// others: [`Upgrader::authenticate`]) so circuits work.
     pub fn build<S, Sp, T>(self, store: S, spawner: Sp, transports: T) -> Result<Node, BuildError>
     where
         S: BlockStore + 'static,
         Sp: Spawner,
-        T: FnOnce(&Keypair, relay::client::Transport) -> Result<Transport, BoxError>,
+        T: FnOnce(&Upgrader, relay::client::Transport) -> Result<Transport, BoxError>,
     {
         let peer_id = self.key.public().to_peer_id();
         let (relay_transport, relay_client) = relay::client::new(peer_id);
-        let transport = transports(&self.key, relay_transport).map_err(BuildError::Transport)?;
+        let upgrader = Upgrader::new(self.key.clone(), self.config.swarm_key.clone())
+            .with_handshake_timeout(self.config.handshake_timeout);
+        let transport = transports(&upgrader, relay_transport).map_err(BuildError::Transport)?;
         let behaviour = Behaviour::new(
             &self.key,
             Some(relay_client),
@@ -112,8 +119,189 @@ impl Builder {
     }
 }
 
-/// Secures and multiplexes a raw transport as every cairn connection is: Noise, then
-/// cairn's yamux ([`crate::yamux_config`]).
+/// How a node secures its byte-stream connections: its identity for Noise, and in a
+/// private network its swarm key ([`crate::pnet`]), which every connection starts with.
+/// The platform's transports are upgraded with it; a transport that cannot carry pnet
+/// (QUIC, WebRTC) must not be used when [`Upgrader::private`] says so.
+#[derive(Clone)]
+pub struct Upgrader {
+    key: Keypair,
+    swarm_key: Option<SwarmKey>,
+    handshake_timeout: Duration,
+}
+
+/// How long a connection's handshake (pnet, security and multiplexer negotiation) may take
+/// before it is dropped, unless [`Config::handshake_timeout`] says otherwise.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl std::fmt::Debug for Upgrader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgrader")
+            .field("peer", &self.key.public().to_peer_id())
+            .field("swarm_key", &self.swarm_key)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish()
+    }
+}
+
+impl Upgrader {
+    /// Upgrades with `key`, in the private network of `swarm_key` if one is given.
+    /// A handshake that takes longer than [`HANDSHAKE_TIMEOUT`] is dropped.
+    pub fn new(key: Keypair, swarm_key: Option<SwarmKey>) -> Self {
+        Self {
+            key,
+            swarm_key,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        }
+    }
+
+    /// Drops a connection whose handshake takes longer than `timeout` (a peer that stalls
+    /// it, or one that speaks another network's key and waits for an answer that cannot
+    /// come).
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The node's identity.
+    pub fn key(&self) -> &Keypair {
+        &self.key
+    }
+
+    /// Whether the node is in a private network.
+    pub fn private(&self) -> bool {
+        self.swarm_key.is_some()
+    }
+
+    /// The private network's key.
+    pub fn swarm_key(&self) -> Option<&SwarmKey> {
+        self.swarm_key.as_ref()
+    }
+
+    /// Secures and multiplexes a raw transport as every cairn connection is: the swarm
+    /// key's pnet handshake in a private network, then Noise, then cairn's yamux
+    /// ([`crate::yamux_config`]).
+    pub fn authenticate<T>(&self, transport: T) -> Result<Transport, BoxError>
+    where
+        T: libp2p::core::Transport + Send + Unpin + 'static,
+        T::Output: futures::AsyncRead + futures::AsyncWrite + Unpin + Send + 'static,
+        T::Dial: Send + 'static,
+        T::ListenerUpgrade: Send + 'static,
+        T::Error: Send + Sync + 'static,
+    {
+        self.authenticate_with(transport, crate::RECEIVE_WINDOW)
+    }
+
+    /// [`Upgrader::authenticate`] with another per-stream receive window
+    /// ([`crate::yamux_config_with`]).
+    pub fn authenticate_with<T>(
+        &self,
+        transport: T,
+        receive_window: u32,
+    ) -> Result<Transport, BoxError>
+    where
+        T: libp2p::core::Transport + Send + Unpin + 'static,
+        T::Output: futures::AsyncRead + futures::AsyncWrite + Unpin + Send + 'static,
+        T::Dial: Send + 'static,
+        T::ListenerUpgrade: Send + 'static,
+        T::Error: Send + Sync + 'static,
+    {
+        let lingering = transport.map(|io, _| super::linger::Lingering::new(io));
+        let timeout = self.handshake_timeout;
+        let Some(swarm_key) = &self.swarm_key else {
+            let upgraded = lingering
+                .upgrade(Version::V1Lazy)
+                .authenticate(noise::Config::new(&self.key)?)
+                .multiplex(crate::yamux_config_with(receive_window))
+                .map_err(open_error);
+            return Ok(TransportTimeout::new(upgraded, timeout)
+                .map_err(move |e| timed_out(e, timeout, Some(crate::pnet::HINT_OPEN)))
+                .map(|(peer, m), _| (peer, StreamMuxerBox::new(m)))
+                .boxed());
+        };
+        let psk = swarm_key.psk();
+        let upgraded = lingering
+            .and_then(move |io, _| libp2p::pnet::PnetConfig::new(psk).handshake(io))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise::Config::new(&self.key)?)
+            .multiplex(crate::yamux_config_with(receive_window))
+            .map_err(private_error);
+        Ok(TransportTimeout::new(upgraded, timeout)
+            .map_err(move |e| timed_out(e, timeout, Some(crate::pnet::HINT_MEMBER)))
+            .map(|(peer, m), _| (peer, StreamMuxerBox::new(m)))
+            .boxed())
+    }
+}
+
+/// A handshake's error, saying so when it ran out of time (and, in a private network, what
+/// that most likely means).
+fn timed_out<E>(
+    e: TransportTimeoutError<E>,
+    timeout: Duration,
+    hint: Option<&str>,
+) -> std::io::Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match e {
+        TransportTimeoutError::Timeout => std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            match hint {
+                Some(hint) => {
+                    format!("the connection's handshake took longer than {timeout:?}: {hint}")
+                }
+                None => format!("the connection's handshake took longer than {timeout:?}"),
+            },
+        ),
+        TransportTimeoutError::TimerError(e) => e,
+        TransportTimeoutError::Other(e) => std::io::Error::other(e),
+    }
+}
+
+/// A private-network connection's error: where the pnet handshake or the security
+/// negotiation after it failed, the peer most likely has another swarm key (or none), and
+/// the error says so.
+fn private_error<T, P, S, M>(e: Either<Either<Either<T, P>, S>, M>) -> std::io::Error
+where
+    T: std::error::Error + Send + Sync + 'static,
+    P: std::error::Error + Send + Sync + 'static,
+    S: std::error::Error + Send + Sync + 'static,
+    M: std::error::Error + Send + Sync + 'static,
+{
+    let hint = |e: &dyn std::fmt::Display| {
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{e}: {}", crate::pnet::HINT_MEMBER),
+        )
+    };
+    match e {
+        Either::Left(Either::Left(Either::Left(t))) => std::io::Error::other(t),
+        Either::Left(Either::Left(Either::Right(p))) => hint(&p),
+        Either::Left(Either::Right(s)) => hint(&s),
+        Either::Right(m) => std::io::Error::other(m),
+    }
+}
+
+/// An open-network connection's error: where the security negotiation failed, the peer
+/// may be in a private network, and the error says so.
+fn open_error<T, S, M>(e: Either<Either<T, S>, M>) -> std::io::Error
+where
+    T: std::error::Error + Send + Sync + 'static,
+    S: std::error::Error + Send + Sync + 'static,
+    M: std::error::Error + Send + Sync + 'static,
+{
+    match e {
+        Either::Left(Either::Left(t)) => std::io::Error::other(t),
+        Either::Left(Either::Right(s)) => std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{s}: {}", crate::pnet::HINT_OPEN),
+        ),
+        Either::Right(m) => std::io::Error::other(m),
+    }
+}
+
+/// Secures and multiplexes a raw transport as every cairn connection is, outside any
+/// private network: Noise, then cairn's yamux ([`crate::yamux_config`]).
 pub fn authenticate<T>(transport: T, key: &Keypair) -> Result<Transport, BoxError>
 where
     T: libp2p::core::Transport + Send + Unpin + 'static,
@@ -138,11 +326,5 @@ where
     T::ListenerUpgrade: Send + 'static,
     T::Error: Send + Sync + 'static,
 {
-    Ok(transport
-        .map(|io, _| super::linger::Lingering::new(io))
-        .upgrade(Version::V1Lazy)
-        .authenticate(noise::Config::new(key)?)
-        .multiplex(crate::yamux_config_with(receive_window))
-        .map(|(peer, m), _| (peer, StreamMuxerBox::new(m)))
-        .boxed())
+    Upgrader::new(key.clone(), None).authenticate_with(transport, receive_window)
 }

@@ -39,7 +39,10 @@ use libp2p::swarm::Swarm;
 use libp2p::{Multiaddr, PeerId};
 
 pub use bootstrap::{Backoff, BootstrapPeer, REFRESH as BOOTSTRAP_REFRESH};
-pub use builder::{BuildError, Builder, Spawner, Transport, authenticate, authenticate_with};
+pub use builder::{
+    BuildError, Builder, HANDSHAKE_TIMEOUT, Spawner, Transport, Upgrader, authenticate,
+    authenticate_with,
+};
 pub use events::{Event, Events};
 pub use peers::PeerInfo;
 
@@ -94,6 +97,12 @@ pub struct Config {
     /// Hole punching and AutoNAT (native nodes; `None` in browsers). See
     /// [`Node::reachability`] and [`Event::HolePunched`].
     pub nat: Option<crate::behaviour::Nat>,
+    /// The private network's key ([`crate::pnet`]): with one, every connection is protected
+    /// with it and only its members can connect. `None`: the open network.
+    pub swarm_key: Option<crate::pnet::SwarmKey>,
+    /// How long a connection's handshake may take before it is dropped
+    /// ([`builder::HANDSHAKE_TIMEOUT`] by default).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Config {
@@ -120,6 +129,8 @@ impl Default for Config {
             bootstrap_backoff: Backoff::default(),
             dht: crate::dht_store::Limits::default(),
             nat: None,
+            swarm_key: None,
+            handshake_timeout: builder::HANDSHAKE_TIMEOUT,
         }
     }
 }

@@ -23,10 +23,10 @@ impl Spawner for Tokio {
 fn memory_node(store: Memory, config: Config) -> Node {
     Builder::new(Keypair::generate_ed25519())
         .config(config)
-        .build(store, Tokio, |key, relay| {
+        .build(store, Tokio, |upgrader, relay| {
             use libp2p::core::Transport as _;
             let memory = MemoryTransport::default().or_transport(relay);
-            builder::authenticate(memory, key)
+            upgrader.authenticate(memory)
         })
         .unwrap()
 }
@@ -187,4 +187,83 @@ async fn waiting_for_a_peer_ends_on_its_event_or_when_hopeless() {
     .await
     .expect("gave up as soon as waiting could not help");
     assert!(none.is_none());
+}
+
+/// A node in the private network of `key` (or the open one), listening on memory.
+/// Handshakes that cannot finish (an open node and a private one) fail this soon.
+const SHORT_HANDSHAKE: Duration = Duration::from_secs(2);
+
+async fn private_listening(
+    store: Memory,
+    key: Option<&crate::pnet::SwarmKey>,
+) -> (Node, Multiaddr) {
+    let node = memory_node(
+        store,
+        Config {
+            swarm_key: key.cloned(),
+            handshake_timeout: SHORT_HANDSHAKE,
+            ..Config::default()
+        },
+    );
+    let addr = node.listen("/memory/0".parse().unwrap()).await.unwrap();
+    let addr = addr.with(libp2p::multiaddr::Protocol::P2p(node.peer_id()));
+    (node, addr)
+}
+
+#[tokio::test]
+async fn only_members_of_a_private_network_connect() {
+    use crate::pnet::SwarmKey;
+    let ours = SwarmKey::generate().unwrap();
+    let theirs = SwarmKey::generate().unwrap();
+    let held = Memory::new();
+    held.put_many((0..4).map(block).collect()).await.unwrap();
+    let (server, addr) = private_listening(held, Some(&ours)).await;
+
+    // A member connects and fetches.
+    let member = memory_node(
+        Memory::new(),
+        Config {
+            swarm_key: Some(ours.clone()),
+            handshake_timeout: SHORT_HANDSHAKE,
+            ..Config::default()
+        },
+    );
+    assert_eq!(member.dial(addr.clone()).await.unwrap(), server.peer_id());
+    let got = member.get(server.peer_id(), block(2).cid()).await.unwrap();
+    assert_eq!(&got[..], &block(2).data()[..]);
+
+    // Another network's node and an open-network node are refused, with an error that
+    // says why; nothing is connected and the server goes on serving its member.
+    for key in [Some(theirs), None] {
+        let outsider = memory_node(
+            Memory::new(),
+            Config {
+                swarm_key: key.clone(),
+                handshake_timeout: SHORT_HANDSHAKE,
+                ..Config::default()
+            },
+        );
+        let err = outsider.dial(addr.clone()).await.unwrap_err().to_string();
+        if key.is_some() {
+            assert!(err.contains("private network"), "{err}");
+        } else {
+            // An open node cannot be sure, but says what it may mean (the handshake failed
+            // on the private node's nonce, or waited for an answer until it timed out).
+            assert!(err.contains("may be in a private network"), "{err}");
+        }
+        assert!(outsider.peer(&server.peer_id()).is_none());
+        assert!(
+            outsider
+                .get(server.peer_id(), block(1).cid())
+                .await
+                .is_err()
+        );
+    }
+    // And the other way: the member cannot reach an open node, and says why.
+    let (open, open_addr) = private_listening(Memory::new(), None).await;
+    let err = member.dial(open_addr).await.unwrap_err().to_string();
+    assert!(err.contains("private network"), "{err}");
+    assert!(member.peer(&open.peer_id()).is_none());
+    let got = member.get(server.peer_id(), block(3).cid()).await.unwrap();
+    assert_eq!(&got[..], &block(3).data()[..]);
 }
