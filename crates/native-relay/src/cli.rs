@@ -1,14 +1,15 @@
 //! The `cairn-relay` command line.
 //!
 //! ```text
-//! cairn-relay [serve] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--ipfs-dht] [--no-relay [--no-mdns]] [--upnp] [--relay MULTIADDR]... [--http ADDR] [--identity FILE] [--web-root DIR] [--store DIR]
+//! cairn-relay [serve] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--ipfs-dht] [--no-relay [--no-mdns]] [--upnp] [--relay MULTIADDR]... [--http ADDR] [--identity FILE] [--web-root DIR] [--store DIR] [--swarm-key FILE]
 //! cairn-relay id [--identity FILE]
+//! cairn-relay swarm-key [-o NEW-FILE]
 //! cairn-relay add FILE|DIR [-r] [--wrap] [--profile default|unixfs-v1-2025] [--hash sha2-256|blake3] [--only-hash] [--store DIR]
 //! cairn-relay cat CID[/PATH] [SOURCES] [-o FILE]
 //! cairn-relay ls CID[/PATH] [SOURCES]
 //! cairn-relay get CID[/PATH] -o NEW-PATH [SOURCES]
 //!   SOURCES: [--store DIR] [--peer MULTIADDR]... [--ipfs-via MULTIADDR]... [--routing URL]...
-//!            [--gateway URL]... [--timeout SECS]
+//!            [--gateway URL]... [--swarm-key FILE] [--timeout SECS]
 //! ```
 //! Exit codes: 0 success, 1 other failure, 2 bad usage, 3 content not found, 4 a source sent
 //! bytes that do not match the CID, 5 store or output not writable, 6 input unreadable,
@@ -51,6 +52,13 @@ enum Command {
         /// The identity key file.
         #[arg(long, env = "CAIRN_IDENTITY")]
         identity: Option<PathBuf>,
+    },
+    /// Make a private network's key (the format IPFS uses, `/key/swarm/psk/1.0.0/`) and print
+    /// it, or write it to a new file; give the file to every member with --swarm-key.
+    SwarmKey {
+        /// Write the key to this file (mode 0600; it must not exist yet) instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
     /// Import a file, or a directory with -r, as UnixFS and print its root CID.
     Add {
@@ -129,6 +137,9 @@ struct FetchArgs {
     /// Trustless gateways to ask for blocks the store lacks, in order.
     #[arg(long = "gateway")]
     gateways: Vec<String>,
+    /// Reach --peer and --ipfs-via peers in the private network of this swarm key file.
+    #[arg(long, env = "CAIRN_SWARM_KEY")]
+    swarm_key: Option<PathBuf>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
@@ -178,6 +189,9 @@ struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "CAIRN_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Run in the private network of this swarm key file (make one with `cairn-relay swarm-key`): only peers with the same key connect. Listens on TCP and WebSocket only by default (QUIC and WebRTC-direct cannot carry the protection); the HTTP gateway and delegated routing are off.
+    #[arg(long, env = "CAIRN_SWARM_KEY")]
+    swarm_key: Option<PathBuf>,
 }
 
 /// The process's exit codes (see docs/cli.md).
@@ -275,6 +289,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("{}", key.public().to_peer_id());
             Ok(())
         }
+        Some(Command::SwarmKey { output }) => swarm_key(output.as_deref()),
         Some(Command::Add {
             file,
             recursive,
@@ -342,6 +357,51 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 fn load_identity(path: Option<PathBuf>) -> Result<libp2p::identity::Keypair, Failure> {
     let path = path.unwrap_or_else(|| data_dir().join("identity.key"));
     crate::identity::load_or_create(&path).map_err(|e| fail(Exit::CannotStart, e))
+}
+
+/// `swarm-key`: a new key, printed or written to a new file.
+fn swarm_key(output: Option<&Path>) -> Result<(), Failure> {
+    let key = cairn_p2p::pnet::SwarmKey::generate()
+        .map_err(|e| fail(Exit::Failure, format!("cannot make a random key: {e}")))?;
+    let text = format!("{}\n", key.to_file());
+    match output {
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+        Some(path) => {
+            crate::identity::write_private(path, text.as_bytes()).map_err(|e| {
+                let why = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    "it already exists (a network's key is not replaced: move it away first)"
+                        .to_owned()
+                } else {
+                    e.to_string()
+                };
+                fail(
+                    Exit::NotWritable,
+                    format!("cannot write the swarm key to {}: {why}", path.display()),
+                )
+            })?;
+            eprintln!(
+                "wrote a new swarm key to {} (fingerprint {})",
+                path.display(),
+                key.fingerprint()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Reads a swarm key file (`--swarm-key`).
+fn load_swarm_key(path: &Path, exit: Exit) -> Result<cairn_p2p::pnet::SwarmKey, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        fail(
+            exit,
+            format!("cannot read the swarm key {}: {e}", path.display()),
+        )
+    })?;
+    cairn_p2p::pnet::SwarmKey::parse(&text)
+        .map_err(|e| fail(exit, format!("swarm key {}: {e}", path.display())))
 }
 
 async fn open_store(dir: Option<PathBuf>) -> Result<Disk, Failure> {
@@ -514,7 +574,11 @@ fn export_exit(e: &ExportError) -> Exit {
 
 /// Starts a client node and connects to `peers`; peers that cannot be reached are reported
 /// and skipped (the chain goes on to the gateways).
-async fn connect(peers: &[Multiaddr], deadline: Duration) -> Result<cairn_p2p::Node, Failure> {
+async fn connect(
+    peers: &[Multiaddr],
+    deadline: Duration,
+    swarm_key: Option<cairn_p2p::pnet::SwarmKey>,
+) -> Result<cairn_p2p::Node, Failure> {
     for p in peers {
         if !p
             .iter()
@@ -537,6 +601,7 @@ async fn connect(peers: &[Multiaddr], deadline: Duration) -> Result<cairn_p2p::N
             serve: false,
             ..Default::default()
         },
+        swarm_key,
         ..Default::default()
     };
     let builder =
@@ -613,9 +678,18 @@ impl Fetcher {
         let routers = check("routing endpoint", &from.routing)?;
         let gateways = check("gateway", &from.gateways)?;
         let ipfs = !from.ipfs_via.is_empty() || !routers.is_empty();
+        let swarm_key = match &from.swarm_key {
+            Some(p) => Some(load_swarm_key(p, Exit::Usage)?),
+            None => None,
+        };
+        if swarm_key.is_some() && (!gateways.is_empty() || !routers.is_empty()) {
+            eprintln!(
+                "warning: --gateway and --routing are asked over HTTP, outside the private network"
+            );
+        }
         let node = if !from.peers.is_empty() || ipfs {
             let dial: Vec<Multiaddr> = from.peers.iter().chain(&from.ipfs_via).cloned().collect();
-            Some(connect(&dial, timeout.min(Duration::from_secs(20))).await?)
+            Some(connect(&dial, timeout.min(Duration::from_secs(20)), swarm_key).await?)
         } else {
             None
         };
@@ -849,6 +923,7 @@ struct FileConfig {
     no_mdns: Option<bool>,
     upnp: Option<bool>,
     relays: Option<Vec<Multiaddr>>,
+    swarm_key: Option<PathBuf>,
     #[serde(default)]
     limits: FileLimits,
 }
@@ -920,6 +995,16 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             ));
         }
     };
+    let swarm_key = match args.swarm_key.or(file.swarm_key) {
+        Some(p) => Some(load_swarm_key(&p, Exit::CannotStart)?),
+        None => None,
+    };
+    if swarm_key.is_some() && (args.ipfs_dht || file.ipfs_dht == Some(true)) {
+        return Err(fail(
+            Exit::Usage,
+            "--ipfs-dht joins the public IPFS network, which a private network (--swarm-key) cannot reach: give one or the other",
+        ));
+    }
     let store = match args.store.or(file.store) {
         Some(dir) => Some(
             Disk::open(&dir)
@@ -934,6 +1019,11 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         webrtc: Some(webrtc),
         ..Default::default()
     };
+    if let Some(k) = &swarm_key {
+        config.listen = crate::relay::default_listen_private();
+        tracing::info!(fingerprint = %k.fingerprint(), "in a private network: only peers with its swarm key connect");
+    }
+    config.swarm_key = swarm_key;
     if tls.is_some() {
         config.listen.push(crate::relay::default_tls_listen());
     }

@@ -90,6 +90,12 @@ pub struct Config {
     /// Hole punching, AutoNAT and mDNS ([`cairn_p2p::behaviour::Nat`]; mDNS is off
     /// unless asked for: `serve --no-relay` turns it on, `--no-mdns` off).
     pub nat: cairn_p2p::behaviour::Nat,
+    /// The private network's key: every connection is protected with it and only members
+    /// connect ([`cairn_p2p::pnet`]). The relay then listens on no QUIC or WebRTC-direct
+    /// address (they cannot carry the protection: [`default_listen_private`]), and its HTTP
+    /// gateway and delegated routing answer 403 (they would serve the network's content
+    /// and peers to anyone).
+    pub swarm_key: Option<cairn_p2p::pnet::SwarmKey>,
 }
 
 impl Default for Config {
@@ -123,6 +129,7 @@ impl Default for Config {
             relay_server: true,
             relays: Vec::new(),
             nat: cairn_p2p::behaviour::Nat::default(),
+            swarm_key: None,
         }
     }
 }
@@ -174,6 +181,30 @@ pub fn default_listen() -> Vec<Multiaddr> {
     vec![tcp, ws, quic, webrtc]
 }
 
+/// [`default_listen`] without the transports a private network cannot use: TCP on 4001 and
+/// WebSocket on 4002.
+pub fn default_listen_private() -> Vec<Multiaddr> {
+    default_listen()
+        .into_iter()
+        .filter(carries_pnet)
+        .collect()
+}
+
+/// Whether connections on `addr` can be protected with a swarm key: byte streams (TCP,
+/// WebSocket, circuits) can; QUIC and WebRTC bring their own encryption and cannot.
+pub fn carries_pnet(addr: &Multiaddr) -> bool {
+    !addr.iter().any(|p| {
+        matches!(
+            p,
+            Protocol::QuicV1
+                | Protocol::Quic
+                | Protocol::WebRTCDirect
+                | Protocol::WebRTC
+                | Protocol::WebTransport
+        )
+    })
+}
+
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -211,6 +242,11 @@ pub enum Error {
     /// The answer caps do not fit together.
     #[error("invalid answer caps: {0}")]
     Answers(String),
+    /// A listen address whose transport cannot carry the private network's protection.
+    #[error(
+        "cannot listen on {0} in a private network: QUIC and WebRTC-direct cannot carry the swarm key's protection; listen on TCP or WebSocket"
+    )]
+    Private(Multiaddr),
     /// The web root is not a directory with an `index.html`.
     #[error(
         "web root {0} has no index.html; build the web app (`cargo xtask run` does) or drop --web-root"
@@ -386,6 +422,11 @@ async fn listen_all(node: &Node, specs: &[Multiaddr]) -> Result<Vec<Multiaddr>, 
 /// returns once all are up.
 pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
     let peer_id = key.public().to_peer_id();
+    if config.swarm_key.is_some()
+        && let Some(a) = config.listen.iter().find(|a| !carries_pnet(a))
+    {
+        return Err(Error::Private(a.clone()));
+    }
     let relay_cfg = relay_config(&config)?;
     let transports = transports_for(&config)?;
     config.answers.check().map_err(Error::Answers)?;
@@ -406,6 +447,7 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         nat: Some(config.nat),
         // A relay is on a public host; a node may be behind a NAT (AutoNAT says).
         advertise_listen_addrs: config.relay_server,
+        swarm_key: config.swarm_key.clone(),
         ..Default::default()
     };
     let builder = cairn_p2p::Builder::new(key).config(p2p);
@@ -446,22 +488,31 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
     })?;
     let refresh = gauges(&mut registry, node.clone());
     let registry = Arc::new(std::sync::Mutex::new(registry));
+    let gateway = crate::gateway::Gateway::new(config.store.clone(), budget.clone());
+    let private = config
+        .swarm_key
+        .as_ref()
+        .map(cairn_p2p::pnet::SwarmKey::fingerprint);
     let app = web_app(
         config.web_root.clone(),
-        crate::gateway::Gateway::new(config.store.clone(), budget.clone()),
+        gateway.clone(),
         (registry, refresh),
         node.clone(),
         addrs.clone(),
-    )?
-    .merge(
-        crate::routing::Routing {
-            node: node.clone(),
-            store: config.store.clone(),
-            addrs: addrs.clone(),
-        }
-        .router()
-        .layer(tower_http::cors::CorsLayer::permissive()),
-    );
+        private.clone(),
+    )?;
+    let app = match &private {
+        None => app.merge(gateway.router()).merge(
+            crate::routing::Routing {
+                node: node.clone(),
+                store: config.store.clone(),
+                addrs: addrs.clone(),
+            }
+            .router(),
+        ),
+        Some(_) => app.merge(private_http()),
+    }
+    .layer(tower_http::cors::CorsLayer::permissive());
 
     let (http_stop, mut http_stop_rx) = mpsc::channel::<()>(1);
     let http_task = tokio::spawn(async move {
@@ -602,14 +653,16 @@ fn web_app(
     ),
     node: Node,
     addrs: Vec<Multiaddr>,
+    private: Option<String>,
 ) -> Result<axum::Router, Error> {
     use axum::routing::get;
-    let has_store = gateway.has_store();
+    let has_store = gateway.has_store() && private.is_none();
     let health = move || {
         let node = node.clone();
         let addrs = addrs.clone();
+        let private = private.clone();
         async move {
-            let info = health(&node, &addrs, has_store).await;
+            let info = health(&node, &addrs, has_store, private.as_deref()).await;
             (
                 [(axum::http::header::CONTENT_TYPE, "application/json")],
                 info.to_string(),
@@ -637,8 +690,7 @@ fn web_app(
     };
     let router = axum::Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .merge(gateway.router());
+        .route("/metrics", get(metrics));
     let router = match web_root {
         Some(dir) => {
             if !dir.join("index.html").is_file() {
@@ -648,13 +700,32 @@ fn web_app(
         }
         None => router.route("/", get(|| async { axum::response::Html(FALLBACK_PAGE) })),
     };
-    Ok(router.layer(tower_http::cors::CorsLayer::permissive()))
+    Ok(router)
+}
+
+/// A private relay's answer to `/ipfs/…` and `/routing/v1/…`: 403, saying why (they would
+/// serve the network's content and peers to anyone who can reach the HTTP port).
+fn private_http() -> axum::Router {
+    async fn refuse() -> (axum::http::StatusCode, &'static str) {
+        (
+            axum::http::StatusCode::FORBIDDEN,
+            "this relay is in a private network: its content and peers are served only to members, over libp2p with the swarm key; the HTTP gateway and delegated routing are off\n",
+        )
+    }
+    axum::Router::new()
+        .route("/ipfs/{*rest}", axum::routing::any(refuse))
+        .route("/routing/v1/{*rest}", axum::routing::any(refuse))
 }
 
 /// `/health`: the relay's addresses, whether it serves a gateway, and its federation: each
 /// bootstrap peer's state, and the other DHT servers (relays) it is connected to, with the
 /// addresses they listen on (a browser can reserve on those too).
-async fn health(node: &Node, addrs: &[Multiaddr], gateway: bool) -> serde_json::Value {
+async fn health(
+    node: &Node,
+    addrs: &[Multiaddr],
+    gateway: bool,
+    private: Option<&str>,
+) -> serde_json::Value {
     let bootstrap = node.bootstrap_peers().await.unwrap_or_default();
     let mut relays: Vec<serde_json::Value> = node
         .peers()
@@ -681,6 +752,7 @@ async fn health(node: &Node, addrs: &[Multiaddr], gateway: bool) -> serde_json::
         "status": "ok",
         "peer_id": node.peer_id().to_string(),
         "gateway": gateway,
+        "private_network": private,
         "addrs": addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "reachability": reachability,
         "federation": {
@@ -701,3 +773,29 @@ const FALLBACK_PAGE: &str = "<!doctype html><meta charset=utf-8><title>cairn-rel
 <h1>cairn-relay</h1><p>This relay is running without a web app. Start it with \
 <code>--web-root DIR</code> (or run <code>cargo xtask run</code>) to serve one. \
 <a href=/health>/health</a> lists its addresses.</p>";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_private_relay_listens_on_byte_streams_only() {
+        let private = default_listen_private();
+        assert_eq!(private.len(), 2, "{private:?}");
+        assert!(private.iter().all(carries_pnet));
+        let all = default_listen();
+        assert!(
+            all.iter().any(|a| !carries_pnet(a)),
+            "QUIC and WebRTC-direct"
+        );
+        assert!(carries_pnet(&"/ip4/127.0.0.1/tcp/1/ws".parse().unwrap()));
+        assert!(carries_pnet(
+            &"/ip4/127.0.0.1/tcp/1/p2p/12D3KooWBQDMu494fHqGEMKKpJ3bJJNw6optciW9yatUS1Hg9yme/p2p-circuit"
+                .parse()
+                .unwrap()
+        ));
+        assert!(!carries_pnet(
+            &"/ip4/127.0.0.1/udp/1/quic-v1".parse().unwrap()
+        ));
+    }
+}
