@@ -310,7 +310,8 @@ fn test(root: &Path) -> Result<()> {
         .env("CAIRN_WEB_DIST", root.join("dist")))?;
 
     step("browser tests (headless Chromium, against a cairn-relay started for them)");
-    let relay = TestRelay::start(root)?;
+    let relay = TestRelay::start(root, None)?;
+    let private = TestRelay::start(root, Some("private"))?;
     let helia = HeliaPeer::start(root, &relay.addr)?;
     sh(cargo()
         .args([
@@ -329,6 +330,11 @@ fn test(root: &Path) -> Result<()> {
         .env("CAIRN_TEST_HELIA_CID", &helia.cid)
         .env("CAIRN_TEST_HELIA_LEN", HeliaPeer::LEN.to_string())
         .env("CAIRN_TEST_LEN", TestRelay::LEN.to_string())
+        .env("CAIRN_TEST_PRIVATE_RELAY", &private.addr)
+        .env(
+            "CAIRN_TEST_SWARM_KEY",
+            private.swarm_key.as_deref().unwrap_or_default(),
+        )
         .env(
             "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
             "wasm-bindgen-test-runner",
@@ -337,6 +343,7 @@ fn test(root: &Path) -> Result<()> {
         .env("WASM_BINDGEN_TEST_TIMEOUT", "120")
         .current_dir(root.join("crates/wasm")))?;
     drop(helia);
+    drop(private);
     drop(relay);
 
     step("npm package: its build, npm pack, and an esbuild app using the tarball in Chromium");
@@ -384,16 +391,24 @@ struct TestRelay {
     cid: String,
     /// Its HTTP trustless gateway, `http://127.0.0.1:PORT`.
     gateway: String,
+    /// The text of its swarm key file, when it runs a private network.
+    swarm_key: Option<String>,
 }
 
 impl TestRelay {
     /// The test file's length; byte `i` is `i % 251`.
     const LEN: usize = 3 * 1024 * 1024 + 123;
 
-    fn start(root: &Path) -> Result<Self> {
+    /// Starts a relay holding the test file; `private` names a private network it runs, with
+    /// a swarm key made for it.
+    fn start(root: &Path, private: Option<&str>) -> Result<Self> {
         use std::io::BufRead;
         let bin = target_dir(root).join("debug/cairn-relay");
-        let dir = std::env::temp_dir().join(format!("cairn-browser-tests-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "cairn-browser-tests-{}{}",
+            std::process::id(),
+            private.map(|p| format!("-{p}")).unwrap_or_default()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let file = dir.join("file");
@@ -416,16 +431,38 @@ impl TestRelay {
             );
         }
         let cid = String::from_utf8(add.stdout)?.trim().to_owned();
+        let key_file = dir.join("swarm.key");
+        let swarm_key = match private {
+            None => None,
+            Some(_) => {
+                let made = Command::new(&bin)
+                    .args(["swarm-key", "-o"])
+                    .arg(&key_file)
+                    .output()?;
+                if !made.status.success() {
+                    bail!(
+                        "cairn-relay swarm-key failed: {}",
+                        String::from_utf8_lossy(&made.stderr)
+                    );
+                }
+                Some(std::fs::read_to_string(&key_file)?)
+            }
+        };
         // A port that was free a moment ago (the relay prints its HTTP address only to the
         // log, so the tests are told it up front).
         let http = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let mut child = Command::new(&bin)
+        let mut serve = Command::new(&bin);
+        serve
             .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--http"])
             .arg(http.to_string())
             .arg("--identity")
             .arg(dir.join("id.key"))
             .arg("--store")
-            .arg(&store)
+            .arg(&store);
+        if swarm_key.is_some() {
+            serve.arg("--swarm-key").arg(&key_file);
+        }
+        let mut child = serve
             .env("CAIRN_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -437,6 +474,7 @@ impl TestRelay {
             addr: String::new(),
             cid,
             gateway: format!("http://{http}"),
+            swarm_key,
         };
         let mut line = String::new();
         std::io::BufReader::new(stdout).read_line(&mut line)?;

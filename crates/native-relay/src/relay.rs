@@ -184,10 +184,7 @@ pub fn default_listen() -> Vec<Multiaddr> {
 /// [`default_listen`] without the transports a private network cannot use: TCP on 4001 and
 /// WebSocket on 4002.
 pub fn default_listen_private() -> Vec<Multiaddr> {
-    default_listen()
-        .into_iter()
-        .filter(carries_pnet)
-        .collect()
+    default_listen().into_iter().filter(carries_pnet).collect()
 }
 
 /// Whether connections on `addr` can be protected with a swarm key: byte streams (TCP,

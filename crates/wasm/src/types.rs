@@ -85,6 +85,13 @@ pub struct CreateOptions {
     /// The most WebRTC connections the node keeps open (default 64).
     #[tsify(optional)]
     pub max_webrtc: Option<u32>,
+    /// A private network's swarm key: the text of its key file (`/key/swarm/psk/1.0.0/`,
+    /// `/base16/`, 64 hex digits; `cairn-relay swarm-key` makes one). The node then connects
+    /// only to members: its WebSocket connections to relays are protected with the key, and
+    /// `/webrtc` connections to other browsers are signalled over those. `routers` and
+    /// `gateways` are asked over HTTP, outside the network: leave them out to stay inside.
+    #[tsify(optional)]
+    pub swarm_key: Option<String>,
     /// Where `cairn_wasm_bg.wasm` is, when it is not served next to the bundle (read by the
     /// package's loader before the node starts).
     #[serde(with = "serde_wasm_bindgen::preserve")]

@@ -64,6 +64,7 @@ struct Checked {
     relays: Vec<Multiaddr>,
     rtc: crate::webrtc::Config,
     direct: bool,
+    swarm_key: Option<cairn_p2p::pnet::SwarmKey>,
 }
 
 fn check(options: &CreateOptions) -> Result<Checked, JsValue> {
@@ -80,6 +81,18 @@ fn check(options: &CreateOptions) -> Result<Checked, JsValue> {
     };
     let gateways = urls("gateway", &options.gateways)?;
     let routers = urls("router", &options.routers)?;
+    let swarm_key = options
+        .swarm_key
+        .as_deref()
+        .map(cairn_p2p::pnet::SwarmKey::parse)
+        .transpose()
+        .map_err(|e| invalid(format!("options.swarmKey: {e}")))?;
+    if swarm_key.is_some() && !(gateways.is_empty() && routers.is_empty()) {
+        web_sys::console::warn_1(
+            &"cairn: in a private network, options.gateways and options.routers are still asked over HTTP, outside it"
+                .into(),
+        );
+    }
     let relays = options
         .relays
         .iter()
@@ -136,6 +149,7 @@ fn check(options: &CreateOptions) -> Result<Checked, JsValue> {
         relays,
         rtc,
         direct: options.direct.unwrap_or(true),
+        swarm_key,
     })
 }
 
@@ -229,6 +243,7 @@ pub(super) async fn start(options: CreateOptions) -> Result<Inner, JsValue> {
     let config = cairn_p2p::node::Config {
         upgrade_direct: checked.direct,
         relays: checked.relays.clone(),
+        swarm_key: checked.swarm_key.clone(),
         ..Default::default()
     };
     let (key, lock) = identity(&store).await?;

@@ -9,7 +9,7 @@ use wasm_bindgen_test::*;
 
 use crate::support::{
     assert_code, assert_says, cat_with_progress, get, message, num, obj, options, recorder,
-    test_bytes, test_gateway, test_helia, test_relay,
+    test_bytes, test_gateway, test_helia, test_private_relay, test_relay,
 };
 
 #[wasm_bindgen_test]
@@ -286,4 +286,82 @@ async fn a_browser_node_fetches_helia_content_over_bitswap() {
     .unwrap_err();
     assert_says(&err, "not an http(s) URL");
     node.stop().await;
+}
+
+/// `{ storage: "memory", relays: [relay], swarmKey }`.
+fn private_options(relay: &str, swarm_key: &str) -> JsValue {
+    let o = options(&[relay]);
+    js_sys::Reflect::set(&o, &"swarmKey".into(), &swarm_key.into()).unwrap();
+    o
+}
+
+#[wasm_bindgen_test]
+#[ignore = "needs the test relay: run through `cargo xtask test`"]
+async fn members_of_a_private_network_reach_its_relay_and_each_other_and_no_one_else_does() {
+    let (relay, key) = test_private_relay();
+    let (_, cid, len) = test_relay();
+    // A member fetches the relay's file over the protected WebSocket connection.
+    let a = CairnNode::create(private_options(relay, key))
+        .await
+        .unwrap();
+    let bytes = a
+        .cat(cid.into(), JsValue::UNDEFINED)
+        .await
+        .unwrap()
+        .to_vec();
+    assert_eq!(bytes.len(), len);
+    assert!(bytes.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+
+    // Another member finds A through the private relay's DHT and fetches what only A has.
+    let b = CairnNode::create(private_options(relay, key))
+        .await
+        .unwrap();
+    let content: Vec<u8> = (0..(1 << 20) + 99u32)
+        .map(|i| (i * 11 % 251) as u8)
+        .collect();
+    let mine = a
+        .add(
+            js_sys::Uint8Array::from(&content[..]).into(),
+            JsValue::UNDEFINED,
+        )
+        .await
+        .unwrap();
+    let got = b.cat(mine, JsValue::UNDEFINED).await.unwrap().to_vec();
+    assert!(got == content, "byte-identical ({} bytes)", got.len());
+
+    // Without the key, or with another network's, the relay cannot be reached, and the
+    // error says why.
+    let err = CairnNode::create(options(&[relay])).await.unwrap_err();
+    assert_code(&err, "UNREACHABLE");
+    assert_says(&err, "private network");
+    let other = key
+        .lines()
+        .map(|l| {
+            if l.len() == 64 {
+                l.chars()
+                    .map(|c| if c == '0' { '1' } else { '0' })
+                    .collect()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<String>>()
+        .join("\n");
+    let err = CairnNode::create(private_options(relay, &other))
+        .await
+        .unwrap_err();
+    assert_code(&err, "UNREACHABLE");
+    assert_says(&err, "not be in this private network");
+
+    // A key that is not one: refused before anything starts.
+    let err = CairnNode::create(private_options(
+        relay,
+        "/key/swarm/psk/1.0.0/\n/base16/\nxyz",
+    ))
+    .await
+    .unwrap_err();
+    assert_code(&err, "INVALID_ARGUMENT");
+    assert_says(&err, "swarmKey");
+    a.stop().await;
+    b.stop().await;
 }

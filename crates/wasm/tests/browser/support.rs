@@ -33,6 +33,18 @@ pub(crate) fn test_relay() -> (&'static str, &'static str, usize) {
     )
 }
 
+/// The relay of a private network `cargo xtask test` starts (holding the same file as
+/// [`test_relay`]) and the text of its swarm key file.
+pub(crate) fn test_private_relay() -> (&'static str, &'static str) {
+    (
+        required(
+            option_env!("CAIRN_TEST_PRIVATE_RELAY"),
+            "CAIRN_TEST_PRIVATE_RELAY",
+        ),
+        required(option_env!("CAIRN_TEST_SWARM_KEY"), "CAIRN_TEST_SWARM_KEY"),
+    )
+}
+
 /// The test relay's HTTP trustless gateway (`http://127.0.0.1:PORT`).
 pub(crate) fn test_gateway() -> &'static str {
     required(option_env!("CAIRN_TEST_GATEWAY"), "CAIRN_TEST_GATEWAY")
