@@ -800,7 +800,7 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         "{:<10} {:>14} {:>16} {:>8}",
         "path", "fetch MB/s", "stream MB/s", "ratio"
     );
-    for path in ["direct", "circuit"] {
+    for path in ["direct", "circuit", "private"] {
         let (Some(f), Some(s)) = (
             mean(&format!("transfer/{path}_cas-fetch")),
             mean(&format!("transfer/{path}_stream-copy")),
@@ -811,6 +811,15 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         println!(
             "{path:<10} {f_mbs:>14.0} {s_mbs:>16.0} {:>8.2}",
             f_mbs / s_mbs
+        );
+    }
+    if let (Some(open), Some(private)) = (
+        mean("transfer/direct_cas-fetch"),
+        mean("transfer/private_cas-fetch"),
+    ) {
+        println!(
+            "a private network's cost (pnet under Noise), direct TCP: /cas fetch at {:.2} of the open network's",
+            open / private
         );
     }
     for path in ["direct", "circuit"] {
