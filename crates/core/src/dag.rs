@@ -5,14 +5,15 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 
 use crate::block::Block;
 use crate::cid::{Cid, Codec};
 use crate::rt::Instant;
 use crate::source::{Chain, ChainError, Context, SourceKind, WriteBack};
 use crate::store::{self, BlockStore};
+use crate::transfer::rate::Throttle;
 use crate::unixfs::pb::Node;
 
 /// Why a DAG fetch stopped.
@@ -98,6 +99,33 @@ pub async fn fetch<S: BlockStore>(
     root: Cid,
     options: Options,
     ctx: &Context,
+    on_progress: impl FnMut(&Progress),
+) -> Result<Report, Error> {
+    fetch_throttled(
+        chain,
+        store,
+        root,
+        options,
+        &Throttle::none(),
+        ctx,
+        on_progress,
+    )
+    .await
+}
+
+/// What a block is expected to weigh before it arrives when its link says nothing.
+const UNKNOWN_SIZE: u64 = 256 * 1024;
+
+/// [`fetch`] under bandwidth caps: before a block missing from the store is asked for, the
+/// bytes its parent's link says it weighs are taken from `throttle` (the difference settled
+/// when it arrives), so bytes arrive at no more than the caps allow.
+pub async fn fetch_throttled<S: BlockStore>(
+    chain: &Chain,
+    store: &S,
+    root: Cid,
+    options: Options,
+    throttle: &Throttle,
+    ctx: &Context,
     mut on_progress: impl FnMut(&Progress),
 ) -> Result<Report, Error> {
     let started = Instant::now();
@@ -105,12 +133,14 @@ pub async fn fetch<S: BlockStore>(
         blocks_known: 1,
         ..Progress::default()
     };
-    let mut queue = VecDeque::from([root]);
+    // Each block to fetch, with what its link says it weighs (a leaf's exact size; an inner
+    // node's whole subtree, so capped at the largest block).
+    let mut queue = VecDeque::from([(root, None::<u64>)]);
     let mut inflight = FuturesUnordered::new();
     // Every block of the DAG is held from before it is looked for until the fetch ends, so
     // no failing import's clean-up or eviction deletes it meanwhile.
     let mut op = crate::live::Live::global().operation();
-    let one = |cid: Cid| async move {
+    let one = |cid: Cid, size: Option<u64>| async move {
         match store.get(&cid).await {
             Ok(Some(b)) => return Ok::<_, Error>((b, SourceKind::Local)),
             Ok(None) => {}
@@ -118,7 +148,30 @@ pub async fn fetch<S: BlockStore>(
             Err(store::Error::Corrupt { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        let r = chain.retrieve_reported(&cid, ctx).await?;
+        let expected = size
+            .unwrap_or(UNKNOWN_SIZE)
+            .min(crate::MAX_BLOCK_SIZE as u64);
+        if throttle.is_limited() {
+            futures::select_biased! {
+                _ = ctx.cancelled().fuse() => {
+                    return Err(Error::Retrieve(ChainError::Cancelled { cid }));
+                }
+                _ = throttle.acquire(expected).fuse() => {}
+            }
+        }
+        let r = match chain.retrieve_reported(&cid, ctx).await {
+            Ok(r) => r,
+            Err(e) => {
+                throttle.settle(expected, 0);
+                return Err(e.into());
+            }
+        };
+        let arrived = if r.served_by == SourceKind::Local {
+            0
+        } else {
+            r.block.len() as u64
+        };
+        throttle.settle(expected, arrived);
         match r.write_back {
             WriteBack::Stored => {}
             WriteBack::Failed(e) => return Err(Error::Store(e)),
@@ -130,9 +183,11 @@ pub async fn fetch<S: BlockStore>(
     };
     loop {
         while inflight.len() < options.window.max(1) {
-            let Some(cid) = queue.pop_front() else { break };
+            let Some((cid, size)) = queue.pop_front() else {
+                break;
+            };
             op.hold(cid);
-            inflight.push(one(cid));
+            inflight.push(one(cid, size));
         }
         let Some(result) = inflight.next().await else {
             break;
@@ -151,7 +206,7 @@ pub async fn fetch<S: BlockStore>(
             if progress.blocks_known > options.max_blocks {
                 return Err(Error::TooLarge(options.max_blocks));
             }
-            queue.extend(node.links.iter().map(|l| l.cid));
+            queue.extend(node.links.iter().map(|l| (l.cid, l.tsize)));
         } else if block.cid() == &root {
             progress.bytes_total = block.len() as u64;
         }

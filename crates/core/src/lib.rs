@@ -16,6 +16,7 @@ pub mod source;
 pub mod store;
 #[cfg(test)]
 mod test_util;
+pub mod transfer;
 pub mod unixfs;
 pub mod varint;
 

@@ -220,6 +220,26 @@ impl Chain {
         self
     }
 
+    /// The chain with only the sources of `kinds`, in that order (a transfer's preferred
+    /// sources); blocks found are still written back to the local store.
+    pub fn only(&self, kinds: &[SourceKind]) -> Chain {
+        let mut entries = Vec::new();
+        for k in kinds {
+            entries.extend(
+                self.entries
+                    .iter()
+                    .filter(|e| e.source.kind() == *k && !entries.iter().any(|x| Arc::ptr_eq(x, e)))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+        }
+        Chain {
+            entries,
+            write_back: self.write_back.clone(),
+            write_back_failed: self.write_back_failed.clone(),
+        }
+    }
+
     /// The sources' names, in order.
     pub fn sources(&self) -> Vec<String> {
         self.entries.iter().map(|e| e.name.clone()).collect()
