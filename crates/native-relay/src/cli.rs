@@ -8,8 +8,9 @@
 //! cairn-relay cat CID[/PATH] [SOURCES] [-o FILE]
 //! cairn-relay ls CID[/PATH] [SOURCES]
 //! cairn-relay get CID[/PATH] -o NEW-PATH [SOURCES]
+//! cairn-relay queue [FILE|-] [SOURCES] [--concurrency N] [--priority P] [--pin]
 //!   SOURCES: [--store DIR] [--peer MULTIADDR]... [--ipfs-via MULTIADDR]... [--routing URL]...
-//!            [--gateway URL]... [--swarm-key FILE] [--timeout SECS]
+//!            [--gateway URL]... [--swarm-key FILE] [--max-rate RATE] [--timeout SECS]
 //! ```
 //! Exit codes: 0 success, 1 other failure, 2 bad usage, 3 content not found, 4 a source sent
 //! bytes that do not match the CID, 5 store or output not writable, 6 input unreadable,
@@ -32,6 +33,8 @@ use futures::StreamExt;
 use libp2p::Multiaddr;
 
 use crate::store::Disk;
+
+mod queue;
 
 /// cairn-relay: a circuit relay for cairn browser nodes, and a native cairn node.
 #[derive(Debug, Parser)]
@@ -103,6 +106,26 @@ enum Command {
         #[command(flatten)]
         from: FetchArgs,
     },
+    /// Fetch the CIDs in FILE into the store, through the transfer queue: by priority,
+    /// N at a time, each retried with backoff when its sources fail. A line is `CID
+    /// [critical|high|normal|low] [max-rate=RATE] [sources=peers,ipfs,gateway,local]
+    /// [ttl=SECS]`; `#` starts a comment. Transfers an earlier run left unfinished in the
+    /// store's queue (interrupted, or paused) run first; with no FILE, only those.
+    Queue {
+        /// The file of CIDs (`-`: standard input).
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        from: FetchArgs,
+        /// Transfers that run at once.
+        #[arg(long, default_value_t = 3)]
+        concurrency: usize,
+        /// The priority of lines that name none.
+        #[arg(long, default_value = "normal")]
+        priority: cairn_core::transfer::Priority,
+        /// Pin each root once fetched (a relay serving the store then provides it).
+        #[arg(long)]
+        pin: bool,
+    },
     /// Write a file or a whole directory tree (CID, or CID/path), verified, under a new
     /// name: each file is written under a temporary name and renamed when complete.
     Get {
@@ -140,6 +163,11 @@ struct FetchArgs {
     /// Reach --peer and --ipfs-via peers in the private network of this swarm key file.
     #[arg(long, env = "CAIRN_SWARM_KEY")]
     swarm_key: Option<PathBuf>,
+    /// Receive at most this many bytes per second (500K, 2MiB, 1.5M/s; K, M and G count in
+    /// 1,024s): the content is fetched into the store through the transfer queue (retried
+    /// when sources fail), then written. For `queue`, the cap for all transfers together.
+    #[arg(long)]
+    max_rate: Option<cairn_core::transfer::Rate>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
@@ -348,6 +376,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             f.cat(output.as_deref()).await
         }
         Some(Command::Ls { cid, from }) => Fetcher::start(&cid, &from).await?.ls().await,
+        Some(Command::Queue {
+            file,
+            from,
+            concurrency,
+            priority,
+            pin,
+        }) => queue::run(file.as_deref(), &from, concurrency, priority, pin).await,
         Some(Command::Get { cid, from, output }) => {
             Fetcher::start(&cid, &from).await?.get(&output).await
         }
@@ -578,6 +613,7 @@ async fn connect(
     peers: &[Multiaddr],
     deadline: Duration,
     swarm_key: Option<cairn_p2p::pnet::SwarmKey>,
+    keep: bool,
 ) -> Result<cairn_p2p::Node, Failure> {
     for p in peers {
         if !p
@@ -626,6 +662,11 @@ async fn connect(
             Err(_) => eprintln!("warning: cannot dial {addr}: no answer within {deadline:?}"),
         }
     }
+    // A queue keeps its peers: one that goes away (or was not reached) is dialed again
+    // with backoff, so a transfer's next attempt finds it back.
+    if keep {
+        let _ = node.keep(peers.to_vec(), false).await;
+    }
     // Wait (briefly) for identify, which tells which peers speak /cas.
     let identified = connected.iter().map(|id| {
         node.wait_for(std::slice::from_ref(id), Duration::from_secs(5), |p| {
@@ -660,13 +701,27 @@ struct Fetcher {
     root: cairn_core::Cid,
     path: String,
     ctx: Context,
-    /// Kept alive while the chain asks its peers.
-    _node: Option<cairn_p2p::Node>,
+    /// The cap `--max-rate` sets.
+    max_rate: Option<cairn_core::transfer::Rate>,
+    /// Keeps the node alive while the chain asks its peers.
+    setup: Option<Setup>,
 }
 
-impl Fetcher {
-    async fn start(text: &str, from: &FetchArgs) -> Result<Self, Failure> {
-        let (root, path) = split_cid_path(text)?;
+/// What a fetch reads from and writes to: the store, the client node (with peers or
+/// IPFS), the sources beyond the store, and the time allowed.
+struct Setup {
+    store: Disk,
+    node: Option<cairn_p2p::Node>,
+    sources: Sources,
+    http: crate::http::Client,
+    timeout: Duration,
+    max_rate: Option<cairn_core::transfer::Rate>,
+}
+
+impl Setup {
+    /// Opens the store and, when peers or IPFS are asked for, starts a client node and
+    /// connects (`keep`: and keeps reconnecting, for a queue).
+    async fn new(from: &FetchArgs, keep: bool) -> Result<Self, Failure> {
         let timeout = Duration::from_secs(from.timeout);
         let store = open_store(from.store.clone()).await?;
         let http = crate::http::Client::new().map_err(|e| fail(Exit::Failure, e))?;
@@ -689,7 +744,7 @@ impl Fetcher {
         }
         let node = if !from.peers.is_empty() || ipfs {
             let dial: Vec<Multiaddr> = from.peers.iter().chain(&from.ipfs_via).cloned().collect();
-            Some(connect(&dial, timeout.min(Duration::from_secs(20)), swarm_key).await?)
+            Some(connect(&dial, timeout.min(Duration::from_secs(20)), swarm_key, keep).await?)
         } else {
             None
         };
@@ -704,14 +759,82 @@ impl Fetcher {
             gateways,
             ..Sources::default()
         };
-        let chain = Arc::new(sources.chain(node.as_ref(), store, &http, root));
+        Ok(Self {
+            store,
+            node,
+            sources,
+            http,
+            timeout,
+            max_rate: from.max_rate,
+        })
+    }
+
+    /// The chain for the DAG under `root`.
+    fn chain(&self, root: cairn_core::Cid) -> cairn_core::source::Chain {
+        self.sources
+            .chain(self.node.as_ref(), self.store.clone(), &self.http, root)
+    }
+
+    /// A fetcher for a transfer queue over these sources.
+    fn fetcher(&self) -> Arc<dyn cairn_core::transfer::Fetcher> {
+        let (sources, node, store, http) = (
+            self.sources.clone(),
+            self.node.clone(),
+            self.store.clone(),
+            self.http.clone(),
+        );
+        Arc::new(cairn_core::transfer::ChainFetcher::new(
+            self.store.clone(),
+            move |root| sources.chain(node.as_ref(), store.clone(), &http, root),
+        ))
+    }
+}
+
+impl Fetcher {
+    async fn start(text: &str, from: &FetchArgs) -> Result<Self, Failure> {
+        let (root, path) = split_cid_path(text)?;
+        let setup = Setup::new(from, from.max_rate.is_some()).await?;
+        let chain = Arc::new(setup.chain(root));
         Ok(Self {
             chain,
             root,
             path,
-            ctx: Context::new().with_timeout(timeout),
-            _node: node,
+            ctx: Context::new().with_timeout(setup.timeout),
+            max_rate: setup.max_rate,
+            setup: Some(setup),
         })
+    }
+
+    /// Under a rate cap, fetches the DAG under `cid` into the store through a transfer
+    /// queue of one (capped, retried), before it is written from there.
+    async fn prefetch(&self, cid: cairn_core::Cid) -> Result<(), Failure> {
+        let (Some(rate), Some(setup)) = (self.max_rate, &self.setup) else {
+            return Ok(());
+        };
+        let (transfers, driver) =
+            cairn_core::transfer::Transfers::open(Default::default(), setup.fetcher(), None)
+                .await
+                .map_err(|e| fail(Exit::NotWritable, e))?;
+        let driver = tokio::spawn(driver);
+        let id = transfers
+            .add(
+                cairn_core::transfer::Request::new(cid)
+                    .max_rate(Some(rate))
+                    .ttl(setup.timeout),
+            )
+            .map_err(|e| fail(Exit::Failure, e))?;
+        let done = transfers.wait(id).await.map_err(|e| fail(Exit::Failure, e));
+        transfers.stop();
+        let _ = driver.await;
+        let done = done?;
+        match done.state {
+            cairn_core::transfer::State::Done => Ok(()),
+            _ => Err(fail(
+                done.failure.map_or(Exit::Failure, Exit::of_fetch),
+                done.error
+                    .unwrap_or_else(|| format!("the transfer {}", done.state)),
+            )),
+        }
     }
 
     /// The CID the path leads to.
@@ -723,6 +846,7 @@ impl Fetcher {
 
     async fn cat(self, output: Option<&Path>) -> Result<(), Failure> {
         let cid = self.target().await?;
+        self.prefetch(cid).await?;
         let mut out = Output::open(output)?;
         self.write(cid, &mut out).await?;
         out.finish()
@@ -789,6 +913,7 @@ impl Fetcher {
             ));
         }
         let cid = self.target().await?;
+        self.prefetch(cid).await?;
         let not_writable = |p: &Path, e: std::io::Error| {
             fail(
                 Exit::NotWritable,

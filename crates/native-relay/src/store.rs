@@ -255,6 +255,12 @@ impl Disk {
         .flatten()
     }
 
+    /// The transfer queue's journal (`transfers` in the store's directory, written whole to a
+    /// temporary file and renamed, durably).
+    pub fn transfer_journal(&self) -> TransferJournal {
+        TransferJournal(self.inner.root.join("transfers"))
+    }
+
     /// The file `cid`'s block is kept in (whether or not it is there).
     pub fn block_path(&self, cid: &Cid) -> PathBuf {
         self.inner.path_of(cid)
@@ -355,6 +361,39 @@ fn place(
         }
     }
     Ok(())
+}
+
+/// Where [`cairn_core::transfer::Transfers`] keeps its queue beside a [`Disk`] store.
+#[derive(Debug, Clone)]
+pub struct TransferJournal(PathBuf);
+
+impl cairn_core::transfer::Journal for TransferJournal {
+    fn load(&self) -> cairn_core::BoxFuture<'_, Result<Option<String>>> {
+        let path = self.0.clone();
+        Box::pin(blocking(
+            "load transfers",
+            move || match std::fs::read_to_string(&path) {
+                Ok(t) => Ok(Some(t)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(backend("load transfers", &path, e)),
+            },
+        ))
+    }
+
+    fn save(&self, record: String) -> cairn_core::BoxFuture<'_, Result<()>> {
+        let path = self.0.clone();
+        Box::pin(blocking("save transfers", move || {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, record.as_bytes())
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| backend("save transfers", &path, e))?;
+            if let Some(dir) = path.parent() {
+                sync_dir(dir);
+            }
+            Ok(())
+        }))
+    }
 }
 
 /// Makes a directory's entries (renames, removals) durable; best effort (not every
