@@ -14,15 +14,21 @@ export type {
   CatStreamOptions,
   CreateOptions,
   DirEntry,
+  EnqueueOptions,
   ErrorCode,
   EvictOptions,
   Evicted,
   FetchProgress,
   FetchReport,
   PeerInfo,
+  Priority,
   Source,
   Stats,
-  Storage
+  Storage,
+  TransferState,
+  TransferStatus,
+  TransfersOptions,
+  WatchOptions
 } from './dist/cairn_wasm.js'
 
 /** What every cairn call rejects with: an `Error` whose `code` says what happened. */

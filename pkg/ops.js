@@ -24,5 +24,13 @@ export const OPERATIONS = Object.freeze({
   evict: { options: 0 },
   peers: { sync: true },
   stats: {},
+  enqueue: {},
+  transfers: {},
+  pauseTransfer: {},
+  resumeTransfer: {},
+  cancelTransfer: {},
+  setTransferPriority: {},
+  waitTransfer: { options: 1 },
+  watchTransfers: { options: 0 },
   stop: {}
 })

@@ -580,6 +580,119 @@ async function refreshStorage () {
 }
 
 // ---------------------------------------------------------------------------------------
+// The transfers panel: the node's queue (enqueue), with each transfer's state, progress,
+// speed and ETA, its priority to change, and pause/resume/cancel.
+
+const transferRows = new Map()
+
+function fmtEta (ms) {
+  if (ms == null) return ''
+  const s = Math.round(ms / 1000)
+  return s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${s % 60} s`
+}
+
+function transferButton (label, action) {
+  const b = document.createElement('button')
+  b.type = 'button'
+  b.textContent = label
+  b.dataset.action = label
+  b.addEventListener('click', async () => {
+    try {
+      await action()
+      $('queue-error').hidden = true
+    } catch (e) {
+      $('queue-error').textContent = describe(e)
+      $('queue-error').hidden = false
+    }
+  })
+  return b
+}
+
+/** Shows (or updates) one transfer's row. */
+function showTransfer (t) {
+  let tr = transferRows.get(t.id)
+  if (!tr) {
+    tr = document.createElement('tr')
+    tr.dataset.id = t.id
+    tr.innerHTML = '<td class="cid"><code></code></td><td class="state"></td><td class="done"><progress max="1" value="0"></progress> <span></span></td><td class="speed"></td><td class="priority"></td><td class="actions"></td>'
+    tr.querySelector('code').textContent = short(t.cid)
+    tr.querySelector('code').title = t.cid
+    const select = document.createElement('select')
+    select.setAttribute('aria-label', 'priority')
+    for (const p of ['critical', 'high', 'normal', 'low']) select.append(new Option(p, p))
+    select.addEventListener('change', async () => {
+      try {
+        await node.setTransferPriority(t.id, select.value)
+      } catch (e) {
+        $('queue-error').textContent = describe(e)
+        $('queue-error').hidden = false
+      }
+    })
+    tr.querySelector('.priority').append(select)
+    $('transfers').prepend(tr)
+    transferRows.set(t.id, tr)
+  }
+  tr.dataset.state = t.state
+  const p = t.progress
+  const state = t.state === 'retrying'
+    ? `retrying in ${fmtEta(t.retryInMs)} (attempt ${t.attempts}): ${t.error ?? ''}`
+    : t.state === 'failed'
+      ? `failed: ${t.error ?? ''}`
+      : t.state
+  tr.querySelector('.state').textContent = state
+  const bar = tr.querySelector('progress')
+  bar.value = p.bytesTotal ? p.bytesDone / p.bytesTotal : (t.state === 'done' ? 1 : 0)
+  tr.querySelector('.done span').textContent = p.bytesTotal ? `${fmtBytes(p.bytesDone)} of ${fmtBytes(p.bytesTotal)}` : ''
+  tr.querySelector('.speed').textContent = t.state === 'active' && t.speed > 0
+    ? `${fmtBytes(t.speed)}/s · ${fmtEta(t.etaMs)}${t.maxRate ? ` (cap ${fmtBytes(t.maxRate)}/s)` : ''}`
+    : (t.maxRate ? `cap ${fmtBytes(t.maxRate)}/s` : '')
+  const select = tr.querySelector('select')
+  if (document.activeElement !== select) select.value = t.priority
+  const finished = ['done', 'failed', 'cancelled'].includes(t.state)
+  select.disabled = finished
+  const actions = []
+  if (['queued', 'active', 'retrying'].includes(t.state)) actions.push(transferButton('pause', () => node.pauseTransfer(t.id)))
+  if (t.state === 'paused' || t.state === 'failed') actions.push(transferButton('resume', () => node.resumeTransfer(t.id)))
+  if (!finished) actions.push(transferButton('cancel', () => node.cancelTransfer(t.id)))
+  if (t.state === 'done') {
+    const a = document.createElement('a')
+    a.href = shareLink(t.cid)
+    a.textContent = 'open'
+    actions.push(a)
+  }
+  const cell = tr.querySelector('.actions')
+  const now = [...cell.children].map((c) => c.dataset.action ?? 'open').join()
+  const next = actions.map((c) => c.dataset.action ?? 'open').join()
+  if (now !== next) cell.replaceChildren(...actions)
+  $('transfer-count').textContent = [...transferRows.values()].filter((r) => !['done', 'failed', 'cancelled'].includes(r.dataset.state)).length
+  if (t.state === 'done') refreshStorage()
+}
+
+async function startTransfers () {
+  for (const t of await node.transfers()) showTransfer(t)
+  node.watchTransfers({ onProgress: showTransfer }).catch((e) => console.warn(`cairn: transfers are no longer watched: ${describe(e)}`))
+  $('queue-form').addEventListener('submit', async (e) => {
+    e.preventDefault()
+    const cid = cidFrom($('queue-cid').value)
+    if (!cid) return
+    const rate = $('queue-rate').value.trim()
+    try {
+      const id = await node.enqueue(cid, {
+        priority: $('queue-priority').value,
+        maxRate: rate === '' ? undefined : Number(rate) * 1024 * 1024
+      })
+      $('queue-error').hidden = true
+      $('queue-cid').value = ''
+      const [t] = (await node.transfers()).filter((x) => x.id === id)
+      if (t) showTransfer(t)
+    } catch (err) {
+      $('queue-error').textContent = describe(err)
+      $('queue-error').hidden = false
+    }
+  })
+}
+
+// ---------------------------------------------------------------------------------------
 
 /** Resolves to whether downloads are streamed (the service worker controls this page). */
 let downloadsReady = Promise.resolve(false)
@@ -673,6 +786,7 @@ async function start () {
   setInterval(refreshStorage, 5000)
   refreshPeers()
   await refreshStorage()
+  await startTransfers()
   document.body.dataset.ready = 'true'
   route()
 }

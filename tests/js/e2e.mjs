@@ -17,6 +17,9 @@
 //   folder picker makes one share link; opened in B it shows a listing, the image displays
 //   through an /ipfs/ URL the service worker answers, one file is fetched without the rest,
 //   and the sound, in a <video>, seeks through Range requests (206).
+// - The transfers panel: B queues A's file under a 2 MiB/s cap (a cap of 0 refused),
+//   pauses it, raises its priority, resumes it; it finishes, pinned, with the blocks
+//   fetched before the pause read locally.
 // - Bad input: a malformed CID, an unreachable relay, a 0-byte file, a full store, a
 //   cancelled fetch, and the relay going away in the middle of a transfer.
 // Screenshots of each moment go to the artifacts directory.
@@ -236,6 +239,43 @@ try {
   const dlBig = await downloaded(b)
   assert(dlBig.size === f128.size && dlBig.sha256 === f128.sha256, 'the resumed 128 MiB file is whole')
   await shot(b, '04-b-resumed')
+
+  step('the transfers panel: B queues A\'s file under a cap, pauses, changes its priority, resumes')
+  const fq = randomFile(work, 'queued.bin', 16 * MiB)
+  const queued = await add(a, fq)
+  const bp = b.page
+  await bp.fill('#queue-cid', queued.fileCid)
+  await bp.selectOption('#queue-priority', 'low')
+  await bp.fill('#queue-rate', '0')
+  await bp.click('#queue-button')
+  await bp.waitForSelector('#queue-error:not([hidden])')
+  const rateError = await bp.locator('#queue-error').textContent()
+  assert(/at least 1 byte/.test(rateError), `a cap of 0 is refused, saying why: ${rateError}`)
+  await bp.fill('#queue-rate', '2')
+  await bp.click('#queue-button')
+  const row = bp.locator(`#transfers tr:has(code[title="${queued.fileCid}"])`)
+  await bp.waitForFunction((cid) => {
+    const r = document.querySelector(`#transfers tr:has(code[title="${cid}"])`)
+    return r?.dataset.state === 'active' && /MiB of/.test(r.querySelector('.done span').textContent)
+  }, queued.fileCid, { timeout: 60_000 })
+  const speedText = await row.locator('.speed').textContent()
+  assert(/cap 2\.00 MiB\/s/.test(speedText), `the row shows its cap: ${speedText}`)
+  await shot(b, '04b-b-transfer-active')
+  await row.locator('button[data-action="pause"]').click()
+  await bp.waitForFunction((cid) => document.querySelector(`#transfers tr:has(code[title="${cid}"])`)?.dataset.state === 'paused', queued.fileCid)
+  await row.locator('select').selectOption('high')
+  await bp.waitForFunction(async (cid) => (await window.cairnApp.node.transfers()).find((t) => t.cid === cid)?.priority === 'high', queued.fileCid)
+  await shot(b, '04c-b-transfer-paused')
+  const queuedAt = Date.now()
+  await row.locator('button[data-action="resume"]').click()
+  await bp.waitForFunction((cid) => document.querySelector(`#transfers tr:has(code[title="${cid}"])`)?.dataset.state === 'done', queued.fileCid, { timeout: 120_000 })
+  const finished = await bp.evaluate(async (cid) => (await window.cairnApp.node.transfers()).find((t) => t.cid === cid), queued.fileCid)
+  assert(finished.progress.bytesDone === fq.size, `the whole file: ${JSON.stringify(finished.progress)}`)
+  assert(finished.attempts === 2, `paused once, resumed once: ${finished.attempts} attempts`)
+  assert(finished.progress.bySource.local > 0, `what came before the pause was read locally: ${JSON.stringify(finished.progress.bySource)}`)
+  assert((await bp.evaluate(() => window.cairnApp.node.pins())).includes(queued.fileCid), 'a finished transfer is pinned')
+  await shot(b, '04d-b-transfer-done')
+  step(`transfers panel: 16 MiB under a 2 MiB/s cap, paused and resumed, done ${((Date.now() - queuedAt) / 1000).toFixed(1)} s after the resume`)
 
   step('content only a gateway has: through the gateway source, and refused when tampered with')
   const store = join(work, 'gateway-store')

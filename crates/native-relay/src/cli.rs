@@ -217,6 +217,9 @@ struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "CAIRN_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Send peers at most this many bytes of blocks per second, to all of them together (/cas answers and bitswap blocks; 500K, 8MiB, 1.5M/s).
+    #[arg(long, env = "CAIRN_MAX_SERVE_RATE")]
+    max_serve_rate: Option<cairn_core::transfer::Rate>,
     /// Run in the private network of this swarm key file (make one with `cairn-relay swarm-key`): only peers with the same key connect. Listens on TCP and WebSocket only by default (QUIC and WebRTC-direct cannot carry the protection); the HTTP gateway and delegated routing are off.
     #[arg(long, env = "CAIRN_SWARM_KEY")]
     swarm_key: Option<PathBuf>,
@@ -1049,6 +1052,7 @@ struct FileConfig {
     upnp: Option<bool>,
     relays: Option<Vec<Multiaddr>>,
     swarm_key: Option<PathBuf>,
+    max_serve_rate: Option<String>,
     #[serde(default)]
     limits: FileLimits,
 }
@@ -1214,6 +1218,16 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     if let Some(v) = l.stall_timeout_secs {
         config.answers.stall_timeout = secs(v);
     }
+    config.answers.serve_rate = match (args.max_serve_rate, &file.max_serve_rate) {
+        (Some(r), _) => Some(r),
+        (None, Some(text)) => Some(text.parse().map_err(|e| {
+            fail(
+                Exit::CannotStart,
+                format!("config file: max_serve_rate: {e}"),
+            )
+        })?),
+        (None, None) => None,
+    };
     if let Some(v) = l.stream_receive_window {
         config.receive_window = v;
     }

@@ -66,6 +66,10 @@ pub struct Caps {
     /// How long an answer may make no progress (the asker reads nothing) before the asker
     /// is cut.
     pub stall_timeout: Duration,
+    /// Bytes of blocks sent to peers per second, to all of them together (`/cas` answers
+    /// and bitswap blocks; `None`: no cap). Each answer waits for its bytes before it is
+    /// written ([`Budget::pace`]).
+    pub serve_rate: Option<cairn_core::transfer::Rate>,
 }
 
 impl Default for Caps {
@@ -74,6 +78,7 @@ impl Default for Caps {
             per_asker: 32 * 1024 * 1024,
             total: 128 * 1024 * 1024,
             stall_timeout: Duration::from_secs(20),
+            serve_rate: None,
         }
     }
 }
@@ -111,6 +116,8 @@ struct State {
 
 struct Inner {
     caps: Caps,
+    /// The serve rate's bucket (no buckets: no cap).
+    serve: cairn_core::transfer::Throttle,
     state: Mutex<State>,
     freed: tokio::sync::Notify,
     queued: Family<Path, Gauge>,
@@ -143,6 +150,10 @@ impl Budget {
     pub fn new(caps: Caps) -> Self {
         Self(Arc::new(Inner {
             caps,
+            serve: cairn_core::transfer::Throttle::new(
+                caps.serve_rate
+                    .map(|r| Arc::new(cairn_core::transfer::Bucket::new(r))),
+            ),
             state: Mutex::default(),
             freed: tokio::sync::Notify::new(),
             queued: Family::default(),
@@ -164,6 +175,12 @@ impl Budget {
             "peers and HTTP clients cut because they stopped reading their answers",
             self.0.cut.clone(),
         );
+    }
+
+    /// Waits until `bytes` more may be sent under [`Caps::serve_rate`] (at once without a
+    /// cap), and takes them.
+    pub async fn pace(&self, bytes: usize) {
+        self.0.serve.acquire(bytes as u64).await;
     }
 
     /// The caps.
@@ -342,6 +359,7 @@ mod tests {
             per_asker,
             total,
             stall_timeout: Duration::from_secs(1),
+            serve_rate: None,
         }
     }
 

@@ -8,6 +8,7 @@
 //! | `meta` | `"stat"` | `[blocks, bytes]` |
 //! | `meta` | `"pins"` | the pinned roots, an array of CID strings |
 //! | `meta` | `"identity"` | the node's libp2p key (protobuf encoding), so its peer id outlives reloads |
+//! | `meta` | `"transfers"` | the transfer queue's journal (a string: [`cairn_core::transfer::Journal`]) |
 //!
 //! Cost is per transaction, not per byte, so [`IdbStore::put_many`] writes a whole batch,
 //! its existence checks and the byte count in **one** readwrite transaction: all of it
@@ -32,6 +33,7 @@ const META: &str = "meta";
 const STAT: &str = "stat";
 const PINS: &str = "pins";
 const IDENTITY: &str = "identity";
+const TRANSFERS: &str = "transfers";
 
 /// A block store in the browser's IndexedDB.
 #[derive(Debug, Clone)]
@@ -180,6 +182,39 @@ impl IdbStore {
             .map_err(|e| backend("identity", e))?;
         Ok(v.filter(|v| v.is_instance_of::<js_sys::Uint8Array>())
             .map(|v| bytes(&v)))
+    }
+
+    /// The transfer queue's journal kept with this store, if any.
+    pub async fn transfers(&self) -> Result<Option<String>> {
+        let tx = self
+            .db
+            .transaction(META)
+            .build()
+            .map_err(|e| backend("transfers", e))?;
+        let meta = tx.object_store(META).map_err(|e| backend("transfers", e))?;
+        let v: Option<JsValue> = meta
+            .get::<JsValue, JsValue, _>(JsValue::from_str(TRANSFERS))
+            .await
+            .map_err(|e| backend("transfers", e))?;
+        Ok(v.and_then(|v| v.as_string()))
+    }
+
+    /// Replaces the transfer queue's journal.
+    pub async fn set_transfers(&self, record: &str) -> Result<()> {
+        let tx = self
+            .db
+            .transaction(META)
+            .with_mode(TransactionMode::Readwrite)
+            .build()
+            .map_err(|e| backend("transfers", e))?;
+        {
+            let meta = tx.object_store(META).map_err(|e| backend("transfers", e))?;
+            meta.put(JsValue::from_str(record))
+                .with_key(JsValue::from_str(TRANSFERS))
+                .build()
+                .map_err(|e| backend("transfers", e))?;
+        }
+        tx.commit().await.map_err(|e| backend("transfers", e))
     }
 
     /// Keeps `key` (a protobuf-encoded libp2p keypair) as this store's node identity.
@@ -507,5 +542,19 @@ impl BlockStore for IdbStore {
             bytes,
             quota: self.quota,
         })
+    }
+}
+
+/// The transfer queue's journal in a store's `meta` object store.
+#[derive(Debug, Clone)]
+pub struct IdbJournal(pub IdbStore);
+
+impl cairn_core::transfer::Journal for IdbJournal {
+    fn load(&self) -> cairn_core::BoxFuture<'_, Result<Option<String>>> {
+        Box::pin(self.0.transfers())
+    }
+
+    fn save(&self, record: String) -> cairn_core::BoxFuture<'_, Result<()>> {
+        Box::pin(async move { self.0.set_transfers(&record).await })
     }
 }

@@ -20,6 +20,18 @@ pub enum Source {
     Gateway,
 }
 
+impl From<Source> for cairn_core::source::SourceKind {
+    fn from(s: Source) -> Self {
+        use cairn_core::source::SourceKind as K;
+        match s {
+            Source::Local => K::Local,
+            Source::Peers => K::Peers,
+            Source::Ipfs => K::Ipfs,
+            Source::Gateway => K::Gateway,
+        }
+    }
+}
+
 impl From<cairn_core::source::SourceKind> for Source {
     fn from(k: cairn_core::source::SourceKind) -> Self {
         use cairn_core::source::SourceKind as K;
@@ -92,6 +104,9 @@ pub struct CreateOptions {
     /// `gateways` are asked over HTTP, outside the network: leave them out to stay inside.
     #[tsify(optional)]
     pub swarm_key: Option<String>,
+    /// The transfer queue's settings (see `enqueue`).
+    #[tsify(optional)]
+    pub transfers: Option<TransfersOptions>,
     /// Where `cairn_wasm_bg.wasm` is, when it is not served next to the bundle (read by the
     /// package's loader before the node starts).
     #[serde(with = "serde_wasm_bindgen::preserve")]
@@ -210,6 +225,174 @@ pub struct CatOptions {
     /// Called with each block's [`FetchProgress`].
     #[serde(with = "serde_wasm_bindgen::preserve")]
     #[tsify(optional, type = "(progress: FetchProgress) => void")]
+    pub on_progress: JsValue,
+}
+
+/// The transfer queue's settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, Tsify)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TransfersOptions {
+    /// Transfers that run at once (default 3).
+    #[tsify(optional)]
+    pub concurrency: Option<u32>,
+    /// A cap on the bytes all transfers receive per second, together.
+    #[tsify(optional)]
+    pub max_rate: Option<f64>,
+    /// A cap on the bytes of blocks this node sends its peers per second, together.
+    #[tsify(optional)]
+    pub max_serve_rate: Option<f64>,
+}
+
+/// A transfer's urgency: queued transfers start by priority, then in the order they came,
+/// and a more urgent one takes a running less urgent one's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Tsify)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Before everything.
+    Critical,
+    /// Before normal and low.
+    High,
+    /// The default.
+    Normal,
+    /// After everything else.
+    Low,
+}
+
+impl From<Priority> for cairn_core::transfer::Priority {
+    fn from(p: Priority) -> Self {
+        use cairn_core::transfer::Priority as P;
+        match p {
+            Priority::Critical => P::Critical,
+            Priority::High => P::High,
+            Priority::Normal => P::Normal,
+            Priority::Low => P::Low,
+        }
+    }
+}
+
+impl From<cairn_core::transfer::Priority> for Priority {
+    fn from(p: cairn_core::transfer::Priority) -> Self {
+        use cairn_core::transfer::Priority as P;
+        match p {
+            P::Critical => Priority::Critical,
+            P::High => Priority::High,
+            P::Normal => Priority::Normal,
+            P::Low => Priority::Low,
+        }
+    }
+}
+
+/// `enqueue`'s options.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, Tsify)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EnqueueOptions {
+    /// Its place in the queue (default `"normal"`).
+    #[tsify(optional)]
+    pub priority: Option<Priority>,
+    /// At most this many bytes received per second (under `transfers.maxRate` too).
+    #[tsify(optional)]
+    pub max_rate: Option<f64>,
+    /// The sources to use, in this order (default: all, local → peers → ipfs → gateway).
+    #[tsify(optional)]
+    pub sources: Option<Vec<Source>>,
+    /// Give up this many milliseconds after it is queued.
+    #[tsify(optional)]
+    pub ttl: Option<f64>,
+}
+
+/// Where a transfer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Tsify)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferState {
+    /// Waiting for a slot.
+    Queued,
+    /// Fetching.
+    Active,
+    /// Waiting out a backoff before its next attempt.
+    Retrying,
+    /// Paused.
+    Paused,
+    /// Every block is in the store (and the root pinned).
+    Done,
+    /// Given up: see `error` and `code`.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl From<cairn_core::transfer::State> for TransferState {
+    fn from(s: cairn_core::transfer::State) -> Self {
+        use cairn_core::transfer::State as S;
+        match s {
+            S::Queued => Self::Queued,
+            S::Active => Self::Active,
+            S::Retrying => Self::Retrying,
+            S::Paused => Self::Paused,
+            S::Done => Self::Done,
+            S::Failed => Self::Failed,
+            S::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// A transfer as it stands.
+#[derive(Debug, Clone, Serialize, Deserialize, Tsify)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferStatus {
+    /// Its number (for `pauseTransfer` and the others).
+    pub id: u32,
+    /// The root it fetches.
+    pub cid: String,
+    /// Where it is.
+    pub state: TransferState,
+    /// Its priority.
+    pub priority: Priority,
+    /// Its cap, in bytes per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub max_rate: Option<f64>,
+    /// The sources it uses, in order (empty: all).
+    pub sources: Vec<Source>,
+    /// When it gives up (milliseconds since 1970), if it has a time to live.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub deadline: Option<f64>,
+    /// Blocks and bytes done and known, and where the blocks came from.
+    pub progress: FetchProgress,
+    /// Bytes per second over the last few seconds.
+    pub speed: f64,
+    /// Milliseconds left at that speed, once the size is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub eta_ms: Option<f64>,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Why the last attempt failed (while retrying), or why it was given up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub error: Option<String>,
+    /// What the failure came down to, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub code: Option<ErrorCode>,
+    /// When retrying, milliseconds until the next attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub retry_in_ms: Option<f64>,
+}
+
+/// `waitTransfer`'s and `watchTransfers`' options.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, Tsify)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WatchOptions {
+    /// Stops waiting or watching: the call rejects with an `AbortError` (the transfers go on).
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    #[tsify(optional, type = "AbortSignal")]
+    pub signal: JsValue,
+    /// Called with each change ([`TransferStatus`]): every change of state, and progress at
+    /// most ten times a second per transfer.
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    #[tsify(optional, type = "(status: TransferStatus) => void")]
     pub on_progress: JsValue,
 }
 

@@ -880,6 +880,10 @@ async fn write_loop(
                 }
             }
         }
+        let block_bytes: usize = item.msg.blocks.iter().map(|b| b.data.len()).sum();
+        if block_bytes > 0 {
+            bitswap.budget.pace(block_bytes).await;
+        }
         let stall = bitswap.budget.caps().stall_timeout;
         match send_one(
             &mut stream,

@@ -350,6 +350,9 @@ impl<S: BlockStore> Answering<'_, S> {
         if let Some(m) = self.metrics {
             m.record_answer(kind, blocks, bytes);
         }
+        if blocks > 0 {
+            self.budget.pace(bytes).await;
+        }
         let stall = self.budget.caps().stall_timeout;
         let (written, delivered) =
             write_answer(stream, &frame, stall, self.config.answer_timeout).await;

@@ -267,3 +267,42 @@ async fn only_members_of_a_private_network_connect() {
     let got = member.get(server.peer_id(), block(3).cid()).await.unwrap();
     assert_eq!(&got[..], &block(3).data()[..]);
 }
+
+#[tokio::test]
+async fn a_serve_rate_caps_what_a_node_sends() {
+    let rate = cairn_core::transfer::Rate::new(1 << 20).unwrap();
+    let held = Memory::new();
+    let blocks: Vec<Block> = (0..12u8)
+        .map(|i| Block::from_data(Codec::Raw, HashAlg::Sha2_256, vec![i; 256 * 1024]).unwrap())
+        .collect();
+    held.put_many(blocks.clone()).await.unwrap();
+    let server = memory_node(
+        held,
+        Config {
+            budget: crate::budget::Budget::new(crate::budget::Caps {
+                serve_rate: Some(rate),
+                ..Default::default()
+            }),
+            ..Config::default()
+        },
+    );
+    let addr = server.listen("/memory/0".parse().unwrap()).await.unwrap();
+    let client = memory_node(Memory::new(), Config::default());
+    client
+        .dial(addr.with(libp2p::multiaddr::Protocol::P2p(server.peer_id())))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let got =
+        futures::future::join_all(blocks.iter().map(|b| client.get(server.peer_id(), b.cid())))
+            .await;
+    let took = started.elapsed();
+    for (g, b) in got.into_iter().zip(&blocks) {
+        assert_eq!(&g.unwrap()[..], &b.data()[..]);
+    }
+    // 3 MiB at 1 MiB/s, less the half second a full bucket lends: 2.5 s at least.
+    assert!(
+        took >= Duration::from_millis(2400),
+        "3 MiB served in {took:?}"
+    );
+}

@@ -9,6 +9,7 @@
 
 mod start;
 mod store;
+mod transfers;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -100,6 +101,8 @@ struct Inner {
     direct: bool,
     /// The Web Lock on the kept identity, released by `stop`.
     lock: Rc<RefCell<Option<js::Lock>>>,
+    /// The transfer queue (`enqueue`).
+    transfers: cairn_core::transfer::Transfers,
 }
 
 impl Inner {
@@ -766,6 +769,7 @@ impl CairnNode {
     /// Stops the node: closes its connections and its IndexedDB database (so that other
     /// tabs can upgrade or delete it). Calls after `stop` fail with code `STOPPED`.
     pub async fn stop(&self) {
+        self.inner.transfers.stop();
         self.inner.node.stop().await;
         self.inner.store.close();
         self.inner.lock.borrow_mut().take();

@@ -65,6 +65,8 @@ struct Checked {
     rtc: crate::webrtc::Config,
     direct: bool,
     swarm_key: Option<cairn_p2p::pnet::SwarmKey>,
+    transfers: cairn_core::transfer::Config,
+    serve_rate: Option<cairn_core::transfer::Rate>,
 }
 
 fn check(options: &CreateOptions) -> Result<Checked, JsValue> {
@@ -150,6 +152,8 @@ fn check(options: &CreateOptions) -> Result<Checked, JsValue> {
         rtc,
         direct: options.direct.unwrap_or(true),
         swarm_key,
+        transfers: super::transfers::config(options.transfers.as_ref())?,
+        serve_rate: super::transfers::serve_rate(options.transfers.as_ref())?,
     })
 }
 
@@ -244,6 +248,10 @@ pub(super) async fn start(options: CreateOptions) -> Result<Inner, JsValue> {
         upgrade_direct: checked.direct,
         relays: checked.relays.clone(),
         swarm_key: checked.swarm_key.clone(),
+        budget: cairn_p2p::budget::Budget::new(cairn_p2p::budget::Caps {
+            serve_rate: checked.serve_rate,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let (key, lock) = identity(&store).await?;
@@ -267,14 +275,40 @@ pub(super) async fn start(options: CreateOptions) -> Result<Inner, JsValue> {
     if reserved {
         reprovide(node.clone(), store.clone());
     }
+    let in_use = InUse::default();
+    // The queue is kept with the store by the tab that holds its identity (another tab on
+    // the same store runs its own, unkept).
+    let journal: Option<std::sync::Arc<dyn cairn_core::transfer::Journal>> = match (&store, &lock) {
+        (Store::Idb(idb), Some(_)) => {
+            Some(std::sync::Arc::new(crate::idb::IdbJournal(idb.clone())))
+        }
+        _ => None,
+    };
+    let fetcher = super::transfers::NodeFetcher {
+        node: node.clone(),
+        store: store.clone(),
+        sources: checked.sources.clone(),
+        in_use: in_use.clone(),
+    };
+    // The manager shares its fetcher as an `Arc` on every platform; nothing is Send here.
+    #[allow(clippy::arc_with_non_send_sync)]
+    let (transfers, driver) = cairn_core::transfer::Transfers::open(
+        checked.transfers,
+        std::sync::Arc::new(fetcher),
+        journal,
+    )
+    .await
+    .map_err(|e| coded("cannot read the transfer queue", &e))?;
+    wasm_bindgen_futures::spawn_local(driver);
     Ok(Inner {
         node,
         store,
         profile: checked.profile,
         sources: checked.sources,
-        in_use: InUse::default(),
+        in_use,
         relayed: !checked.relays.is_empty(),
         direct: checked.direct,
         lock: Rc::new(RefCell::new(lock)),
+        transfers,
     })
 }

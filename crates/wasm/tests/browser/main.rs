@@ -10,4 +10,5 @@ mod network;
 mod node;
 mod store;
 mod support;
+mod transfers;
 mod websocket;
