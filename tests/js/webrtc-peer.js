@@ -54,11 +54,31 @@ window.pingPeer = async (peerId) => node.services.ping.ping(peerIdFromString(pee
  * right after `close()` ('reset' means it ended without a FIN_ACK) and whether the peer then
  * ended the stream within 5 s.
  */
+/**
+ * A ping stream on `conn`. js-libp2p allows one outbound ping stream per connection: when
+ * its own connection monitor's ping is in flight, wait for that one to end (bounded) and
+ * open ours after it.
+ */
+async function pingStream (conn, signal) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await conn.newStream('/ipfs/ping/1.0.0', { signal })
+    } catch (e) {
+      if (e.name !== 'TooManyOutboundProtocolStreamsError' || attempt >= 5) throw e
+      const busy = conn.streams.filter((s) => s.protocol === '/ipfs/ping/1.0.0' && s.direction === 'outbound')
+      await Promise.race([
+        Promise.all(busy.map((s) => new Promise((resolve) => s.addEventListener('close', resolve, { once: true })))),
+        new Promise((resolve) => setTimeout(resolve, 1_000))
+      ])
+    }
+  }
+}
+
 window.monitorPing = async (peerId) => {
   const conn = node.getConnections(peerIdFromString(peerId)).find((c) => String(c.remoteAddr).includes('/webrtc'))
   if (!conn) throw new Error(`no /webrtc connection to ${peerId}`)
   const signal = AbortSignal.timeout(5_000)
-  const stream = await conn.newStream('/ipfs/ping/1.0.0', { signal })
+  const stream = await pingStream(conn, signal)
   const bytes = byteStream(stream)
   const ping = crypto.getRandomValues(new Uint8Array(32))
   const [, pong] = await Promise.all([bytes.write(ping, { signal }), bytes.read({ bytes: 32, signal })])
