@@ -9,6 +9,7 @@
 //! cairn-relay ls CID[/PATH] [SOURCES]
 //! cairn-relay get CID[/PATH] -o NEW-PATH [SOURCES]
 //! cairn-relay queue [FILE|-] [SOURCES] [--concurrency N] [--priority P] [--pin]
+//! cairn-relay replicate CID --replicas N --peer MULTIADDR... [--store DIR] [--swarm-key FILE] [--watch SECS]
 //!   SOURCES: [--store DIR] [--peer MULTIADDR]... [--ipfs-via MULTIADDR]... [--routing URL]...
 //!            [--gateway URL]... [--swarm-key FILE] [--max-rate RATE] [--timeout SECS]
 //! ```
@@ -35,6 +36,7 @@ use libp2p::Multiaddr;
 use crate::store::Disk;
 
 mod queue;
+mod replicate;
 
 /// cairn-relay: a circuit relay for cairn browser nodes, and a native cairn node.
 #[derive(Debug, Parser)]
@@ -125,6 +127,30 @@ enum Command {
         /// Pin each root once fetched (a relay serving the store then provides it).
         #[arg(long)]
         pin: bool,
+    },
+    /// Ask peers to keep copies of a DAG this store holds (collaborative pinning): each
+    /// --peer that speaks /cairn/pin/1.0.0 is asked in turn until REPLICAS confirm, and
+    /// each confirmation is checked (a random block asked for and verified). With --watch,
+    /// the copies are checked again every SECS, and a peer that went away or failed a
+    /// check (its trust cut) is replaced by another, until interrupted.
+    Replicate {
+        /// The root (held in full in the store).
+        cid: String,
+        /// Copies wanted.
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
+        /// Peers that may keep a copy (a multiaddr ending in /p2p/<id>; repeatable).
+        #[arg(long = "peer", required = true)]
+        peers: Vec<Multiaddr>,
+        /// The block store directory.
+        #[arg(long, env = "CAIRN_STORE")]
+        store: Option<PathBuf>,
+        /// Reach the peers in the private network of this swarm key file.
+        #[arg(long, env = "CAIRN_SWARM_KEY")]
+        swarm_key: Option<PathBuf>,
+        /// Check the copies again every SECS seconds, replacing lost ones, until interrupted.
+        #[arg(long)]
+        watch: Option<u64>,
     },
     /// Write a file or a whole directory tree (CID, or CID/path), verified, under a new
     /// name: each file is written under a temporary name and renamed when complete.
@@ -217,6 +243,15 @@ struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "CAIRN_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Keep content for peers that ask (collaborative pinning, /cairn/pin/1.0.0; needs --store): at most this many bytes for all of them together (10GiB, 500M). Off by default.
+    #[arg(long, env = "CAIRN_PIN_QUOTA", value_parser = parse_size)]
+    pin_quota: Option<u64>,
+    /// With --pin-quota: at most this many bytes for one peer [default: the smaller of 1 GiB and --pin-quota].
+    #[arg(long, env = "CAIRN_PIN_QUOTA_PER_PEER", value_parser = parse_size)]
+    pin_quota_per_peer: Option<u64>,
+    /// With --pin-quota: keep content only for these peers (a peer id; repeatable; CAIRN_PIN_TRUST comma-separated). Default: for anyone.
+    #[arg(long = "pin-trust", env = "CAIRN_PIN_TRUST", value_delimiter = ',')]
+    pin_trust: Vec<libp2p::PeerId>,
     /// Send peers at most this many bytes of blocks per second, to all of them together (/cas answers and bitswap blocks; 500K, 8MiB, 1.5M/s).
     #[arg(long, env = "CAIRN_MAX_SERVE_RATE")]
     max_serve_rate: Option<cairn_core::transfer::Rate>,
@@ -379,6 +414,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             f.cat(output.as_deref()).await
         }
         Some(Command::Ls { cid, from }) => Fetcher::start(&cid, &from).await?.ls().await,
+        Some(Command::Replicate {
+            cid,
+            replicas,
+            peers,
+            store,
+            swarm_key,
+            watch,
+        }) => replicate::run(&cid, replicas, &peers, store, swarm_key.as_deref(), watch).await,
         Some(Command::Queue {
             file,
             from,
@@ -395,6 +438,31 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 fn load_identity(path: Option<PathBuf>) -> Result<libp2p::identity::Keypair, Failure> {
     let path = path.unwrap_or_else(|| data_dir().join("identity.key"));
     crate::identity::load_or_create(&path).map_err(|e| fail(Exit::CannotStart, e))
+}
+
+/// A size in bytes: `1048576`, `500K`, `2MiB`, `10G` (K, M, G count in 1,024s).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| {
+        format!("`{text}` is not a size: write bytes with an optional unit (500K, 2MiB, 10G)")
+    })?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1u64,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a size: the unit must be K, M, G or T"
+            ));
+        }
+    };
+    Ok((value * scale as f64) as u64)
 }
 
 /// `swarm-key`: a new key, printed or written to a new file.
@@ -1236,6 +1304,26 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     }
     if let Some(v) = l.dht_records_total {
         config.dht.total_providers = v;
+    }
+    if let Some(total) = args.pin_quota {
+        if config.store.is_none() {
+            return Err(fail(
+                Exit::Usage,
+                "--pin-quota keeps content for others in the store: give --store too",
+            ));
+        }
+        let per_peer = args.pin_quota_per_peer.unwrap_or((1 << 30).min(total));
+        config.pinning = Some(cairn_p2p::pinning::Policy {
+            total,
+            per_requester: per_peer,
+            trusted: (!args.pin_trust.is_empty()).then(|| args.pin_trust.iter().copied().collect()),
+            ..Default::default()
+        });
+    } else if args.pin_quota_per_peer.is_some() || !args.pin_trust.is_empty() {
+        return Err(fail(
+            Exit::Usage,
+            "--pin-quota-per-peer and --pin-trust need --pin-quota (the total kept for others)",
+        ));
     }
     let running = crate::relay::start(key, config)
         .await

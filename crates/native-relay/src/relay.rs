@@ -96,6 +96,9 @@ pub struct Config {
     /// gateway and delegated routing answer 403 (they would serve the network's content
     /// and peers to anyone).
     pub swarm_key: Option<cairn_p2p::pnet::SwarmKey>,
+    /// What the relay keeps for peers that ask it to (`/cairn/pin/1.0.0`, needs a `store`):
+    /// `None` refuses every request.
+    pub pinning: Option<cairn_p2p::pinning::Policy>,
 }
 
 impl Default for Config {
@@ -130,6 +133,7 @@ impl Default for Config {
             relays: Vec::new(),
             nat: cairn_p2p::behaviour::Nat::default(),
             swarm_key: None,
+            pinning: None,
         }
     }
 }
@@ -266,6 +270,8 @@ pub struct Running {
     http_task: tokio::task::JoinHandle<()>,
     /// Provides the store's pinned roots in the DHT, if the relay has a store.
     providing: Option<tokio::task::JoinHandle<()>>,
+    /// The pin server's tasks, if it keeps content for others.
+    pinning: Option<Vec<tokio::task::JoinHandle<()>>>,
     /// Ends when the node's driver has stopped.
     ended: cairn_p2p::Events,
 }
@@ -279,6 +285,9 @@ impl Running {
         let _ = self.http_stop.send(()).await;
         if let Some(p) = self.providing.take() {
             p.abort();
+        }
+        for t in self.pinning.take().unwrap_or_default() {
+            t.abort();
         }
         self.node.stop().await;
         while self.ended.next().await.is_some() {}
@@ -529,6 +538,12 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         .store
         .clone()
         .map(|store| tokio::spawn(provide_pins(node.clone(), store)));
+    let pinning = match (&config.pinning, &config.store) {
+        (Some(policy), Some(store)) => {
+            Some(start_pinning(policy.clone(), node.clone(), store.clone()).await?)
+        }
+        _ => None,
+    };
     Ok(Running {
         peer_id,
         addrs,
@@ -537,8 +552,51 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
         http_stop,
         http_task,
         providing,
+        pinning,
         ended,
     })
+}
+
+/// Starts the collaborative pinning server: a transfer queue over the store that fetches
+/// from the relay's peers (the asker first among them), and the protocol's answers.
+async fn start_pinning(
+    policy: cairn_p2p::pinning::Policy,
+    node: Node,
+    store: Disk,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, Error> {
+    let http = crate::http::Client::new().map_err(|e| Error::Transport(e.to_string()))?;
+    let sources = cairn_p2p::sources::Sources {
+        peers: true,
+        discover: true,
+        ipfs: None,
+        gateways: Vec::new(),
+        ..Default::default()
+    };
+    let fetcher = {
+        let (node, store) = (node.clone(), store.clone());
+        cairn_core::transfer::ChainFetcher::new(store.clone(), move |root| {
+            sources.chain(Some(&node), store.clone(), &http, root)
+        })
+    };
+    let (transfers, driver) = cairn_core::transfer::Transfers::open(
+        cairn_core::transfer::Config {
+            concurrency: policy.at_once.max(1),
+            ..Default::default()
+        },
+        Arc::new(fetcher),
+        None,
+    )
+    .await
+    .map_err(|e| Error::Transport(format!("cannot start the pin server: {e}")))?;
+    let server = cairn_p2p::pinning::Server::new(
+        policy,
+        transfers,
+        Arc::new(store.clone()),
+        Some(Arc::new(store.pin_record())),
+    )
+    .await
+    .map_err(|e| Error::Transport(format!("cannot read the pin record: {e}")))?;
+    Ok(vec![tokio::spawn(driver), tokio::spawn(server.serve(node))])
 }
 
 /// How often the store's `pins/` is looked at for roots pinned since (by `cairn-relay add`

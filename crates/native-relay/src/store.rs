@@ -257,8 +257,30 @@ impl Disk {
 
     /// The transfer queue's journal (`transfers` in the store's directory, written whole to a
     /// temporary file and renamed, durably).
-    pub fn transfer_journal(&self) -> TransferJournal {
-        TransferJournal(self.inner.root.join("transfers"))
+    pub fn transfer_journal(&self) -> RecordFile {
+        RecordFile(self.inner.root.join("transfers"))
+    }
+
+    /// The record of what this store keeps for other peers (`pinned-for`), as the
+    /// collaborative pinning server writes it.
+    pub fn pin_record(&self) -> RecordFile {
+        RecordFile(self.inner.root.join("pinned-for"))
+    }
+
+    /// Removes the pin on `root` (its blocks stay until deleted). Idempotent.
+    pub async fn unpin(&self, root: &Cid) -> Result<()> {
+        let dir = self.inner.root.join("pins");
+        let path = dir.join(root.to_string());
+        blocking("unpin", move || {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(backend("unpin", &path, e)),
+            }
+            sync_dir(&dir);
+            Ok(())
+        })
+        .await
     }
 
     /// The file `cid`'s block is kept in (whether or not it is there).
@@ -363,36 +385,51 @@ fn place(
     Ok(())
 }
 
-/// Where [`cairn_core::transfer::Transfers`] keeps its queue beside a [`Disk`] store.
+/// A text record kept beside a [`Disk`] store (the transfer queue's, the pins kept for
+/// others), rewritten whole: a temporary file, synced, then renamed.
 #[derive(Debug, Clone)]
-pub struct TransferJournal(PathBuf);
+pub struct RecordFile(PathBuf);
 
-impl cairn_core::transfer::Journal for TransferJournal {
+impl cairn_core::transfer::Journal for RecordFile {
     fn load(&self) -> cairn_core::BoxFuture<'_, Result<Option<String>>> {
         let path = self.0.clone();
         Box::pin(blocking(
-            "load transfers",
+            "load record",
             move || match std::fs::read_to_string(&path) {
                 Ok(t) => Ok(Some(t)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(backend("load transfers", &path, e)),
+                Err(e) => Err(backend("load record", &path, e)),
             },
         ))
     }
 
     fn save(&self, record: String) -> cairn_core::BoxFuture<'_, Result<()>> {
         let path = self.0.clone();
-        Box::pin(blocking("save transfers", move || {
+        Box::pin(blocking("save record", move || {
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, record.as_bytes())
                 .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
                 .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| backend("save transfers", &path, e))?;
+                .map_err(|e| backend("save record", &path, e))?;
             if let Some(dir) = path.parent() {
                 sync_dir(dir);
             }
             Ok(())
         }))
+    }
+}
+
+impl cairn_p2p::pinning::Pins for Disk {
+    fn pin(&self, root: Cid) -> cairn_core::BoxFuture<'_, Result<()>> {
+        Box::pin(async move { Disk::pin(self, &root).await })
+    }
+
+    fn unpin(&self, root: Cid) -> cairn_core::BoxFuture<'_, Result<()>> {
+        Box::pin(async move { Disk::unpin(self, &root).await })
+    }
+
+    fn pinned(&self, root: Cid) -> cairn_core::BoxFuture<'_, bool> {
+        Box::pin(async move { self.pins().await.is_ok_and(|p| p.contains(&root)) })
     }
 }
 

@@ -15,6 +15,7 @@ pub mod ipfs;
 pub mod metrics;
 pub mod node;
 pub mod perf;
+pub mod pinning;
 pub mod pnet;
 pub mod routing_v1;
 pub mod sources;
