@@ -19,6 +19,7 @@ export const OPERATIONS = Object.freeze({
   catStream: { options: 1, transfer: 'stream', sync: true },
   size: { options: 1 },
   pin: { options: 1 },
+  replicas: {},
   unpin: {},
   pins: {},
   evict: { options: 0 },

@@ -557,9 +557,11 @@ async function refreshStorage () {
       ? ` (quota ${fmtBytes(s.quota)})`
       : s.browserQuota ? ` (this site may use up to ${fmtBytes(s.browserQuota)})` : ''
     const pins = await node.pins()
-    $('pins').replaceChildren(...pins.map((cid) => {
+    const copies = await Promise.all(pins.map((cid) => node.replicas(cid).catch(() => [])))
+    $('pins').replaceChildren(...pins.map((cid, i) => {
       const li = document.createElement('li')
       li.dataset.cid = cid
+      li.dataset.copies = copies[i].length
       const a = document.createElement('a')
       a.href = shareLink(cid)
       a.textContent = cid
@@ -570,7 +572,26 @@ async function refreshStorage () {
         await node.unpin(cid)
         refreshStorage()
       })
-      li.append(a, ' ', b)
+      const n = copies[i].length
+      const held = document.createElement('span')
+      held.className = 'copies'
+      held.textContent = n ? ` · ${n} ${n === 1 ? 'copy' : 'copies'} elsewhere (${copies[i].map((r) => `${short(r.peerId)}, ${r.checks} checks`).join('; ')})` : ' · only here'
+      const keep = document.createElement('button')
+      keep.type = 'button'
+      keep.dataset.action = 'replicate'
+      keep.textContent = n ? 'one more copy' : 'keep a copy on the relay'
+      keep.addEventListener('click', async () => {
+        keep.disabled = true
+        $('storage-status').textContent = 'Asking connected peers to keep a copy…'
+        try {
+          await node.pin(cid, { replicas: n + 1 })
+          $('storage-status').textContent = `${n + 1} ${n + 1 === 1 ? 'copy is' : 'copies are'} kept elsewhere, each checked.`
+        } catch (e) {
+          $('storage-status').textContent = describe(e)
+        }
+        refreshStorage()
+      })
+      li.append(a, ' ', b, ' ', keep, held)
       return li
     }))
     if (!pins.length) $('pins').innerHTML = '<li class="hint">nothing pinned</li>'

@@ -461,6 +461,9 @@ impl TestRelay {
             .arg(&store);
         if swarm_key.is_some() {
             serve.arg("--swarm-key").arg(&key_file);
+        } else {
+            // It keeps copies for the browser tests of pin's replicas.
+            serve.args(["--pin-quota", "1GiB"]);
         }
         let mut child = serve
             .env("CAIRN_LOG", "warn")

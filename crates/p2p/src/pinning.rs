@@ -688,12 +688,18 @@ pub struct Outcome {
     pub failed_checks: Vec<String>,
 }
 
+/// A root's copies wanted, its DAG's blocks and its size.
+type Target = (usize, Arc<Vec<Cid>>, u64);
+
 /// Keeps `wanted` confirmed copies of roots on peers: asks, checks, replaces.
 #[derive(Debug, Clone)]
 pub struct Replicas {
     node: Node,
     trust: Trust,
     held: Arc<Mutex<HashMap<Cid, Vec<Replica>>>>,
+    /// What [`Replicas::maintain`] keeps: per root, the copies wanted, the DAG's blocks and
+    /// size.
+    targets: Arc<Mutex<HashMap<Cid, Target>>>,
     /// How long one peer may take to fetch and pin.
     pub pin_timeout: Duration,
 }
@@ -705,6 +711,7 @@ impl Replicas {
             node,
             trust: Trust::default(),
             held: Arc::default(),
+            targets: Arc::default(),
             pin_timeout: Duration::from_secs(600),
         }
     }
@@ -724,6 +731,45 @@ impl Replicas {
             .unwrap_or_default()
     }
 
+    /// Checks and completes the replicas of every root [`Replicas::ensure`] was asked for,
+    /// asking `candidates` for copies that are missing.
+    pub async fn maintain(&self, candidates: &[PeerId]) -> Vec<(Cid, Outcome)> {
+        let targets: Vec<(Cid, Target)> = self
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(c, t)| (*c, t.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (root, (wanted, blocks, bytes)) in targets {
+            out.push((
+                root,
+                self.ensure(root, bytes, &blocks, wanted, candidates).await,
+            ));
+        }
+        out
+    }
+
+    /// Stops keeping copies of `root` (each peer that kept one is asked to release it).
+    pub async fn forget(&self, root: &Cid) {
+        self.targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(root);
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(root)
+            .unwrap_or_default();
+        for r in held {
+            if let Err(e) = release(&self.node, r.peer, *root).await {
+                tracing::debug!(error = %e, "a peer could not be asked to release its copy");
+            }
+        }
+    }
+
     /// Checks every confirmed replica of `root` with one random block of `blocks` (the
     /// DAG's CIDs), then asks `candidates` (most trusted first; a peer whose trust was cut
     /// is never asked) until `wanted` hold a confirmed copy or none is left to ask.
@@ -736,6 +782,10 @@ impl Replicas {
         candidates: &[PeerId],
     ) -> Outcome {
         let mut out = Outcome::default();
+        self.targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(root, (wanted, Arc::new(blocks.to_vec()), bytes));
         // Check what is held.
         let current = self.of(&root);
         let mut kept = Vec::new();

@@ -228,6 +228,37 @@ pub struct CatOptions {
     pub on_progress: JsValue,
 }
 
+/// `pin`'s options.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, Tsify)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PinOptions {
+    /// Cancels the call: it rejects with an `AbortError`; what arrived is kept.
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    #[tsify(optional, type = "AbortSignal")]
+    pub signal: JsValue,
+    /// Called with each block's [`FetchProgress`].
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    #[tsify(optional, type = "(progress: FetchProgress) => void")]
+    pub on_progress: JsValue,
+    /// Copies to have kept on connected peers (relays that keep content for others,
+    /// `/cairn/pin/1.0.0`), besides this one: asked in turn, each checked with a random
+    /// block, checked again every 10 minutes and replaced when lost (default 0).
+    #[tsify(optional)]
+    pub replicas: Option<u32>,
+}
+
+/// A peer keeping a copy of a pinned root.
+#[derive(Debug, Clone, Serialize, Deserialize, Tsify)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaInfo {
+    /// The peer.
+    pub peer_id: String,
+    /// Checks it passed (a random block asked for and verified).
+    pub checks: u32,
+    /// How much this node trusts it (0 to 1; 0: it failed a check and is not asked again).
+    pub trust: f64,
+}
+
 /// The transfer queue's settings.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, Tsify)]
 #[serde(rename_all = "camelCase", default)]

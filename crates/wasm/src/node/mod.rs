@@ -33,7 +33,7 @@ use crate::http::Fetch;
 use crate::js::{self, Abort};
 use crate::types::{
     AddOptions, AddProgress, CatOptions, CatStreamOptions, CreateOptions, DirEntry, EvictOptions,
-    Evicted, FetchProgress, FetchReport, PeerInfo, Stats,
+    Evicted, FetchProgress, FetchReport, PeerInfo, PinOptions, ReplicaInfo, Stats,
 };
 
 fn parse_cid(cid: &str) -> Result<Cid, JsValue> {
@@ -70,6 +70,54 @@ impl Inner {
 }
 
 impl Inner {
+    /// Has `wanted` copies of the DAG under `root` (held here in full) kept on connected
+    /// peers, or says why not.
+    async fn replicate(&self, root: Cid, wanted: usize) -> Result<(), JsValue> {
+        let local = Chain::new().local(self.store.clone());
+        let mut blocks = Vec::new();
+        let report = dag::fetch(
+            &local,
+            &self.store,
+            root,
+            dag::Options::default(),
+            &Context::new(),
+            |p| {
+                if let Some((c, _)) = p.last {
+                    blocks.push(c);
+                }
+            },
+        )
+        .await
+        .map_err(|e| coded(format!("{root} is not held in full here"), &e))?;
+        let candidates: Vec<libp2p::PeerId> = self.node.peers().into_keys().collect();
+        let out = self
+            .replicas
+            .ensure(
+                root,
+                report.progress.bytes_done,
+                &blocks,
+                wanted,
+                &candidates,
+            )
+            .await;
+        if out.confirmed.len() >= wanted {
+            return Ok(());
+        }
+        let why: Vec<String> = out.refused.into_iter().chain(out.failed_checks).collect();
+        Err(js_error(
+            ErrorCode::Unreachable,
+            format!(
+                "pinned here, but {} of {wanted} copies are kept elsewhere ({}); they are asked for again every 10 minutes",
+                out.confirmed.len(),
+                if why.is_empty() {
+                    "no connected peer keeps content for others".to_owned()
+                } else {
+                    why.join("; ")
+                }
+            ),
+        ))
+    }
+
     /// The addresses through the relays that hold a reservation for this node now, each
     /// ending in `/p2p/<this node>`, sorted.
     fn addresses(&self) -> Vec<Multiaddr> {
@@ -103,6 +151,8 @@ struct Inner {
     lock: Rc<RefCell<Option<js::Lock>>>,
     /// The transfer queue (`enqueue`).
     transfers: cairn_core::transfer::Transfers,
+    /// Copies kept on other peers (`pin`'s `replicas`).
+    replicas: cairn_p2p::pinning::Replicas,
 }
 
 impl Inner {
@@ -623,13 +673,16 @@ impl CairnNode {
     }
 
     /// Fetches the whole DAG under `cid` (as `cat` does, with the same `options`) and pins
-    /// it: eviction never deletes a pinned DAG.
+    /// it: eviction never deletes a pinned DAG. With `options.replicas`, connected peers
+    /// that keep content for others are asked for that many copies too (each checked);
+    /// the call rejects, the local pin kept, when fewer would.
     pub async fn pin(
         &self,
         cid: String,
-        #[wasm_bindgen(unchecked_optional_param_type = "CatOptions")] options: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "PinOptions")] options: JsValue,
     ) -> Result<(), JsValue> {
-        let options: CatOptions = js::options(options)?;
+        let options: PinOptions = js::options(options)?;
+        let wanted = options.replicas.unwrap_or(0) as usize;
         parse_target(&cid)?;
         let on_progress = js::callback("onProgress", &options.on_progress)?;
         let abort = Abort::new(&options.signal, "pin")?;
@@ -645,9 +698,31 @@ impl CairnNode {
                     .set_pinned(&root, true)
                     .await
                     .map_err(|e| coded("cannot record the pin", &e))?;
+                if wanted > 0 {
+                    self.inner.replicate(root, wanted).await?;
+                }
                 Ok(())
             })
             .await
+    }
+
+    /// The peers keeping a copy of `cid` for this node (see `pin`'s `replicas`).
+    #[wasm_bindgen(unchecked_return_type = "ReplicaInfo[]")]
+    pub async fn replicas(&self, cid: String) -> Result<JsValue, JsValue> {
+        let root = parse_cid(&cid)?;
+        let trust = self.inner.replicas.trust();
+        let list: Vec<ReplicaInfo> = self
+            .inner
+            .replicas
+            .of(&root)
+            .into_iter()
+            .map(|r| ReplicaInfo {
+                peer_id: r.peer.to_string(),
+                checks: r.checks,
+                trust: trust.of(&r.peer),
+            })
+            .collect();
+        Ok(js::to_js(&list))
     }
 
     /// The size in bytes of the file under `cid`, read from its root block alone (from the
@@ -673,9 +748,12 @@ impl CairnNode {
             .await
     }
 
-    /// Unpins `cid` (its blocks stay until evicted); resolves to whether it was pinned.
+    /// Unpins `cid` (its blocks stay until evicted), and asks the peers keeping copies of
+    /// it to release them; resolves to whether it was pinned.
     pub async fn unpin(&self, cid: String) -> Result<bool, JsValue> {
         let root = parse_cid(&cid)?;
+        let replicas = self.inner.replicas.clone();
+        wasm_bindgen_futures::spawn_local(async move { replicas.forget(&root).await });
         self.inner
             .store
             .set_pinned(&root, false)

@@ -300,6 +300,8 @@ pub(super) async fn start(options: CreateOptions) -> Result<Inner, JsValue> {
     .await
     .map_err(|e| coded("cannot read the transfer queue", &e))?;
     wasm_bindgen_futures::spawn_local(driver);
+    let replicas = cairn_p2p::pinning::Replicas::new(node.clone());
+    maintain_replicas(node.clone(), replicas.clone());
     Ok(Inner {
         node,
         store,
@@ -310,5 +312,32 @@ pub(super) async fn start(options: CreateOptions) -> Result<Inner, JsValue> {
         direct: checked.direct,
         lock: Rc::new(RefCell::new(lock)),
         transfers,
+        replicas,
     })
+}
+
+/// How often the copies kept elsewhere are checked (and replaced when lost).
+const REPLICA_CHECKS: Duration = Duration::from_secs(600);
+
+/// Checks the copies kept on other peers every [`REPLICA_CHECKS`] until the node stops.
+fn maintain_replicas(node: cairn_p2p::Node, replicas: cairn_p2p::pinning::Replicas) {
+    use futures::{FutureExt, StreamExt};
+    wasm_bindgen_futures::spawn_local(async move {
+        let mut events = node.events();
+        loop {
+            let stopped = async { while events.next().await.is_some() {} };
+            futures::select! {
+                _ = cairn_core::rt::sleep(REPLICA_CHECKS).fuse() => {}
+                _ = stopped.fuse() => return,
+            }
+            let candidates: Vec<libp2p::PeerId> = node.peers().into_keys().collect();
+            for (root, out) in replicas.maintain(&candidates).await {
+                for f in out.failed_checks {
+                    web_sys::console::warn_1(
+                        &format!("cairn: a copy of {root} was lost: {f}").into(),
+                    );
+                }
+            }
+        }
+    });
 }

@@ -193,3 +193,38 @@ async fn a_reload_resumes_an_unfinished_transfer_with_only_the_missing_blocks() 
         .await
         .unwrap();
 }
+
+#[wasm_bindgen_test]
+#[ignore = "needs the test relay: run through `cargo xtask test`"]
+async fn pin_keeps_a_checked_copy_on_the_relay() {
+    let (relay, _, _) = test_relay();
+    let node = CairnNode::create(options(&[relay])).await.unwrap();
+    let content: Vec<u8> = (0..700_000u32).map(|i| (i * 13 % 241) as u8).collect();
+    let cid = node
+        .add(
+            js_sys::Uint8Array::from(&content[..]).into(),
+            obj(&[("pin", false.into())]),
+        )
+        .await
+        .unwrap();
+    node.pin(cid.clone(), obj(&[("replicas", 1.into())]))
+        .await
+        .unwrap();
+    let relay_id = relay.rsplit("/p2p/").next().unwrap();
+    let copies = js_sys::Array::from(&node.replicas(cid.clone()).await.unwrap());
+    assert_eq!(copies.length(), 1);
+    let copy = copies.get(0);
+    assert_eq!(get(&copy, "peerId").as_string().as_deref(), Some(relay_id));
+    assert!(num(&copy, "checks") >= 1.0, "the copy was checked");
+    // Two copies from one relay cannot be had: the call says so, the local pin stays.
+    let e = node
+        .pin(cid.clone(), obj(&[("replicas", 2.into())]))
+        .await
+        .unwrap_err();
+    assert_code(&e, "UNREACHABLE");
+    assert_says(&e, "1 of 2 copies");
+    assert!(node.pins().await.unwrap().contains(&cid));
+    let e = node.replicas("nonsense".into()).await.unwrap_err();
+    assert_code(&e, "INVALID_ARGUMENT");
+    node.stop().await;
+}
