@@ -692,7 +692,7 @@ pub struct Outcome {
 type Target = (usize, Arc<Vec<Cid>>, u64);
 
 /// Keeps `wanted` confirmed copies of roots on peers: asks, checks, replaces.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Replicas {
     node: Node,
     trust: Trust,
@@ -702,6 +702,24 @@ pub struct Replicas {
     targets: Arc<Mutex<HashMap<Cid, Target>>>,
     /// How long one peer may take to fetch and pin.
     pub pin_timeout: Duration,
+    /// Where the replicas, targets and trust are kept between runs.
+    journal: Option<Arc<dyn Journal>>,
+}
+
+impl std::fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicas")
+            .field(
+                "roots",
+                &self
+                    .targets
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .len(),
+            )
+            .field("kept", &self.journal.is_some())
+            .finish()
+    }
 }
 
 impl Replicas {
@@ -713,6 +731,131 @@ impl Replicas {
             held: Arc::default(),
             targets: Arc::default(),
             pin_timeout: Duration::from_secs(600),
+            journal: None,
+        }
+    }
+
+    /// Replicas kept in `journal`: what it holds is restored (the copies, what is wanted
+    /// of each root, the trust in each peer), and every change is written to it.
+    pub async fn with_journal(
+        node: Node,
+        journal: Arc<dyn Journal>,
+    ) -> Result<Self, cairn_core::store::Error> {
+        let mut r = Self::new(node);
+        if let Some(text) = journal.load().await? {
+            r.restore(&text);
+        }
+        r.journal = Some(journal);
+        Ok(r)
+    }
+
+    fn restore(&mut self, text: &str) {
+        let mut lines = text.lines();
+        if lines.next() != Some("cairn-replicas 1") {
+            return;
+        }
+        let mut held = HashMap::new();
+        let mut targets = HashMap::new();
+        let mut trust = HashMap::new();
+        let mut last: Option<Cid> = None;
+        for line in lines {
+            let mut f = line.split(' ');
+            match f.next() {
+                Some("trust") => {
+                    if let (Some(Ok(p)), Some(Ok(t))) = (
+                        f.next().map(str::parse::<PeerId>),
+                        f.next().map(str::parse::<f64>),
+                    ) {
+                        trust.insert(p, t.clamp(0.0, 1.0));
+                    }
+                }
+                Some("root") => {
+                    let parsed = (|| {
+                        let root = cairn_core::cid::parse(f.next()?).ok()?;
+                        let wanted: usize = f.next()?.parse().ok()?;
+                        let bytes: u64 = f.next()?.parse().ok()?;
+                        let mut copies = Vec::new();
+                        for c in f.next()?.split(',').filter(|c| *c != "-") {
+                            let (p, n) = c.split_once(':')?;
+                            copies.push(Replica {
+                                peer: p.parse().ok()?,
+                                checks: n.parse().ok()?,
+                            });
+                        }
+                        Some((root, wanted, bytes, copies))
+                    })();
+                    last = None;
+                    if let Some((root, wanted, bytes, copies)) = parsed {
+                        held.insert(root, copies);
+                        targets.insert(root, (wanted, Arc::new(Vec::new()), bytes));
+                        last = Some(root);
+                    }
+                }
+                Some("blocks") => {
+                    if let Some(root) = last {
+                        let blocks: Vec<Cid> =
+                            f.filter_map(|c| cairn_core::cid::parse(c).ok()).collect();
+                        if let Some(t) = targets.get_mut(&root) {
+                            t.1 = Arc::new(blocks);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = held;
+        *self.targets.lock().unwrap_or_else(PoisonError::into_inner) = targets;
+        *self.trust.0.lock().unwrap_or_else(PoisonError::into_inner) = trust;
+    }
+
+    fn record(&self) -> String {
+        let mut out = String::from("cairn-replicas 1\n");
+        for (p, t) in self
+            .trust
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            out.push_str(&format!("trust {p} {t}\n"));
+        }
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        for (root, (wanted, blocks, bytes)) in self
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let copies: Vec<String> = held
+                .get(root)
+                .map(|v| {
+                    v.iter()
+                        .map(|r| format!("{}:{}", r.peer, r.checks))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let copies = if copies.is_empty() {
+                "-".to_owned()
+            } else {
+                copies.join(",")
+            };
+            out.push_str(&format!("root {root} {wanted} {bytes} {copies}\n"));
+            out.push_str("blocks");
+            for b in blocks.iter() {
+                out.push(' ');
+                out.push_str(&b.to_string());
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    async fn save(&self) {
+        if let Some(j) = &self.journal {
+            let record = self.record();
+            if let Err(e) = j.save(record).await {
+                tracing::warn!(error = %e, "the replicas could not be saved");
+            }
         }
     }
 
@@ -763,6 +906,7 @@ impl Replicas {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(root)
             .unwrap_or_default();
+        self.save().await;
         for r in held {
             if let Err(e) = release(&self.node, r.peer, *root).await {
                 tracing::debug!(error = %e, "a peer could not be asked to release its copy");
@@ -844,6 +988,7 @@ impl Replicas {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(root, kept);
+        self.save().await;
         out
     }
 }

@@ -9,6 +9,7 @@
 //! | `meta` | `"pins"` | the pinned roots, an array of CID strings |
 //! | `meta` | `"identity"` | the node's libp2p key (protobuf encoding), so its peer id outlives reloads |
 //! | `meta` | `"transfers"` | the transfer queue's journal (a string: [`cairn_core::transfer::Journal`]) |
+//! | `meta` | `"replicas"` | the copies kept on other peers, what is wanted of each root, trust (a string) |
 //!
 //! Cost is per transaction, not per byte, so [`IdbStore::put_many`] writes a whole batch,
 //! its existence checks and the byte count in **one** readwrite transaction: all of it
@@ -33,7 +34,10 @@ const META: &str = "meta";
 const STAT: &str = "stat";
 const PINS: &str = "pins";
 const IDENTITY: &str = "identity";
-const TRANSFERS: &str = "transfers";
+/// The `meta` key of the transfer queue's journal.
+pub const TRANSFERS: &str = "transfers";
+/// The `meta` key of the replicas' record.
+pub const REPLICAS: &str = "replicas";
 
 /// A block store in the browser's IndexedDB.
 #[derive(Debug, Clone)]
@@ -184,8 +188,8 @@ impl IdbStore {
             .map(|v| bytes(&v)))
     }
 
-    /// The transfer queue's journal kept with this store, if any.
-    pub async fn transfers(&self) -> Result<Option<String>> {
+    /// The text record kept under `key` in `meta`, if any.
+    pub async fn record(&self, key: &str) -> Result<Option<String>> {
         let tx = self
             .db
             .transaction(META)
@@ -193,14 +197,14 @@ impl IdbStore {
             .map_err(|e| backend("transfers", e))?;
         let meta = tx.object_store(META).map_err(|e| backend("transfers", e))?;
         let v: Option<JsValue> = meta
-            .get::<JsValue, JsValue, _>(JsValue::from_str(TRANSFERS))
+            .get::<JsValue, JsValue, _>(JsValue::from_str(key))
             .await
             .map_err(|e| backend("transfers", e))?;
         Ok(v.and_then(|v| v.as_string()))
     }
 
-    /// Replaces the transfer queue's journal.
-    pub async fn set_transfers(&self, record: &str) -> Result<()> {
+    /// Replaces the text record kept under `key` in `meta`.
+    pub async fn set_record(&self, key: &str, record: &str) -> Result<()> {
         let tx = self
             .db
             .transaction(META)
@@ -210,7 +214,7 @@ impl IdbStore {
         {
             let meta = tx.object_store(META).map_err(|e| backend("transfers", e))?;
             meta.put(JsValue::from_str(record))
-                .with_key(JsValue::from_str(TRANSFERS))
+                .with_key(JsValue::from_str(key))
                 .build()
                 .map_err(|e| backend("transfers", e))?;
         }
@@ -545,16 +549,17 @@ impl BlockStore for IdbStore {
     }
 }
 
-/// The transfer queue's journal in a store's `meta` object store.
+/// A text record in a store's `meta` object store, under a key ([`TRANSFERS`],
+/// [`REPLICAS`]).
 #[derive(Debug, Clone)]
-pub struct IdbJournal(pub IdbStore);
+pub struct IdbJournal(pub IdbStore, pub &'static str);
 
 impl cairn_core::transfer::Journal for IdbJournal {
     fn load(&self) -> cairn_core::BoxFuture<'_, Result<Option<String>>> {
-        Box::pin(self.0.transfers())
+        Box::pin(self.0.record(self.1))
     }
 
     fn save(&self, record: String) -> cairn_core::BoxFuture<'_, Result<()>> {
-        Box::pin(async move { self.0.set_transfers(&record).await })
+        Box::pin(async move { self.0.set_record(self.1, &record).await })
     }
 }

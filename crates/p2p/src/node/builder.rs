@@ -299,32 +299,3 @@ where
         Either::Right(m) => std::io::Error::other(m),
     }
 }
-
-/// Secures and multiplexes a raw transport as every cairn connection is, outside any
-/// private network: Noise, then cairn's yamux ([`crate::yamux_config`]).
-pub fn authenticate<T>(transport: T, key: &Keypair) -> Result<Transport, BoxError>
-where
-    T: libp2p::core::Transport + Send + Unpin + 'static,
-    T::Output: futures::AsyncRead + futures::AsyncWrite + Unpin + Send + 'static,
-    T::Dial: Send + 'static,
-    T::ListenerUpgrade: Send + 'static,
-    T::Error: Send + Sync + 'static,
-{
-    authenticate_with(transport, key, crate::RECEIVE_WINDOW)
-}
-
-/// [`authenticate`] with another per-stream receive window ([`crate::yamux_config_with`]).
-pub fn authenticate_with<T>(
-    transport: T,
-    key: &Keypair,
-    receive_window: u32,
-) -> Result<Transport, BoxError>
-where
-    T: libp2p::core::Transport + Send + Unpin + 'static,
-    T::Output: futures::AsyncRead + futures::AsyncWrite + Unpin + Send + 'static,
-    T::Dial: Send + 'static,
-    T::ListenerUpgrade: Send + 'static,
-    T::Error: Send + Sync + 'static,
-{
-    Upgrader::new(key.clone(), None).authenticate_with(transport, receive_window)
-}

@@ -39,10 +39,7 @@ use libp2p::swarm::Swarm;
 use libp2p::{Multiaddr, PeerId};
 
 pub use bootstrap::{Backoff, BootstrapPeer, REFRESH as BOOTSTRAP_REFRESH};
-pub use builder::{
-    BuildError, Builder, HANDSHAKE_TIMEOUT, Spawner, Transport, Upgrader, authenticate,
-    authenticate_with,
-};
+pub use builder::{BuildError, Builder, HANDSHAKE_TIMEOUT, Spawner, Transport, Upgrader};
 pub use events::{Event, Events};
 pub use peers::PeerInfo;
 

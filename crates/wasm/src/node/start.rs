@@ -279,9 +279,10 @@ pub(super) async fn start(options: CreateOptions) -> Result<Inner, JsValue> {
     // The queue is kept with the store by the tab that holds its identity (another tab on
     // the same store runs its own, unkept).
     let journal: Option<std::sync::Arc<dyn cairn_core::transfer::Journal>> = match (&store, &lock) {
-        (Store::Idb(idb), Some(_)) => {
-            Some(std::sync::Arc::new(crate::idb::IdbJournal(idb.clone())))
-        }
+        (Store::Idb(idb), Some(_)) => Some(std::sync::Arc::new(crate::idb::IdbJournal(
+            idb.clone(),
+            crate::idb::TRANSFERS,
+        ))),
         _ => None,
     };
     let fetcher = super::transfers::NodeFetcher {
@@ -300,7 +301,17 @@ pub(super) async fn start(options: CreateOptions) -> Result<Inner, JsValue> {
     .await
     .map_err(|e| coded("cannot read the transfer queue", &e))?;
     wasm_bindgen_futures::spawn_local(driver);
-    let replicas = cairn_p2p::pinning::Replicas::new(node.clone());
+    // Kept with the store like the queue, by the tab that holds its identity.
+    #[allow(clippy::arc_with_non_send_sync)]
+    let replicas = match (&store, &lock) {
+        (Store::Idb(idb), Some(_)) => cairn_p2p::pinning::Replicas::with_journal(
+            node.clone(),
+            std::sync::Arc::new(crate::idb::IdbJournal(idb.clone(), crate::idb::REPLICAS)),
+        )
+        .await
+        .map_err(|e| coded("cannot read the replicas kept elsewhere", &e))?,
+        _ => cairn_p2p::pinning::Replicas::new(node.clone()),
+    };
     maintain_replicas(node.clone(), replicas.clone());
     Ok(Inner {
         node,

@@ -227,4 +227,40 @@ async fn pin_keeps_a_checked_copy_on_the_relay() {
     let e = node.replicas("nonsense".into()).await.unwrap_err();
     assert_code(&e, "INVALID_ARGUMENT");
     node.stop().await;
+
+    // Kept with an IndexedDB store, the copies are known after a reload.
+    let name = format!("replicas-{}", js_sys::Math::random());
+    let opts = || {
+        let o = options(&[relay]);
+        js_sys::Reflect::set(&o, &"storage".into(), &"indexeddb".into()).unwrap();
+        js_sys::Reflect::set(&o, &"name".into(), &name.clone().into()).unwrap();
+        o
+    };
+    let first = CairnNode::create(opts()).await.unwrap();
+    let cid = first
+        .add(
+            js_sys::Uint8Array::from(&content[..10_000]).into(),
+            JsValue::UNDEFINED,
+        )
+        .await
+        .unwrap();
+    first
+        .pin(cid.clone(), obj(&[("replicas", 1.into())]))
+        .await
+        .unwrap();
+    first.stop().await;
+    let again = CairnNode::create(opts()).await.unwrap();
+    let copies = js_sys::Array::from(&again.replicas(cid.clone()).await.unwrap());
+    assert_eq!(copies.length(), 1, "the copy is remembered across a reload");
+    assert_eq!(
+        get(&copies.get(0), "peerId").as_string().as_deref(),
+        Some(relay_id)
+    );
+    again.stop().await;
+    cairn_wasm::idb::IdbStore::open(&name, None)
+        .await
+        .unwrap()
+        .destroy()
+        .await
+        .unwrap();
 }
