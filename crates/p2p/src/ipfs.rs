@@ -81,6 +81,23 @@ impl<H> std::fmt::Debug for Network<H> {
 }
 
 impl<H: HttpClient> Network<H> {
+    /// When the only connection to `peer` goes through a relay and it has `direct`
+    /// addresses, connects directly too: js-libp2p (Helia, Kubo's peers in JS) never opens
+    /// a stream on a limited (relayed) connection, so bitswap's answers could not come back
+    /// over the circuit (the first direct address that answers is enough).
+    async fn also_direct(&self, peer: PeerId, direct: &[Multiaddr]) {
+        for a in direct {
+            let relayed_only = self.node.peer(&peer).is_none_or(|i| i.relayed);
+            if !relayed_only {
+                return;
+            }
+            let addr = a.clone().with_p2p(peer).unwrap_or_else(|a| a);
+            if let Err(e) = self.node.dial(addr).await {
+                tracing::debug!(%peer, error = %e, "no direct connection at this address");
+            }
+        }
+    }
+
     /// Lookups through `routers`, and through the DHT if `dht`; only addresses `dialable`
     /// accepts are dialed.
     pub fn new(
@@ -186,10 +203,18 @@ impl<H: HttpClient> FindPeers for Network<H> {
             }
             let t = self.connect_timeout;
             connecting.push(async move {
+                let direct: Vec<Multiaddr> = addrs
+                    .iter()
+                    .filter(|a| !a.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
+                    .cloned()
+                    .collect();
                 let out = match cairn_core::rt::timeout(t, self.node.connect(peer, addrs)).await {
                     Some(r) => r.map_err(|e| e.to_string()),
                     None => Err(format!("no answer within {t:?}")),
                 };
+                if out.is_ok() {
+                    cairn_core::rt::timeout(t, self.also_direct(peer, &direct)).await;
+                }
                 (peer, out)
             });
         }
