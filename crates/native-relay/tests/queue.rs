@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use common::{Kill, bin, lines};
+use common::{Kill, bin, lines, rest};
 
 const MIB: usize = 1 << 20;
 
@@ -220,8 +220,8 @@ fn a_queue_file_runs_by_priority_and_refuses_junk_lines_by_number() {
     let status = kill
         .exit_within(Duration::from_secs(120))
         .expect("the queue ends");
-    let stdout: Vec<String> = out.try_iter().collect();
-    let stderr: Vec<String> = err.try_iter().collect();
+    let stdout: Vec<String> = rest(&out);
+    let stderr: Vec<String> = rest(&err);
     assert_eq!(
         status.code(),
         Some(2),
@@ -290,13 +290,13 @@ fn an_interrupted_queue_resumes_and_fetches_only_what_it_lacks() {
     let status = kill
         .exit_within(Duration::from_secs(60))
         .expect("the queue ends");
-    let stderr: Vec<String> = err.try_iter().collect();
+    let stderr: Vec<String> = rest(&err);
     assert_eq!(status.code(), Some(0), "{stderr:?}");
     assert!(
         stderr.iter().any(|l| l.contains("resuming 1 transfer(s)")),
         "{stderr:?}"
     );
-    assert_eq!(out.try_iter().collect::<Vec<_>>(), [format!("{cid} done")]);
+    assert_eq!(rest(&out), [format!("{cid} done")]);
     assert!(local_cat(&mine, cid) == *bytes, "byte-identical");
     let total = served_bytes(&http);
     eprintln!(
@@ -338,8 +338,8 @@ fn a_relay_killed_mid_transfer_is_waited_for_and_the_transfer_completes() {
     let status = kill
         .exit_within(Duration::from_secs(90))
         .expect("the queue ends");
-    let rest: Vec<String> = err.try_iter().collect();
-    assert_eq!(status.code(), Some(0), "{seen:?}\n{rest:?}");
-    assert_eq!(out.try_iter().collect::<Vec<_>>(), [format!("{cid} done")]);
+    let tail: Vec<String> = rest(&err);
+    assert_eq!(status.code(), Some(0), "{seen:?}\n{tail:?}");
+    assert_eq!(rest(&out), [format!("{cid} done")]);
     assert!(local_cat(&mine, cid) == *bytes, "byte-identical");
 }

@@ -274,6 +274,13 @@ async fn watch(
             .iter()
             .any(|s| matches!(s.state, State::Queued | State::Active | State::Retrying));
         if !busy {
+            // The last updates may still be in the channel when the list already shows
+            // every transfer ended: print each final state that was not printed yet.
+            for s in &all {
+                if printed.get(&s.id).map(|(state, _)| *state) != Some(s.state) {
+                    eprintln!("{}", describe(s));
+                }
+            }
             return all;
         }
         let Some(u) = updates.next().await else {

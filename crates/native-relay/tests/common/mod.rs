@@ -240,6 +240,19 @@ impl Drop for Kill {
 }
 
 /// The lines of `r`, read on a thread, so a test can wait for one with a timeout.
+/// The rest of a finished process's output, read to its end (the reader may still be
+/// behind when the process has exited), waiting at most 10 s for it.
+#[allow(dead_code)]
+pub(crate) fn rest(rx: &mpsc::Receiver<String>) -> Vec<String> {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut out = Vec::new();
+    while let Ok(line) = rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now()))
+    {
+        out.push(line);
+    }
+    out
+}
+
 pub(crate) fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
