@@ -104,3 +104,13 @@ export async function hashFile (path) {
   }
   return { size, sha256: hash.digest('hex') }
 }
+
+/** js-libp2p's connection-monitor ping from page `j` to cairn peer `id` (webrtc-peer.js):
+ * it must succeed, its `close()` must end on cairn's FIN_ACK, and cairn must then end the
+ * stream. */
+export async function monitorPing (j, id) {
+  const closed = await j.evaluate((p) => window.monitorPing(p), id)
+    .catch((err) => { throw new Error(`js-libp2p's connection-monitor ping to cairn failed (it would drop the connection): ${err.message}`) })
+  assert(closed.closeStatus !== 'reset', `js-libp2p's close() ended on cairn's FIN_ACK, before the stream ended: ${closed.closeStatus}`)
+  assert(closed.ended, 'cairn then ended the stream (it read the FIN and let the channel go)')
+}

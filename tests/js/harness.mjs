@@ -1,13 +1,17 @@
 // What the browser tests share: free ports, a cairn-relay started and always stopped,
-// Debian's Chromium through playwright-core, and cleanup on every exit path.
+// Debian's Chromium through playwright-core, Debian's Firefox ESR through puppeteer-core
+// (WebDriver BiDi: no patched browser), and cleanup on every exit path.
 import { spawn } from 'node:child_process'
 import { createCipheriv } from 'node:crypto'
 import { cpSync, mkdirSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { createServer as createHttpServer } from 'node:http'
 import { createServer } from 'node:net'
 import { createInterface } from 'node:readline'
 import * as esbuild from 'esbuild'
 import { chromium } from 'playwright-core'
+import puppeteer from 'puppeteer-core'
 
 /** A TCP port on 127.0.0.1 that was free a moment ago. */
 export async function freePort () {
@@ -120,6 +124,30 @@ export async function launchPersistent (dir) {
   return context
 }
 
+/** Where Debian's Firefox ESR is (`cargo xtask test` installs it). */
+export const FIREFOX = '/usr/bin/firefox-esr'
+
+/** Firefox preferences for WebRTC between pages of one machine, as WEBRTC_FLAGS are for
+ * Chromium: real host candidates (no mDNS names), loopback ones included. */
+export const FIREFOX_PREFS = {
+  'media.peerconnection.ice.obfuscate_host_addresses': false,
+  'media.peerconnection.ice.loopback': true
+}
+
+/** Debian's Firefox ESR, headless, driven over WebDriver BiDi by puppeteer-core; closed at
+ * exit. Its pages are puppeteer's, not Playwright's (`page.evaluate`, `waitForSelector`,
+ * `waitForFunction(fn, options, ...args)`). */
+export async function launchFirefox () {
+  const browser = await puppeteer.launch({
+    browser: 'firefox',
+    executablePath: FIREFOX,
+    headless: true,
+    extraPrefsFirefox: FIREFOX_PREFS
+  })
+  atExit(() => browser.close())
+  return browser
+}
+
 /** Collects a page's console and errors, for failure messages. */
 export function capture (page) {
   const log = []
@@ -156,4 +184,28 @@ export async function bundleSite ({ entryPoints, wasm, html, outdir }) {
   await esbuild.build({ entryPoints, bundle: true, format: 'esm', outdir, logLevel: 'warning' })
   cpSync(wasm, join(outdir, 'cairn_wasm_bg.wasm'))
   cpSync(html, join(outdir, 'index.html'))
+}
+
+/**
+ * Serves the js-libp2p browser node of webrtc-peer.js (bundled with esbuild) on 127.0.0.1
+ * until exit; resolves to its page's URL. Served from 127.0.0.1 like the app: a page the
+ * browser itself fulfils counts as public, and Chromium then refuses its connections to a
+ * loopback relay.
+ */
+export async function serveJsPeer () {
+  const here = dirname(fileURLToPath(import.meta.url))
+  const bundle = await esbuild.build({ entryPoints: [join(here, 'webrtc-peer.js')], bundle: true, format: 'esm', write: false, logLevel: 'warning' })
+  const port = await freePort()
+  const server = createHttpServer((req, res) => {
+    if (req.url.endsWith('.js')) {
+      res.writeHead(200, { 'content-type': 'text/javascript' })
+      res.end(bundle.outputFiles[0].text)
+    } else {
+      res.writeHead(200, { 'content-type': 'text/html' })
+      res.end('<!doctype html><script type="module" src="/peer.js"></script>')
+    }
+  })
+  await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve))
+  atExit(() => new Promise((resolve) => server.close(resolve)))
+  return `http://127.0.0.1:${port}/`
 }

@@ -12,13 +12,10 @@
 //   esbuild) and cairn pages connect over /webrtc both ways, ping each other over it, and
 //   the connections outlive js-libp2p's connection monitor (cairn answers FIN with FIN_ACK).
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
-import { createServer } from 'node:http'
 import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import * as esbuild from 'esbuild'
-import { addFile as add, allFrom, assert, downloaded, openApp as open, randomFile, transferEnds } from './app.mjs'
-import { WEBRTC_FLAGS, atExit, capture, cleanup, freePort, launchChromium, relayBytes, startRelay, step as say } from './harness.mjs'
+import { join } from 'node:path'
+import { addFile as add, allFrom, assert, downloaded, monitorPing, openApp as open, randomFile, transferEnds } from './app.mjs'
+import { WEBRTC_FLAGS, atExit, capture, cleanup, freePort, launchChromium, relayBytes, serveJsPeer, startRelay, step as say } from './harness.mjs'
 
 const [relayBin, dist, artifacts] = process.argv.slice(2)
 if (!relayBin || !dist || !artifacts) {
@@ -26,7 +23,6 @@ if (!relayBin || !dist || !artifacts) {
   process.exit(2)
 }
 const step = (what) => say('webrtc', what)
-const here = dirname(fileURLToPath(import.meta.url))
 const MiB = 1024 * 1024
 const work = mkdtempSync(join(tmpdir(), 'cairn-webrtc-'))
 atExit(() => rmSync(work, { recursive: true, force: true }))
@@ -38,16 +34,6 @@ async function peerRow (p, peerId, path) {
   const row = p.page.locator(`#peers tr[data-peer="${peerId}"]`)
   await p.page.locator(`#peers tr[data-peer="${peerId}"][data-path="${path}"]`).waitFor({ timeout: 30_000 }).catch(() => {})
   return { path: await row.getAttribute('data-path'), text: await row.locator('td').nth(1).textContent() }
-}
-
-/** js-libp2p's connection-monitor ping from page `j` to cairn peer `id` (webrtc-peer.js):
- * it must succeed, its `close()` must end on cairn's FIN_ACK, and cairn must then end the
- * stream. */
-async function monitorPing (j, id) {
-  const closed = await j.evaluate((p) => window.monitorPing(p), id)
-    .catch((err) => { throw new Error(`js-libp2p's connection-monitor ping to cairn failed (it would drop the connection): ${err.message}`) })
-  assert(closed.closeStatus !== 'reset', `js-libp2p's close() ended on cairn's FIN_ACK, before the stream ended: ${closed.closeStatus}`)
-  assert(closed.ended, 'cairn then ended the stream (it read the FIN and let the channel go)')
 }
 
 try {
@@ -110,24 +96,10 @@ try {
   assert(open2 === 0, `the failed attempt left no RTCPeerConnection open: ${open2}`)
   await c.page.screenshot({ path: join(artifacts, 'webrtc-02-relayed.png'), fullPage: true })
   step('interop: a js-libp2p page (@libp2p/webrtc) and cairn pages, over /webrtc both ways')
-  const bundle = await esbuild.build({ entryPoints: [join(here, 'webrtc-peer.js')], bundle: true, format: 'esm', write: false, logLevel: 'warning' })
-  // Served from 127.0.0.1 like the app (a page the browser itself fulfils counts as public,
-  // and Chromium then refuses its connections to a loopback relay).
-  const jsPort = await freePort()
-  const jsServer = createServer((req, res) => {
-    if (req.url.endsWith('.js')) {
-      res.writeHead(200, { 'content-type': 'text/javascript' })
-      res.end(bundle.outputFiles[0].text)
-    } else {
-      res.writeHead(200, { 'content-type': 'text/html' })
-      res.end('<!doctype html><script type="module" src="/peer.js"></script>')
-    }
-  })
-  await new Promise((resolve) => jsServer.listen(jsPort, '127.0.0.1', resolve))
-  atExit(() => new Promise((resolve) => jsServer.close(resolve)))
+  const jsOrigin = await serveJsPeer()
   const j = await (await browser.newContext()).newPage()
   const jLog = capture(j)
-  await j.goto(`http://127.0.0.1:${jsPort}/`)
+  await j.goto(jsOrigin)
   await j.waitForFunction(() => typeof window.startPeer === 'function', null, { timeout: 30_000 })
   const relayAddr = await a.page.evaluate(() => window.cairnApp.node.addresses[0].split('/p2p-circuit')[0])
   const js = await j.evaluate((r) => window.startPeer(r), relayAddr)

@@ -124,6 +124,22 @@ impl Needs {
     };
 }
 
+/// Debian's Firefox ESR, the second engine the browser tests run in.
+const FIREFOX: &str = "/usr/bin/firefox-esr";
+
+/// geckodriver (WebDriver for Firefox, what wasm-bindgen-test-runner drives it with), from
+/// crates.io.
+const GECKODRIVER_VERSION: &str = "0.37.1";
+
+/// Where `cargo install` puts geckodriver.
+fn geckodriver() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from(".cargo"));
+    home.join("bin/geckodriver")
+}
+
 /// The wasm-bindgen version in Cargo.lock (the CLI must match it exactly).
 fn locked_wasm_bindgen(root: &Path) -> Result<String> {
     let lock = std::fs::read_to_string(root.join("Cargo.lock")).context("read Cargo.lock")?;
@@ -193,11 +209,36 @@ fn install(root: &Path, needs: Needs) -> Result<()> {
         eprintln!("installing wasm-bindgen-cli {wb} (the version in Cargo.lock)");
         sh(cargo().args(["install", "wasm-bindgen-cli", "--version", &wb, "--force"]))?;
     }
-    if needs.browser
-        && !(Path::new("/usr/bin/chromium").exists() && Path::new("/usr/bin/chromedriver").exists())
-    {
-        eprintln!("installing Debian's chromium and chromium-driver");
-        apt_install(&["chromium", "chromium-driver"])?;
+    if needs.browser {
+        // One apt run for whatever of the two browsers is missing.
+        let mut missing = Vec::new();
+        if !(Path::new("/usr/bin/chromium").exists() && Path::new("/usr/bin/chromedriver").exists())
+        {
+            missing.extend(["chromium", "chromium-driver"]);
+        }
+        if !Path::new(FIREFOX).exists() {
+            missing.push("firefox-esr");
+        }
+        if !missing.is_empty() {
+            eprintln!("installing Debian's {}", missing.join(", "));
+            apt_install(&missing)?;
+        }
+        // Debian has no geckodriver: crates.io has Mozilla's, built here (about 2 minutes).
+        if !have_version(
+            geckodriver().to_str().unwrap_or("geckodriver"),
+            "--version",
+            GECKODRIVER_VERSION,
+        ) {
+            eprintln!("installing geckodriver {GECKODRIVER_VERSION} from crates.io");
+            sh(cargo().args([
+                "install",
+                "geckodriver",
+                "--version",
+                GECKODRIVER_VERSION,
+                "--locked",
+                "--force",
+            ]))?;
+        }
     }
     // The NAT traversal test (crates/native-relay/tests/nat.rs) builds NATs in network
     // namespaces with nftables; it runs where the machine allows namespaces (as root).
@@ -309,39 +350,55 @@ fn test(root: &Path) -> Result<()> {
         .env("CAIRN_REQUIRE_INTEROP", "1")
         .env("CAIRN_WEB_DIST", root.join("dist")))?;
 
-    step("browser tests (headless Chromium, against a cairn-relay started for them)");
     let relay = TestRelay::start(root, None)?;
     let private = TestRelay::start(root, Some("private"))?;
     let helia = HeliaPeer::start(root, &relay.addr)?;
-    sh(cargo()
-        .args([
-            "test",
-            "--target",
-            WASM_TARGET,
-            "-p",
-            "cairn-cas-wasm",
-            "--",
-            "--include-ignored",
-        ])
-        .env("CAIRN_REQUIRE_INTEROP", "1")
-        .env("CAIRN_TEST_RELAY", &relay.addr)
-        .env("CAIRN_TEST_CID", &relay.cid)
-        .env("CAIRN_TEST_GATEWAY", &relay.gateway)
-        .env("CAIRN_TEST_HELIA_CID", &helia.cid)
-        .env("CAIRN_TEST_HELIA_LEN", HeliaPeer::LEN.to_string())
-        .env("CAIRN_TEST_LEN", TestRelay::LEN.to_string())
-        .env("CAIRN_TEST_PRIVATE_RELAY", &private.addr)
-        .env(
-            "CAIRN_TEST_SWARM_KEY",
-            private.swarm_key.as_deref().unwrap_or_default(),
-        )
-        .env(
-            "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
-            "wasm-bindgen-test-runner",
-        )
-        .env("CHROMEDRIVER", "/usr/bin/chromedriver")
-        .env("WASM_BINDGEN_TEST_TIMEOUT", "120")
-        .current_dir(root.join("crates/wasm")))?;
+    // The same suite in both engines, each through its own WebDriver.
+    for (engine, var, driver) in [
+        (
+            "Chromium",
+            "CHROMEDRIVER",
+            PathBuf::from("/usr/bin/chromedriver"),
+        ),
+        ("Firefox ESR", "GECKODRIVER", geckodriver()),
+    ] {
+        step(&format!(
+            "browser tests (headless {engine}, against a cairn-relay started for them)"
+        ));
+        sh(cargo()
+            .args([
+                "test",
+                "--target",
+                WASM_TARGET,
+                "-p",
+                "cairn-cas-wasm",
+                "--",
+                "--include-ignored",
+            ])
+            .env("CAIRN_REQUIRE_INTEROP", "1")
+            .env("CAIRN_TEST_RELAY", &relay.addr)
+            .env("CAIRN_TEST_CID", &relay.cid)
+            .env("CAIRN_TEST_GATEWAY", &relay.gateway)
+            .env("CAIRN_TEST_HELIA_CID", &helia.cid)
+            .env("CAIRN_TEST_HELIA_LEN", HeliaPeer::LEN.to_string())
+            .env("CAIRN_TEST_LEN", TestRelay::LEN.to_string())
+            .env("CAIRN_TEST_PRIVATE_RELAY", &private.addr)
+            .env(
+                "CAIRN_TEST_SWARM_KEY",
+                private.swarm_key.as_deref().unwrap_or_default(),
+            )
+            .env(
+                "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
+                "wasm-bindgen-test-runner",
+            )
+            // The runner picks the first driver it is given: only this engine's.
+            .env_remove("CHROMEDRIVER")
+            .env_remove("GECKODRIVER")
+            .env_remove("SAFARIDRIVER")
+            .env(var, driver)
+            .env("WASM_BINDGEN_TEST_TIMEOUT", "120")
+            .current_dir(root.join("crates/wasm")))?;
+    }
     drop(helia);
     drop(private);
     drop(relay);
@@ -365,6 +422,14 @@ fn test(root: &Path) -> Result<()> {
     step("browser to browser over /webrtc in Chromium (Playwright; the relay's byte counters)");
     sh(Command::new(node_bin(root))
         .arg(root.join("tests/js/webrtc.mjs"))
+        .arg(target_dir(root).join("debug/cairn-relay"))
+        .arg(root.join("dist"))
+        .arg(root.join("tests/artifacts/e2e"))
+        .current_dir(root.join("tests/js")))?;
+
+    step("Firefox: the web app's main flows, Firefox <-> Chromium over /webrtc, js-libp2p interop");
+    sh(Command::new(node_bin(root))
+        .arg(root.join("tests/js/firefox.mjs"))
         .arg(target_dir(root).join("debug/cairn-relay"))
         .arg(root.join("dist"))
         .arg(root.join("tests/artifacts/e2e"))

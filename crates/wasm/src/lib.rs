@@ -11,6 +11,7 @@ pub mod idb;
 mod js;
 pub mod net;
 mod node;
+mod platform;
 pub mod types;
 pub mod webcrypto;
 pub mod webrtc;

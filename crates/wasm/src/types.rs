@@ -87,7 +87,8 @@ pub struct CreateOptions {
     #[tsify(optional, type = "'default' | 'unixfs-v1-2025'")]
     pub profile: Option<String>,
     /// Move connections to other browsers from the relay to direct WebRTC (`/webrtc`) when
-    /// possible (default `true`).
+    /// possible (default: `true` where the browser has `RTCPeerConnection`, which Workers
+    /// lack; `true` where it has none is refused with `UNSUPPORTED`).
     #[tsify(optional)]
     pub direct: Option<bool>,
     /// STUN/TURN URLs for direct connections (`stun:host:port`); default none: host

@@ -70,6 +70,7 @@ struct Checked {
 }
 
 fn check(options: &CreateOptions) -> Result<Checked, JsValue> {
+    let platform = crate::platform::check(options)?;
     let profile: Profile = options
         .profile
         .as_deref()
@@ -150,7 +151,15 @@ fn check(options: &CreateOptions) -> Result<Checked, JsValue> {
         sources,
         relays,
         rtc,
-        direct: options.direct.unwrap_or(true),
+        direct: options.direct.unwrap_or_else(|| {
+            if !platform.rtc {
+                web_sys::console::info_1(
+                    &"cairn: no RTCPeerConnection here (a Worker has none): connections to other browsers stay on the relay"
+                        .into(),
+                );
+            }
+            platform.rtc
+        }),
         swarm_key,
         transfers: super::transfers::config(options.transfers.as_ref())?,
         serve_rate: super::transfers::serve_rate(options.transfers.as_ref())?,

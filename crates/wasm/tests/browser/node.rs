@@ -424,3 +424,91 @@ async fn add_all_makes_helias_directory_lists_it_and_reads_files_by_path() {
     assert_says(&err, "no entries");
     node.stop().await;
 }
+
+/// Hides the global `name` until dropped, pass or fail: an own property of the global
+/// object holding `undefined`, in place of the browser's (an own property of the global in
+/// Firefox, which is put back as it was; one on its prototype in Chromium, then shadowed).
+struct Hidden(&'static str, JsValue);
+
+impl Hidden {
+    fn new(name: &'static str) -> Self {
+        let global: js_sys::Object = js_sys::global();
+        let was = js_sys::Object::get_own_property_descriptor(&global, &name.into());
+        let desc = js_sys::Object::new();
+        js_sys::Reflect::set(&desc, &"value".into(), &JsValue::UNDEFINED).unwrap();
+        js_sys::Reflect::set(&desc, &"configurable".into(), &true.into()).unwrap();
+        js_sys::Reflect::set(&desc, &"writable".into(), &true.into()).unwrap();
+        js_sys::Object::define_property(&global, &name.into(), &desc);
+        Hidden(name, was)
+    }
+}
+
+impl Drop for Hidden {
+    fn drop(&mut self) {
+        let global = js_sys::global();
+        if self.1.is_undefined() {
+            js_sys::Reflect::delete_property(&global, &self.0.into()).unwrap();
+        } else {
+            use wasm_bindgen::JsCast;
+            js_sys::Object::define_property(&global, &self.0.into(), self.1.unchecked_ref());
+        }
+    }
+}
+
+#[wasm_bindgen_test]
+async fn a_missing_browser_api_is_named_at_create() {
+    // No RTCPeerConnection (as in a Worker): asked for, refused by name; by default, the node
+    // starts with direct connections off, and says so when one is asked for.
+    {
+        let _gone = Hidden::new("RTCPeerConnection");
+        let err = CairnNode::create(obj(&[
+            ("storage", "memory".into()),
+            ("direct", true.into()),
+        ]))
+        .await
+        .unwrap_err();
+        assert_code(&err, "UNSUPPORTED");
+        assert_says(&err, "RTCPeerConnection");
+        assert_says(&err, "direct: false");
+        let node = CairnNode::create(options(&[])).await.unwrap();
+        let err = node
+            .connect("/ip4/127.0.0.1/tcp/9/ws/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit/webrtc/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into())
+            .await
+            .unwrap_err();
+        assert_says(&err, "direct connections are turned off");
+        node.stop().await;
+    }
+    // No IndexedDB: the default store is refused by name, a memory store still starts.
+    {
+        let _gone = Hidden::new("indexedDB");
+        let err = CairnNode::create(JsValue::UNDEFINED).await.unwrap_err();
+        assert_code(&err, "UNSUPPORTED");
+        assert_says(&err, "IndexedDB");
+        assert_says(&err, "storage: 'memory'");
+        CairnNode::create(options(&[])).await.unwrap().stop().await;
+    }
+    // No WebSocket: relays cannot be reached, which is said before any dial.
+    {
+        let _gone = Hidden::new("WebSocket");
+        let err = CairnNode::create(obj(&[
+            ("storage", "memory".into()),
+            (
+                "relays",
+                js_sys::Array::of1(&"/ip4/127.0.0.1/tcp/9/ws/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into()).into(),
+            ),
+        ]))
+        .await
+        .unwrap_err();
+        assert_code(&err, "UNSUPPORTED");
+        assert_says(&err, "WebSocket");
+    }
+    // Everything back: the browser's own objects are seen again.
+    for name in ["RTCPeerConnection", "indexedDB", "WebSocket"] {
+        assert!(
+            !js_sys::Reflect::get(&js_sys::global(), &name.into())
+                .unwrap()
+                .is_undefined(),
+            "{name} is back"
+        );
+    }
+}
