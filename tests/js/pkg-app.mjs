@@ -1,7 +1,8 @@
 // The npm package test: installs the packed `cairn-cas` tarball into pkg-app/, type-checks an
 // app against its types, bundles the app with esbuild, starts a cairn-relay serving it, and
-// runs it in headless Chromium: page A adds and fetches (in the page and in a Worker); page
-// B, in another browser context, fetches A's file through the relay.
+// runs it in headless Chromium and headless Firefox: page A adds and fetches (in the page and
+// in a Worker); page B, in the other browser, fetches A's file through the relay — once with
+// A in Chromium, once with A in Firefox.
 //
 // node pkg-app.mjs <cairn-cas-x.y.z.tgz> <cairn-relay binary>
 // The relay and the browser are stopped at the end, pass or fail.
@@ -10,7 +11,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { atExit, bundleSite, capture, cleanup, freePort, launchChromium, startRelay, step as say } from './harness.mjs'
+import { atExit, bundleSite, cleanup, freePort, launchChromium, launchFirefox, startRelay, step as say } from './harness.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const app = join(here, 'pkg-app')
@@ -44,25 +45,34 @@ try {
   const http = `127.0.0.1:${await freePort()}`
   const { addr } = await startRelay(relayBin, http, ['--web-root', out, '--identity', join(work, 'id.key')])
 
-  step('running the app in Chromium')
-  const browser = await launchChromium()
-  const open = async (query) => {
-    const context = await browser.newContext()
+  step('running the app in Chromium and Firefox')
+  const browsers = { Chromium: await launchChromium(), Firefox: await launchFirefox() }
+  // Playwright (Chromium) and puppeteer (Firefox) differ only in how a context is made and
+  // in waitForFunction's arguments.
+  const open = async (engine, query) => {
+    const browser = browsers[engine]
+    const context = engine === 'Firefox' ? await browser.createBrowserContext() : await browser.newContext()
     const page = await context.newPage()
-    const log = capture(page)
+    const log = []
+    page.on('console', (m) => log.push(`${m.type()}: ${m.text()}`))
+    page.on('pageerror', (e) => log.push(`pageerror: ${e.message}`))
     await page.goto(`http://${http}/?relay=${encodeURIComponent(addr)}&${query}`)
-    await page.waitForFunction(() => window.cairnResult !== undefined, null, { timeout: 180_000 })
-      .catch((e) => { throw new Error(`${e.message}\n${log.join('\n')}`) })
+    const ready = () => window.cairnResult !== undefined
+    await (engine === 'Firefox' ? page.waitForFunction(ready, { timeout: 180_000 }) : page.waitForFunction(ready, null, { timeout: 180_000 }))
+      .catch((e) => { throw new Error(`${engine}: ${e.message}\n${log.join('\n')}`) })
     const result = await page.evaluate(() => window.cairnResult)
-    if (!result.ok) throw new Error(`${query}: ${result.error}\n${log.join('\n')}`)
+    if (!result.ok) throw new Error(`${engine} ${query}: ${result.error}\n${log.join('\n')}`)
     return result
   }
-  const a = await open('role=a')
-  step(`page A: ${JSON.stringify(a)}`)
-  const b = await open(`role=b&cid=${a.cid}`)
-  step(`page B: ${JSON.stringify(b)}`)
-  if (b.fromPeers < 1) throw new Error('page B fetched nothing from peers')
-  console.log(`the npm package works: ${a.cid} added in page A and its Worker, fetched by page B (${b.blocks} blocks, ${b.fromPeers} from peers)`)
+  // Other bytes each round: B can only have them from this round's A.
+  for (const [seed, first, second] of [[1, 'Chromium', 'Firefox'], [2, 'Firefox', 'Chromium']]) {
+    const a = await open(first, `role=a&seed=${seed}`)
+    step(`page A in ${first}: ${JSON.stringify(a)}`)
+    const b = await open(second, `role=b&seed=${seed}&cid=${a.cid}`)
+    step(`page B in ${second}: ${JSON.stringify(b)}`)
+    if (b.fromPeers < 1) throw new Error(`page B in ${second} fetched nothing from peers`)
+    console.log(`the npm package works: ${a.cid} added in page A and its Worker in ${first}, fetched by page B in ${second} (${b.blocks} blocks, ${b.fromPeers} from peers)`)
+  }
 } catch (e) {
   console.error(`pkg-app: FAILED: ${e.stack ?? e}`)
   process.exitCode = 1

@@ -403,7 +403,7 @@ fn test(root: &Path) -> Result<()> {
     drop(private);
     drop(relay);
 
-    step("npm package: its build, npm pack, and an esbuild app using the tarball in Chromium");
+    step("npm package: its build, npm pack, and an esbuild app using the tarball in Chromium and Firefox");
     let tarball = build_pkg(root)?;
     sh(Command::new(node_bin(root))
         .arg(root.join("tests/js/pkg-app.mjs"))

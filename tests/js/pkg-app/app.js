@@ -6,10 +6,11 @@ const params = new URLSearchParams(location.search)
 const relay = params.get('relay')
 const LEN = 3 * 1024 * 1024 + 5
 
-/** LEN pseudo-random bytes (xorshift32), the same in every page: no two chunks alike. */
+/** LEN pseudo-random bytes (xorshift32) from the page's `seed`, the same in every page
+ * given it: no two chunks alike. */
 function content () {
   const data = new Uint8Array(LEN)
-  let x = 2463534242
+  let x = (2463534242 + Number(params.get('seed') ?? 0)) >>> 0 || 1
   for (let i = 0; i < LEN; i++) {
     x ^= x << 13; x >>>= 0
     x ^= x >>> 17
