@@ -1,6 +1,7 @@
 // Browser benchmarks for `cargo xtask bench`: a release cairn-relay serves a bench page
 // (the `cairn` package, bundled by esbuild) and a 64 MiB file; headless Chromium runs each
-// measurement a few times beside its baseline; the medians go to a JSON file and a table.
+// measurement a few times beside its baseline, and Firefox ESR (puppeteer over WebDriver
+// BiDi) the add and fetch rows; the medians go to a JSON file and a table.
 //
 // node bench.mjs <cairn-relay (release)> <dist/ (the app, release)> <out.json>
 import { execFileSync } from 'node:child_process'
@@ -12,7 +13,7 @@ import { fileURLToPath } from 'node:url'
 import { createServer } from 'node:http'
 import { gzipSync } from 'node:zlib'
 import { WebSocketServer } from 'ws'
-import { atExit, bundleSite, capture, cleanup, freePort, launchChromium, startRelay, step as say } from './harness.mjs'
+import { atExit, bundleSite, capture, cleanup, freePort, launchChromium, launchFirefox, startRelay, step as say } from './harness.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const [relayBin, dist, outJson] = process.argv.slice(2)
@@ -69,19 +70,24 @@ try {
   const relay = await startRelay(relayBin, http, ['--store', store, '--web-root', site, '--identity', join(work, 'id.key')])
 
   const browser = await launchChromium()
-  const page = await (await browser.newContext()).newPage()
-  const log = capture(page)
-  await page.goto(`http://${http}/`)
-  await page.waitForFunction(() => window.benchReady === true, null, { timeout: 60_000 })
-  const run = async (what, fn, ...args) => {
-    const times = []
-    for (let i = 0; i < RUNS; i++) {
-      times.push(await page.evaluate(({ fn, args }) => window.bench[fn](...args), { fn, args })
-        .catch((e) => { throw new Error(`${what}: ${e.message}\n${log.slice(-10).join('\n')}`) }))
+  /** A bench page in `context` (Playwright's or puppeteer's) and a runner of its measurements. */
+  const benchPage = async (context, engine) => {
+    const page = await context.newPage()
+    const log = capture(page)
+    await page.goto(`http://${http}/`)
+    await page.waitForSelector('body[data-bench-ready="true"]', { timeout: 60_000 })
+      .catch((e) => { throw new Error(`${engine}: the bench page did not start: ${e.message}\n${log.join('\n')}`) })
+    return async (what, fn, ...args) => {
+      const times = []
+      for (let i = 0; i < RUNS; i++) {
+        times.push(await page.evaluate(({ fn, args }) => window.bench[fn](...args), { fn, args })
+          .catch((e) => { throw new Error(`${engine}: ${what}: ${e.message}\n${log.slice(-10).join('\n')}`) }))
+      }
+      step(`${engine}: ${what}: ${times.map((t) => typeof t === 'number' ? t.toFixed(0) : JSON.stringify(t)).join(', ')}`)
+      return times
     }
-    step(`${what}: ${times.map((t) => typeof t === 'number' ? t.toFixed(0) : JSON.stringify(t)).join(', ')}`)
-    return times
   }
+  const run = await benchPage(await browser.newContext(), 'Chromium')
   const bytes = MIB * 1024 * 1024
   const results = {}
 
@@ -115,6 +121,21 @@ try {
   const rawWs = median(await run('plain WebSocket, 64 KiB messages', 'wsCeiling', await wsServer(bytes), bytes))
   results.fetch = { cas_ws_mbps: mbps(bytes, ws), http_mbps: mbps(bytes, plain), raw_ws_mbps: mbps(bytes, rawWs), gateway_mbps: mbps(bytes, viaGateway) }
 
+  step('Firefox: add and fetch')
+  const firefox = await launchFirefox()
+  const ffRun = await benchPage(await firefox.createBrowserContext(), 'Firefox')
+  const ffHash = median(await ffRun('WebCrypto SHA-256', 'sha256', MIB))
+  const ff = {}
+  for (const storage of ['memory', 'indexeddb']) {
+    const inPage = median(await ffRun(`add in the page (${storage})`, 'addPage', MIB, storage))
+    const inWorker = median(await ffRun(`add in a Worker (${storage})`, 'addWorker', MIB, storage))
+    ff[`add_${storage}`] = { page_mbps: mbps(bytes, inPage), worker_mbps: mbps(bytes, inWorker), sha256_mbps: mbps(bytes, ffHash) }
+  }
+  const ffWs = median(await ffRun('fetch over /cas', 'fetchRelay', relay.addr, cid))
+  const ffPlain = median(await ffRun('HTTP /ipfs/{cid}', 'fetchHttp', cid))
+  ff.fetch = { cas_ws_mbps: mbps(bytes, ffWs), http_mbps: mbps(bytes, ffPlain) }
+  results.firefox = ff
+
   step('what the app loads, gzipped')
   const sizes = {}
   // The app's own script and the package's files it loads (worker.js only for Workers).
@@ -127,7 +148,8 @@ try {
   results.app_size = sizes
 
   mkdirSync(dirname(outJson), { recursive: true })
-  writeFileSync(outJson, JSON.stringify({ runs: RUNS, mib: MIB, chromium: browser.version(), results }, null, 2))
+  const ffVersion = await firefox.version()
+  writeFileSync(outJson, JSON.stringify({ runs: RUNS, mib: MIB, chromium: browser.version(), firefox: ffVersion, results }, null, 2))
   const r = results
   const f = (x) => x.toFixed(0).padStart(8)
   console.log(`\nbrowser (Chromium ${browser.version()}), ${MIB} MiB, median of ${RUNS}:`)
@@ -140,6 +162,10 @@ try {
   console.log(`fetch from the relay:  /cas over WebSocket ${f(r.fetch.cas_ws_mbps)} MB/s  HTTP ${f(r.fetch.http_mbps)} MB/s  ratio ${(r.fetch.cas_ws_mbps / r.fetch.http_mbps).toFixed(2)}`)
   console.log(`fetch, gateway source:  the relay's gateway, block by block ${f(r.fetch.gateway_mbps)} MB/s  ratio to HTTP ${(r.fetch.gateway_mbps / r.fetch.http_mbps).toFixed(2)}`)
   console.log(`WebSocket ceiling:     a plain WebSocket ${f(r.fetch.raw_ws_mbps)} MB/s  ratio to HTTP ${(r.fetch.raw_ws_mbps / r.fetch.http_mbps).toFixed(2)}  cairn /cas to it ${(r.fetch.cas_ws_mbps / r.fetch.raw_ws_mbps).toFixed(2)}`)
+  console.log(`${ffVersion}, the same rows:`)
+  console.log(`add, memory store:     page ${f(ff.add_memory.page_mbps)} MB/s  worker ${f(ff.add_memory.worker_mbps)} MB/s  WebCrypto SHA-256 ${f(ff.add_memory.sha256_mbps)} MB/s  ratio page/sha ${(ff.add_memory.page_mbps / ff.add_memory.sha256_mbps).toFixed(2)}`)
+  console.log(`add, IndexedDB:        page ${f(ff.add_indexeddb.page_mbps)} MB/s  worker ${f(ff.add_indexeddb.worker_mbps)} MB/s`)
+  console.log(`fetch from the relay:  /cas over WebSocket ${f(ff.fetch.cas_ws_mbps)} MB/s  HTTP ${f(ff.fetch.http_mbps)} MB/s  ratio ${(ff.fetch.cas_ws_mbps / ff.fetch.http_mbps).toFixed(2)}`)
   for (const [name, s] of Object.entries(sizes)) console.log(`app loads ${name.padEnd(22)} ${(s.bytes / 1024).toFixed(0).padStart(6)} KiB, gzipped ${(s.gzip / 1024).toFixed(0).padStart(6)} KiB`)
   console.log(`(JSON: ${outJson})`)
 } catch (e) {

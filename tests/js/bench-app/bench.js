@@ -101,3 +101,4 @@ window.bench = {
   }
 }
 window.benchReady = true
+document.body.dataset.benchReady = 'true'
