@@ -37,6 +37,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn real_main() -> Result<()> {
+    STARTED.get_or_init(Instant::now);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = root();
     std::env::set_current_dir(&root)?;
@@ -69,8 +70,13 @@ fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// When this xtask started: each step says how far in it begins, so that a slow run shows
+/// where its time went.
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 fn step(name: &str) {
-    eprintln!("\n==> {name}");
+    let at = STARTED.get_or_init(Instant::now).elapsed().as_secs();
+    eprintln!("\n==> {name} [{}:{:02} in]", at / 60, at % 60);
 }
 
 /// Runs a command, failing with its name when it fails.
@@ -403,7 +409,9 @@ fn test(root: &Path) -> Result<()> {
     drop(private);
     drop(relay);
 
-    step("npm package: its build, npm pack, and an esbuild app using the tarball in Chromium and Firefox");
+    step(
+        "npm package: its build, npm pack, and an esbuild app using the tarball in Chromium and Firefox",
+    );
     let tarball = build_pkg(root)?;
     sh(Command::new(node_bin(root))
         .arg(root.join("tests/js/pkg-app.mjs"))
