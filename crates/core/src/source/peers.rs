@@ -389,6 +389,30 @@ where
         {
             return Ok(b);
         }
+        // A peer whose request failed as a closed connection does, and which is still at
+        // hand, has another connection (a relayed one replaced by a direct one under the
+        // request, say): asked once more on it, before any lookup or other source.
+        let moved: Vec<F::Peer> = self
+            .find
+            .at_hand(cid)
+            .into_iter()
+            .filter(|p| {
+                failures
+                    .iter()
+                    .any(|(q, e)| q == p && matches!(e, SourceError::Unavailable(_)))
+            })
+            .collect();
+        if !moved.is_empty() {
+            for p in &moved {
+                asked.remove(p);
+            }
+            if let Some(b) = self
+                .race(cid, ctx, moved, &mut asked, &mut failures)
+                .await?
+            {
+                return Ok(b);
+            }
+        }
         let mut lookup_error = None;
         if self.config.look_up {
             // The root's providers first: looked up once a fetch, and again when those asked

@@ -29,6 +29,9 @@ enum Sim {
     /// Cannot be reached (its connection closed) until the network has been looked up in
     /// this many times: a lookup reaches it anew.
     Unreachable(usize),
+    /// Its first request fails as a closed connection does (a relayed connection replaced
+    /// by a direct one under the request); it answers on the connection it still has.
+    MovedOnce(Arc<std::sync::atomic::AtomicBool>),
 }
 
 /// A release the test controls: a peer behind a closed gate answers only when it opens.
@@ -151,6 +154,13 @@ impl AskPeer for SimNet {
                 Some(Sim::Failing) => Err(PeerError::Failed("connection reset".into())),
                 Some(Sim::Missing) | None => Err(PeerError::NotFound),
                 Some(Sim::Hanging) => std::future::pending().await,
+                Some(Sim::MovedOnce(moved)) => {
+                    if moved.swap(true, Ordering::SeqCst) {
+                        data.ok_or(PeerError::NotFound)
+                    } else {
+                        Err(PeerError::Failed("the connection closed".into()))
+                    }
+                }
                 Some(Sim::Unreachable(n)) => {
                     if counters.lookups.load(Ordering::SeqCst) >= n {
                         data.ok_or(PeerError::NotFound)
@@ -536,6 +546,31 @@ async fn a_lookup_that_finds_nobody_fails_every_block_at_once() {
         assert_eq!(err.failure(), Failure::NotFound, "nobody provides it");
     }
     assert_eq!(counters.lookups.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_peer_at_hand_whose_connection_moved_is_asked_again_before_any_lookup() {
+    let b = block("asked twice");
+    // It is still at hand (a new connection came up) after its request failed: asked once
+    // more, on that connection, with no lookup and no other source needed.
+    let (n, counters) = net_with(
+        &[("p1", Sim::MovedOnce(Default::default()))],
+        HashMap::new(),
+        &[&b],
+    );
+    let src = PeerSource::new(SourceKind::Peers, n.clone(), n, Some(*b.cid()));
+    assert_eq!(src.retrieve(b.cid(), &Context::new()).await.unwrap(), b);
+    assert_eq!(counters.lookups.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        counters.started.load(Ordering::SeqCst),
+        2,
+        "asked twice, no more"
+    );
+    // A peer that keeps failing so is asked again once per block, not more.
+    let (n, counters) = net(&[("p1", Sim::Failing)], &[&b]);
+    let src = race(n, routing::InOrder);
+    src.retrieve(b.cid(), &Context::new()).await.unwrap_err();
+    assert_eq!(counters.started.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
