@@ -130,6 +130,9 @@ fn cat(args: &[&str]) -> std::process::Output {
     bin()
         .arg("cat")
         .args(args)
+        // A failed fetch's message (its stderr) then tells how each peer was reached and
+        // what was asked of it.
+        .env("CAIRN_LOG", "warn,cairn_p2p=debug")
         .output()
         .expect("run cairn-relay cat")
 }
@@ -502,6 +505,42 @@ impl BlockStore for Liar {
     }
 }
 
+/// A store whose first `get` never ends: a provider that loses the first want it is sent,
+/// without a word (as one does when the stream the want came on was refused, or its answer
+/// had no connection to go back on).
+#[derive(Default)]
+struct Deaf {
+    inner: Memory,
+    gets: std::sync::atomic::AtomicUsize,
+}
+
+impl BlockStore for Deaf {
+    async fn get(&self, cid: &Cid) -> store::Result<Option<Block>> {
+        if self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            std::future::pending::<()>().await;
+        }
+        self.inner.get(cid).await
+    }
+    async fn put(&self, block: Block) -> store::Result<bool> {
+        self.inner.put(block).await
+    }
+    async fn put_many(&self, blocks: Vec<Block>) -> store::Result<usize> {
+        self.inner.put_many(blocks).await
+    }
+    async fn has(&self, cid: &Cid) -> store::Result<bool> {
+        self.inner.has(cid).await
+    }
+    async fn delete(&self, cid: &Cid) -> store::Result<bool> {
+        self.inner.delete(cid).await
+    }
+    async fn list(&self, after: Option<&Cid>, limit: usize) -> store::Result<Vec<Cid>> {
+        self.inner.list(after, limit).await
+    }
+    async fn stat(&self) -> store::Result<Stat> {
+        self.inner.stat().await
+    }
+}
+
 /// What a fake routing endpoint does.
 #[derive(Clone)]
 enum Fake {
@@ -589,6 +628,35 @@ async fn a_provider_that_sends_blocks_not_matching_their_cids_is_refused_and_pen
         "the liar lost trust"
     );
     eprintln!("tampered block refused in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_want_met_with_silence_is_sent_again_and_answered() {
+    let deaf = Arc::new(Deaf::default());
+    let block =
+        Block::from_data(Codec::Raw, HashAlg::Sha2_256, Bytes::from_static(b"wanted")).unwrap();
+    deaf.inner.put(block.clone()).await.unwrap();
+    let (provider, provider_addr) = node(deaf.clone()).await;
+    let routing = fake_routing(Fake::Body(record(provider.peer_id(), &provider_addr))).await;
+    let (_client, net) = client(&routing).await;
+    let started = Instant::now();
+    let got = ipfs_source(net, None)
+        .retrieve(
+            block.cid(),
+            &Context::new().with_timeout(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.data(), block.data());
+    assert_eq!(
+        deaf.gets.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the lost want, then the one sent again"
+    );
+    assert!(
+        started.elapsed() >= cairn_p2p::ipfs::REWANT,
+        "answered by the want sent again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

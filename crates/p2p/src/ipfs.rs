@@ -22,6 +22,10 @@ use crate::routing_v1;
 /// Most providers connected to per lookup.
 pub const MAX_PROVIDERS: usize = 16;
 
+/// How long a want to an IPFS peer waits in silence before it is sent once more
+/// ([`crate::bitswap::Bitswap::rewant`]); Helia answers a want on loopback in milliseconds.
+pub const REWANT: Duration = Duration::from_secs(4);
+
 /// Whether a browser can dial `addr`: WebSocket (plain or TLS), WebRTC-direct, or a relay
 /// circuit. Everything else (TCP, QUIC) is out of a page's reach.
 /// The public IPFS network's bootstrap peers (Kubo's defaults): where a node joining the
@@ -245,14 +249,31 @@ impl<H: HttpClient> AskPeer for Network<H> {
     type Peer = PeerId;
 
     async fn ask(&self, peer: &PeerId, cid: &Cid) -> Result<Bytes, PeerError> {
-        self.node
-            .bitswap()
-            .want(*peer, *cid)
-            .await
-            .map_err(|e| match e {
-                WantError::DontHave => PeerError::NotFound,
-                WantError::Invalid(m) => PeerError::Invalid(Reason::msg(m)),
-                e => PeerError::Failed(Reason::new(e)),
-            })
+        let bitswap = self.node.bitswap();
+        let want = bitswap.want(*peer, *cid);
+        futures::pin_mut!(want);
+        // Bitswap has no acknowledgement: a want that met silence is sent once more, on a
+        // new stream over the best connection now (the caller's timeout bounds the whole).
+        let out = match futures::future::select(
+            want.as_mut(),
+            Box::pin(cairn_core::rt::sleep(REWANT)),
+        )
+        .await
+        {
+            futures::future::Either::Left((out, _)) => out,
+            futures::future::Either::Right(((), _)) => {
+                let relayed = self.node.peer(peer).is_none_or(|i| i.relayed);
+                tracing::debug!(%peer, %cid, relayed, "no answer to a want within {REWANT:?}: asking again on a new stream");
+                match bitswap.rewant(*peer, *cid).await {
+                    Ok(()) => want.await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        out.map_err(|e| match e {
+            WantError::DontHave => PeerError::NotFound,
+            WantError::Invalid(m) => PeerError::Invalid(Reason::msg(m)),
+            e => PeerError::Failed(Reason::new(e)),
+        })
     }
 }

@@ -610,6 +610,24 @@ impl Bitswap {
         }
     }
 
+    /// Sends the want for `cid` to `peer` again, on a new stream (the next message to it
+    /// opens one, on its best connection now: a direct one over a relayed one). For a want
+    /// [`Bitswap::want`] is still waiting on: a want can be lost with no trace here, as when
+    /// the stream it went out on was refused after optimistic protocol negotiation or the
+    /// connection it used could not carry the answer back.
+    pub async fn rewant(&self, peer: PeerId, cid: Cid) -> Result<(), WantError> {
+        self.lock().writers.remove(&peer);
+        self.send(
+            peer,
+            Message {
+                wantlist: vec![Entry::want_block(cid)],
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+    }
+
     /// Sends a raw message to `peer` (tools and tests; [`Bitswap::want`] is the client).
     pub async fn send_message(&self, peer: PeerId, msg: Message) -> Result<(), WantError> {
         self.send(peer, msg, None).await
