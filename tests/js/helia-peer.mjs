@@ -24,10 +24,12 @@
 //   node helia-peer.mjs provide DHT_MULTIADDR BYTES SEED
 //       Like serve, but reachable directly (loopback TCP, no relay) and providing through a
 //       DHT server (a `dht` node): the IPFS network with no cairn relay in it.
-//   node helia-peer.mjs find-fetch DHT_MULTIADDR CID
-//       Knows only a DHT server: finds CID's providers in the DHT (asking again until one is
-//       found), dials the first, and cats CID from it over bitswap. Prints
-//       {"cid","bytes","sha256","provider","ms"}.
+//   node helia-peer.mjs find-fetch DHT_MULTIADDR CID[/PATH]
+//       Knows only a DHT server: finds CID's providers in the DHT (asking again until one
+//       answers), dials them in turn until one does, and cats CID (or the file at PATH under
+//       it) from it over bitswap. Prints
+//       {"cid","bytes","sha256","provider","unreachable","ms"} (unreachable: the providers
+//       found that could not be dialed, and why).
 //
 // Helia is assembled from createHeliaLight + withLibp2pLight + withBitswap, which is what
 // createHelia() does minus its public-network defaults (bootstrap peers, mDNS, autoNAT,
@@ -244,36 +246,49 @@ async function provide (dht, bytes, seed) {
   await serveUntilTold()
 }
 
-async function findFetch (dht, cidText) {
+async function findFetch (dht, target) {
   const { helia, fs } = await createPeer({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+  const [cidText, ...rest] = target.split('/')
+  const path = rest.join('/')
   const cid = CID.parse(cidText)
   phase = `dialing ${dht}`
   await helia.libp2p.dial(multiaddr(dht), { signal: deadline })
   await waitFor('the DHT server in the routing table', () => helia.libp2p.services.dht.routingTable.size > 0)
   const t = performance.now()
-  // The provider may still be publishing its record: ask again until the DHT has one.
-  const provider = await waitFor(`a provider of ${cidText} in the DHT`, async () => {
+  // The provider may still be publishing its record: ask again until the DHT has one that
+  // answers. Providers are tried in turn, as an IPFS node would: a record can outlive its
+  // provider (a browser that closed its tab, say).
+  const unreachable = new Map()
+  const provider = await waitFor(`a reachable provider of ${cidText} in the DHT`, async () => {
     for await (const p of helia.routing.findProviders(cid, { signal: deadline })) {
-      if (p.multiaddrs.length > 0) return p
+      if (p.multiaddrs.length === 0 || unreachable.has(p.id.toString())) continue
+      phase = `dialing the provider ${p.id}`
+      try {
+        await helia.libp2p.dial(p.multiaddrs, { signal: AbortSignal.any([deadline, AbortSignal.timeout(5_000)]) })
+        return p
+      } catch (e) {
+        unreachable.set(p.id.toString(), e.message)
+      }
     }
     await new Promise(resolve => setTimeout(resolve, 250))
     return null
   })
-  phase = `dialing the provider ${provider.id}`
-  await helia.libp2p.dial(provider.multiaddrs, { signal: deadline })
-  phase = `fetching ${cidText}`
+  if (!provider) fail(`no reachable provider of ${cidText}: ${JSON.stringify([...unreachable])}`)
+  phase = `fetching ${target}`
   const hash = createHash('sha256')
   let n = 0
-  for await (const c of fs.cat(cid, { signal: deadline })) {
+  for await (const c of fs.cat(cid, { signal: deadline, ...(path ? { path } : {}) })) {
     hash.update(c)
     n += c.length
   }
   console.log(JSON.stringify({
-    cid: cidText,
+    cid: target,
     bytes: n,
     sha256: hash.digest('hex'),
     // The peer id as libp2p prints it (routing may give it as a CID).
     provider: peerIdFromString(provider.id.toString()).toString(),
+    // Providers found that could not be dialed: peer id → why.
+    unreachable: Object.fromEntries([...unreachable].map(([id, why]) => [peerIdFromString(id).toString(), why])),
     ms: Math.round(performance.now() - t)
   }))
 }

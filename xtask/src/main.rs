@@ -451,6 +451,16 @@ fn test(root: &Path) -> Result<()> {
         .arg(root.join("tests/artifacts/e2e"))
         .current_dir(root.join("tests/js")))?;
 
+    step(
+        "the golden path: a file a page added and asked its relay to keep, fetched by Helia through the DHT after the page closed",
+    );
+    sh(Command::new(node_bin(root))
+        .arg(root.join("tests/js/dht-keep.mjs"))
+        .arg(target_dir(root).join("debug/cairn-relay"))
+        .arg(root.join("dist"))
+        .arg(root.join("tests/artifacts/e2e"))
+        .current_dir(root.join("tests/js")))?;
+
     eprintln!("\nall checks passed in {:.0?}", started.elapsed());
     Ok(())
 }

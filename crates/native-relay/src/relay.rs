@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_core::cid::Cid;
 use cairn_core::store::Null;
 use cairn_p2p::Node;
 use futures::StreamExt;
@@ -534,14 +535,24 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
+    // Roots the pin server pins for peers, announced at once rather than at the next scan.
+    let (pinned_tx, pinned_rx) = mpsc::channel::<Cid>(PINNED_QUEUE);
     let providing = config
         .store
         .clone()
-        .map(|store| tokio::spawn(provide_pins(node.clone(), store)));
+        .map(|store| tokio::spawn(provide_pins(node.clone(), store, pinned_rx)));
     let pinning = match (&config.pinning, &config.store) {
-        (Some(policy), Some(store)) => {
-            Some(start_pinning(policy.clone(), node.clone(), store.clone()).await?)
-        }
+        (Some(policy), Some(store)) => Some(
+            start_pinning(
+                policy.clone(),
+                node.clone(),
+                AnnouncedPins {
+                    store: store.clone(),
+                    pinned: pinned_tx,
+                },
+            )
+            .await?,
+        ),
         _ => None,
     };
     Ok(Running {
@@ -562,8 +573,9 @@ pub async fn start(key: Keypair, config: Config) -> Result<Running, Error> {
 async fn start_pinning(
     policy: cairn_p2p::pinning::Policy,
     node: Node,
-    store: Disk,
+    pins: AnnouncedPins,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, Error> {
+    let store = pins.store.clone();
     let http = crate::http::Client::new().map_err(|e| Error::Transport(e.to_string()))?;
     let sources = cairn_p2p::sources::Sources {
         peers: true,
@@ -591,7 +603,7 @@ async fn start_pinning(
     let server = cairn_p2p::pinning::Server::new(
         policy,
         transfers,
-        Arc::new(store.clone()),
+        Arc::new(pins),
         Some(Arc::new(store.pin_record())),
     )
     .await
@@ -603,14 +615,45 @@ async fn start_pinning(
 /// while the relay runs).
 const PIN_SCAN: Duration = Duration::from_secs(60);
 
+/// Roots pinned for peers waiting to be announced; past it, the next scan finds them.
+const PINNED_QUEUE: usize = 256;
+
+/// The pin server's pins: the store's, each new one told to [`provide_pins`] so that a copy
+/// kept for a peer is in the DHT within moments (a browser that asked can close its tab,
+/// and any IPFS node that knows only the DHT still finds the content).
+struct AnnouncedPins {
+    store: Disk,
+    pinned: mpsc::Sender<Cid>,
+}
+
+impl cairn_p2p::pinning::Pins for AnnouncedPins {
+    fn pin(&self, root: Cid) -> cairn_core::BoxFuture<'_, Result<(), cairn_core::store::Error>> {
+        Box::pin(async move {
+            cairn_p2p::pinning::Pins::pin(&self.store, root).await?;
+            // Full or closed: the next scan announces it.
+            let _ = self.pinned.try_send(root);
+            Ok(())
+        })
+    }
+
+    fn unpin(&self, root: Cid) -> cairn_core::BoxFuture<'_, Result<(), cairn_core::store::Error>> {
+        cairn_p2p::pinning::Pins::unpin(&self.store, root)
+    }
+
+    fn pinned(&self, root: Cid) -> cairn_core::BoxFuture<'_, bool> {
+        cairn_p2p::pinning::Pins::pinned(&self.store, root)
+    }
+}
+
 /// DHT announcements made at once.
 const PROVIDING_AT_ONCE: usize = 8;
 
 /// Provides the store's pinned roots in the DHT: every one at start and whenever a bootstrap
-/// peer connects (the network it reaches has changed), and roots pinned since every
-/// [`PIN_SCAN`]. Kademlia republishes the records itself before they expire (every 12 hours;
-/// a record lives 48). Ends when the node stops.
-async fn provide_pins(node: Node, store: Disk) {
+/// peer connects (the network it reaches has changed), roots the pin server pinned as soon
+/// as it says so (`pinned`), and other roots pinned since every [`PIN_SCAN`]. Kademlia
+/// republishes the records itself before they expire (every 12 hours; a record lives 48).
+/// Ends when the node stops.
+async fn provide_pins(node: Node, store: Disk, mut pinned: mpsc::Receiver<Cid>) {
     let mut events = node.events();
     let mut provided = std::collections::HashSet::new();
     let mut all = true;
@@ -661,6 +704,7 @@ async fn provide_pins(node: Node, store: Disk) {
         loop {
             tokio::select! {
                 () = &mut next => break,
+                Some(_) = pinned.recv() => break,
                 e = events.next() => match e {
                     None => return,
                     Some(cairn_p2p::Event::BootstrapConnected { .. }) => {
