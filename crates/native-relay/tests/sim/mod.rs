@@ -57,6 +57,14 @@ pub(crate) struct Report {
     pub setup_s: f64,
     pub provide_s: f64,
     pub fetch_s: f64,
+    /// The most files (sockets, mostly: both ends of every connection are in this process)
+    /// open at once, sampled every 200 ms through the run.
+    pub peak_open_files: usize,
+}
+
+/// Files this process holds open now.
+fn open_files() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -177,6 +185,16 @@ async fn fetch_one(node: &Node, root: Cid, len: usize) -> Result<Sample, String>
 pub(crate) async fn run(p: Params) -> Report {
     assert!(p.relays >= 2 && p.nodes >= 2);
     let started = Instant::now();
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(open_files()));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(open_files(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(p.seed);
 
     // Relays: the first, then the others bootstrapping from it.
@@ -245,14 +263,19 @@ pub(crate) async fn run(p: Params) -> Report {
         nodes.push(node);
         roots.push(root);
         if (i + 1) % 50 == 0 {
-            let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
-            eprintln!("sim: {} nodes started, {fds} files open", i + 1);
+            eprintln!("sim: {} nodes started, {} files open", i + 1, open_files());
         }
     }
     for n in &nodes {
         until_bootstrapped(n, Duration::from_secs(60)).await;
     }
     let setup_s = started.elapsed().as_secs_f64();
+    eprintln!(
+        "sim: {} nodes bootstrapped in {setup_s:.1} s, {} files open (peak {})",
+        p.nodes,
+        open_files(),
+        peak.load(std::sync::atomic::Ordering::Relaxed)
+    );
 
     // Every node provides its file.
     let t = Instant::now();
@@ -344,7 +367,9 @@ pub(crate) async fn run(p: Params) -> Report {
         setup_s,
         provide_s,
         fetch_s,
+        peak_open_files: peak.load(std::sync::atomic::Ordering::Relaxed),
     };
+    sampler.abort();
     for n in &nodes {
         n.stop().await;
     }
