@@ -592,15 +592,7 @@ impl Bitswap {
             cid,
             id,
         };
-        self.send(
-            peer,
-            Message {
-                wantlist: vec![Entry::want_block(cid)],
-                ..Default::default()
-            },
-            None,
-        )
-        .await?;
+        self.send_want(peer, cid).await?;
         match rx.await {
             Ok(Answer::Block(b)) => Ok(b),
             Ok(Answer::DontHave) => Err(WantError::DontHave),
@@ -617,15 +609,16 @@ impl Bitswap {
     /// connection it used could not carry the answer back.
     pub async fn rewant(&self, peer: PeerId, cid: Cid) -> Result<(), WantError> {
         self.lock().writers.remove(&peer);
-        self.send(
-            peer,
-            Message {
-                wantlist: vec![Entry::want_block(cid)],
-                ..Default::default()
-            },
-            None,
-        )
-        .await
+        self.send_want(peer, cid).await
+    }
+
+    /// Queues a want-block for `cid` to `peer`.
+    async fn send_want(&self, peer: PeerId, cid: Cid) -> Result<(), WantError> {
+        let msg = Message {
+            wantlist: vec![Entry::want_block(cid)],
+            ..Default::default()
+        };
+        self.send(peer, msg, None).await
     }
 
     /// Sends a raw message to `peer` (tools and tests; [`Bitswap::want`] is the client).
