@@ -80,6 +80,13 @@ pub enum OpenStreamError {
     Busy,
 }
 
+/// How many times [`Control::open_stream`] asks for a stream when the connection it went to
+/// closes before the stream is open.
+pub const OPEN_ATTEMPTS: usize = 3;
+
+/// The connection a request went to closed before answering it.
+struct Closed;
+
 /// The protocol is already accepted by another reader.
 #[derive(Debug, thiserror::Error)]
 #[error("{0} is already accepted elsewhere")]
@@ -186,27 +193,55 @@ impl Control {
     /// Opens a stream to `peer` for `protocol`, dialing the peer if it is not connected
     /// (at addresses the swarm knows). The negotiation itself is bounded by the swarm's
     /// substream timeout (10 s).
+    ///
+    /// A connection that closes while a stream is being opened on it is not the peer's
+    /// answer: a hole punch can leave a second direct connection that a NAT then resets, a
+    /// relayed connection closes once a direct one is open. The request then goes again to
+    /// the connection left, or dials the peer, up to [`OPEN_ATTEMPTS`] times in all.
     pub async fn open_stream(
         &mut self,
         peer: PeerId,
         protocol: StreamProtocol,
     ) -> Result<Stream, OpenStreamError> {
+        for _ in 1..OPEN_ATTEMPTS {
+            match self.open_once(peer, protocol.clone()).await {
+                Err(Closed) => {
+                    tracing::debug!(%peer, %protocol, "the connection closed while a stream was being opened on it; trying again");
+                }
+                Ok(out) => return out,
+            }
+        }
+        self.open_once(peer, protocol)
+            .await
+            .unwrap_or_else(|Closed| {
+                Err(OpenStreamError::Io(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "the connection closed before the stream was open",
+                )))
+            })
+    }
+
+    async fn open_once(
+        &mut self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<Result<Stream, OpenStreamError>, Closed> {
         let (reply, answer) = oneshot::channel();
-        let gone = || io::Error::new(io::ErrorKind::ConnectionReset, "the node has stopped");
-        self.opens
+        let sent = self
+            .opens
             .send(Open {
                 peer,
                 protocol,
                 reply,
             })
-            .await
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| {
-            io::Error::new(
+            .await;
+        if sent.is_err() {
+            return Ok(Err(OpenStreamError::Io(io::Error::new(
                 io::ErrorKind::ConnectionReset,
-                "the connection closed before the stream was open",
-            )
-        })?
+                "the node has stopped",
+            ))));
+        }
+        answer.await.map_err(|_| Closed)
     }
 
     /// Closes every connection to `peer` (a peer that broke a protocol's bounds, such as one
@@ -533,6 +568,11 @@ impl ConnectionHandler for Handler {
     type InboundOpenInfo = ();
     type OutboundOpenInfo = (StreamProtocol, Reply);
 
+    /// A connection with streams waiting to be opened on it is not idle.
+    fn connection_keep_alive(&self) -> bool {
+        self.negotiating > 0 || self.queued.iter().any(|o| !o.reply.is_canceled())
+    }
+
     fn listen_protocol(&self) -> SubstreamProtocol<Upgrade> {
         SubstreamProtocol::new(Upgrade(lock(&self.shared).protocols()), ())
     }
@@ -635,5 +675,124 @@ impl Handler {
                 tracing::debug!(peer = %self.peer, %protocol, "the reader is behind; resetting an inbound stream");
             }
         }
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use std::time::Duration;
+
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    use libp2p::core::transport::MemoryTransport;
+    use libp2p::core::{Transport, upgrade};
+    use libp2p::swarm::{Swarm, SwarmEvent};
+    use libp2p::{identity::Keypair, noise};
+
+    use super::*;
+
+    const ECHO: StreamProtocol = StreamProtocol::new("/test/echo");
+
+    fn swarm() -> Swarm<Behaviour> {
+        let key = Keypair::generate_ed25519();
+        let transport = MemoryTransport::default()
+            .upgrade(upgrade::Version::V1)
+            .authenticate(noise::Config::new(&key).unwrap())
+            .multiplex(crate::yamux_config_with(1 << 20))
+            .boxed();
+        Swarm::new(
+            transport,
+            Behaviour::new(Config::default()),
+            key.public().to_peer_id(),
+            libp2p::swarm::Config::with_tokio_executor()
+                .with_idle_connection_timeout(Duration::from_secs(60)),
+        )
+    }
+
+    /// A connection closed between the request and the stream: the request goes to the
+    /// peer again, here over its other connection, instead of failing the caller.
+    #[tokio::test]
+    async fn a_stream_asked_for_on_a_connection_that_closes_opens_on_another() {
+        let mut server = swarm();
+        let mut incoming = server.behaviour().new_control().accept(ECHO, 8).unwrap();
+        server.listen_on("/memory/0".parse().unwrap()).unwrap();
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+                break address;
+            }
+        };
+        let server_id = *server.local_peer_id();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = server.select_next_some() => {}
+                    Some((_, mut s)) = incoming.next() => {
+                        let mut buf = [0u8; 4];
+                        if s.read_exact(&mut buf).await.is_ok() {
+                            let _ = s.write_all(&buf).await;
+                            let _ = s.close().await;
+                        }
+                    }
+                }
+            }
+        });
+
+        // Two connections to the server; a new stream goes to the newer one.
+        let mut client = swarm();
+        let mut control = client.behaviour().new_control();
+        client.dial(addr.clone()).unwrap();
+        client.dial(addr).unwrap();
+        let mut open = Vec::new();
+        while open.len() < 2 {
+            if let SwarmEvent::ConnectionEstablished { connection_id, .. } =
+                client.select_next_some().await
+            {
+                open.push(connection_id);
+            }
+        }
+        let first = open[1];
+        // The request is sent before the swarm runs again, and the connection it will be
+        // routed to is told to close first.
+        let (done_tx, mut done) = oneshot::channel();
+        tokio::spawn(async move {
+            let out = async {
+                let mut s = control.open_stream(server_id, ECHO).await?;
+                s.write_all(b"ping").await?;
+                let mut buf = [0u8; 4];
+                s.read_exact(&mut buf).await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(buf)
+            };
+            let _ = done_tx.send(out.await.map_err(|e| e.to_string()));
+        });
+        tokio::task::yield_now().await;
+        assert!(client.close_connection(first), "the connection was open");
+        let mut closed = false;
+        let answer = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                tokio::select! {
+                    e = client.select_next_some() => {
+                        if let SwarmEvent::ConnectionClosed { connection_id, .. } = e {
+                            closed |= connection_id == first;
+                        }
+                    }
+                    out = &mut done => break out.unwrap(),
+                }
+            }
+        })
+        .await
+        .expect("an answer within 20 s");
+        assert_eq!(
+            answer.as_ref().map(|b| &b[..]),
+            Ok(&b"ping"[..]),
+            "{answer:?}"
+        );
+        assert!(closed, "the first connection closed");
+        assert_eq!(
+            client
+                .network_info()
+                .connection_counters()
+                .num_established(),
+            1,
+            "the other connection, still open, carried it"
+        );
     }
 }
