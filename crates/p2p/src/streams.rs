@@ -203,22 +203,22 @@ impl Control {
         peer: PeerId,
         protocol: StreamProtocol,
     ) -> Result<Stream, OpenStreamError> {
-        for _ in 1..OPEN_ATTEMPTS {
+        let mut attempt = 1;
+        loop {
             match self.open_once(peer, protocol.clone()).await {
-                Err(Closed) => {
+                Ok(out) => return out,
+                Err(Closed) if attempt < OPEN_ATTEMPTS => {
+                    attempt += 1;
                     tracing::debug!(%peer, %protocol, "the connection closed while a stream was being opened on it; trying again");
                 }
-                Ok(out) => return out,
+                Err(Closed) => {
+                    return Err(OpenStreamError::Io(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "the connection closed before the stream was open",
+                    )));
+                }
             }
         }
-        self.open_once(peer, protocol)
-            .await
-            .unwrap_or_else(|Closed| {
-                Err(OpenStreamError::Io(io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    "the connection closed before the stream was open",
-                )))
-            })
     }
 
     async fn open_once(
@@ -570,7 +570,7 @@ impl ConnectionHandler for Handler {
 
     /// A connection with streams waiting to be opened on it is not idle.
     fn connection_keep_alive(&self) -> bool {
-        self.negotiating > 0 || self.queued.iter().any(|o| !o.reply.is_canceled())
+        self.negotiating > 0 || !self.queued.is_empty()
     }
 
     fn listen_protocol(&self) -> SubstreamProtocol<Upgrade> {
@@ -749,7 +749,7 @@ mod tests {
                 open.push(connection_id);
             }
         }
-        let first = open[1];
+        let newer = open[1];
         // The request is sent before the swarm runs again, and the connection it will be
         // routed to is told to close first.
         let (done_tx, mut done) = oneshot::channel();
@@ -764,14 +764,14 @@ mod tests {
             let _ = done_tx.send(out.await.map_err(|e| e.to_string()));
         });
         tokio::task::yield_now().await;
-        assert!(client.close_connection(first), "the connection was open");
+        assert!(client.close_connection(newer), "the connection was open");
         let mut closed = false;
         let answer = tokio::time::timeout(Duration::from_secs(20), async {
             loop {
                 tokio::select! {
                     e = client.select_next_some() => {
                         if let SwarmEvent::ConnectionClosed { connection_id, .. } = e {
-                            closed |= connection_id == first;
+                            closed |= connection_id == newer;
                         }
                     }
                     out = &mut done => break out.unwrap(),
@@ -785,7 +785,7 @@ mod tests {
             Ok(&b"ping"[..]),
             "{answer:?}"
         );
-        assert!(closed, "the first connection closed");
+        assert!(closed, "the newer connection closed");
         assert_eq!(
             client
                 .network_info()
