@@ -204,23 +204,21 @@ try {
   await until(a.page, (p) => window.cairnApp.node.peers().some((x) => x.peerId === p && x.direct && x.rttMs !== undefined), js.peerId, 'Firefox pinged js-libp2p directly')
   await monitorPing(j, aId)
   step(`Firefox → js-libp2p: direct; js pinged Firefox in ${rtt1} ms, Firefox pinged js; Firefox acknowledged js's FIN`)
-  // js-libp2p dials Firefox, here a new page F in front. KNOWN DEFECT, reported and not yet
-  // fatal: in 2 of 3 runs on this machine js-libp2p's signalling gets no answer within its
-  // 5 s although the relay opens the circuit to the Firefox page (the same with D, the page
-  // that reloaded, hidden or brought to the front). Firefox → js-libp2p above always works.
+  // js-libp2p dials Firefox: D (the page that reloaded, behind E) and a new page F. Each
+  // dial waits for its init data channel to close, which Firefox alone loses about one time
+  // in two unless cairn's answering side closes the channel first (see webrtc/connection.rs).
   const f = await openFirefox(firefox, origin, 'F')
-  const fAddr = await until(f.page, () => window.cairnApp.node.addresses.find((x) => x.includes('/webrtc/')), null, 'F lists a /webrtc address', 30_000)
-  const fId = fAddr.split('/p2p/').pop()
-  const tDial = Date.now()
-  const remote = await j.evaluate((addr) => window.dialPeer(addr), fAddr).catch((err) => {
-    step(`KNOWN DEFECT: js-libp2p could not dial Firefox over /webrtc in ${Date.now() - tDial} ms: ${err.message}`)
-    return null
-  })
-  if (remote !== null) {
-    assert(remote.includes('/webrtc'), `js-libp2p's connection to Firefox is /webrtc: ${remote}`)
-    const rtt2 = await j.evaluate((p) => window.pingPeer(p), fId)
-    await monitorPing(j, fId)
-    step(`js-libp2p → Firefox: direct in ${Date.now() - tDial} ms; js pinged Firefox in ${rtt2} ms`)
+  for (const p of [d, f]) {
+    const pAddr = await until(p.page, () => window.cairnApp.node.addresses.find((x) => x.includes('/webrtc/')), null, `${p.name} lists a /webrtc address`, 30_000)
+    const pId = pAddr.split('/p2p/').pop()
+    const tDial = Date.now()
+    const remote = await j.evaluate((addr) => window.dialPeer(addr), pAddr)
+      .catch((err) => { throw new Error(`js-libp2p could not dial Firefox ${p.name} over /webrtc in ${Date.now() - tDial} ms: ${err.message}\n${p.log.slice(-20).join('\n')}\n${jLog.slice(-20).join('\n')}`) })
+    assert(remote.includes('/webrtc'), `js-libp2p's connection to Firefox ${p.name} is /webrtc: ${remote}`)
+    const dialMs = Date.now() - tDial
+    const rtt2 = await j.evaluate((id) => window.pingPeer(id), pId)
+    await monitorPing(j, pId)
+    step(`js-libp2p → Firefox ${p.name}: direct in ${dialMs} ms; js pinged Firefox in ${rtt2} ms; Firefox acknowledged js's FIN`)
   }
   step('passed')
 } finally {

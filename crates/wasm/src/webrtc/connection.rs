@@ -94,7 +94,12 @@ impl PeerConnection {
             move |ev: RtcDataChannelEvent| {
                 let dc = ev.channel();
                 if dc.label() == INIT_LABEL {
-                    // The dialer's ICE starter carries no libp2p stream.
+                    // The dialer's ICE starter carries no libp2p stream: closed at once, as
+                    // js-libp2p's listener does. js-libp2p's dialer closes it too and waits
+                    // for the close to complete; when Chromium's close reaches Firefox just
+                    // after the channel opened, Firefox loses it and never closes its side,
+                    // so the dial hangs until js-libp2p's timeout. Our close goes first.
+                    dc.close();
                     return;
                 }
                 if tx.try_send(dc.clone()).is_err() {
@@ -245,5 +250,83 @@ impl StreamMuxer for Connection {
         // With none left, `stream` wakes the task when one is added.
         while let Poll::Ready(Some(_)) = self.drop_listeners.poll_next_unpin(cx) {}
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::channel::oneshot;
+    use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
+    use web_sys::{RtcDataChannelState, RtcSdpType};
+
+    use super::super::Config;
+    use super::super::handshake::{local, remote};
+    use super::*;
+
+    wasm_bindgen_test_configure!(run_in_browser);
+
+    /// A one-shot callback: the future resolves the first time it is called.
+    fn once<E: wasm_bindgen::convert::FromWasmAbi + 'static>()
+    -> (Closure<dyn FnMut(E)>, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let mut tx = Some(tx);
+        let f = Closure::<dyn FnMut(E)>::new(move |_: E| {
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(());
+            }
+        });
+        (f, rx)
+    }
+
+    /// js-libp2p's dialer closes its `init` channel once connected and waits for the close
+    /// to complete; Firefox loses a close that comes right after the channel opened, and
+    /// never completes it. The answerer closes `init` itself, at once: here the dialer never
+    /// closes it, and its channel must end closed all the same.
+    #[wasm_bindgen_test]
+    async fn the_answerer_closes_the_dialers_init_channel() {
+        let rtc = Config::default().rtc();
+        // The dialer: a bare RTCPeerConnection, as js-libp2p's is. Its SDP is sent once
+        // gathering is over (a `null` candidate), with every candidate in it.
+        let dialer = web_sys::RtcPeerConnection::new_with_configuration(&rtc).unwrap();
+        let (gathered_tx, gathered) = oneshot::channel();
+        let mut gathered_tx = Some(gathered_tx);
+        let on_candidate = Closure::<dyn FnMut(RtcPeerConnectionIceEvent)>::new(
+            move |ev: RtcPeerConnectionIceEvent| {
+                if ev.candidate().is_none()
+                    && let Some(tx) = gathered_tx.take()
+                {
+                    let _ = tx.send(());
+                }
+            },
+        );
+        dialer.set_onicecandidate(Some(on_candidate.as_ref().unchecked_ref()));
+        let init = dialer.create_data_channel(INIT_LABEL);
+        let (on_close, closed) = once::<Event>();
+        init.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+        local(&dialer, RtcSdpType::Offer).await.unwrap();
+        gathered.await.unwrap();
+        let offer = dialer.local_description().unwrap().sdp();
+
+        let mut answerer = PeerConnection::new(usize::MAX, &rtc).unwrap();
+        remote(&answerer.pc, RtcSdpType::Offer, &offer)
+            .await
+            .unwrap();
+        local(&answerer.pc, RtcSdpType::Answer).await.unwrap();
+        while let Some(Some(_)) = answerer.events.candidates.next().await {}
+        let answer = answerer.pc.local_description().unwrap().sdp();
+        remote(&dialer, RtcSdpType::Answer, &answer).await.unwrap();
+
+        let ended = cairn_core::rt::timeout(Duration::from_secs(20), closed).await;
+        assert!(
+            ended.is_some(),
+            "the dialer's init channel is still {:?} 20 s after the answer (connection {:?})",
+            init.ready_state(),
+            dialer.connection_state()
+        );
+        assert_eq!(init.ready_state(), RtcDataChannelState::Closed);
+        dialer.close();
+        drop(answerer);
     }
 }

@@ -59,7 +59,10 @@ async fn expect(r: &mut ReadHalf<Stream>, want: Kind) -> Result<String, Error> {
 }
 
 /// Creates our offer or answer (`kind`) and makes it the local description; its SDP.
-async fn local(pc: &web_sys::RtcPeerConnection, kind: RtcSdpType) -> Result<String, Error> {
+pub(super) async fn local(
+    pc: &web_sys::RtcPeerConnection,
+    kind: RtcSdpType,
+) -> Result<String, Error> {
     let (made, what) = match kind {
         RtcSdpType::Offer => (pc.create_offer(), "offer"),
         _ => (pc.create_answer(), "answer"),
@@ -83,7 +86,11 @@ async fn local(pc: &web_sys::RtcPeerConnection, kind: RtcSdpType) -> Result<Stri
 }
 
 /// Makes the peer's offer or answer (`kind`) the remote description.
-async fn remote(pc: &web_sys::RtcPeerConnection, kind: RtcSdpType, sdp: &str) -> Result<(), Error> {
+pub(super) async fn remote(
+    pc: &web_sys::RtcPeerConnection,
+    kind: RtcSdpType,
+    sdp: &str,
+) -> Result<(), Error> {
     let what = if kind == RtcSdpType::Offer {
         "offer"
     } else {
