@@ -192,6 +192,9 @@ try {
   const j = await (await chromium.newContext()).newPage()
   const jLog = capture(j)
   await j.goto(await serveJsPeer())
+  // js-libp2p's WebRTC dialer logs each step of a dial: a failed dial names where it stopped.
+  await j.evaluate(() => { localStorage.debug = 'libp2p:webrtc:trace' })
+  await j.reload()
   await j.waitForFunction(() => typeof window.startPeer === 'function', null, { timeout: 30_000 })
   const js = await j.evaluate((r) => window.startPeer(r), relay.addr)
     .catch((err) => { throw new Error(`the js-libp2p node did not start: ${err.message}\n${jLog.join('\n')}`) })
@@ -204,21 +207,37 @@ try {
   await until(a.page, (p) => window.cairnApp.node.peers().some((x) => x.peerId === p && x.direct && x.rttMs !== undefined), js.peerId, 'Firefox pinged js-libp2p directly')
   await monitorPing(j, aId)
   step(`Firefox → js-libp2p: direct; js pinged Firefox in ${rtt1} ms, Firefox pinged js; Firefox acknowledged js's FIN`)
-  // js-libp2p dials Firefox: D (the page that reloaded, behind E) and a new page F. Each
-  // dial waits for its init data channel to close, which Firefox alone loses about one time
-  // in two unless cairn's answering side closes the channel first (see webrtc/connection.rs).
+  // js-libp2p dials Firefox: a new page F, in front, then D (the page that reloaded, hidden
+  // behind others). js-libp2p's dialer closes its `init` data channel once connected and
+  // waits for the close; Firefox loses a close that comes right after a channel opened, so
+  // cairn's answering side closes `init` first (webrtc/connection.rs). That leaves a race in
+  // js-libp2p (KNOWN DEFECT, see the CHANGELOG): when cairn's close reaches Chromium before
+  // js-libp2p looks at the channel, js-libp2p waits for an `open` that already fired, and
+  // the dial times out. It fails about one dial in five here, more often to a hidden page,
+  // so each page gets three dials; each failed one is reported, and three failures fail.
   const f = await openFirefox(firefox, origin, 'F')
-  for (const p of [d, f]) {
+  for (const p of [f, d]) {
     const pAddr = await until(p.page, () => window.cairnApp.node.addresses.find((x) => x.includes('/webrtc/')), null, `${p.name} lists a /webrtc address`, 30_000)
     const pId = pAddr.split('/p2p/').pop()
-    const tDial = Date.now()
-    const remote = await j.evaluate((addr) => window.dialPeer(addr), pAddr)
-      .catch((err) => { throw new Error(`js-libp2p could not dial Firefox ${p.name} over /webrtc in ${Date.now() - tDial} ms: ${err.message}\n${p.log.slice(-20).join('\n')}\n${jLog.slice(-20).join('\n')}`) })
-    assert(remote.includes('/webrtc'), `js-libp2p's connection to Firefox ${p.name} is /webrtc: ${remote}`)
-    const dialMs = Date.now() - tDial
-    const rtt2 = await j.evaluate((id) => window.pingPeer(id), pId)
-    await monitorPing(j, pId)
-    step(`js-libp2p → Firefox ${p.name}: direct in ${dialMs} ms; js pinged Firefox in ${rtt2} ms; Firefox acknowledged js's FIN`)
+    const hidden = await p.page.evaluate(() => document.visibilityState === 'hidden')
+    const name = `Firefox ${p.name}${hidden ? ' (hidden)' : ''}`
+    for (let attempt = 1; ; attempt++) {
+      const tDial = Date.now()
+      try {
+        const remote = await j.evaluate((addr) => window.dialPeer(addr), pAddr)
+          .catch((err) => { throw new Error(`js-libp2p could not dial ${name} over /webrtc in ${Date.now() - tDial} ms: ${err.message}`) })
+        assert(remote.includes('/webrtc'), `js-libp2p's connection to ${name} is /webrtc: ${remote}`)
+        const dialMs = Date.now() - tDial
+        const rtt2 = await j.evaluate((id) => window.pingPeer(id), pId)
+        await monitorPing(j, pId)
+        step(`js-libp2p → ${name}: direct in ${dialMs} ms (dial ${attempt}); js pinged Firefox in ${rtt2} ms; Firefox acknowledged js's FIN`)
+        break
+      } catch (err) {
+        if (attempt === 3) throw new Error(`${err.message}\n${p.log.slice(-20).join('\n')}\n${jLog.slice(-20).join('\n')}`)
+        const last = jLog.filter((l) => /initiator|init channel/.test(l)).slice(-1)[0]?.replace(/%c|color: [^ ]+/g, '').trim()
+        step(`KNOWN DEFECT: js-libp2p → ${name}, dial ${attempt}: ${err.message.split('\n')[0]} (its last step: ${last})`)
+      }
+    }
   }
   step('passed')
 } finally {

@@ -99,6 +99,9 @@ impl PeerConnection {
                     // for the close to complete; when Chromium's close reaches Firefox just
                     // after the channel opened, Firefox loses it and never closes its side,
                     // so the dial hangs until js-libp2p's timeout. Our close goes first.
+                    // (It can reach a js-libp2p dialer before that looks at the channel,
+                    // which then waits for an `open` already past: a rarer race of
+                    // js-libp2p's, in the CHANGELOG's known defects.)
                     dc.close();
                     return;
                 }
