@@ -210,11 +210,9 @@ try {
   // js-libp2p dials Firefox: a new page F, in front, then D (the page that reloaded, hidden
   // behind others). js-libp2p's dialer closes its `init` data channel once connected and
   // waits for the close; Firefox loses a close that comes right after a channel opened, so
-  // cairn's answering side closes `init` first (webrtc/connection.rs). That leaves a race in
-  // js-libp2p (KNOWN DEFECT, see the CHANGELOG): when cairn's close reaches Chromium before
-  // js-libp2p looks at the channel, js-libp2p waits for an `open` that already fired, and
-  // the dial times out. It fails about one dial in five here, more often to a hidden page,
-  // so each page gets three dials; each failed one is reported, and three failures fail.
+  // cairn's answering side closes an `init` left open (webrtc/connection.rs). A dial can
+  // still fail, rarely (KNOWN DEFECT, see the CHANGELOG), so each page gets three dials;
+  // each failed one is reported, with js-libp2p's last step, and three failures fail.
   const f = await openFirefox(firefox, origin, 'F')
   for (const p of [f, d]) {
     const pAddr = await until(p.page, () => window.cairnApp.node.addresses.find((x) => x.includes('/webrtc/')), null, `${p.name} lists a /webrtc address`, 30_000)

@@ -19,8 +19,8 @@ use libp2p::core::muxing::{StreamMuxer, StreamMuxerEvent};
 use send_wrapper::SendWrapper;
 use wasm_bindgen::prelude::*;
 use web_sys::{
-    Event, RtcConfiguration, RtcDataChannel, RtcDataChannelEvent, RtcPeerConnectionIceEvent,
-    RtcPeerConnectionState,
+    Event, RtcConfiguration, RtcDataChannel, RtcDataChannelEvent, RtcDataChannelState,
+    RtcPeerConnectionIceEvent, RtcPeerConnectionState,
 };
 
 use super::Error;
@@ -37,6 +37,11 @@ pub fn open_count() -> usize {
 
 /// The label of the channel the dialer opens to start ICE (before any libp2p stream).
 pub(crate) const INIT_LABEL: &str = "init";
+
+/// How long the listener leaves the dialer's `init` channel open before closing it itself
+/// (see `PeerConnection::new`): well after a js-libp2p dialer has seen it open, and well
+/// within its 5 s dial timeout.
+const INIT_CLOSE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The browser's events of one peer connection, as channels (set up when it is made, so
 /// nothing that fires during the handshake is lost).
@@ -94,15 +99,21 @@ impl PeerConnection {
             move |ev: RtcDataChannelEvent| {
                 let dc = ev.channel();
                 if dc.label() == INIT_LABEL {
-                    // The dialer's ICE starter carries no libp2p stream: closed at once, as
-                    // js-libp2p's listener does. js-libp2p's dialer closes it too and waits
-                    // for the close to complete; when Chromium's close reaches Firefox just
-                    // after the channel opened, Firefox loses it and never closes its side,
-                    // so the dial hangs until js-libp2p's timeout. Our close goes first.
-                    // (It can reach a js-libp2p dialer before that looks at the channel,
-                    // which then waits for an `open` already past: a rarer race of
-                    // js-libp2p's, in the CHANGELOG's known defects.)
-                    dc.close();
+                    // The dialer's ICE starter carries no libp2p stream. js-libp2p's dialer
+                    // closes it once connected and waits for the close to complete (and,
+                    // before that, for it to open). When that close reaches Firefox just
+                    // after the channel opened, Firefox loses it: its side stays open, and
+                    // the dial hangs until js-libp2p's timeout. So a channel still open
+                    // `INIT_CLOSE_AFTER` after it arrived is closed from here, which
+                    // completes the dialer's close. Not at once: a close that reaches
+                    // js-libp2p before it looks at the channel leaves it waiting for an
+                    // `open` that has passed.
+                    wasm_bindgen_futures::spawn_local(async move {
+                        cairn_core::rt::sleep(INIT_CLOSE_AFTER).await;
+                        if dc.ready_state() == RtcDataChannelState::Open {
+                            dc.close();
+                        }
+                    });
                     return;
                 }
                 if tx.try_send(dc.clone()).is_err() {
@@ -262,7 +273,7 @@ mod tests {
 
     use futures::channel::oneshot;
     use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
-    use web_sys::{RtcDataChannelState, RtcSdpType};
+    use web_sys::RtcSdpType;
 
     use super::super::Config;
     use super::super::handshake::{local, remote};
@@ -285,8 +296,8 @@ mod tests {
 
     /// js-libp2p's dialer closes its `init` channel once connected and waits for the close
     /// to complete; Firefox loses a close that comes right after the channel opened, and
-    /// never completes it. The answerer closes `init` itself, at once: here the dialer never
-    /// closes it, and its channel must end closed all the same.
+    /// never completes it. The answerer closes an `init` left open itself: here the dialer
+    /// never closes it, and its channel must end closed all the same.
     #[wasm_bindgen_test]
     async fn the_answerer_closes_the_dialers_init_channel() {
         let rtc = Config::default().rtc();
