@@ -27,24 +27,44 @@ export async function freePort () {
 
 const cleanups = []
 let cleaning = null
+/** How long one cleanup step may take: a browser that hangs on close must not hang the test. */
+const CLEANUP_STEP_MS = 15_000
 
 /** Runs `fn` when the test ends, pass or fail (or on SIGINT/SIGTERM), last added first. */
 export function atExit (fn) {
   cleanups.push(fn)
 }
 
+/** Runs the cleanups, each given CLEANUP_STEP_MS at most; what hangs is named and left to
+ * the process's exit (Playwright's Chromium ends with its pipe; puppeteer kills Firefox). */
 export async function cleanup () {
   cleaning ??= (async () => {
     while (cleanups.length) {
-      try { await cleanups.pop()() } catch {}
+      const fn = cleanups.pop()
+      let timer
+      const late = new Promise((resolve) => { timer = setTimeout(() => resolve('late'), CLEANUP_STEP_MS) })
+      const r = await Promise.race([Promise.resolve().then(fn).catch(() => {}), late])
+      clearTimeout(timer)
+      if (r === 'late') console.error(`harness: a cleanup step did not end within ${CLEANUP_STEP_MS / 1000} s (left to the exit): ${fn.toString().slice(0, 80)}`)
     }
   })()
   return cleaning
 }
 
 for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.on(sig, () => cleanup().finally(() => process.exit(130)))
+  process.on(sig, () => {
+    console.error(`harness: ${sig}: stopping what this test started`)
+    cleanup().finally(() => process.exit(130))
+  })
 }
+
+// No test may run on for ever: past CAIRN_TEST_LIMIT_S (20 min unless set) it fails, after
+// stopping what it started. `cargo xtask test` also stops a script that outlives its limit.
+const LIMIT_S = Number(process.env.CAIRN_TEST_LIMIT_S || 1200)
+setTimeout(() => {
+  console.error(`harness: the test ran past its limit of ${LIMIT_S} s (CAIRN_TEST_LIMIT_S): failing it`)
+  cleanup().finally(() => process.exit(1))
+}, LIMIT_S * 1000).unref()
 
 /**
  * Runs `cmd args` to the end (killed past `limitMs`), timing it from start to exit:
@@ -101,13 +121,33 @@ export async function startRelay (bin, http, args) {
 
 /** Debian's Chromium, headless, with `args` besides the usual ones; closed at exit. */
 export async function launchChromium (args = []) {
+  const { logger, last } = browserLog()
   const browser = await chromium.launch({
     executablePath: '/usr/bin/chromium',
     headless: true,
-    args: ['--no-sandbox', '--disable-dev-shm-usage', ...args]
+    args: ['--no-sandbox', '--disable-dev-shm-usage', ...args],
+    logger
   })
-  atExit(() => browser.close())
+  let closing = false
+  browser.on('disconnected', () => {
+    if (!closing) console.error(`harness: Chromium went away before the test closed it (it crashed or was killed); its last output:\n${last()}`)
+  })
+  atExit(() => { closing = true; return browser.close() })
   return browser
+}
+
+/** A Playwright logger keeping the browser's own last lines of output (its stderr among
+ * them), for when a browser goes away in the middle of a test. */
+function browserLog () {
+  const lines = []
+  const logger = {
+    isEnabled: (name) => name === 'browser',
+    log: (name, severity, message) => {
+      lines.push(String(message))
+      if (lines.length > 40) lines.shift()
+    }
+  }
+  return { logger, last: () => lines.join('\n') }
 }
 
 /**
@@ -144,7 +184,11 @@ export async function launchFirefox () {
     headless: true,
     extraPrefsFirefox: FIREFOX_PREFS
   })
-  atExit(() => browser.close())
+  let closing = false
+  browser.on('disconnected', () => {
+    if (!closing) console.error('harness: Firefox went away before the test closed it (it crashed or was killed)')
+  })
+  atExit(() => { closing = true; return browser.close() })
   return browser
 }
 
@@ -153,6 +197,10 @@ export function capture (page) {
   const log = []
   page.on('console', (m) => log.push(`${m.type()}: ${m.text()}`))
   page.on('pageerror', (e) => log.push(`pageerror: ${e.message}`))
+  page.on('crash', () => {
+    log.push('crash: the page crashed')
+    console.error(`harness: the page at ${page.url()} crashed`)
+  })
   return log
 }
 

@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -89,6 +89,73 @@ fn sh(cmd: &mut Command) -> Result<()> {
         bail!("command failed ({status}): {shown}");
     }
     Ok(())
+}
+
+/// How long one browser test script may run in `cargo xtask test` (they take 1 to 4 minutes
+/// here); the scripts' own harness gives up at 20 minutes (`CAIRN_TEST_LIMIT_S`).
+const SCRIPT_LIMIT: Duration = Duration::from_secs(25 * 60);
+
+/// `node tests/js/<script> <args>` from `tests/js`.
+fn node_script(root: &Path, script: &str) -> Command {
+    let mut cmd = Command::new(node_bin(root));
+    cmd.arg(root.join("tests/js").join(script))
+        .current_dir(root.join("tests/js"));
+    cmd
+}
+
+/// A benchmark script (`node_script`): benchmarks may run past the test harness's 20 minutes.
+fn bench_script(root: &Path, script: &str) -> Command {
+    let mut cmd = node_script(root, script);
+    cmd.env("CAIRN_TEST_LIMIT_S", "3600");
+    cmd
+}
+
+/// Runs a command that must end within `limit`: past it the command gets SIGTERM (a test
+/// script's harness then stops the relays and browsers it started), SIGKILL 30 s later, and
+/// the step fails, so a hung step cannot hold the whole run until CI's own limit.
+fn sh_within(cmd: &mut Command, limit: Duration) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {shown}"))?;
+    let mut stopping: Option<Instant> = None;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if stopping.is_some() {
+                bail!(
+                    "{shown} ran past its limit of {} min and was stopped",
+                    limit.as_secs() / 60
+                );
+            }
+            if !status.success() {
+                bail!("command failed ({status}): {shown}");
+            }
+            return Ok(());
+        }
+        match stopping {
+            None if started.elapsed() > limit => {
+                eprintln!(
+                    "xtask: {shown} ran past {} min: stopping it",
+                    limit.as_secs() / 60
+                );
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                stopping = Some(Instant::now());
+            }
+            Some(at) if at.elapsed() > Duration::from_secs(30) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "{shown} ran past its limit of {} min and did not stop on SIGTERM: killed",
+                    limit.as_secs() / 60
+                );
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn output(cmd: &mut Command) -> Option<String> {
@@ -413,53 +480,59 @@ fn test(root: &Path) -> Result<()> {
         "npm package: its build, npm pack, and an esbuild app using the tarball in Chromium and Firefox",
     );
     let tarball = build_pkg(root)?;
-    sh(Command::new(node_bin(root))
-        .arg(root.join("tests/js/pkg-app.mjs"))
-        .arg(&tarball)
-        .arg(target_dir(root).join("debug/cairn-relay"))
-        .current_dir(root.join("tests/js")))?;
+    sh_within(
+        node_script(root, "pkg-app.mjs")
+            .arg(&tarball)
+            .arg(target_dir(root).join("debug/cairn-relay")),
+        SCRIPT_LIMIT,
+    )?;
 
     step("web app end to end in Chromium (Playwright; screenshots in tests/artifacts/e2e)");
-    sh(Command::new(node_bin(root))
-        .arg(root.join("tests/js/e2e.mjs"))
-        .arg(target_dir(root).join("debug/cairn-relay"))
-        .arg(root.join("dist"))
-        .arg(root.join("tests/artifacts/e2e"))
-        .current_dir(root.join("tests/js")))?;
+    sh_within(
+        node_script(root, "e2e.mjs")
+            .arg(target_dir(root).join("debug/cairn-relay"))
+            .arg(root.join("dist"))
+            .arg(root.join("tests/artifacts/e2e")),
+        SCRIPT_LIMIT,
+    )?;
 
     step("browser to browser over /webrtc in Chromium (Playwright; the relay's byte counters)");
-    sh(Command::new(node_bin(root))
-        .arg(root.join("tests/js/webrtc.mjs"))
-        .arg(target_dir(root).join("debug/cairn-relay"))
-        .arg(root.join("dist"))
-        .arg(root.join("tests/artifacts/e2e"))
-        .current_dir(root.join("tests/js")))?;
+    sh_within(
+        node_script(root, "webrtc.mjs")
+            .arg(target_dir(root).join("debug/cairn-relay"))
+            .arg(root.join("dist"))
+            .arg(root.join("tests/artifacts/e2e")),
+        SCRIPT_LIMIT,
+    )?;
 
     step("Firefox: the web app's main flows, Firefox <-> Chromium over /webrtc, js-libp2p interop");
-    sh(Command::new(node_bin(root))
-        .arg(root.join("tests/js/firefox.mjs"))
-        .arg(target_dir(root).join("debug/cairn-relay"))
-        .arg(root.join("dist"))
-        .arg(root.join("tests/artifacts/e2e"))
-        .current_dir(root.join("tests/js")))?;
+    sh_within(
+        node_script(root, "firefox.mjs")
+            .arg(target_dir(root).join("debug/cairn-relay"))
+            .arg(root.join("dist"))
+            .arg(root.join("tests/artifacts/e2e")),
+        SCRIPT_LIMIT,
+    )?;
 
     step("browsers on several relays: federation, a relay lost and back (Playwright)");
-    sh(Command::new(node_bin(root))
-        .arg(root.join("tests/js/federation.mjs"))
-        .arg(target_dir(root).join("debug/cairn-relay"))
-        .arg(root.join("dist"))
-        .arg(root.join("tests/artifacts/e2e"))
-        .current_dir(root.join("tests/js")))?;
+    sh_within(
+        node_script(root, "federation.mjs")
+            .arg(target_dir(root).join("debug/cairn-relay"))
+            .arg(root.join("dist"))
+            .arg(root.join("tests/artifacts/e2e")),
+        SCRIPT_LIMIT,
+    )?;
 
     step(
         "the golden path: a file a page added and asked its relay to keep, fetched by Helia through the DHT after the page closed",
     );
-    sh(Command::new(node_bin(root))
-        .arg(root.join("tests/js/dht-keep.mjs"))
-        .arg(target_dir(root).join("debug/cairn-relay"))
-        .arg(root.join("dist"))
-        .arg(root.join("tests/artifacts/e2e"))
-        .current_dir(root.join("tests/js")))?;
+    sh_within(
+        node_script(root, "dht-keep.mjs")
+            .arg(target_dir(root).join("debug/cairn-relay"))
+            .arg(root.join("dist"))
+            .arg(root.join("tests/artifacts/e2e")),
+        SCRIPT_LIMIT,
+    )?;
 
     eprintln!("\nall checks passed in {:.0?}", started.elapsed());
     Ok(())
@@ -925,11 +998,9 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         );
         install(root, Needs::ALL)?;
         sh(cargo().args(["build", "--release", "-p", "cairn-cas-relay"]))?;
-        sh(Command::new(node_bin(root))
-            .arg(root.join("tests/js/bench-ipfs.mjs"))
+        sh(bench_script(root, "bench-ipfs.mjs")
             .arg(target_dir(root).join("release/cairn-relay"))
-            .arg(target_dir(root).join("bench/ipfs.json"))
-            .current_dir(root.join("tests/js")))?;
+            .arg(target_dir(root).join("bench/ipfs.json")))?;
     }
     if extra.is_empty() || extra.iter().any(|f| "network".contains(f.as_str())) {
         step("network simulation: 20, 100 and 300 nodes on 5 relays (one stopped halfway at 100)");
@@ -946,21 +1017,17 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         );
         install(root, Needs::ALL)?;
         sh(cargo().args(["build", "--release", "-p", "cairn-cas-relay"]))?;
-        sh(Command::new(node_bin(root))
-            .arg(root.join("tests/js/bench-latency.mjs"))
+        sh(bench_script(root, "bench-latency.mjs")
             .arg(target_dir(root).join("release/cairn-relay"))
-            .arg(target_dir(root).join("bench/latency.json"))
-            .current_dir(root.join("tests/js")))?;
+            .arg(target_dir(root).join("bench/latency.json")))?;
     }
     if extra.is_empty() || extra.iter().any(|f| "cat".contains(f.as_str())) {
         step("256 MiB from one relay: cairn-relay cat --peer beside curl of its gateway (release)");
         install(root, Needs::ALL)?;
         sh(cargo().args(["build", "--release", "-p", "cairn-cas-relay"]))?;
-        sh(Command::new(node_bin(root))
-            .arg(root.join("tests/js/bench-cat.mjs"))
+        sh(bench_script(root, "bench-cat.mjs")
             .arg(target_dir(root).join("release/cairn-relay"))
-            .arg(target_dir(root).join("bench/cat.json"))
-            .current_dir(root.join("tests/js")))?;
+            .arg(target_dir(root).join("bench/cat.json")))?;
     }
     if extra.is_empty() || extra.iter().any(|f| "webrtc".contains(f.as_str())) {
         step(
@@ -969,12 +1036,10 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         install(root, Needs::ALL)?;
         build_web(root)?;
         sh(cargo().args(["build", "--release", "-p", "cairn-cas-relay"]))?;
-        sh(Command::new(node_bin(root))
-            .arg(root.join("tests/js/bench-webrtc.mjs"))
+        sh(bench_script(root, "bench-webrtc.mjs")
             .arg(target_dir(root).join("release/cairn-relay"))
             .arg(root.join("dist"))
-            .arg(target_dir(root).join("bench/webrtc.json"))
-            .current_dir(root.join("tests/js")))?;
+            .arg(target_dir(root).join("bench/webrtc.json")))?;
     }
     if browser {
         step(
@@ -984,12 +1049,10 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         build_pkg(root)?;
         build_web(root)?;
         sh(cargo().args(["build", "--release", "-p", "cairn-cas-relay"]))?;
-        sh(Command::new(node_bin(root))
-            .arg(root.join("tests/js/bench.mjs"))
+        sh(bench_script(root, "bench.mjs")
             .arg(target_dir(root).join("release/cairn-relay"))
             .arg(root.join("dist"))
-            .arg(target_dir(root).join("bench/browser.json"))
-            .current_dir(root.join("tests/js")))?;
+            .arg(target_dir(root).join("bench/browser.json")))?;
     }
     Ok(())
 }
