@@ -77,14 +77,44 @@ async fn a_block_moves_over_webrtc_direct() {
         "{addr}"
     );
 
-    // The native WebRTC transport dials only while it listens itself.
-    let config = cairn_p2p::node::Config::default();
+    // libp2p-webrtc's native dial sometimes never sees its first data channel open ("data
+    // channel opening took longer than 10 seconds": rust-libp2p#3223, about 1 test run in
+    // 6 here). Once a dialing node hit it, its later dials hit it too (2 runs of 12 failed
+    // all three dials on one node), so each try is a new node. Up to three, and any other
+    // error fails at once.
+    let mut tries = 0;
+    let (node, peer) = loop {
+        tries += 1;
+        let node = webrtc_node().await;
+        let out = tokio::time::timeout(Duration::from_secs(30), node.dial(addr.clone()))
+            .await
+            .expect("dialed within 30 s");
+        match out {
+            Err(e) if tries < 3 && e.to_string().contains("data channel opening took longer") => {
+                eprintln!(
+                    "webrtc-direct dial {tries} hit rust-libp2p#3223; dialing again from a new node"
+                );
+                node.stop().await;
+            }
+            other => break (node, other.unwrap()),
+        }
+    };
+    assert_eq!(peer, relay.peer_id);
+    fetch_block(&node, &relay, &block).await;
+    node.stop().await;
+    relay.shutdown().await;
+}
+
+/// A node with the native WebRTC transport, listening on loopback (it dials only while it
+/// listens itself).
+async fn webrtc_node() -> Node {
     let transports = Transports {
         webrtc: Some(WebRtcCertificate::generate(&mut rand::thread_rng()).unwrap()),
         ..Default::default()
     };
     let node = cairn_relay::node::build(
-        cairn_p2p::Builder::new(Keypair::generate_ed25519()).config(config),
+        cairn_p2p::Builder::new(Keypair::generate_ed25519())
+            .config(cairn_p2p::node::Config::default()),
         cairn_core::store::Null::new(),
         &transports,
         &mut Default::default(),
@@ -93,26 +123,7 @@ async fn a_block_moves_over_webrtc_direct() {
     node.listen("/ip4/127.0.0.1/udp/0/webrtc-direct".parse().unwrap())
         .await
         .unwrap();
-    // libp2p-webrtc's native dial sometimes never sees its first data channel open ("data
-    // channel opening took longer than 10 seconds": rust-libp2p#3223, about 1 dial in 12
-    // here); a new dial goes through. Up to three, and any other error fails at once.
-    let mut tries = 0;
-    let peer = loop {
-        tries += 1;
-        let out = tokio::time::timeout(Duration::from_secs(30), node.dial(addr.clone()))
-            .await
-            .expect("dialed within 30 s");
-        match out {
-            Err(e) if tries < 3 && e.to_string().contains("data channel opening took longer") => {
-                eprintln!("webrtc-direct dial {tries} hit rust-libp2p#3223; dialing again");
-            }
-            other => break other.unwrap(),
-        }
-    };
-    assert_eq!(peer, relay.peer_id);
-    fetch_block(&node, &relay, &block).await;
-    node.stop().await;
-    relay.shutdown().await;
+    node
 }
 
 /// The relay's first stdout line when it listens only on `listen` with identity `id`.
