@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::cid::{self, HashAlg};
+use cairn_core::cid::HashAlg;
 use cairn_core::source::{Context, Failure as Fetch};
 use cairn_core::store::{BlockStore, Null};
 use cairn_core::unixfs::{self, ExportError, ImportError, Profile, Range, dir};
@@ -750,9 +750,7 @@ async fn connect(
 
 /// `CID`, `CID/path` or `/ipfs/CID/path`: the root and the path under it.
 fn split_cid_path(text: &str) -> Result<(cairn_core::Cid, String), Failure> {
-    let t = text.strip_prefix("/ipfs/").unwrap_or(text);
-    let (c, path) = t.split_once('/').unwrap_or((t, ""));
-    let root = cid::parse(c).map_err(|e| fail(Exit::Usage, e))?;
+    let (root, path) = dir::parse_target(text).map_err(|e| fail(Exit::Usage, e))?;
     Ok((root, path.to_owned()))
 }
 

@@ -206,8 +206,7 @@ fn holding<S: futures::Stream + Send + 'static>(
 
 /// The CID and the decoded path of a `/ipfs/…` URL path, and whether it ends in `/`.
 fn split_url(path: &str) -> Result<(String, String, bool), String> {
-    let rest = path.strip_prefix("/ipfs/").unwrap_or(path);
-    let (cid, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let (cid, tail) = dir::split_target(path);
     let mut names = Vec::new();
     for seg in tail.split('/').filter(|s| !s.is_empty()) {
         let name = percent_encoding::percent_decode_str(seg)

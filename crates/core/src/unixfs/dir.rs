@@ -73,6 +73,21 @@ pub enum PathError {
     },
 }
 
+/// `CID`, `CID/path/in/it` or `/ipfs/CID/path/in/it` (spaces around it ignored): the CID's
+/// text and the path under it, neither checked yet. The CLI, the JS API, the gateway and
+/// queue files all split what they are given here, so they read the same text the same way.
+pub fn split_target(text: &str) -> (&str, &str) {
+    let t = text.trim();
+    let t = t.strip_prefix("/ipfs/").unwrap_or(t);
+    t.split_once('/').unwrap_or((t, ""))
+}
+
+/// [`split_target`], with the CID parsed (and checked: a codec and hash cairn handles).
+pub fn parse_target(text: &str) -> Result<(Cid, &str), crate::cid::Error> {
+    let (c, path) = split_target(text);
+    Ok((crate::cid::parse(c)?, path))
+}
+
 /// Splits `path` into its names, refusing anything that could leave the directory.
 /// Leading, trailing and repeated slashes are ignored (`/a//b/` is `a/b`), as Helia does.
 pub fn components(path: &str) -> Result<Vec<&str>, PathError> {
@@ -964,6 +979,28 @@ mod tests {
         assert!(t.add("a", e).is_err(), "a directory replaced by a file");
         t.add_dir("a", Metadata::default()).unwrap();
         assert_eq!(t.entries(), 1, "nothing half-added");
+    }
+
+    #[test]
+    fn every_way_of_naming_a_target_splits_the_same() {
+        let cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+        for (text, path) in [
+            (cid.to_owned(), ""),
+            (format!("{cid}/a/b.txt"), "a/b.txt"),
+            (format!("/ipfs/{cid}/a/b.txt"), "a/b.txt"),
+            (format!("  /ipfs/{cid}/ \n"), ""),
+            (format!("{cid}//x"), "/x"),
+        ] {
+            let (c, p) = parse_target(&text).unwrap();
+            assert_eq!((c.to_string().as_str(), p), (cid, path), "{text:?}");
+        }
+        let e = parse_target("/ipfs/nonsense/a").unwrap_err().to_string();
+        assert!(e.contains("nonsense"), "{e}");
+        assert_eq!(
+            split_target("/ipns/x/y"),
+            ("", "ipns/x/y"),
+            "only /ipfs/ is a prefix"
+        );
     }
 
     #[tokio::test]

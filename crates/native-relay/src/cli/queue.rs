@@ -25,8 +25,8 @@ pub(super) fn parse_line(line: &str, default: Priority) -> Result<Option<Request
     }
     let mut words = line.split_whitespace();
     let first = words.next().unwrap_or("");
-    let text = first.strip_prefix("/ipfs/").unwrap_or(first);
-    if text.contains('/') {
+    let (text, path) = cairn_core::unixfs::dir::split_target(first);
+    if !path.is_empty() {
         return Err(format!(
             "`{first}` is a path: a queue takes CIDs (`cairn-relay ls` tells what a path leads to)"
         ));

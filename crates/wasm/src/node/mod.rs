@@ -47,9 +47,7 @@ fn parse_cid(cid: &str) -> Result<Cid, JsValue> {
 
 /// `CID`, `CID/path/in/it` or `/ipfs/CID/path`: the CID and the path.
 fn parse_target(text: &str) -> Result<(Cid, String), JsValue> {
-    let t = text.trim();
-    let t = t.strip_prefix("/ipfs/").unwrap_or(t);
-    let (c, path) = t.split_once('/').unwrap_or((t, ""));
+    let (c, path) = dir::split_target(text);
     Ok((parse_cid(c)?, path.to_owned()))
 }
 
