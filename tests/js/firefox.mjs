@@ -231,6 +231,8 @@ try {
         step(`js-libp2p → ${name}: direct in ${dialMs} ms (dial ${attempt}); js pinged Firefox in ${rtt2} ms; Firefox acknowledged js's FIN`)
         break
       } catch (err) {
+        // A page that is gone is no dial failure: nothing to dial from again.
+        if (j.isClosed()) throw new Error(`the js-libp2p page closed under dial ${attempt} to ${name} (its browser crashed or was killed; see the harness's lines above): ${err.message}\n${jLog.slice(-20).join('\n')}`)
         if (attempt === 3) throw new Error(`${err.message}\n${p.log.slice(-20).join('\n')}\n${jLog.slice(-20).join('\n')}`)
         const last = jLog.filter((l) => /initiator|init channel/.test(l)).slice(-1)[0]?.replace(/%c|color: [^ ]+/g, '').trim()
         step(`KNOWN DEFECT: js-libp2p → ${name}, dial ${attempt}: ${err.message.split('\n')[0]} (its last step: ${last})`)
