@@ -121,33 +121,25 @@ export async function startRelay (bin, http, args) {
 
 /** Debian's Chromium, headless, with `args` besides the usual ones; closed at exit. */
 export async function launchChromium (args = []) {
-  const { logger, last } = browserLog()
   const browser = await chromium.launch({
     executablePath: '/usr/bin/chromium',
     headless: true,
-    args: ['--no-sandbox', '--disable-dev-shm-usage', ...args],
-    logger
+    args: ['--no-sandbox', '--disable-dev-shm-usage', ...args]
   })
-  let closing = false
-  browser.on('disconnected', () => {
-    if (!closing) console.error(`harness: Chromium went away before the test closed it (it crashed or was killed); its last output:\n${last()}`)
-  })
-  atExit(() => { closing = true; return browser.close() })
+  watchClose(browser, 'Chromium')
   return browser
 }
 
-/** A Playwright logger keeping the browser's own last lines of output (its stderr among
- * them), for when a browser goes away in the middle of a test. */
-function browserLog () {
-  const lines = []
-  const logger = {
-    isEnabled: (name) => name === 'browser',
-    log: (name, severity, message) => {
-      lines.push(String(message))
-      if (lines.length > 40) lines.shift()
-    }
-  }
-  return { logger, last: () => lines.join('\n') }
+/** Closes `browser` at exit, and says so when it goes away before the test closed it (a
+ * crash, or a kill from outside): a test's later steps then fail with "closed". */
+function watchClose (browser, name) {
+  let closing = false
+  const close = browser.close.bind(browser)
+  browser.close = (...args) => { closing = true; return close(...args) }
+  browser.on('disconnected', () => {
+    if (!closing) console.error(`harness: ${name} went away before the test closed it (it crashed or was killed) at ${new Date().toISOString()}`)
+  })
+  atExit(() => browser.close())
 }
 
 /**
@@ -184,11 +176,7 @@ export async function launchFirefox () {
     headless: true,
     extraPrefsFirefox: FIREFOX_PREFS
   })
-  let closing = false
-  browser.on('disconnected', () => {
-    if (!closing) console.error('harness: Firefox went away before the test closed it (it crashed or was killed)')
-  })
-  atExit(() => { closing = true; return browser.close() })
+  watchClose(browser, 'Firefox')
   return browser
 }
 
