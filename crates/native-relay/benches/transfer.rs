@@ -60,6 +60,7 @@ async fn fetch(from: &Node, root: Cid) {
             per_peer_timeout: Duration::from_secs(60),
             max_parallel: 4,
             look_up: false,
+            ..Default::default()
         },
     );
     let chain = Chain::new().local(store.clone()).source(race, None);

@@ -459,6 +459,7 @@ async fn a_transfer_whose_relay_dies_goes_on_through_another_fetching_only_what_
             max_parallel: 4,
             // When the peers at hand fail, the DHT is asked again: A, at its R2 circuit.
             look_up: true,
+            ..Default::default()
         },
     );
     let chain = Chain::new().local(got.clone()).source(race, None);

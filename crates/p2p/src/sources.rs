@@ -111,6 +111,18 @@ impl FindPeers for CasPeers {
     fn reputations(&self) -> Option<Reputations<PeerId>> {
         Some(self.node.reputations().clone())
     }
+
+    /// Waits for one of `peers` to be askable again: connected, identified, not being moved
+    /// to a direct connection (gone from the peer table while its relayed connection has
+    /// closed and its direct one is not yet identified).
+    async fn regained(&self, _: &Cid, peers: &[PeerId], within: Duration) -> Vec<PeerId> {
+        self.node.wait_for(peers, within, |i| i.askable()).await;
+        peers
+            .iter()
+            .filter(|p| self.node.peer(p).is_some_and(|i| i.askable()))
+            .copied()
+            .collect()
+    }
 }
 
 impl AskPeer for CasPeers {
@@ -145,6 +157,7 @@ pub fn ipfs_source<H: HttpClient + 'static>(
         // Providers each get a want; a handful is enough to route around slow ones.
         max_parallel: 4,
         look_up: true,
+        ..Default::default()
     })
 }
 

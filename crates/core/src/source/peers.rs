@@ -93,6 +93,25 @@ pub trait FindPeers: CondSync {
     fn reputations(&self) -> Option<Reputations<Self::Peer>> {
         None
     }
+
+    /// Of `peers`, whose connections closed under a request, those that can be asked for
+    /// `cid` again: waits up to `within` for one of them to be at hand (a relayed connection
+    /// replaced by a direct one is at hand on neither for a moment). The default waits for
+    /// nothing: those at hand now.
+    fn regained(
+        &self,
+        cid: &Cid,
+        peers: &[Self::Peer],
+        within: Duration,
+    ) -> impl Future<Output = Vec<Self::Peer>> + CondSend {
+        let _ = within;
+        let back: Vec<Self::Peer> = self
+            .at_hand(cid)
+            .into_iter()
+            .filter(|p| peers.contains(p))
+            .collect();
+        std::future::ready(back)
+    }
 }
 
 /// Asks one peer for one block.
@@ -124,6 +143,15 @@ impl<T: FindPeers> FindPeers for std::sync::Arc<T> {
 
     fn reputations(&self) -> Option<Reputations<Self::Peer>> {
         (**self).reputations()
+    }
+
+    fn regained(
+        &self,
+        cid: &Cid,
+        peers: &[Self::Peer],
+        within: Duration,
+    ) -> impl Future<Output = Vec<Self::Peer>> + CondSend {
+        (**self).regained(cid, peers, within)
     }
 }
 
@@ -161,6 +189,10 @@ pub struct RaceConfig {
     pub max_parallel: usize,
     /// Whether to look up more peers when those at hand fail.
     pub look_up: bool,
+    /// How long the peers whose connections closed under a request may take to be at hand
+    /// again ([`FindPeers::regained`]) before the block is looked for elsewhere: one wait a
+    /// fetch, shared by the blocks in flight, and again after they came back.
+    pub regain: Duration,
 }
 
 impl Default for RaceConfig {
@@ -169,6 +201,7 @@ impl Default for RaceConfig {
             per_peer_timeout: Duration::from_secs(10),
             max_parallel: 16,
             look_up: true,
+            regain: Duration::from_secs(5),
         }
     }
 }
@@ -202,6 +235,9 @@ pub struct PeerSource<F: FindPeers, A, R = Scored> {
     root_rounds: AtomicU32,
     /// Peers the lookups found (read without waiting on a lookup in flight).
     found: std::sync::Mutex<Vec<F::Peer>>,
+    /// Until when blocks wait for peers whose connections closed to come back (set by the
+    /// first such wait, cleared when they came back).
+    regain_until: std::sync::Mutex<Option<Instant>>,
 }
 
 impl<F: FindPeers, A, R> fmt::Debug for PeerSource<F, A, R> {
@@ -259,6 +295,7 @@ where
             }),
             root_rounds: AtomicU32::new(0),
             found: std::sync::Mutex::default(),
+            regain_until: std::sync::Mutex::default(),
         }
     }
 
@@ -377,6 +414,59 @@ where
         }
     }
 
+    /// Of the peers in `failures` whose connections closed under the request, those at hand
+    /// again: at once if some are, else after waiting for them (up to `config.regain`, one
+    /// wait a fetch shared by the blocks in flight, so a fetch whose peers are gone pays it
+    /// once; it starts anew after they came back).
+    async fn regained(
+        &self,
+        cid: &Cid,
+        failures: &Failures<F::Peer>,
+        ctx: &Context,
+    ) -> Result<Vec<F::Peer>, SourceError> {
+        let mut lost: Vec<F::Peer> = failures
+            .iter()
+            .filter(|(_, e)| matches!(e, SourceError::Unavailable(_)))
+            .map(|(p, _)| p.clone())
+            .collect();
+        lost.sort();
+        lost.dedup();
+        if lost.is_empty() {
+            return Ok(lost);
+        }
+        let now: Vec<F::Peer> = self
+            .find
+            .at_hand(cid)
+            .into_iter()
+            .filter(|p| lost.contains(p))
+            .collect();
+        if !now.is_empty() {
+            return Ok(now);
+        }
+        let until = || {
+            self.regain_until
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let within = {
+            let mut until = until();
+            let deadline = *until.get_or_insert_with(|| Instant::now() + self.config.regain);
+            deadline.saturating_duration_since(Instant::now())
+        };
+        if within.is_zero() {
+            return Ok(Vec::new());
+        }
+        let back = ctx
+            .run(None, async {
+                Ok(self.find.regained(cid, &lost, within).await)
+            })
+            .await?;
+        if !back.is_empty() {
+            *until() = None;
+        }
+        Ok(back)
+    }
+
     async fn fetch(&self, cid: &Cid, ctx: &Context) -> Result<Block, SourceError> {
         let mut asked: HashSet<F::Peer> = HashSet::new();
         let mut failures: Failures<F::Peer> = Vec::new();
@@ -389,19 +479,10 @@ where
         {
             return Ok(b);
         }
-        // A peer whose request failed as a closed connection does, and which is still at
-        // hand, has another connection (a relayed one replaced by a direct one under the
+        // A peer whose request failed as a closed connection does, and which is at hand
+        // again, has another connection (a relayed one replaced by a direct one under the
         // request, say): asked once more on it, before any lookup or other source.
-        let moved: Vec<F::Peer> = self
-            .find
-            .at_hand(cid)
-            .into_iter()
-            .filter(|p| {
-                failures
-                    .iter()
-                    .any(|(q, e)| q == p && matches!(e, SourceError::Unavailable(_)))
-            })
-            .collect();
+        let moved = self.regained(cid, &failures, ctx).await?;
         if !moved.is_empty() {
             for p in &moved {
                 asked.remove(p);

@@ -410,6 +410,7 @@ async fn when_all_peers_fail_the_error_lists_each() {
         per_peer_timeout: Duration::from_secs(10),
         max_parallel: 1,
         look_up: false,
+        ..Default::default()
     });
     let err = Chain::new()
         .local(Arc::new(Memory::new()))
@@ -571,6 +572,131 @@ async fn a_peer_at_hand_whose_connection_moved_is_asked_again_before_any_lookup(
     let src = race(n, routing::InOrder);
     src.retrieve(b.cid(), &Context::new()).await.unwrap_err();
     assert_eq!(counters.started.load(Ordering::SeqCst), 2);
+}
+
+/// One peer, "p1", whose connection closes under the first request for each block: it is
+/// then at hand on no connection until `regained` is asked for it, which brings it back
+/// at once (`comes_back`) or never (waiting out what it is given).
+struct Flaky {
+    data: HashMap<Cid, Bytes>,
+    away: std::sync::atomic::AtomicBool,
+    failed_once: Mutex<std::collections::HashSet<Cid>>,
+    comes_back: bool,
+    /// What each `regained` call was given to wait.
+    waits: Mutex<Vec<Duration>>,
+    lookups: AtomicUsize,
+}
+
+impl Flaky {
+    fn new(blocks: &[&Block], comes_back: bool) -> Arc<Self> {
+        Arc::new(Flaky {
+            data: blocks
+                .iter()
+                .map(|b| (*b.cid(), b.data().clone()))
+                .collect(),
+            away: Default::default(),
+            failed_once: Default::default(),
+            comes_back,
+            waits: Default::default(),
+            lookups: Default::default(),
+        })
+    }
+}
+
+impl FindPeers for Flaky {
+    type Peer = &'static str;
+    fn at_hand(&self, _: &Cid) -> Vec<&'static str> {
+        if self.away.load(Ordering::SeqCst) {
+            Vec::new()
+        } else {
+            vec!["p1"]
+        }
+    }
+    async fn look_up(&self, _: &Cid) -> Result<Vec<&'static str>, LookupError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        Err(LookupError {
+            found: 0,
+            answered: 1,
+            answers: vec![("DHT".into(), "0 provider(s)".into())],
+        })
+    }
+    async fn regained(
+        &self,
+        cid: &Cid,
+        peers: &[&'static str],
+        within: Duration,
+    ) -> Vec<&'static str> {
+        self.waits.lock().unwrap().push(within);
+        if self.comes_back {
+            self.away.store(false, Ordering::SeqCst);
+        } else {
+            crate::rt::sleep(within).await;
+        }
+        self.at_hand(cid)
+            .into_iter()
+            .filter(|p| peers.contains(p))
+            .collect()
+    }
+}
+
+impl AskPeer for Flaky {
+    type Peer = &'static str;
+    async fn ask(&self, _: &&'static str, cid: &Cid) -> Result<Bytes, PeerError> {
+        if self.away.load(Ordering::SeqCst) {
+            return Err(PeerError::Failed("not connected".into()));
+        }
+        if self.failed_once.lock().unwrap().insert(*cid) {
+            self.away.store(true, Ordering::SeqCst);
+            return Err(PeerError::Failed("the connection closed".into()));
+        }
+        self.data.get(cid).cloned().ok_or(PeerError::NotFound)
+    }
+}
+
+#[tokio::test]
+async fn a_peer_whose_connection_closed_is_waited_for_and_asked_again_when_it_is_back() {
+    // The relayed connection closed under the request and the direct one is not yet at
+    // hand: the block waits for the peer instead of looking elsewhere (it used to fail over
+    // to the IPFS source, which fetched it from the same peer over bitswap).
+    let (a, b) = (block("first"), block("second"));
+    let net = Flaky::new(&[&a, &b], true);
+    let src = PeerSource::new(SourceKind::Peers, net.clone(), net.clone(), Some(*a.cid()));
+    assert_eq!(src.retrieve(a.cid(), &Context::new()).await.unwrap(), a);
+    // Lost again on the next block: it came back, so this loss gets a wait of its own.
+    assert_eq!(src.retrieve(b.cid(), &Context::new()).await.unwrap(), b);
+    let waits = net.waits.lock().unwrap().clone();
+    assert_eq!(waits.len(), 2, "{waits:?}");
+    let full = RaceConfig::default().regain;
+    assert!(
+        waits.iter().all(|w| *w > full / 2 && *w <= full),
+        "{waits:?}"
+    );
+    assert_eq!(
+        net.lookups.load(Ordering::SeqCst),
+        0,
+        "no lookup was needed"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_that_does_not_come_back_costs_one_wait_a_fetch() {
+    let (a, b) = (block("first"), block("second"));
+    let net = Flaky::new(&[&a, &b], false);
+    let src = PeerSource::new(SourceKind::Peers, net.clone(), net.clone(), Some(*a.cid())).config(
+        RaceConfig {
+            regain: Duration::from_millis(50),
+            ..Default::default()
+        },
+    );
+    let err = src.retrieve(a.cid(), &Context::new()).await.unwrap_err();
+    assert!(err.to_string().contains("found none"), "{err}");
+    // The next block finds the peer gone as well, and does not wait for it again.
+    src.retrieve(b.cid(), &Context::new()).await.unwrap_err();
+    assert_eq!(
+        net.waits.lock().unwrap().len(),
+        1,
+        "one wait for the whole fetch"
+    );
 }
 
 #[tokio::test]

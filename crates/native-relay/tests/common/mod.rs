@@ -159,6 +159,7 @@ pub(crate) async fn fetch_all(from: &Node, len: usize, root: Cid) -> (Arc<Memory
             per_peer_timeout: Duration::from_secs(30),
             max_parallel: 4,
             look_up: false,
+            ..Default::default()
         },
     );
     let chain = Chain::new().local(store.clone()).source(race, None);

@@ -141,6 +141,7 @@ async fn fetch_one(node: &Node, root: Cid, len: usize) -> Result<Sample, String>
             per_peer_timeout: Duration::from_secs(20),
             max_parallel: 4,
             look_up: false,
+            ..Default::default()
         },
     );
     let chain = Chain::new().local(store.clone()).source(race, None);
