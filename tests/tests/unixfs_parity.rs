@@ -41,9 +41,20 @@ fn sizes(p: Profile) -> Vec<(String, u64)> {
 }
 
 fn helia_cids(node: &PathBuf, profile: Profile, files: &[PathBuf]) -> Vec<String> {
+    helia_cids_with(node, profile, &[], files)
+}
+
+/// Helia's roots for `files`, each given the metadata that `flags` (`--mode`, `--mtime`) say.
+fn helia_cids_with(
+    node: &PathBuf,
+    profile: Profile,
+    flags: &[String],
+    files: &[PathBuf],
+) -> Vec<String> {
     let out = Command::new(node)
         .arg(repo_root().join("tests/js/unixfs-cid.mjs"))
         .arg(profile.name)
+        .args(flags)
         .args(files)
         .output()
         .expect("run node");
@@ -112,6 +123,99 @@ fn default_profile_matches_helia() {
 #[ignore = "needs Node 22 and the npm packages of tests/js: run through `cargo xtask test`"]
 fn unixfs_v1_2025_profile_matches_helia() {
     parity(Profile::UNIXFS_V1_2025);
+}
+
+#[test]
+#[ignore = "needs Node 22 and the npm packages of tests/js: run through `cargo xtask test`"]
+fn file_mode_and_mtime_match_helia() {
+    use cairn_core::unixfs::dir::Metadata;
+    use cairn_core::unixfs::pb::Mtime;
+    let node = node22("unixfs_parity");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profile = Profile::DEFAULT;
+    let c = profile.chunk_size as u64;
+    // One block (raw leaf without metadata, a file node with it), two, and two levels.
+    let mut files = Vec::new();
+    for (i, len) in [0, 1, c, c + 1, 175 * c].into_iter().enumerate() {
+        let path = dir.path().join(format!("m{i}"));
+        Data::new(100 + i as u64).write_file(&path, len).unwrap();
+        files.push(path);
+    }
+    let mtime = |secs, nsecs| Some(Mtime { secs, nsecs });
+    let cases: [(&[&str], Metadata); 6] = [
+        (
+            &["--mode", "755"],
+            Metadata {
+                mode: Some(0o755),
+                mtime: None,
+            },
+        ),
+        // The default mode is not written, but a one-block file still becomes a file node.
+        (
+            &["--mode", "644"],
+            Metadata {
+                mode: Some(0o644),
+                mtime: None,
+            },
+        ),
+        // Only the low 12 bits are kept.
+        (
+            &["--mode", "100600"],
+            Metadata {
+                mode: Some(0o100600),
+                mtime: None,
+            },
+        ),
+        (
+            &["--mtime", "1700000000"],
+            Metadata {
+                mode: None,
+                mtime: mtime(1_700_000_000, None),
+            },
+        ),
+        (
+            &["--mtime", "1700000000.123456789"],
+            Metadata {
+                mode: None,
+                mtime: mtime(1_700_000_000, Some(123_456_789)),
+            },
+        ),
+        (
+            &["--mode", "4755", "--mtime", "-86400"],
+            Metadata {
+                mode: Some(0o4755),
+                mtime: mtime(-86_400, None),
+            },
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (flags, meta) in cases {
+        let flags: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+        let theirs = helia_cids_with(&node, profile, &flags, &files);
+        for (path, their) in files.iter().zip(&theirs) {
+            let f = futures::io::AllowStdIo::new(std::fs::File::open(path).expect("open"));
+            let mut op = cairn_core::live::Live::global().operation();
+            let ours = futures::executor::block_on(unixfs::import_hashing(
+                &Null::new(),
+                futures::io::BufReader::new(f),
+                unixfs::Importer::new(profile, HashAlg::Sha2_256).metadata(meta),
+                &unixfs::Inline,
+                |_| {},
+                &mut op,
+            ))
+            .expect("cairn import");
+            op.finish();
+            let len = std::fs::metadata(path).unwrap().len();
+            eprintln!("{flags:?} {len:>10} B: cairn {} helia {their}", ours.root);
+            if ours.root.to_string() != *their {
+                failures.push(format!(
+                    "{flags:?}, {len} bytes: cairn {} != helia {their}",
+                    ours.root
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "CIDs differ:\n{}", failures.join("\n"));
 }
 
 // ---- Directories ----

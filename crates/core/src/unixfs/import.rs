@@ -4,6 +4,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{AsyncRead, AsyncReadExt};
 
 use super::Profile;
+use super::dir::Metadata;
 use super::pb::{Link, Node, UnixFs};
 use crate::block::Block;
 use crate::cid::{Cid, Codec, HashAlg};
@@ -75,6 +76,10 @@ pub struct Importer {
     buf: BytesMut,
     levels: Vec<(Vec<Child>, u64)>,
     bytes: u64,
+    meta: Metadata,
+    /// The first leaf's bytes while it is the only one: a one-block file with metadata
+    /// becomes a DAG-PB file node holding them.
+    first: Option<Bytes>,
 }
 
 impl Importer {
@@ -86,7 +91,17 @@ impl Importer {
             buf: BytesMut::with_capacity(profile.chunk_size),
             levels: Vec::new(),
             bytes: 0,
+            meta: Metadata::default(),
+            first: None,
         }
+    }
+
+    /// Gives the file a mode and a modification time, as Helia's importer writes them: in
+    /// every file node of its tree (the mode only when it is not 0644), and a one-block file
+    /// becomes a DAG-PB file node holding its bytes (a raw leaf has nowhere to keep them).
+    pub fn metadata(mut self, meta: Metadata) -> Self {
+        self.meta = meta;
+        self
     }
 
     /// Bytes pushed so far.
@@ -138,6 +153,7 @@ impl Importer {
             tsize: leaf.len() as u64,
             filesize: leaf.len() as u64,
         };
+        self.first = self.levels.is_empty().then(|| leaf.data().clone());
         out.push(leaf);
         self.add(0, child, out)
     }
@@ -158,8 +174,15 @@ impl Importer {
         Ok(())
     }
 
+    /// A file node's UnixFS data, with the file's metadata.
+    fn file_data(&self, mut data: UnixFs) -> UnixFs {
+        data.mode = self.meta.mode.map(|m| m & 0o7777).filter(|m| *m != 0o644);
+        data.mtime = self.meta.mtime;
+        data
+    }
+
     fn node(&self, children: Vec<Child>, out: &mut Vec<Block>) -> Result<Child, Error> {
-        let data = UnixFs::file(children.iter().map(|c| c.filesize).collect());
+        let data = self.file_data(UnixFs::file(children.iter().map(|c| c.filesize).collect()));
         let filesize = data.filesize.unwrap_or(0);
         let links: Vec<Link> = children
             .iter()
@@ -211,6 +234,30 @@ impl Importer {
                 self.add(level + 1, parent, out)?;
             }
             level += 1;
+        };
+        let with_meta = self.meta.mode.is_some() || self.meta.mtime.is_some();
+        let root = match self.first.take() {
+            // One block with metadata: a file node holding the bytes (Helia's reducer).
+            Some(bytes) if with_meta && root.cid.codec() == Codec::Raw.code() => {
+                let data = self.file_data(UnixFs {
+                    data: Some(bytes.clone()),
+                    filesize: Some(bytes.len() as u64),
+                    ..UnixFs::of(super::pb::DataType::File)
+                });
+                let node = Node {
+                    links: Vec::new(),
+                    data: Some(Bytes::from(data.encode())),
+                };
+                let block = Block::from_data(Codec::DagPb, self.hash, node.encode())?;
+                let child = Child {
+                    cid: *block.cid(),
+                    tsize: block.len() as u64,
+                    filesize: bytes.len() as u64,
+                };
+                out.push(block);
+                child
+            }
+            _ => root,
         };
         Ok(Imported {
             root: root.cid,
@@ -285,15 +332,23 @@ where
     S: BlockStore,
     R: AsyncRead + Unpin,
 {
-    import_hashing(store, reader, profile, hash, &Inline, on_progress, op).await
+    import_hashing(
+        store,
+        reader,
+        Importer::new(profile, hash),
+        &Inline,
+        on_progress,
+        op,
+    )
+    .await
 }
 
-/// [`import_with`] with the leaves hashed by `hasher`, a batch (4 MiB) at a time.
+/// [`import_with`] into `importer` (a profile, a hash, and the file's [`Metadata`]), with
+/// the leaves hashed by `hasher`, a batch (4 MiB) at a time.
 pub async fn import_hashing<S, R, H>(
     store: &S,
     mut reader: R,
-    profile: Profile,
-    hash: HashAlg,
+    mut importer: Importer,
     hasher: &H,
     mut on_progress: impl FnMut(u64),
     op: &mut crate::live::Operation<'_>,
@@ -304,7 +359,6 @@ where
     H: LeafHasher,
 {
     const BATCH_BYTES: usize = 4 * 1024 * 1024;
-    let mut importer = Importer::new(profile, hash);
     let mut chunks = Vec::new();
     let mut batch = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -540,8 +594,7 @@ mod hashing_tests {
         let r = import_hashing(
             &store,
             data,
-            profile,
-            HashAlg::Sha2_256,
+            Importer::new(profile, HashAlg::Sha2_256),
             hasher,
             |_| {},
             &mut op,
@@ -598,8 +651,7 @@ mod hashing_tests {
             let e = import_hashing(
                 &store,
                 &data[..],
-                Profile::DEFAULT,
-                HashAlg::Sha2_256,
+                Importer::new(Profile::DEFAULT, HashAlg::Sha2_256),
                 &hasher,
                 |_| {},
                 &mut op,

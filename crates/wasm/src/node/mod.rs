@@ -324,8 +324,7 @@ impl CairnNode {
         let imported = unixfs::import_hashing(
             &inner.store,
             reader,
-            inner.profile,
-            HashAlg::Sha2_256,
+            unixfs::Importer::new(inner.profile, HashAlg::Sha2_256),
             &crate::webcrypto::WebCrypto::new(),
             report,
             &mut op,
@@ -470,8 +469,7 @@ impl CairnNode {
                         let imported = unixfs::import_hashing(
                             &inner.store,
                             reader,
-                            inner.profile,
-                            HashAlg::Sha2_256,
+                            unixfs::Importer::new(inner.profile, HashAlg::Sha2_256),
                             &crate::webcrypto::WebCrypto::new(),
                             report,
                             &mut op,

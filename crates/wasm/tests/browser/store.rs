@@ -79,8 +79,7 @@ async fn webcrypto_hashes_leaves_as_wasm_does_and_the_add_uses_it() {
     let theirs = unixfs::import_hashing(
         &Null::new(),
         &data[..],
-        Profile::DEFAULT,
-        HashAlg::Sha2_256,
+        unixfs::Importer::new(Profile::DEFAULT, HashAlg::Sha2_256),
         &hasher,
         |_| {},
         &mut op,
