@@ -4,7 +4,7 @@
 //! cairn-relay [serve] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--ipfs-dht] [--no-relay [--no-mdns]] [--upnp] [--relay MULTIADDR]... [--http ADDR] [--identity FILE] [--web-root DIR] [--store DIR] [--swarm-key FILE]
 //! cairn-relay id [--identity FILE]
 //! cairn-relay swarm-key [-o NEW-FILE]
-//! cairn-relay add FILE|DIR [-r] [--wrap] [--profile default|unixfs-v1-2025] [--hash sha2-256|blake3] [--only-hash] [--store DIR]
+//! cairn-relay add FILE|DIR [-r] [--wrap] [--preserve-mode] [--preserve-mtime] [--profile default|unixfs-v1-2025] [--hash sha2-256|blake3] [--only-hash] [--store DIR]
 //! cairn-relay cat CID[/PATH] [SOURCES] [-o FILE]
 //! cairn-relay ls CID[/PATH] [SOURCES]
 //! cairn-relay get CID[/PATH] -o NEW-PATH [SOURCES]
@@ -76,6 +76,12 @@ enum Command {
         /// Wrap the file or directory in a directory, so that its name survives in the CID.
         #[arg(short, long)]
         wrap: bool,
+        /// Keep each file's and directory's permission bits (the low 12) in the DAG.
+        #[arg(long)]
+        preserve_mode: bool,
+        /// Keep each file's and directory's modification time (to the nanosecond) in the DAG.
+        #[arg(long)]
+        preserve_mtime: bool,
         /// Chunking profile.
         #[arg(long, default_value = "default")]
         profile: Profile,
@@ -360,6 +366,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             file,
             recursive,
             wrap,
+            preserve_mode,
+            preserve_mtime,
             profile,
             hash,
             only_hash,
@@ -368,6 +376,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let how = AddHow {
                 recursive,
                 wrap,
+                preserve_mode,
+                preserve_mtime,
                 profile,
                 hash,
             };
@@ -521,8 +531,45 @@ async fn open_store(dir: Option<PathBuf>) -> Result<Disk, Failure> {
 struct AddHow {
     recursive: bool,
     wrap: bool,
+    preserve_mode: bool,
+    preserve_mtime: bool,
     profile: Profile,
     hash: HashAlg,
+}
+
+impl AddHow {
+    /// What `--preserve-mode` and `--preserve-mtime` keep of a file's or directory's `meta`
+    /// (as Kubo does: the low 12 permission bits, the time to the nanosecond).
+    fn kept(&self, meta: &std::fs::Metadata) -> dir::Metadata {
+        #[cfg(unix)]
+        let mode = {
+            use std::os::unix::fs::PermissionsExt;
+            self.preserve_mode
+                .then(|| meta.permissions().mode() & 0o7777)
+        };
+        #[cfg(not(unix))]
+        let mode = None;
+        let mtime = self
+            .preserve_mtime
+            .then(|| meta.modified().ok())
+            .flatten()
+            .map(|t| {
+                let (secs, nsecs) = match t.duration_since(std::time::UNIX_EPOCH) {
+                    Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+                    // Before 1970: whole seconds down, nanoseconds up from there.
+                    Err(e) => {
+                        let d = e.duration();
+                        let down = d.as_secs() as i64 + i64::from(d.subsec_nanos() > 0);
+                        (-down, (1_000_000_000 - d.subsec_nanos()) % 1_000_000_000)
+                    }
+                };
+                unixfs::pb::Mtime {
+                    secs,
+                    nsecs: (nsecs > 0).then_some(nsecs),
+                }
+            });
+        dir::Metadata { mode, mtime }
+    }
 }
 
 fn unreadable(path: &Path, e: impl std::fmt::Display) -> Failure {
@@ -572,6 +619,7 @@ async fn add<S: BlockStore>(
         let top = if how.wrap {
             utf8_name(path)?
         } else {
+            tree.root_metadata(how.kept(&meta));
             String::new()
         };
         let mut files = 0u64;
@@ -590,9 +638,13 @@ async fn add<S: BlockStore>(
                 names.push(e.path());
             }
             names.sort();
-            if names.is_empty() && !prefix.is_empty() {
-                tree.add_dir(&prefix, dir::Metadata::default())
-                    .map_err(bad_path)?;
+            // An empty directory is an entry of its own; so is one whose metadata is kept.
+            let keep = how.preserve_mode || how.preserve_mtime;
+            if !prefix.is_empty() && (names.is_empty() || keep) {
+                let m = tokio::fs::metadata(&dir_path)
+                    .await
+                    .map_err(|e| unreadable(&dir_path, e))?;
+                tree.add_dir(&prefix, how.kept(&m)).map_err(bad_path)?;
             }
             for full in names.into_iter().rev() {
                 let name = utf8_name(&full)?;
@@ -612,7 +664,7 @@ async fn add<S: BlockStore>(
                 } else if kind.is_dir() {
                     stack.push((full, rel));
                 } else {
-                    let imported = add_one(store, &full, how, op).await?;
+                    let imported = add_one(store, &full, how.kept(&kind), how, op).await?;
                     tree.add(
                         &rel,
                         dir::Entry {
@@ -627,7 +679,7 @@ async fn add<S: BlockStore>(
         }
         tracing::debug!(files, "directory imported");
     } else {
-        let imported = add_one(store, path, how, op).await?;
+        let imported = add_one(store, path, how.kept(&meta), how, op).await?;
         if !how.wrap {
             return Ok(imported.root);
         }
@@ -653,6 +705,7 @@ async fn add<S: BlockStore>(
 async fn add_one<S: BlockStore>(
     store: &S,
     path: &Path,
+    meta: dir::Metadata,
     how: &AddHow,
     op: &mut cairn_core::live::Operation<'_>,
 ) -> Result<unixfs::Imported, Failure> {
@@ -661,13 +714,21 @@ async fn add_one<S: BlockStore>(
         .await
         .map_err(|e| unreadable(path, e))?;
     let reader = tokio::io::BufReader::with_capacity(1 << 20, file);
-    unixfs::import_with(store, reader.compat(), how.profile, how.hash, |_| {}, op)
-        .await
-        .map_err(|e| match e {
-            ImportError::Read { .. } => unreadable(path, e),
-            ImportError::Store(_) => fail(Exit::NotWritable, e),
-            other => fail(Exit::Failure, other),
-        })
+    let importer = unixfs::Importer::new(how.profile, how.hash).metadata(meta);
+    unixfs::import_hashing(
+        store,
+        reader.compat(),
+        importer,
+        &unixfs::Inline,
+        |_| {},
+        op,
+    )
+    .await
+    .map_err(|e| match e {
+        ImportError::Read { .. } => unreadable(path, e),
+        ImportError::Store(_) => fail(Exit::NotWritable, e),
+        other => fail(Exit::Failure, other),
+    })
 }
 
 /// Exit code for an export failure: what the fetch came down to, when it was one.

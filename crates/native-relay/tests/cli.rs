@@ -498,3 +498,90 @@ async fn get_refuses_a_directory_whose_names_would_leave_the_target() {
         let _ = std::fs::remove_dir_all(&target);
     }
 }
+
+/// Sets `path`'s permission bits and modification time.
+#[cfg(unix)]
+fn stamp(path: &std::path::Path, mode: u32, mtime: std::time::SystemTime) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    std::fs::File::open(path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+#[ignore = "needs Node 22 and the npm packages of tests/js: run through `cargo xtask test`"]
+fn add_preserving_mode_and_mtime_gives_helias_root() {
+    use std::time::{Duration, UNIX_EPOCH};
+    let node = cairn_scenarios::node22("add_preserving_mode_and_mtime_gives_helias_root");
+    let d = tempfile::tempdir().unwrap();
+    let top = d.path().join("top");
+    std::fs::create_dir_all(top.join("sub/deeper")).unwrap();
+    std::fs::create_dir_all(top.join("empty")).unwrap();
+    let at = |secs: u64, nanos: u32| UNIX_EPOCH + Duration::new(secs, nanos);
+    // Files of one block and of two, modes with and without the default, times with and
+    // without nanoseconds, and one before 1970.
+    let files: [(&str, usize, u32, std::time::SystemTime); 4] = [
+        ("a.txt", 1024, 0o600, at(1_700_000_000, 123_456_789)),
+        ("run.sh", 10, 0o755, at(1_600_000_000, 0)),
+        ("sub/big.bin", 262_145, 0o644, at(1_650_000_000, 5)),
+        (
+            "sub/deeper/old.txt",
+            3,
+            0o4755,
+            UNIX_EPOCH - Duration::new(86_400, 250_000_000),
+        ),
+    ];
+    for (i, (name, len, mode, mtime)) in files.iter().enumerate() {
+        let p = top.join(name);
+        std::fs::write(&p, vec![i as u8 + 1; *len]).unwrap();
+        stamp(&p, *mode, *mtime);
+    }
+    // Directories last: writing into one changes its time.
+    for (name, mode, mtime) in [
+        ("sub/deeper", 0o700, at(1_500_000_000, 42)),
+        ("sub", 0o750, at(1_500_000_001, 0)),
+        ("empty", 0o755, at(1_500_000_002, 7)),
+        ("", 0o711, at(1_500_000_003, 999_999_999)),
+    ] {
+        stamp(&top.join(name), mode, mtime);
+    }
+    let dir = top.to_str().unwrap();
+    let plain = stdout(&run(&["add", "-r", "--only-hash", dir]));
+    for wrap in [false, true] {
+        let mut args = vec![
+            "add",
+            "-r",
+            "--only-hash",
+            "--preserve-mode",
+            "--preserve-mtime",
+        ];
+        if wrap {
+            args.push("--wrap");
+        }
+        args.push(dir);
+        let out = run(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let ours = stdout(&out);
+        let mut helia = std::process::Command::new(&node);
+        helia
+            .arg(cairn_scenarios::repo_root().join("tests/js/unixfs-tree-cid.mjs"))
+            .args(["default", dir, "preserve"]);
+        if wrap {
+            helia.arg("wrap");
+        }
+        let theirs = helia.output().expect("run node");
+        assert!(theirs.status.success(), "{}", stderr(&theirs));
+        assert_eq!(ours, stdout(&theirs), "wrap: {wrap}");
+        assert_ne!(ours, plain, "the metadata is in the DAG");
+    }
+    // Their metadata is not read without the flags: the plain root is Helia's plain one.
+    let theirs = std::process::Command::new(&node)
+        .arg(cairn_scenarios::repo_root().join("tests/js/unixfs-tree-cid.mjs"))
+        .args(["default", dir])
+        .output()
+        .expect("run node");
+    assert_eq!(plain, stdout(&theirs));
+}
