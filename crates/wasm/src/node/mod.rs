@@ -45,6 +45,83 @@ fn parse_cid(cid: &str) -> Result<Cid, JsValue> {
     })
 }
 
+/// An `addAll` entry's `mode` (permission bits; the low 12 are kept) and `mtime` (a `Date`,
+/// milliseconds since 1970, or Helia's `{ secs, nsecs }`), as Helia's importer takes them.
+fn entry_metadata(i: usize, item: &JsValue) -> Result<dir::Metadata, JsValue> {
+    use wasm_bindgen::JsCast;
+    let field = |name: &str| {
+        js_sys::Reflect::get(item, &name.into())
+            .ok()
+            .filter(|v| !v.is_null() && !v.is_undefined())
+    };
+    let whole = |v: &JsValue| v.as_f64().filter(|n| n.fract() == 0.0 && n.is_finite());
+    let mode = match field("mode") {
+        None => None,
+        Some(v) => match whole(&v).filter(|n| (0.0..=f64::from(u32::MAX)).contains(n)) {
+            Some(n) => Some(n as u32),
+            None => {
+                return Err(invalid(format!(
+                    "entry {i}: `mode` must be a whole number of permission bits, such as 0o644"
+                )));
+            }
+        },
+    };
+    // Milliseconds since 1970 (of a Date, or given as a number): seconds down, the rest in
+    // nanoseconds, as Helia turns a Date into an mtime.
+    let from_ms = |ms: f64| {
+        let secs = (ms / 1000.0).floor();
+        let nsecs = ((ms - secs * 1000.0) * 1_000_000.0).round() as u32;
+        unixfs::pb::Mtime {
+            secs: secs as i64,
+            nsecs: (nsecs > 0).then_some(nsecs),
+        }
+    };
+    let bad_mtime = || {
+        invalid(format!(
+            "entry {i}: `mtime` must be a Date, milliseconds since 1970, or {{ secs, nsecs }} with nsecs under 1,000,000,000"
+        ))
+    };
+    let mtime = match field("mtime") {
+        None => None,
+        Some(v) => Some(if let Some(d) = v.dyn_ref::<js_sys::Date>() {
+            // An invalid Date's time is NaN.
+            let ms = d.get_time();
+            if !ms.is_finite() {
+                return Err(bad_mtime());
+            }
+            from_ms(ms)
+        } else if let Some(ms) = whole(&v) {
+            from_ms(ms)
+        } else if v.is_object() {
+            let part = |name: &str| {
+                js_sys::Reflect::get(&v, &name.into())
+                    .ok()
+                    .filter(|x| !x.is_null() && !x.is_undefined())
+            };
+            let secs = match part("secs") {
+                Some(s) if s.is_bigint() => {
+                    i64::try_from(js_sys::BigInt::unchecked_from_js(s)).ok()
+                }
+                Some(s) => whole(&s).map(|n| n as i64),
+                None => None,
+            };
+            let nsecs = match part("nsecs") {
+                None => Some(None),
+                Some(n) => whole(&n)
+                    .filter(|n| (0.0..1e9).contains(n))
+                    .map(|n| Some(n as u32)),
+            };
+            match (secs, nsecs) {
+                (Some(secs), Some(nsecs)) => unixfs::pb::Mtime { secs, nsecs },
+                _ => return Err(bad_mtime()),
+            }
+        } else {
+            return Err(bad_mtime());
+        }),
+    };
+    Ok(dir::Metadata { mode, mtime })
+}
+
 /// `CID`, `CID/path/in/it` or `/ipfs/CID/path`: the CID and the path.
 fn parse_target(text: &str) -> Result<(Cid, String), JsValue> {
     let (c, path) = dir::split_target(text);
@@ -377,7 +454,7 @@ impl CairnNode {
     pub async fn add_all(
         &self,
         #[wasm_bindgen(
-            unchecked_param_type = "FileList | Array<File | { path: string, content?: Uint8Array | Blob | ReadableStream<Uint8Array> }>"
+            unchecked_param_type = "FileList | Array<File | { path: string, content?: Uint8Array | Blob | ReadableStream<Uint8Array>, mode?: number, mtime?: Date | number | { secs: number | bigint, nsecs?: number } }>"
         )]
         entries: JsValue,
         #[wasm_bindgen(unchecked_optional_param_type = "AddOptions")] options: JsValue,
@@ -401,6 +478,7 @@ impl CairnNode {
             tsize: 0,
         };
         for (i, item) in list.iter().enumerate() {
+            let mut meta = dir::Metadata::default();
             let (path, content) = if let Some(f) = item.dyn_ref::<web_sys::File>() {
                 let rel = js_sys::Reflect::get(f, &"webkitRelativePath".into())
                     .ok()
@@ -415,6 +493,7 @@ impl CairnNode {
                 let content = js_sys::Reflect::get(&item, &"content".into())
                     .ok()
                     .filter(|c| !c.is_null() && !c.is_undefined());
+                meta = entry_metadata(i, &item)?;
                 (path, content)
             } else {
                 return Err(invalid(format!(
@@ -423,7 +502,7 @@ impl CairnNode {
             };
             let checked = match &content {
                 Some(_) => check.add(&path, dummy),
-                None => check.add_dir(&path, dir::Metadata::default()),
+                None => check.add_dir(&path, meta),
             };
             checked.map_err(|e| coded(format!("entry {i}"), &e))?;
             total = match (&content, total) {
@@ -437,7 +516,7 @@ impl CairnNode {
                 (None, t) => t,
                 _ => None,
             };
-            items.push((path, content));
+            items.push((path, content, meta));
         }
         if items.is_empty() {
             return Err(invalid("addAll was given no entries"));
@@ -449,10 +528,9 @@ impl CairnNode {
                 .run("addAll", async {
                     let mut tree = dir::TreeBuilder::new(inner.profile, HashAlg::Sha2_256);
                     let mut before = 0u64;
-                    for (path, content) in items {
+                    for (path, content, meta) in items {
                         let Some(content) = content else {
-                            tree.add_dir(&path, dir::Metadata::default())
-                                .map_err(|e| coded(&path, &e))?;
+                            tree.add_dir(&path, meta).map_err(|e| coded(&path, &e))?;
                             continue;
                         };
                         let (reader, _) = js::reader_of(content)?;
@@ -469,7 +547,7 @@ impl CairnNode {
                         let imported = unixfs::import_hashing(
                             &inner.store,
                             reader,
-                            unixfs::Importer::new(inner.profile, HashAlg::Sha2_256),
+                            unixfs::Importer::new(inner.profile, HashAlg::Sha2_256).metadata(meta),
                             &crate::webcrypto::WebCrypto::new(),
                             report,
                             &mut op,

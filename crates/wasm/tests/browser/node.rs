@@ -303,6 +303,72 @@ async fn read_all(stream: web_sys::ReadableStream) -> Vec<u8> {
 }
 
 #[wasm_bindgen_test]
+async fn add_all_keeps_modes_and_times_as_helia_does() {
+    let node = CairnNode::create(options(&[])).await.unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| ((i * 13) % 251) as u8).collect();
+    let secs = |s: f64, n: Option<f64>| {
+        let mut fields = vec![("secs", JsValue::from(s))];
+        if let Some(n) = n {
+            fields.push(("nsecs", n.into()));
+        }
+        obj(&fields)
+    };
+    let entries = js_sys::Array::new();
+    // The three ways to give a time: a Date, Helia's { secs, nsecs }, milliseconds.
+    entries.push(&obj(&[
+        ("path", "m".into()),
+        ("mode", 0o700.into()),
+        (
+            "mtime",
+            js_sys::Date::new(&1_600_000_000_123f64.into()).into(),
+        ),
+    ]));
+    entries.push(&obj(&[
+        ("path", "m/x.txt".into()),
+        ("content", js_sys::Uint8Array::from(&b"x"[..]).into()),
+        ("mode", 0o755.into()),
+        ("mtime", secs(1_700_000_000.0, Some(5.0))),
+    ]));
+    entries.push(&obj(&[
+        ("path", "y.bin".into()),
+        ("content", js_sys::Uint8Array::from(&big[..]).into()),
+        ("mtime", 1_500_000_000_000f64.into()),
+    ]));
+    let root = node
+        .add_all(entries.into(), JsValue::UNDEFINED)
+        .await
+        .unwrap();
+    // What Helia's importer (ipfs-unixfs-importer, default profile, wrapWithDirectory) gives
+    // the same entries with mode 0o700 and mtime { secs: 1600000000n, nsecs: 123000000 },
+    // mode 0o755 and { secs: 1700000000n, nsecs: 5 }, and { secs: 1500000000n }.
+    assert_eq!(
+        root,
+        "bafybeiej6aulk4vfyapwucj2t54e6lwsua2wod4bjwegajprkpxw5546zu"
+    );
+
+    // Bad metadata is refused before anything is stored, naming the entry and the field.
+    for (field, value) in [
+        ("mode", JsValue::from("rw-r--r--")),
+        ("mode", JsValue::from(-1)),
+        ("mtime", secs(1.0, Some(2e9))),
+        ("mtime", JsValue::from("yesterday")),
+        ("mtime", js_sys::Date::new(&"not a date".into()).into()),
+    ] {
+        let bad = js_sys::Array::of1(&obj(&[
+            ("path", "f".into()),
+            ("content", js_sys::Uint8Array::from(&b"f"[..]).into()),
+            (field, value),
+        ]));
+        let err = node
+            .add_all(bad.into(), JsValue::UNDEFINED)
+            .await
+            .unwrap_err();
+        let msg = get(&err, "message").as_string().unwrap();
+        assert!(msg.contains(&format!("entry 0: `{field}`")), "{msg}");
+    }
+}
+
+#[wasm_bindgen_test]
 async fn add_all_makes_helias_directory_lists_it_and_reads_files_by_path() {
     let node = CairnNode::create(options(&[])).await.unwrap();
     let b: Vec<u8> = (0..600_000u32).map(|i| ((i * 7) % 251) as u8).collect();
