@@ -112,8 +112,10 @@ try {
   const reached = await d.page.evaluate((addr) => window.cairnApp.node.connect(addr), js.addr)
     .catch((e) => { throw new Error(`cairn could not dial js-libp2p over /webrtc: ${e.message}\n${d.log.slice(-20).join('\n')}\n${jLog.slice(-20).join('\n')}`) })
   assert(reached === js.peerId, `cairn reached the js node: ${reached}`)
-  const jsSees = await j.evaluate((p) => window.connectionsTo(p), dId)
-  assert(jsSees.some((c) => c.includes('/webrtc')), `js-libp2p has a /webrtc connection from cairn: ${jsSees}`)
+  // cairn's side of the connection is up when it sent the last Noise message; js-libp2p's
+  // when that message arrived: wait for it rather than look once.
+  await j.waitForFunction((p) => window.connectionsTo(p).some((c) => c.includes('/webrtc')), dId, { timeout: 15_000 })
+    .catch(async () => { throw new Error(`js-libp2p has no /webrtc connection from cairn: ${await j.evaluate((p) => window.connectionsTo(p), dId)}`) })
   const rtt1 = await j.evaluate((p) => window.pingPeer(p), dId)
   await d.page.waitForFunction((p) => window.cairnApp.node.peers().some((x) => x.peerId === p && x.direct && x.rttMs !== undefined), js.peerId, { timeout: 30_000 })
   // cairn closed the relayed connection: what js and cairn exchanged went over /webrtc.
