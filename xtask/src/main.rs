@@ -487,52 +487,39 @@ fn test(root: &Path) -> Result<()> {
         SCRIPT_LIMIT,
     )?;
 
-    step("web app end to end in Chromium (Playwright; screenshots in tests/artifacts/e2e)");
-    sh_within(
-        node_script(root, "e2e.mjs")
-            .arg(target_dir(root).join("debug/cairn-relay"))
-            .arg(root.join("dist"))
-            .arg(root.join("tests/artifacts/e2e")),
-        SCRIPT_LIMIT,
-    )?;
-
-    step("browser to browser over /webrtc in Chromium (Playwright; the relay's byte counters)");
-    sh_within(
-        node_script(root, "webrtc.mjs")
-            .arg(target_dir(root).join("debug/cairn-relay"))
-            .arg(root.join("dist"))
-            .arg(root.join("tests/artifacts/e2e")),
-        SCRIPT_LIMIT,
-    )?;
-
-    step("Firefox: the web app's main flows, Firefox <-> Chromium over /webrtc, js-libp2p interop");
-    sh_within(
-        node_script(root, "firefox.mjs")
-            .arg(target_dir(root).join("debug/cairn-relay"))
-            .arg(root.join("dist"))
-            .arg(root.join("tests/artifacts/e2e")),
-        SCRIPT_LIMIT,
-    )?;
-
-    step("browsers on several relays: federation, a relay lost and back (Playwright)");
-    sh_within(
-        node_script(root, "federation.mjs")
-            .arg(target_dir(root).join("debug/cairn-relay"))
-            .arg(root.join("dist"))
-            .arg(root.join("tests/artifacts/e2e")),
-        SCRIPT_LIMIT,
-    )?;
-
-    step(
-        "the golden path: a file a page added and asked its relay to keep, fetched by Helia through the DHT after the page closed",
-    );
-    sh_within(
-        node_script(root, "dht-keep.mjs")
-            .arg(target_dir(root).join("debug/cairn-relay"))
-            .arg(root.join("dist"))
-            .arg(root.join("tests/artifacts/e2e")),
-        SCRIPT_LIMIT,
-    )?;
+    // The app's browser tests: each runs the debug relay serving `dist/`, screenshots and
+    // logs in tests/artifacts/e2e.
+    for (name, script) in [
+        (
+            "web app end to end in Chromium (Playwright; screenshots in tests/artifacts/e2e)",
+            "e2e.mjs",
+        ),
+        (
+            "browser to browser over /webrtc in Chromium (Playwright; the relay's byte counters)",
+            "webrtc.mjs",
+        ),
+        (
+            "Firefox: the web app's main flows, Firefox <-> Chromium over /webrtc, js-libp2p interop",
+            "firefox.mjs",
+        ),
+        (
+            "browsers on several relays: federation, a relay lost and back (Playwright)",
+            "federation.mjs",
+        ),
+        (
+            "the golden path: a file a page added and asked its relay to keep, fetched by Helia through the DHT after the page closed",
+            "dht-keep.mjs",
+        ),
+    ] {
+        step(name);
+        sh_within(
+            node_script(root, script)
+                .arg(target_dir(root).join("debug/cairn-relay"))
+                .arg(root.join("dist"))
+                .arg(root.join("tests/artifacts/e2e")),
+            SCRIPT_LIMIT,
+        )?;
+    }
 
     eprintln!("\nall checks passed in {:.0?}", started.elapsed());
     Ok(())
