@@ -1,13 +1,18 @@
 //! Importing a 1 GiB file must not hold it in memory: a counting allocator records the peak
-//! heap use while 1 GiB streams through the importer.
+//! heap use while 1 GiB streams through the importer, while 100,000 files are added as a
+//! tree, and while a directory of 1,000,000 entries is built (then listed and resolved).
 #![allow(unsafe_code)] // a GlobalAlloc wrapper is unsafe by definition; it only counts.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cairn_core::HashAlg;
-use cairn_core::store::Null;
-use cairn_core::unixfs::{self, Profile};
+use cairn_core::source::{ContentSource, Context, Local, SourceError, SourceKind};
+use cairn_core::store::{BlockStore, Memory, Null};
+use cairn_core::unixfs::dir::{self, Entry, TreeBuilder};
+use cairn_core::unixfs::{self, Importer, Profile};
+use cairn_core::{Block, Cid, HashAlg};
 use cairn_scenarios::Data;
 
 struct Counting;
@@ -85,7 +90,6 @@ fn adding_a_tree_of_100_000_files_holds_names_and_cids_not_content() {
     let _turn = TURN
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    use cairn_core::unixfs::dir::{Entry, TreeBuilder};
     let before = CURRENT.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
     let store = Null::new();
@@ -127,4 +131,95 @@ fn adding_a_tree_of_100_000_files_holds_names_and_cids_not_content() {
     // The names, CIDs and sizes of 100,000 entries (about 300 bytes each) and the directory
     // blocks made from them: tens of MiB at most. Holding the content would need 100 MiB.
     assert!(peak < 48 << 20, "peak heap {peak} bytes");
+}
+
+/// A store as a source that counts the blocks asked for.
+#[derive(Debug)]
+struct Counted(Local<Arc<Memory>>, AtomicUsize);
+
+impl ContentSource for Counted {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Local
+    }
+    async fn retrieve(&self, cid: &Cid, ctx: &Context) -> Result<Block, SourceError> {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        self.0.retrieve(cid, ctx).await
+    }
+}
+
+#[test]
+fn a_directory_of_1_000_000_entries_is_sharded_listed_and_resolved_by_its_buckets() {
+    let _turn = TURN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    futures::executor::block_on(million_entries());
+}
+
+async fn million_entries() {
+    const N: u64 = 1_000_000;
+    let mut one = Vec::new();
+    let mut imp = Importer::new(Profile::DEFAULT, HashAlg::Sha2_256);
+    imp.push(b"the same small file", &mut one).unwrap();
+    let file = imp.finish(&mut one).unwrap();
+    let entry = Entry {
+        cid: file.root,
+        tsize: file.dag_size,
+    };
+    let before = CURRENT.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    let mut tree = TreeBuilder::new(Profile::DEFAULT, HashAlg::Sha2_256);
+    for i in 0..N {
+        tree.add(&format!("entry-{i:07}"), entry).unwrap();
+    }
+    let mut blocks = Vec::new();
+    let root = tree.finish(&mut blocks).unwrap();
+    let peak = PEAK.load(Ordering::Relaxed) - before;
+    eprintln!(
+        "1,000,000 entries in one directory: {} shard blocks, heap peak {} MiB while building",
+        blocks.len(),
+        peak >> 20
+    );
+    assert!(
+        blocks.len() > 256,
+        "a HAMT of many shards: {}",
+        blocks.len()
+    );
+    assert!(
+        blocks.iter().all(|b| b.len() < 1024 * 1024),
+        "every shard fits a block"
+    );
+    assert!(peak < 768 << 20, "building took {} MiB", peak >> 20);
+
+    let store = Arc::new(Memory::new());
+    store.put_many(one).await.unwrap();
+    store.put_many(blocks).await.unwrap();
+    let src = Counted(Local(store), AtomicUsize::new(0));
+    let ctx = Context::new();
+
+    // One name: only the buckets on its way (a shard per level), never the whole listing.
+    let found = dir::resolve(&src, &ctx, root.cid, "entry-0765432")
+        .await
+        .unwrap();
+    assert_eq!(found, file.root);
+    let read = src.1.swap(0, Ordering::Relaxed);
+    assert!(
+        (2..=5).contains(&read),
+        "resolving one name read {read} blocks"
+    );
+    let missing = dir::resolve(&src, &ctx, root.cid, "entry-1000000")
+        .await
+        .unwrap_err();
+    assert!(missing.to_string().contains("entry-1000000"), "{missing}");
+
+    // The listing: every entry once, streamed.
+    let (mut count, mut sum) = (0u64, 0u64);
+    dir::ls(&src, &ctx, root.cid, |e| {
+        count += 1;
+        sum += e.name["entry-".len()..].parse::<u64>().unwrap();
+        ControlFlow::Continue(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(count, N);
+    assert_eq!(sum, N * (N - 1) / 2, "each name exactly once");
 }
