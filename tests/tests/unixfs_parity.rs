@@ -8,7 +8,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use cairn_core::source::{Context, Local};
-use cairn_core::store::{BlockStore as _, Memory, Null};
+use cairn_core::store::{BlockStore, Memory, Null};
+use cairn_core::unixfs::dir::Metadata;
 use cairn_core::unixfs::{self, Profile};
 use cairn_core::{Cid, HashAlg};
 use cairn_scenarios::{Data, node22, repo_root};
@@ -69,6 +70,28 @@ fn helia_cids_with(
         .collect()
 }
 
+/// cairn's import of the file at `path` with `meta`, its blocks written to `store`.
+fn import_file<S: BlockStore>(
+    store: &S,
+    profile: Profile,
+    meta: Metadata,
+    path: &Path,
+) -> unixfs::Imported {
+    let f = futures::io::AllowStdIo::new(std::fs::File::open(path).expect("open"));
+    let mut op = cairn_core::live::Live::global().operation();
+    let imported = futures::executor::block_on(unixfs::import_hashing(
+        store,
+        futures::io::BufReader::new(f),
+        unixfs::Importer::new(profile, HashAlg::Sha2_256).metadata(meta),
+        &unixfs::Inline,
+        |_| {},
+        &mut op,
+    ))
+    .expect("cairn import");
+    op.finish();
+    imported
+}
+
 fn parity(profile: Profile) {
     let node = node22("unixfs_parity");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -85,15 +108,7 @@ fn parity(profile: Profile) {
     assert_eq!(theirs.len(), files.len());
     let mut failures = Vec::new();
     for (((name, len), path), their) in cases.iter().zip(&files).zip(&theirs) {
-        let file = futures::io::AllowStdIo::new(std::fs::File::open(path).expect("open"));
-        let ours = futures::executor::block_on(unixfs::import(
-            &Null::new(),
-            futures::io::BufReader::new(file),
-            profile,
-            HashAlg::Sha2_256,
-            |_| {},
-        ))
-        .expect("cairn import");
+        let ours = import_file(&Null::new(), profile, Metadata::default(), path);
         assert_eq!(ours.size, *len);
         eprintln!(
             "{profile} {name:>16} ({len:>10} B): cairn {} helia {their}",
@@ -128,7 +143,6 @@ fn unixfs_v1_2025_profile_matches_helia() {
 #[test]
 #[ignore = "needs Node 22 and the npm packages of tests/js: run through `cargo xtask test`"]
 fn file_mode_and_mtime_match_helia() {
-    use cairn_core::unixfs::dir::Metadata;
     use cairn_core::unixfs::pb::Mtime;
     let node = node22("unixfs_parity");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -193,18 +207,7 @@ fn file_mode_and_mtime_match_helia() {
         let flags: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
         let theirs = helia_cids_with(&node, profile, &flags, &files);
         for (path, their) in files.iter().zip(&theirs) {
-            let f = futures::io::AllowStdIo::new(std::fs::File::open(path).expect("open"));
-            let mut op = cairn_core::live::Live::global().operation();
-            let ours = futures::executor::block_on(unixfs::import_hashing(
-                &Null::new(),
-                futures::io::BufReader::new(f),
-                unixfs::Importer::new(profile, HashAlg::Sha2_256).metadata(meta),
-                &unixfs::Inline,
-                |_| {},
-                &mut op,
-            ))
-            .expect("cairn import");
-            op.finish();
+            let ours = import_file(&Null::new(), profile, meta, path);
             let len = std::fs::metadata(path).unwrap().len();
             eprintln!("{flags:?} {len:>10} B: cairn {} helia {their}", ours.root);
             if ours.root.to_string() != *their {
@@ -223,17 +226,9 @@ fn file_mode_and_mtime_match_helia() {
 /// cairn's root for the tree at `path` (a directory added as `<name>/…`, or one file),
 /// walked as the JS side walks it; its blocks are kept in `store`.
 fn cairn_tree(profile: Profile, path: &Path, wrap: bool, store: &Arc<Memory>) -> Cid {
-    use cairn_core::unixfs::dir::{Entry, Metadata, TreeBuilder};
+    use cairn_core::unixfs::dir::{Entry, TreeBuilder};
     fn import(profile: Profile, file: &Path, store: &Memory) -> Entry {
-        let f = futures::io::AllowStdIo::new(std::fs::File::open(file).expect("open"));
-        let i = futures::executor::block_on(unixfs::import(
-            store,
-            futures::io::BufReader::new(f),
-            profile,
-            HashAlg::Sha2_256,
-            |_| {},
-        ))
-        .expect("cairn import");
+        let i = import_file(store, profile, Metadata::default(), file);
         Entry {
             cid: i.root,
             tsize: i.dag_size,

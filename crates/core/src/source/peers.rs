@@ -105,13 +105,16 @@ pub trait FindPeers: CondSync {
         within: Duration,
     ) -> impl Future<Output = Vec<Self::Peer>> + CondSend {
         let _ = within;
-        let back: Vec<Self::Peer> = self
-            .at_hand(cid)
-            .into_iter()
-            .filter(|p| peers.contains(p))
-            .collect();
-        std::future::ready(back)
+        std::future::ready(at_hand_among(self, cid, peers))
     }
+}
+
+/// Those of `peers` that `find` has at hand for `cid` now.
+fn at_hand_among<F: FindPeers + ?Sized>(find: &F, cid: &Cid, peers: &[F::Peer]) -> Vec<F::Peer> {
+    find.at_hand(cid)
+        .into_iter()
+        .filter(|p| peers.contains(p))
+        .collect()
 }
 
 /// Asks one peer for one block.
@@ -434,12 +437,7 @@ where
         if lost.is_empty() {
             return Ok(lost);
         }
-        let now: Vec<F::Peer> = self
-            .find
-            .at_hand(cid)
-            .into_iter()
-            .filter(|p| lost.contains(p))
-            .collect();
+        let now = at_hand_among(&self.find, cid, &lost);
         if !now.is_empty() {
             return Ok(now);
         }

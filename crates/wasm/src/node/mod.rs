@@ -49,11 +49,13 @@ fn parse_cid(cid: &str) -> Result<Cid, JsValue> {
 /// milliseconds since 1970, or Helia's `{ secs, nsecs }`), as Helia's importer takes them.
 fn entry_metadata(i: usize, item: &JsValue) -> Result<dir::Metadata, JsValue> {
     use wasm_bindgen::JsCast;
-    let field = |name: &str| {
-        js_sys::Reflect::get(item, &name.into())
+    // A property of `o` that is there (not null or undefined).
+    let present = |o: &JsValue, name: &str| {
+        js_sys::Reflect::get(o, &name.into())
             .ok()
             .filter(|v| !v.is_null() && !v.is_undefined())
     };
+    let field = |name: &str| present(item, name);
     let whole = |v: &JsValue| v.as_f64().filter(|n| n.fract() == 0.0 && n.is_finite());
     let mode = match field("mode") {
         None => None,
@@ -93,11 +95,7 @@ fn entry_metadata(i: usize, item: &JsValue) -> Result<dir::Metadata, JsValue> {
         } else if let Some(ms) = whole(&v) {
             from_ms(ms)
         } else if v.is_object() {
-            let part = |name: &str| {
-                js_sys::Reflect::get(&v, &name.into())
-                    .ok()
-                    .filter(|x| !x.is_null() && !x.is_undefined())
-            };
+            let part = |name: &str| present(&v, name);
             let secs = match part("secs") {
                 Some(s) if s.is_bigint() => {
                     i64::try_from(js_sys::BigInt::unchecked_from_js(s)).ok()
@@ -478,13 +476,16 @@ impl CairnNode {
             tsize: 0,
         };
         for (i, item) in list.iter().enumerate() {
-            let mut meta = dir::Metadata::default();
-            let (path, content) = if let Some(f) = item.dyn_ref::<web_sys::File>() {
+            let (path, content, meta) = if let Some(f) = item.dyn_ref::<web_sys::File>() {
                 let rel = js_sys::Reflect::get(f, &"webkitRelativePath".into())
                     .ok()
                     .and_then(|v| v.as_string())
                     .filter(|p| !p.is_empty());
-                (rel.unwrap_or_else(|| f.name()), Some(item.clone()))
+                (
+                    rel.unwrap_or_else(|| f.name()),
+                    Some(item.clone()),
+                    dir::Metadata::default(),
+                )
             } else if item.is_object() {
                 let path = js_sys::Reflect::get(&item, &"path".into())
                     .ok()
@@ -493,8 +494,7 @@ impl CairnNode {
                 let content = js_sys::Reflect::get(&item, &"content".into())
                     .ok()
                     .filter(|c| !c.is_null() && !c.is_undefined());
-                meta = entry_metadata(i, &item)?;
-                (path, content)
+                (path, content, entry_metadata(i, &item)?)
             } else {
                 return Err(invalid(format!(
                     "entry {i} is neither a File nor {{ path, content }}"
