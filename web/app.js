@@ -247,6 +247,8 @@ function showProgress (p, started, firstByte) {
   $('progress').value = total ? Math.min(p.bytesDone / total, 1) : 0
   $('transfer-status').textContent = `${p.blocksDone} of ${Math.max(p.blocksKnown, p.blocksDone)} blocks, ${fmtBytes(p.bytesDone)}${total ? ` of ${fmtBytes(total)}` : ''}`
   for (const k of ['local', 'peers', 'ipfs', 'gateway']) $(`by-${k}`).textContent = p.bySource?.[k] ?? 0
+  // Why blocks came from further down the chain than they might have (on hover).
+  $('by-ipfs').parentElement.parentElement.title = p.detours ? `${p.detours} block(s) came from further down the chain; the last: ${p.lastDetour}` : ''
   $('throughput').textContent = elapsed > 0 ? `${fmtBytes(p.bytesDone / elapsed)}/s` : ''
   $('ttfb').textContent = firstByte !== null ? `· first byte after ${firstByte.toFixed(0)} ms` : ''
 }

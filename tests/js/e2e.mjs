@@ -234,7 +234,7 @@ try {
   const { bySource, blocksDone } = resumed.last
   step(`before the reload: ${before} blocks; after: ${JSON.stringify(bySource)} of ${blocksDone}`)
   assert(bySource.local >= before, `the ${before} blocks stored before the reload were read locally (${bySource.local})`)
-  assert(bySource.local + bySource.peers === blocksDone, 'every block was local or fetched')
+  assert(bySource.local + bySource.peers === blocksDone, `every block was local or from peers; ${resumed.last.detours} went further: ${resumed.last.lastDetour}`)
   assert(bySource.peers > 0 && bySource.peers <= blocksDone - before, `only the missing blocks were fetched: ${bySource.peers}`)
   const dlBig = await downloaded(b)
   assert(dlBig.size === f128.size && dlBig.sha256 === f128.sha256, 'the resumed 128 MiB file is whole')

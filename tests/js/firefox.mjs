@@ -169,7 +169,7 @@ try {
   const resumed = await transferEndsInFirefox(d)
   step(`before the reload: ${done} blocks; after: ${JSON.stringify(resumed.bySource)} of ${resumed.blocksDone}`)
   assert(resumed.bySource.local >= done, `the blocks stored before the reload were read from Firefox's IndexedDB: ${resumed.bySource.local}`)
-  assert(resumed.bySource.local + resumed.bySource.peers === resumed.blocksDone, 'every block was local or fetched')
+  assert(resumed.bySource.local + resumed.bySource.peers === resumed.blocksDone, `every block was local or from peers; ${resumed.detours} went further: ${resumed.lastDetour}`)
   const dl3 = await savedInFirefox(d)
   assert(dl3.sha256 === third.sha256, 'the resumed file is whole')
 

@@ -55,6 +55,12 @@ pub struct Progress {
     pub by_source: [u64; 4],
     /// The last block done and where it came from.
     pub last: Option<(Cid, SourceKind)>,
+    /// Blocks served by a source further down the chain after one before it failed (peers
+    /// that timed out or were unreachable, say, so the block came from a gateway).
+    pub detours: u64,
+    /// Why the last such block went further down: the block, who served it, and what each
+    /// source before that answered.
+    pub last_detour: Option<String>,
 }
 
 /// Options for [`fetch`].
@@ -86,6 +92,25 @@ pub struct Report {
     pub progress: Progress,
     /// How long it took.
     pub elapsed: Duration,
+}
+
+/// Why `r`'s block came from further down the chain than a source that could have served
+/// it (`None`: it came from the first source beyond the local store, or from the store).
+fn detour(r: &crate::source::Retrieval) -> Option<String> {
+    let failed: Vec<String> = r
+        .steps
+        .iter()
+        .filter(|s| s.kind != SourceKind::Local)
+        .filter_map(|s| Some(format!("{}: {}", s.source, s.error.as_ref()?)))
+        .collect();
+    (!failed.is_empty()).then(|| {
+        format!(
+            "{} came from {} after {}",
+            r.block.cid(),
+            r.served_by,
+            failed.join("; ")
+        )
+    })
 }
 
 fn kind_index(k: SourceKind) -> usize {
@@ -142,7 +167,7 @@ pub async fn fetch_throttled<S: BlockStore>(
     let mut op = crate::live::Live::global().operation();
     let one = |cid: Cid, size: Option<u64>| async move {
         match store.get(&cid).await {
-            Ok(Some(b)) => return Ok::<_, Error>((b, SourceKind::Local)),
+            Ok(Some(b)) => return Ok::<_, Error>((b, SourceKind::Local, None)),
             Ok(None) => {}
             // The store removed the bad copy (and said so): fetch a good one.
             Err(store::Error::Corrupt { .. }) => {}
@@ -172,6 +197,7 @@ pub async fn fetch_throttled<S: BlockStore>(
             r.block.len() as u64
         };
         throttle.settle(expected, arrived);
+        let detour = detour(&r);
         match r.write_back {
             WriteBack::Stored => {}
             WriteBack::Failed(e) => return Err(Error::Store(e)),
@@ -179,7 +205,7 @@ pub async fn fetch_throttled<S: BlockStore>(
                 store.put(r.block.clone()).await?;
             }
         }
-        Ok((r.block, r.served_by))
+        Ok((r.block, r.served_by, detour))
     };
     loop {
         while inflight.len() < options.window.max(1) {
@@ -192,7 +218,7 @@ pub async fn fetch_throttled<S: BlockStore>(
         let Some(result) = inflight.next().await else {
             break;
         };
-        let (block, kind): (Block, SourceKind) = result?;
+        let (block, kind, detour): (Block, SourceKind, Option<String>) = result?;
         if block.codec() == Codec::DagPb {
             let node = Node::decode(block.data()).map_err(|e| Error::Malformed {
                 cid: *block.cid(),
@@ -214,6 +240,10 @@ pub async fn fetch_throttled<S: BlockStore>(
         progress.bytes_done += block.len() as u64;
         progress.by_source[kind_index(kind)] += 1;
         progress.last = Some((*block.cid(), kind));
+        if detour.is_some() {
+            progress.detours += 1;
+            progress.last_detour = detour;
+        }
         on_progress(&progress);
     }
     Ok(Report {

@@ -97,9 +97,15 @@ pub struct AlreadyRegistered(pub StreamProtocol);
 pub struct Stream {
     inner: libp2p::Stream,
     _permit: Option<Permit>,
+    connection: ConnectionId,
 }
 
 impl Stream {
+    /// The connection the stream runs on (for [`Control::cut_connection`]).
+    pub fn connection(&self) -> ConnectionId {
+        self.connection
+    }
+
     /// Lets the connection close when idle even while this stream is open (long-lived
     /// streams that should not keep a peer connected on their own).
     pub fn ignore_for_keep_alive(&mut self) {
@@ -180,7 +186,7 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 pub struct Control {
     shared: Arc<Mutex<Shared>>,
     opens: mpsc::Sender<Open>,
-    cuts: mpsc::Sender<PeerId>,
+    cuts: mpsc::Sender<(PeerId, ConnectionId)>,
 }
 
 impl std::fmt::Debug for Control {
@@ -244,14 +250,17 @@ impl Control {
         answer.await.map_err(|_| Closed)
     }
 
-    /// Closes every connection to `peer` (a peer that broke a protocol's bounds, such as one
-    /// that stopped reading its answers). Best effort: when many cuts are pending already,
-    /// this one is dropped, and the peer is cut the next time it misbehaves.
-    pub fn cut(&self, peer: PeerId) {
-        if let Err(e) = self.cuts.clone().try_send(peer)
+    /// Closes `peer`'s connection `connection` (one that broke a protocol's bounds, such as
+    /// one whose reader stopped reading its answers). Only that one: the peer's other
+    /// connections may be healthy (a page that reloaded comes back as the same peer on a new
+    /// connection while the old one still looks open). Best effort: when many cuts are
+    /// pending already, this one is dropped, and the connection is cut the next time it
+    /// misbehaves.
+    pub fn cut_connection(&self, peer: PeerId, connection: ConnectionId) {
+        if let Err(e) = self.cuts.clone().try_send((peer, connection))
             && e.is_full()
         {
-            tracing::debug!(%peer, "too many cuts pending; not cutting this peer now");
+            tracing::debug!(%peer, "too many cuts pending; not cutting this connection now");
         }
     }
 
@@ -300,8 +309,8 @@ pub struct Behaviour {
     config: Config,
     opens: mpsc::Receiver<Open>,
     opens_tx: mpsc::Sender<Open>,
-    cuts: mpsc::Receiver<PeerId>,
-    cuts_tx: mpsc::Sender<PeerId>,
+    cuts: mpsc::Receiver<(PeerId, ConnectionId)>,
+    cuts_tx: mpsc::Sender<(PeerId, ConnectionId)>,
     /// Open connections, oldest first.
     connections: Vec<(ConnectionId, Conn)>,
     /// Requests for peers being dialed.
@@ -386,9 +395,10 @@ impl Behaviour {
         }
     }
 
-    fn handler(&self, peer: PeerId, relayed: bool) -> Handler {
+    fn handler(&self, connection: ConnectionId, peer: PeerId, relayed: bool) -> Handler {
         Handler {
             peer,
+            connection,
             relayed,
             shared: self.shared.clone(),
             config: self.config,
@@ -406,23 +416,23 @@ impl NetworkBehaviour for Behaviour {
 
     fn handle_established_inbound_connection(
         &mut self,
-        _: ConnectionId,
+        id: ConnectionId,
         peer: PeerId,
         _: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.handler(peer, relayed(remote)))
+        Ok(self.handler(id, peer, relayed(remote)))
     }
 
     fn handle_established_outbound_connection(
         &mut self,
-        _: ConnectionId,
+        id: ConnectionId,
         peer: PeerId,
         addr: &Multiaddr,
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.handler(peer, relayed(addr)))
+        Ok(self.handler(id, peer, relayed(addr)))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
@@ -488,12 +498,12 @@ impl NetworkBehaviour for Behaviour {
         while let Poll::Ready(Some(open)) = self.opens.poll_next_unpin(cx) {
             self.route(open);
         }
-        while let Poll::Ready(Some(peer)) = self.cuts.poll_next_unpin(cx) {
-            if self.connections.iter().any(|(_, c)| c.peer == peer) {
-                tracing::debug!(%peer, "closing every connection to the peer");
+        while let Poll::Ready(Some((peer, connection))) = self.cuts.poll_next_unpin(cx) {
+            if self.connections.iter().any(|(id, _)| *id == connection) {
+                tracing::debug!(%peer, ?connection, "closing a connection that broke a bound");
                 self.out.push_back(ToSwarm::CloseConnection {
                     peer_id: peer,
-                    connection: libp2p::swarm::CloseConnection::All,
+                    connection: libp2p::swarm::CloseConnection::One(connection),
                 });
             }
         }
@@ -540,6 +550,7 @@ impl OutboundUpgrade<libp2p::Stream> for Upgrade {
 /// One connection's side of the stream layer.
 pub struct Handler {
     peer: PeerId,
+    connection: ConnectionId,
     relayed: bool,
     shared: Arc<Mutex<Shared>>,
     config: Config,
@@ -628,6 +639,7 @@ impl ConnectionHandler for Handler {
                 let _ = reply.send(Ok(Stream {
                     inner: stream,
                     _permit: None,
+                    connection: self.connection,
                 }));
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError {
@@ -663,6 +675,7 @@ impl Handler {
         let stream = Stream {
             inner: stream,
             _permit: Some(permit),
+            connection: self.connection,
         };
         let mut shared = lock(&self.shared);
         let Some(reader) = shared.accepting.get_mut(&protocol) else {
@@ -679,7 +692,7 @@ impl Handler {
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use futures::{AsyncReadExt, AsyncWriteExt};
@@ -692,7 +705,7 @@ mod tests {
 
     const ECHO: StreamProtocol = StreamProtocol::new("/test/echo");
 
-    fn swarm() -> Swarm<Behaviour> {
+    pub(crate) fn swarm() -> Swarm<Behaviour> {
         let key = Keypair::generate_ed25519();
         let transport = MemoryTransport::default()
             .upgrade(upgrade::Version::V1)
@@ -706,6 +719,79 @@ mod tests {
             libp2p::swarm::Config::with_tokio_executor()
                 .with_idle_connection_timeout(Duration::from_secs(60)),
         )
+    }
+
+    /// A connection cut for breaking a bound is the one its stream ran on; the peer's other
+    /// connection stays (a reloaded page is the same peer on a new connection).
+    #[tokio::test]
+    async fn cutting_a_streams_connection_leaves_the_peers_others_open() {
+        let mut server = swarm();
+        let _incoming = server.behaviour().new_control().accept(ECHO, 8).unwrap();
+        server.listen_on("/memory/0".parse().unwrap()).unwrap();
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+                break address;
+            }
+        };
+        let server_id = *server.local_peer_id();
+        tokio::spawn(async move {
+            loop {
+                server.select_next_some().await;
+            }
+        });
+        let mut client = swarm();
+        let control = client.behaviour().new_control();
+        client.dial(addr.clone()).unwrap();
+        client.dial(addr).unwrap();
+        let mut open = Vec::new();
+        while open.len() < 2 {
+            if let SwarmEvent::ConnectionEstablished { connection_id, .. } =
+                client.select_next_some().await
+            {
+                open.push(connection_id);
+            }
+        }
+        let (tx, mut stream) = oneshot::channel();
+        let opener = control.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(opener.clone().open_stream(server_id, ECHO).await);
+        });
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut cut = None;
+            loop {
+                tokio::select! {
+                    e = client.select_next_some() => {
+                        if let SwarmEvent::ConnectionClosed { connection_id, .. } = e {
+                            break (connection_id, cut);
+                        }
+                    }
+                    s = &mut stream, if cut.is_none() => {
+                        let s = s.unwrap().expect("a stream opens");
+                        control.cut_connection(server_id, s.connection());
+                        cut = Some(s.connection());
+                    }
+                }
+            }
+        })
+        .await
+        .expect("a connection closed within 20 s");
+        assert_eq!(
+            Some(closed.0),
+            closed.1,
+            "the stream's connection was the one cut"
+        );
+        assert_eq!(closed.0, open[1], "new streams go to the newer connection");
+        assert!(
+            client.is_connected(&server_id),
+            "the other connection stays"
+        );
+        assert_eq!(
+            client
+                .network_info()
+                .connection_counters()
+                .num_established(),
+            1
+        );
     }
 
     /// A connection closed between the request and the stream: the request goes to the

@@ -182,6 +182,14 @@ pub struct FetchProgress {
     pub source: Option<Source>,
     /// Blocks so far from each source.
     pub by_source: BySource,
+    /// Blocks that came from a source further down the chain because one before it failed
+    /// (peers that timed out or could not be reached, say).
+    pub detours: u64,
+    /// Why the last of those went further down: the block, who served it, and what each
+    /// source before that answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub last_detour: Option<String>,
 }
 
 impl From<&cairn_core::dag::Progress> for FetchProgress {
@@ -200,6 +208,8 @@ impl From<&cairn_core::dag::Progress> for FetchProgress {
                 ipfs: by[2],
                 gateway: by[3],
             },
+            detours: p.detours,
+            last_detour: p.last_detour.clone(),
         }
     }
 }

@@ -922,6 +922,46 @@ mod dag_and_export {
     }
 
     #[tokio::test]
+    async fn dag_fetch_says_which_blocks_came_from_further_down_the_chain_and_why() {
+        let (remote, root, _) = remote_with(5_500).await;
+        let total = remote.stat().await.unwrap().blocks;
+        let local = Arc::new(Memory::new());
+        // The peers hold only the root; every other block goes on to the gateway.
+        let peers = Arc::new(Memory::new());
+        peers
+            .put(remote.get(&root).await.unwrap().unwrap())
+            .await
+            .unwrap();
+        let chain = Chain::new()
+            .local(local.clone())
+            .source(Serve(peers, Arc::default(), SourceKind::Peers), None)
+            .source(Serve(remote, Arc::default(), SourceKind::Gateway), None);
+        let report = dag::fetch(
+            &chain,
+            &*local,
+            root,
+            dag::Options::default(),
+            &Context::new(),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        let p = &report.progress;
+        assert_eq!(p.by_source, [0, 1, 0, total - 1]);
+        assert_eq!(
+            p.detours,
+            total - 1,
+            "the root came from the first peer source"
+        );
+        let why = p.last_detour.as_deref().unwrap();
+        assert!(
+            why.ends_with("came from gateway after peers: not found"),
+            "{why}"
+        );
+        assert!(why.starts_with("bafk"), "names the block: {why}");
+    }
+
+    #[tokio::test]
     async fn export_streams_the_file_and_ranges_fetch_only_their_leaves() {
         let (remote, root, bytes) = remote_with(57_321).await;
         let count = Arc::new(AtomicUsize::new(0));

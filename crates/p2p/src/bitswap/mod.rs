@@ -909,7 +909,9 @@ async fn write_loop(
             Ok(()) => {}
             Err(Unsent::Stalled) => {
                 bitswap.budget.record_cut(peer, budget::BITSWAP);
-                control.cut(peer);
+                if let Some(s) = &stream {
+                    control.cut_connection(peer, s.connection());
+                }
                 fail_wants(
                     bitswap,
                     peer,

@@ -100,7 +100,18 @@ impl Client {
         let mut broken = 0;
         loop {
             let answer = self.request(peer, &req).await;
-            let busy = matches!(&answer, Ok(Response::Error { code, .. }) if *code == code::BUSY);
+            // A block `skipped` (the peer's answer budget had no room for it) is held there:
+            // as good as busy, not missing.
+            let busy = match &answer {
+                Ok(Response::Error { code, .. }) => *code == code::BUSY,
+                Ok(Response::Get {
+                    blocks, skipped, ..
+                }) => {
+                    skipped.iter().any(|c| c.cid().as_ref() == Some(cid))
+                        && !blocks.iter().any(|b| b.0.cid().as_ref() == Some(cid))
+                }
+                _ => false,
+            };
             let cut = matches!(
                 &answer,
                 Err(RequestError::Exchange(Error::Frame(
@@ -122,11 +133,17 @@ impl Client {
 
     fn block(cid: &Cid, answer: Result<Response, RequestError>) -> Result<Bytes, PeerError> {
         match answer {
-            Ok(Response::Get { blocks, .. }) => blocks
-                .into_iter()
-                .find(|b| b.0.cid().as_ref() == Some(cid))
-                .map(|b| Bytes::from(b.1.into_vec()))
-                .ok_or(PeerError::NotFound),
+            Ok(Response::Get {
+                blocks, skipped, ..
+            }) => match blocks.into_iter().find(|b| b.0.cid().as_ref() == Some(cid)) {
+                Some(b) => Ok(Bytes::from(b.1.into_vec())),
+                None if skipped.iter().any(|c| c.cid().as_ref() == Some(cid)) => {
+                    Err(PeerError::Failed(Reason::msg(
+                        "the peer holds the block but had no room to send it (answer budget full); ask again later",
+                    )))
+                }
+                None => Err(PeerError::NotFound),
+            },
             Ok(Response::Error { code, message }) => {
                 Err(PeerError::Failed(Reason::new(Refused { code, message })))
             }
@@ -134,6 +151,111 @@ impl Client {
                 "answered get with another message type",
             ))),
             Err(e) => Err(PeerError::Failed(Reason::new(e))),
+        }
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    use serde_bytes::ByteBuf;
+
+    use super::*;
+    use crate::cas::WireBlock;
+    use crate::streams::tests::swarm;
+
+    /// A `/cas` peer that answers each `get` with the block listed as `skipped` the first
+    /// `skips` times, then with the block.
+    async fn skipping_peer(
+        skips: usize,
+        data: &'static [u8],
+    ) -> (Client, PeerId, Arc<AtomicUsize>) {
+        let mut server = swarm();
+        let mut incoming = server
+            .behaviour()
+            .new_control()
+            .accept(PROTOCOL, 8)
+            .unwrap();
+        server.listen_on("/memory/0".parse().unwrap()).unwrap();
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+                break address;
+            }
+        };
+        let id = *server.local_peer_id();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let count = asked.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = server.select_next_some() => {}
+                    Some((_, mut s)) = incoming.next() => {
+                        let body = framing::read_frame(&mut s, 1 << 20).await.unwrap();
+                        let Ok(Request::Get { cids }) = super::super::decode_request(&body) else {
+                            panic!("not a get")
+                        };
+                        let n = count.fetch_add(1, Ordering::SeqCst);
+                        let answer = if n < skips {
+                            Response::Get { blocks: vec![], missing: vec![], skipped: cids }
+                        } else {
+                            Response::Get {
+                                blocks: vec![WireBlock(cids[0].clone(), ByteBuf::from(data.to_vec()))],
+                                missing: vec![],
+                                skipped: vec![],
+                            }
+                        };
+                        framing::write_frame(&mut s, &encode(&answer)).await.unwrap();
+                        let _ = s.close().await;
+                    }
+                }
+            }
+        });
+        let mut client = swarm();
+        let control = client.behaviour().new_control();
+        client.dial(addr).unwrap();
+        loop {
+            if let SwarmEvent::ConnectionEstablished { .. } = client.select_next_some().await {
+                break;
+            }
+        }
+        tokio::spawn(async move {
+            loop {
+                client.select_next_some().await;
+            }
+        });
+        let client = Client::new(control, Limits::default(), Duration::from_millis(500));
+        (client, id, asked)
+    }
+
+    /// A block the peer skipped (its answer budget was full) is asked for again, not taken
+    /// as missing; one it keeps skipping fails as unavailable, saying why.
+    #[tokio::test]
+    async fn a_skipped_block_is_asked_again_not_taken_as_missing() {
+        let data: &[u8] = b"held but not sent at first";
+        let cid = *cairn_core::block::Block::from_data(
+            cairn_core::cid::Codec::Raw,
+            cairn_core::cid::HashAlg::Sha2_256,
+            data,
+        )
+        .unwrap()
+        .cid();
+        let (client, peer, asked) = skipping_peer(2, data).await;
+        assert_eq!(
+            client.get(peer, &cid).await.unwrap(),
+            Bytes::from_static(data)
+        );
+        assert_eq!(asked.load(Ordering::SeqCst), 3, "asked until it was sent");
+
+        let (client, peer, _) = skipping_peer(usize::MAX, data).await;
+        match client.get(peer, &cid).await {
+            Err(PeerError::Failed(why)) => {
+                assert!(why.to_string().contains("no room to send it"), "{why}")
+            }
+            other => panic!("a block always skipped is unavailable, not {other:?}"),
         }
     }
 }

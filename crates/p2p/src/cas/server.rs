@@ -13,8 +13,8 @@
 //! the node's answer [`Budget`] (per peer and in total) and holds them until the answer is
 //! written. A request the budget has no room for is answered `busy` at once, so a peer that
 //! does not read its answers gets no more of this node's memory; an answer whose peer reads
-//! nothing of it for [`Caps::stall_timeout`](crate::budget::Caps) is abandoned and the peer
-//! cut (its connections closed).
+//! nothing of it for [`Caps::stall_timeout`](crate::budget::Caps) is abandoned and the
+//! connection it stalled on is cut (closed; the peer's other connections are left alone).
 //!
 //! A malformed request is answered with its error (code 1 or 3); a frame over the limit is
 //! reset unread. Streams come from [`crate::streams`], which also bounds them per
@@ -354,6 +354,7 @@ impl<S: BlockStore> Answering<'_, S> {
             self.budget.pace(bytes).await;
         }
         let stall = self.budget.caps().stall_timeout;
+        let connection = stream.connection();
         let (written, delivered) =
             write_answer(stream, &frame, stall, self.config.answer_timeout).await;
         match written {
@@ -369,7 +370,7 @@ impl<S: BlockStore> Answering<'_, S> {
             }
             Written::Stalled => {
                 self.budget.record_cut(peer, budget::CAS);
-                self.control.cut(peer);
+                self.control.cut_connection(peer, connection);
             }
         }
         delivered
