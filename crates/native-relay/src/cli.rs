@@ -111,6 +111,10 @@ enum Command {
     Ls {
         /// The directory's CID, or CID/path.
         cid: String,
+        /// Also show each entry's mode and modification time (as `add --preserve-mode
+        /// --preserve-mtime` keeps them; `-` where none is stored).
+        #[arg(short, long)]
+        long: bool,
         #[command(flatten)]
         from: FetchArgs,
     },
@@ -423,7 +427,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let f = Fetcher::start(&cid, &from).await?;
             f.cat(output.as_deref()).await
         }
-        Some(Command::Ls { cid, from }) => Fetcher::start(&cid, &from).await?.ls().await,
+        Some(Command::Ls { cid, long, from }) => Fetcher::start(&cid, &from).await?.ls(long).await,
         Some(Command::Replicate {
             cid,
             replicas,
@@ -979,7 +983,8 @@ impl Fetcher {
         self.prefetch(cid).await?;
         let mut out = Output::open(output)?;
         self.write(cid, &mut out).await?;
-        out.finish()
+        // `cat` gives the bytes; `get` gives a file with its mode and time.
+        out.finish(dir::Metadata::default())
     }
 
     async fn write(&self, cid: cairn_core::Cid, out: &mut Output) -> Result<(), Failure> {
@@ -997,11 +1002,11 @@ impl Fetcher {
         Ok(())
     }
 
-    /// The entries of the directory `cid`, each with what it is.
+    /// The entries of the directory `cid`, each with what it is and its metadata.
     async fn entries(
         &self,
         cid: cairn_core::Cid,
-    ) -> Result<Vec<(dir::DirEntry, dir::Kind)>, Failure> {
+    ) -> Result<Vec<(dir::DirEntry, dir::Kind, dir::Metadata)>, Failure> {
         let mut entries = Vec::new();
         dir::ls(&*self.chain, &self.ctx, cid, |e| {
             entries.push(e);
@@ -1011,21 +1016,28 @@ impl Fetcher {
         .map_err(|e| fail(read_exit(&e), e))?;
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
-            let k = dir::kind(&*self.chain, &self.ctx, e.cid)
+            let (k, meta) = dir::stat(&*self.chain, &self.ctx, e.cid)
                 .await
                 .map_err(|err| fail(read_exit(&err), format!("{}: {err}", e.name)))?;
-            out.push((e, k));
+            out.push((e, k, meta));
         }
         Ok(out)
     }
 
-    async fn ls(self) -> Result<(), Failure> {
+    async fn ls(self, long: bool) -> Result<(), Failure> {
         let cid = self.target().await?;
         let mut w = std::io::BufWriter::new(std::io::stdout());
-        for (e, k) in self.entries(cid).await? {
+        for (e, k, meta) in self.entries(cid).await? {
             let slash = if k == dir::Kind::Directory { "/" } else { "" };
             let size = e.tsize.map_or_else(|| "-".to_owned(), |t| t.to_string());
-            writeln!(w, "{} {size} {}{slash}", e.cid, e.name)
+            let extra = if long {
+                let mode = meta.mode.map_or_else(|| "-".into(), |m| format!("{m:04o}"));
+                let mtime = meta.mtime.map_or_else(|| "-".into(), rfc3339);
+                format!("{mode} {mtime} ")
+            } else {
+                String::new()
+            };
+            writeln!(w, "{} {size} {extra}{}{slash}", e.cid, e.name)
                 .map_err(|e| fail(Exit::NotWritable, format!("cannot write output: {e}")))?;
         }
         w.flush()
@@ -1035,6 +1047,9 @@ impl Fetcher {
     /// Writes the file or tree at the path to `dest`, which must not exist. Each file is
     /// complete (written under a temporary name, then renamed) or absent; names that could
     /// leave `dest` (`..`, `/`, NUL) are refused by [`dir::ls`] before anything is written.
+    /// A mode or modification time the tree stores is given to what is written (the
+    /// permission bits only: never setuid, setgid or sticky); directories get theirs once
+    /// their contents are written.
     async fn get(self, dest: &Path) -> Result<(), Failure> {
         if tokio::fs::symlink_metadata(dest).await.is_ok() {
             return Err(fail(
@@ -1050,35 +1065,97 @@ impl Fetcher {
                 format!("cannot write {}: {e}", p.display()),
             )
         };
-        if dir::kind(&*self.chain, &self.ctx, cid)
+        let (kind, meta) = dir::stat(&*self.chain, &self.ctx, cid)
             .await
-            .map_err(|e| fail(read_exit(&e), e))?
-            != dir::Kind::Directory
-        {
+            .map_err(|e| fail(read_exit(&e), e))?;
+        if kind != dir::Kind::Directory {
             let mut out = Output::open(Some(dest))?;
             self.write(cid, &mut out).await?;
-            return out.finish();
+            return out.finish(meta);
         }
-        let mut stack = vec![(cid, dest.to_owned())];
-        while let Some((cid, at)) = stack.pop() {
+        let mut stack = vec![(cid, dest.to_owned(), meta)];
+        // Directories with metadata, in the order they were made: given it deepest first,
+        // after everything is written (writing into a directory changes its time, and its
+        // mode may forbid writing).
+        let mut made = Vec::new();
+        while let Some((cid, at, meta)) = stack.pop() {
             tokio::fs::create_dir(&at)
                 .await
                 .map_err(|e| not_writable(&at, e))?;
-            for (e, k) in self.entries(cid).await? {
+            if meta != dir::Metadata::default() {
+                made.push((at.clone(), meta));
+            }
+            for (e, k, meta) in self.entries(cid).await? {
                 let path = at.join(&e.name);
                 match k {
-                    dir::Kind::Directory => stack.push((e.cid, path)),
+                    dir::Kind::Directory => stack.push((e.cid, path, meta)),
                     dir::Kind::File => {
                         let mut out = Output::open(Some(&path))?;
                         self.write(e.cid, &mut out).await?;
-                        out.finish()?;
+                        out.finish(meta)?;
                     }
                     other => eprintln!("warning: skipped {}: a {other:?} node", path.display()),
                 }
             }
         }
+        for (at, meta) in made.iter().rev() {
+            std::fs::File::open(at)
+                .and_then(|f| apply_metadata(&f, meta))
+                .map_err(|e| not_writable(at, e))?;
+        }
         Ok(())
     }
+}
+
+/// Gives the open file or directory `f` the mode and modification time `meta` stores: the
+/// permission bits only (setuid, setgid and sticky bits are dropped: a tree from anyone
+/// must not make programs that run as its reader's owner), and the time as stored, to the
+/// nanosecond.
+fn apply_metadata(f: &std::fs::File, meta: &dir::Metadata) -> std::io::Result<()> {
+    #[cfg(unix)]
+    if let Some(mode) = meta.mode {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))?;
+    }
+    if let Some(t) = meta.mtime {
+        let nanos = std::time::Duration::from_nanos(u64::from(t.nsecs.unwrap_or(0)));
+        let secs = std::time::Duration::from_secs(t.secs.unsigned_abs());
+        let at = if t.secs >= 0 {
+            std::time::UNIX_EPOCH.checked_add(secs + nanos)
+        } else {
+            std::time::UNIX_EPOCH
+                .checked_sub(secs)
+                .and_then(|s| s.checked_add(nanos))
+        };
+        // A time the platform cannot represent is left as it is.
+        if let Some(at) = at {
+            f.set_times(std::fs::FileTimes::new().set_modified(at))?;
+        }
+    }
+    Ok(())
+}
+
+/// `t` as an RFC 3339 UTC time (`2026-12-07T02:40:26Z`, with nanoseconds when stored).
+fn rfc3339(t: unixfs::pb::Mtime) -> String {
+    let days = t.secs.div_euclid(86_400);
+    let rem = t.secs.rem_euclid(86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's days_from_civil, inverted).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let frac = t.nsecs.map_or_else(String::new, |n| format!(".{n:09}"));
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{frac}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// Stdout, or a file written under a temporary name and renamed when complete.
@@ -1133,7 +1210,8 @@ impl Output {
         r.map_err(|e| fail(Exit::NotWritable, format!("cannot write output: {e}")))
     }
 
-    fn finish(self) -> Result<(), Failure> {
+    /// Completes the output; a file gets `meta`'s mode and time first (see [`apply_metadata`]).
+    fn finish(self, meta: dir::Metadata) -> Result<(), Failure> {
         match self {
             Output::Stdout(mut w) => w
                 .flush()
@@ -1146,7 +1224,10 @@ impl Output {
                 let path = tmp.0.clone().unwrap_or_default();
                 file.into_inner()
                     .map_err(|e| e.into_error())
-                    .and_then(|f| f.sync_all())
+                    .and_then(|f| {
+                        apply_metadata(&f, &meta)?;
+                        f.sync_all()
+                    })
                     .and_then(|()| std::fs::rename(&path, &dest))
                     .map_err(|e| {
                         fail(

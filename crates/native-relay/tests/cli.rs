@@ -499,30 +499,16 @@ async fn get_refuses_a_directory_whose_names_would_leave_the_target() {
     }
 }
 
-/// Sets `path`'s permission bits and modification time.
+/// A tree under `at/top` whose files and directories have modes and times of every kind:
+/// files of one block and of two, modes with and without the default (and a setuid bit),
+/// times with and without nanoseconds, and one before 1970. Returns `at/top`.
 #[cfg(unix)]
-fn stamp(path: &std::path::Path, mode: u32, mtime: std::time::SystemTime) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-    std::fs::File::open(path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
-}
-
-#[cfg(unix)]
-#[test]
-#[ignore = "needs Node 22 and the npm packages of tests/js: run through `cargo xtask test`"]
-fn add_preserving_mode_and_mtime_gives_helias_root() {
+fn stamped_tree(at: &std::path::Path) -> std::path::PathBuf {
     use std::time::{Duration, UNIX_EPOCH};
-    let node = cairn_scenarios::node22("add_preserving_mode_and_mtime_gives_helias_root");
-    let d = tempfile::tempdir().unwrap();
-    let top = d.path().join("top");
+    let top = at.join("top");
     std::fs::create_dir_all(top.join("sub/deeper")).unwrap();
     std::fs::create_dir_all(top.join("empty")).unwrap();
     let at = |secs: u64, nanos: u32| UNIX_EPOCH + Duration::new(secs, nanos);
-    // Files of one block and of two, modes with and without the default, times with and
-    // without nanoseconds, and one before 1970.
     let files: [(&str, usize, u32, std::time::SystemTime); 4] = [
         ("a.txt", 1024, 0o600, at(1_700_000_000, 123_456_789)),
         ("run.sh", 10, 0o755, at(1_600_000_000, 0)),
@@ -548,6 +534,119 @@ fn add_preserving_mode_and_mtime_gives_helias_root() {
     ] {
         stamp(&top.join(name), mode, mtime);
     }
+    top
+}
+
+/// `get` gives back the modes (permission bits only: the setuid bit is dropped) and the
+/// times `add --preserve-mode --preserve-mtime` kept, to the nanosecond, directories
+/// included; `ls -l` shows them.
+#[cfg(unix)]
+#[test]
+fn get_gives_back_the_modes_and_times_add_kept_and_ls_long_shows_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let top = stamped_tree(d.path());
+    let store = d.path().join("store");
+    let s = store.to_str().unwrap();
+    let add = run(&[
+        "add",
+        "-r",
+        "--preserve-mode",
+        "--preserve-mtime",
+        top.to_str().unwrap(),
+        "--store",
+        s,
+    ]);
+    assert!(add.status.success(), "{}", stderr(&add));
+    let cid = stdout(&add);
+    let out = d.path().join("copy");
+    let get = run(&["get", &cid, "-o", out.to_str().unwrap(), "--store", s]);
+    assert!(get.status.success(), "{}", stderr(&get));
+    for rel in [
+        "",
+        "a.txt",
+        "run.sh",
+        "sub",
+        "sub/big.bin",
+        "sub/deeper",
+        "sub/deeper/old.txt",
+        "empty",
+    ] {
+        let (a, b) = (top.join(rel), out.join(rel));
+        let (ma, mb) = (
+            std::fs::metadata(&a).unwrap(),
+            std::fs::metadata(&b).unwrap(),
+        );
+        assert_eq!(
+            mb.permissions().mode() & 0o7777,
+            ma.permissions().mode() & 0o777,
+            "{rel:?}: the permission bits, and nothing above them"
+        );
+        assert_eq!(
+            mb.modified().unwrap(),
+            ma.modified().unwrap(),
+            "{rel:?}: the time"
+        );
+    }
+    assert_eq!(tree_of(&out), tree_of(&top), "the bytes");
+
+    // Without the flags there is nothing to give back: what `get` writes is plain.
+    let plain = stdout(&run(&["add", "-r", top.to_str().unwrap(), "--store", s]));
+    let ls = stdout(&run(&["ls", "-l", &plain, "--store", s]));
+    assert!(ls.lines().all(|l| l.contains(" - - ")), "{ls}");
+
+    let ls = run(&["ls", "--long", &cid, "--store", s]);
+    assert!(ls.status.success(), "{}", stderr(&ls));
+    let ls = stdout(&ls);
+    let line = |name: &str| {
+        ls.lines()
+            .find(|l| l.ends_with(&format!(" {name}")))
+            .unwrap_or_else(|| panic!("{name} in {ls}"))
+            .to_owned()
+    };
+    assert!(
+        line("a.txt").ends_with(" 0600 2023-11-14T22:13:20.123456789Z a.txt"),
+        "{ls}"
+    );
+    assert!(
+        line("sub/").ends_with(" 0750 2017-07-14T02:40:01Z sub/"),
+        "{ls}"
+    );
+    assert!(
+        line("empty/").ends_with(" - 2017-07-14T02:40:02.000000007Z empty/"),
+        "the default mode is not stored: {ls}"
+    );
+    let deeper = stdout(&run(&[
+        "ls",
+        "-l",
+        &format!("{cid}/sub/deeper"),
+        "--store",
+        s,
+    ]));
+    assert!(
+        deeper.ends_with(" 4755 1969-12-30T23:59:59.750000000Z old.txt"),
+        "the mode as stored; a time before 1970: {deeper}"
+    );
+}
+
+/// Sets `path`'s permission bits and modification time.
+#[cfg(unix)]
+fn stamp(path: &std::path::Path, mode: u32, mtime: std::time::SystemTime) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    std::fs::File::open(path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+#[ignore = "needs Node 22 and the npm packages of tests/js: run through `cargo xtask test`"]
+fn add_preserving_mode_and_mtime_gives_helias_root() {
+    let node = cairn_scenarios::node22("add_preserving_mode_and_mtime_gives_helias_root");
+    let d = tempfile::tempdir().unwrap();
+    let top = stamped_tree(d.path());
     let dir = top.to_str().unwrap();
     let plain = stdout(&run(&["add", "-r", "--only-hash", dir]));
     for wrap in [false, true] {

@@ -599,11 +599,21 @@ async fn load<S: ContentSource + ?Sized>(
     ctx: &Context,
     cid: Cid,
 ) -> Result<Decoded, ReadError> {
+    Ok(load_with_metadata(src, ctx, cid).await?.0)
+}
+
+/// [`load`], with the node's UnixFS metadata (none for a raw block).
+async fn load_with_metadata<S: ContentSource + ?Sized>(
+    src: &S,
+    ctx: &Context,
+    cid: Cid,
+) -> Result<(Decoded, Metadata), ReadError> {
+    let none = Metadata::default();
     if cid.codec() == Codec::Raw.code() {
-        return Ok(Decoded::Other("file"));
+        return Ok((Decoded::Other("file"), none));
     }
     if cid.codec() != Codec::DagPb.code() {
-        return Ok(Decoded::Other("non-UnixFS node"));
+        return Ok((Decoded::Other("non-UnixFS node"), none));
     }
     let block = src
         .retrieve(&cid, ctx)
@@ -615,10 +625,14 @@ async fn load<S: ContentSource + ?Sized>(
     let bad = |reason: String| ReadError::Malformed { cid, reason };
     let node = pb::Node::decode(block.data()).map_err(|e| bad(e.to_string()))?;
     let Some(data) = &node.data else {
-        return Ok(Decoded::Other("DAG-PB node without UnixFS data"));
+        return Ok((Decoded::Other("DAG-PB node without UnixFS data"), none));
     };
     let fs = UnixFs::decode(data).map_err(|e| bad(e.to_string()))?;
-    Ok(match fs.kind {
+    let meta = Metadata {
+        mode: fs.mode.map(|m| m & 0o7777),
+        mtime: fs.mtime,
+    };
+    let decoded = match fs.kind {
         DataType::Directory => Decoded::Dir(node),
         DataType::HamtShard => {
             if fs.fanout != Some(HAMT_FANOUT) || fs.hash_type != Some(HAMT_HASH) {
@@ -632,7 +646,8 @@ async fn load<S: ContentSource + ?Sized>(
         DataType::File | DataType::Raw => Decoded::Other("file"),
         DataType::Symlink => Decoded::Other("symlink"),
         DataType::Metadata => Decoded::Other("metadata node"),
-    })
+    };
+    Ok((decoded, meta))
 }
 
 /// What an entry is.
@@ -655,12 +670,24 @@ pub async fn kind<S: ContentSource + ?Sized>(
     ctx: &Context,
     cid: Cid,
 ) -> Result<Kind, ReadError> {
-    Ok(match load(src, ctx, cid).await? {
+    Ok(stat(src, ctx, cid).await?.0)
+}
+
+/// What the node `cid` is and the metadata it carries (`mode` as stored, its low 12 bits;
+/// none for a raw block or a node without).
+pub async fn stat<S: ContentSource + ?Sized>(
+    src: &S,
+    ctx: &Context,
+    cid: Cid,
+) -> Result<(Kind, Metadata), ReadError> {
+    let (decoded, meta) = load_with_metadata(src, ctx, cid).await?;
+    let kind = match decoded {
         Decoded::Dir(_) | Decoded::Shard(_) => Kind::Directory,
         Decoded::Other("file") => Kind::File,
         Decoded::Other("symlink") => Kind::Symlink,
         Decoded::Other(_) => Kind::Other,
-    })
+    };
+    Ok((kind, meta))
 }
 
 /// The slot a HAMT link names (its first two characters, upper-case hex) and the rest.
