@@ -744,18 +744,18 @@ fn export_exit(e: &ExportError) -> Exit {
 }
 
 /// Starts a client node and connects to `peers`; peers that cannot be reached are reported
-/// and skipped (the chain goes on to the gateways).
+/// and skipped (the chain goes on to the gateways). Waits (briefly) for identify from those
+/// among them that are also in `identify` (the DHT's: their routing tables come from it);
+/// the others are asked over `/cas` as soon as they are connected.
 async fn connect(
     peers: &[Multiaddr],
+    identify: &[Multiaddr],
     deadline: Duration,
     swarm_key: Option<cairn_p2p::pnet::SwarmKey>,
     keep: bool,
 ) -> Result<cairn_p2p::Node, Failure> {
     for p in peers {
-        if !p
-            .iter()
-            .any(|proto| matches!(proto, libp2p::multiaddr::Protocol::P2p(_)))
-        {
+        if peer_id_of(p).is_none() {
             return Err(fail(
                 Exit::Usage,
                 format!("peer address {p} does not end in /p2p/<peer id>"),
@@ -803,14 +803,27 @@ async fn connect(
     if keep {
         let _ = node.keep(peers.to_vec(), false).await;
     }
-    // Wait (briefly) for identify, which tells which peers speak /cas.
-    let identified = connected.iter().map(|id| {
-        node.wait_for(std::slice::from_ref(id), Duration::from_secs(5), |p| {
-            p.identified()
-        })
-    });
+    let identified = identify
+        .iter()
+        .filter_map(peer_id_of)
+        .filter(|id| connected.contains(id))
+        .map(|id| {
+            let node = node.clone();
+            async move {
+                node.wait_for(&[id], Duration::from_secs(5), |p| p.identified())
+                    .await
+            }
+        });
     futures::future::join_all(identified).await;
     Ok(node)
+}
+
+/// The peer `addr` ends in (`/p2p/<id>`).
+fn peer_id_of(addr: &Multiaddr) -> Option<libp2p::PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
 }
 
 /// `CID`, `CID/path` or `/ipfs/CID/path`: the root and the path under it.
@@ -878,13 +891,15 @@ impl Setup {
         }
         let node = if !from.peers.is_empty() || ipfs {
             let dial: Vec<Multiaddr> = from.peers.iter().chain(&from.ipfs_via).cloned().collect();
-            Some(connect(&dial, timeout.min(Duration::from_secs(20)), swarm_key, keep).await?)
+            let within = timeout.min(Duration::from_secs(20));
+            Some(connect(&dial, &from.ipfs_via, within, swarm_key, keep).await?)
         } else {
             None
         };
         let sources = Sources {
             peers: !from.peers.is_empty(),
             discover: false,
+            named: from.peers.iter().filter_map(peer_id_of).collect(),
             ipfs: ipfs.then_some(IpfsRouting {
                 dht: !from.ipfs_via.is_empty(),
                 routers,

@@ -56,6 +56,10 @@ pub struct CasPeers {
     node: Node,
     /// How long a lookup waits for the providers it found to connect and identify.
     pub wait: Duration,
+    /// Peers the user named as `/cas` peers: asked as soon as they are connected, before
+    /// identify has said what they speak (a round trip sooner); not once it says they do
+    /// not speak `/cas`.
+    named: Vec<PeerId>,
 }
 
 impl CasPeers {
@@ -64,7 +68,14 @@ impl CasPeers {
         Self {
             node,
             wait: Duration::from_secs(25),
+            named: Vec::new(),
         }
+    }
+
+    /// With `peers` named by the user as `/cas` peers (see [`Sources::named`]).
+    pub fn named(mut self, peers: Vec<PeerId>) -> Self {
+        self.named = peers;
+        self
     }
 }
 
@@ -72,7 +83,13 @@ impl FindPeers for CasPeers {
     type Peer = PeerId;
 
     fn at_hand(&self, _: &Cid) -> Vec<PeerId> {
-        self.node.askable_peers()
+        let mut out = self.node.askable_peers();
+        for p in &self.named {
+            if !out.contains(p) && self.node.peer(p).is_some_and(|i| !i.identified()) {
+                out.push(*p);
+            }
+        }
+        out
     }
 
     async fn look_up(&self, key: &Cid) -> Result<Vec<PeerId>, LookupError> {
@@ -141,7 +158,15 @@ pub fn cas_source(
     root: Option<Cid>,
     config: RaceConfig,
 ) -> PeerSource<CasPeers, CasPeers> {
-    let peers = CasPeers::new(node.clone());
+    cas_source_of(CasPeers::new(node.clone()), root, config)
+}
+
+/// [`cas_source`] over `peers`.
+fn cas_source_of(
+    peers: CasPeers,
+    root: Option<Cid>,
+    config: RaceConfig,
+) -> PeerSource<CasPeers, CasPeers> {
     PeerSource::new(SourceKind::Peers, peers.clone(), peers, root).config(config)
 }
 
@@ -179,6 +204,9 @@ pub struct Sources {
     pub peers: bool,
     /// Also look up `/cas` providers of the root in the DHT when the connected peers fail.
     pub discover: bool,
+    /// Peers named as `/cas` peers (`cairn-relay cat --peer`): asked as soon as they are
+    /// connected, without waiting for identify to say that they speak `/cas`.
+    pub named: Vec<PeerId>,
     /// The IPFS network over bitswap (with a node).
     pub ipfs: Option<IpfsRouting>,
     /// Trustless gateways, in order (checked with [`http_url`]).
@@ -199,6 +227,7 @@ impl Default for Sources {
         Self {
             peers: true,
             discover: false,
+            named: Vec::new(),
             ipfs: None,
             gateways: Vec::new(),
             peer_timeout: Duration::from_secs(30),
@@ -224,8 +253,9 @@ impl Sources {
                     look_up: self.discover,
                     ..RaceConfig::default()
                 };
+                let peers = CasPeers::new(node.clone()).named(self.named.clone());
                 chain = chain.source(
-                    cas_source(node, Some(root), config).verifier(self.verify.clone()),
+                    cas_source_of(peers, Some(root), config).verifier(self.verify.clone()),
                     Some(self.peer_timeout),
                 );
             }

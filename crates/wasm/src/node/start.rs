@@ -134,6 +134,7 @@ fn check(options: &CreateOptions) -> Result<Checked, JsValue> {
         peers: true,
         // A fetch that starts, or resumes, without the right peer connected finds it.
         discover: true,
+        named: Vec::new(),
         ipfs: Some(IpfsRouting {
             dht: true,
             routers,
