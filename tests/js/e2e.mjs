@@ -17,6 +17,8 @@
 //   folder picker makes one share link; opened in B it shows a listing, the image displays
 //   through an /ipfs/ URL the service worker answers, one file is fetched without the rest,
 //   and the sound, in a <video>, seeks through Range requests (206).
+// - A folder dropped on the page (250 files, a subfolder, an empty one; its entries given 100
+//   at a time, as the browser does) makes one share link whose root is the CLI's (Helia's).
 // - The transfers panel: B queues A's file under a 2 MiB/s cap (a cap of 0 refused),
 //   pauses it, raises its priority, resumes it; it finishes, pinned, with the blocks
 //   fetched before the pause read locally.
@@ -220,6 +222,64 @@ try {
   await shot(bf, '02c-folder-seeked')
   step(`folder: ${names.length} top entry, ${inner.length} inside; one file alone held ${heldAfterOne} bytes; ranges asked: ${ranges.map((r) => r.range).join(' ')}`)
   await bf.page.context().close()
+
+  step('A drops a folder (250 files, a subfolder, an empty one): one share link, the root the CLI and Helia make')
+  // A drag and drop cannot be made from outside the page with folders in it, so the drop
+  // event carries the entries as the browser's DataTransferItem API gives them
+  // (webkitGetAsEntry; readEntries 100 at a time, in no particular order), over real File
+  // objects; everything from the drop handler on is the app's.
+  const dropped = join(work, 'dropped')
+  const tree = { 'top.txt': 'at the top\n', 'empty/': null }
+  for (let i = 0; i < 250; i++) tree[`many/f${String(i).padStart(3, '0')}.txt`] = `file ${i}\n`.repeat(i % 7 + 1)
+  for (const [path, text] of Object.entries(tree)) {
+    mkdirSync(join(dropped, path.endsWith('/') ? path : join(path, '..')), { recursive: true })
+    if (text !== null) writeFileSync(join(dropped, path), text)
+  }
+  const wantDrop = execFileSync(relayBin, ['add', '-r', '--wrap', '--only-hash', dropped]).toString().trim()
+  const listed = await a.page.locator('#files li[data-cid]').count()
+  await a.page.evaluate((tree) => {
+    const file = (name, text) => ({ isFile: true, isDirectory: false, name, file: (ok) => setTimeout(() => ok(new File([text], name))) })
+    const dir = (name) => {
+      const children = []
+      return {
+        isFile: false,
+        isDirectory: true,
+        name,
+        children,
+        createReader () {
+          let given = 0
+          // Reversed: the app must not rely on the order entries come in.
+          return { readEntries: (ok) => setTimeout(() => { const batch = children.slice().reverse().slice(given, given + 100); given += batch.length; ok(batch) }) }
+        }
+      }
+    }
+    const root = dir('dropped')
+    for (const [path, text] of Object.entries(tree)) {
+      const parts = path.split('/').filter(Boolean)
+      let at = root
+      for (const [i, name] of parts.entries()) {
+        const last = i === parts.length - 1
+        let next = at.children.find((c) => c.name === name)
+        if (!next) {
+          next = last && text !== null ? file(name, text) : dir(name)
+          at.children.push(next)
+        }
+        at = next
+      }
+    }
+    const drop = new Event('drop', { bubbles: true, cancelable: true })
+    Object.defineProperty(drop, 'dataTransfer', { value: { items: [{ webkitGetAsEntry: () => root }], files: [] } })
+    document.getElementById('drop').dispatchEvent(drop)
+  }, tree)
+  await a.page.waitForFunction((n) => document.querySelectorAll('#files li[data-cid]').length > n || document.querySelector('#files li.error'), listed, { timeout: 120_000 })
+  const dropFailed = await a.page.locator('#files li.error').first().textContent({ timeout: 100 }).catch(() => null)
+  if (dropFailed) throw new Error(`A: adding the dropped folder failed: ${dropFailed}\n${a.log.slice(-20).join('\n')}`)
+  const droppedLi = a.page.locator('#files li[data-cid]').first()
+  const droppedCid = await droppedLi.getAttribute('data-cid')
+  const droppedTitle = await droppedLi.textContent()
+  assert(droppedCid === wantDrop, `the dropped folder's root is the CLI's (Helia's) for the same tree, wrapped: ${droppedCid}, want ${wantDrop}`)
+  assert(droppedTitle.includes('dropped/ (252 files)'), `one entry, named for the folder: ${droppedTitle}`)
+  step(`dropped: ${droppedCid}`)
 
   step('B reloads in the middle of a 128 MiB transfer')
   const f128 = randomFile(work, 'big.bin', 128 * MiB)
