@@ -11,6 +11,7 @@ pub mod budget;
 pub mod cas;
 pub mod dht_store;
 pub mod framing;
+pub mod gossip;
 pub mod ipfs;
 pub mod metrics;
 pub mod node;
