@@ -11,7 +11,6 @@ pub mod budget;
 pub mod cas;
 pub mod dht_store;
 pub mod framing;
-pub mod gossip;
 pub mod ipfs;
 pub mod metrics;
 pub mod node;
