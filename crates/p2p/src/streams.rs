@@ -721,26 +721,18 @@ pub(crate) mod tests {
         )
     }
 
-    /// A connection cut for breaking a bound is the one its stream ran on; the peer's other
-    /// connection stays (a reloaded page is the same peer on a new connection).
-    #[tokio::test]
-    async fn cutting_a_streams_connection_leaves_the_peers_others_open() {
-        let mut server = swarm();
-        let _incoming = server.behaviour().new_control().accept(ECHO, 8).unwrap();
+    /// Listens `server` on the memory transport; its address.
+    pub(crate) async fn listening(server: &mut Swarm<Behaviour>) -> Multiaddr {
         server.listen_on("/memory/0".parse().unwrap()).unwrap();
-        let addr = loop {
+        loop {
             if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
-                break address;
+                return address;
             }
-        };
-        let server_id = *server.local_peer_id();
-        tokio::spawn(async move {
-            loop {
-                server.select_next_some().await;
-            }
-        });
-        let mut client = swarm();
-        let control = client.behaviour().new_control();
+        }
+    }
+
+    /// Two connections from `client` to `addr`, in the order they opened.
+    async fn connected_twice(client: &mut Swarm<Behaviour>, addr: Multiaddr) -> Vec<ConnectionId> {
         client.dial(addr.clone()).unwrap();
         client.dial(addr).unwrap();
         let mut open = Vec::new();
@@ -751,6 +743,25 @@ pub(crate) mod tests {
                 open.push(connection_id);
             }
         }
+        open
+    }
+
+    /// A connection cut for breaking a bound is the one its stream ran on; the peer's other
+    /// connection stays (a reloaded page is the same peer on a new connection).
+    #[tokio::test]
+    async fn cutting_a_streams_connection_leaves_the_peers_others_open() {
+        let mut server = swarm();
+        let _incoming = server.behaviour().new_control().accept(ECHO, 8).unwrap();
+        let addr = listening(&mut server).await;
+        let server_id = *server.local_peer_id();
+        tokio::spawn(async move {
+            loop {
+                server.select_next_some().await;
+            }
+        });
+        let mut client = swarm();
+        let control = client.behaviour().new_control();
+        let open = connected_twice(&mut client, addr).await;
         let (tx, mut stream) = oneshot::channel();
         let opener = control.clone();
         tokio::spawn(async move {
@@ -800,12 +811,7 @@ pub(crate) mod tests {
     async fn a_stream_asked_for_on_a_connection_that_closes_opens_on_another() {
         let mut server = swarm();
         let mut incoming = server.behaviour().new_control().accept(ECHO, 8).unwrap();
-        server.listen_on("/memory/0".parse().unwrap()).unwrap();
-        let addr = loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
-                break address;
-            }
-        };
+        let addr = listening(&mut server).await;
         let server_id = *server.local_peer_id();
         tokio::spawn(async move {
             loop {
@@ -825,16 +831,7 @@ pub(crate) mod tests {
         // Two connections to the server; a new stream goes to the newer one.
         let mut client = swarm();
         let mut control = client.behaviour().new_control();
-        client.dial(addr.clone()).unwrap();
-        client.dial(addr).unwrap();
-        let mut open = Vec::new();
-        while open.len() < 2 {
-            if let SwarmEvent::ConnectionEstablished { connection_id, .. } =
-                client.select_next_some().await
-            {
-                open.push(connection_id);
-            }
-        }
+        let open = connected_twice(&mut client, addr).await;
         let newer = open[1];
         // The request is sent before the swarm runs again, and the connection it will be
         // routed to is told to close first.

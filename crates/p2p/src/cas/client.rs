@@ -180,12 +180,7 @@ mod tests {
             .new_control()
             .accept(PROTOCOL, 8)
             .unwrap();
-        server.listen_on("/memory/0".parse().unwrap()).unwrap();
-        let addr = loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
-                break address;
-            }
-        };
+        let addr = crate::streams::tests::listening(&mut server).await;
         let id = *server.local_peer_id();
         let asked = Arc::new(AtomicUsize::new(0));
         let count = asked.clone();
