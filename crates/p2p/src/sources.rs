@@ -72,6 +72,15 @@ impl CasPeers {
         }
     }
 
+    /// Those of `peers` that may be asked over `/cas` now.
+    fn askable_among(&self, peers: &[PeerId]) -> Vec<PeerId> {
+        peers
+            .iter()
+            .filter(|p| self.node.peer(p).is_some_and(|i| i.askable()))
+            .copied()
+            .collect()
+    }
+
     /// With `peers` named by the user as `/cas` peers (see [`Sources::named`]).
     pub fn named(mut self, peers: Vec<PeerId>) -> Self {
         self.named = peers;
@@ -119,10 +128,7 @@ impl FindPeers for CasPeers {
                 format!("{} provider(s), none askable over /cas", providers.len()),
             ));
         }
-        Ok(providers
-            .into_iter()
-            .filter(|p| self.node.peer(p).is_some_and(|i| i.askable()))
-            .collect())
+        Ok(self.askable_among(&providers))
     }
 
     fn reputations(&self) -> Option<Reputations<PeerId>> {
@@ -134,11 +140,7 @@ impl FindPeers for CasPeers {
     /// closed and its direct one is not yet identified).
     async fn regained(&self, _: &Cid, peers: &[PeerId], within: Duration) -> Vec<PeerId> {
         self.node.wait_for(peers, within, |i| i.askable()).await;
-        peers
-            .iter()
-            .filter(|p| self.node.peer(p).is_some_and(|i| i.askable()))
-            .copied()
-            .collect()
+        self.askable_among(peers)
     }
 }
 

@@ -10,6 +10,13 @@ use wasm_bindgen::prelude::*;
 
 use crate::error;
 
+/// The property `name` of `o`, if it is there (not null or undefined).
+pub(crate) fn present(o: &JsValue, name: &str) -> Option<JsValue> {
+    js_sys::Reflect::get(o, &name.into())
+        .ok()
+        .filter(|v| !v.is_null() && !v.is_undefined())
+}
+
 /// An option bag of type `T`: its defaults when `undefined` or `null`; an
 /// `INVALID_ARGUMENT` error naming the field when a field is of the wrong type.
 pub(crate) fn options<T: serde::de::DeserializeOwned + Default>(

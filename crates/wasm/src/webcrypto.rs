@@ -26,13 +26,8 @@ pub struct WebCrypto {
 impl WebCrypto {
     /// Finds the context's WebCrypto (a window's or a worker's).
     pub fn new() -> Self {
-        let field = |of: &JsValue, name: &str| {
-            js_sys::Reflect::get(of, &JsValue::from_str(name))
-                .ok()
-                .filter(|v| !v.is_undefined() && !v.is_null())
-        };
-        let subtle = field(&js_sys::global(), "crypto")
-            .and_then(|c| field(&c, "subtle"))
+        let subtle = crate::js::present(&js_sys::global(), "crypto")
+            .and_then(|c| crate::js::present(&c, "subtle"))
             .map(JsCast::unchecked_into::<web_sys::SubtleCrypto>);
         Self { subtle }
     }

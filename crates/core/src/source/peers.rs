@@ -110,7 +110,11 @@ pub trait FindPeers: CondSync {
 }
 
 /// Those of `peers` that `find` has at hand for `cid` now.
-fn at_hand_among<F: FindPeers + ?Sized>(find: &F, cid: &Cid, peers: &[F::Peer]) -> Vec<F::Peer> {
+pub(super) fn at_hand_among<F: FindPeers + ?Sized>(
+    find: &F,
+    cid: &Cid,
+    peers: &[F::Peer],
+) -> Vec<F::Peer> {
     find.at_hand(cid)
         .into_iter()
         .filter(|p| peers.contains(p))

@@ -632,10 +632,7 @@ impl FindPeers for Flaky {
         } else {
             crate::rt::sleep(within).await;
         }
-        self.at_hand(cid)
-            .into_iter()
-            .filter(|p| peers.contains(p))
-            .collect()
+        super::peers::at_hand_among(self, cid, peers)
     }
 }
 

@@ -30,7 +30,7 @@ use wasm_bindgen::prelude::*;
 use self::store::{InUse, Store};
 use crate::error::{ErrorCode, coded, invalid, js_error};
 use crate::http::Fetch;
-use crate::js::{self, Abort};
+use crate::js::{self, Abort, present};
 use crate::types::{
     AddOptions, AddProgress, CatOptions, CatStreamOptions, CreateOptions, DirEntry, EvictOptions,
     Evicted, FetchProgress, FetchReport, PeerInfo, PinOptions, ReplicaInfo, Stats,
@@ -49,12 +49,6 @@ fn parse_cid(cid: &str) -> Result<Cid, JsValue> {
 /// milliseconds since 1970, or Helia's `{ secs, nsecs }`), as Helia's importer takes them.
 fn entry_metadata(i: usize, item: &JsValue) -> Result<dir::Metadata, JsValue> {
     use wasm_bindgen::JsCast;
-    // A property of `o` that is there (not null or undefined).
-    let present = |o: &JsValue, name: &str| {
-        js_sys::Reflect::get(o, &name.into())
-            .ok()
-            .filter(|v| !v.is_null() && !v.is_undefined())
-    };
     let field = |name: &str| present(item, name);
     let whole = |v: &JsValue| v.as_f64().filter(|n| n.fract() == 0.0 && n.is_finite());
     let mode = match field("mode") {
@@ -491,9 +485,7 @@ impl CairnNode {
                     .ok()
                     .and_then(|v| v.as_string())
                     .ok_or_else(|| invalid(format!("entry {i} has no `path` string")))?;
-                let content = js_sys::Reflect::get(&item, &"content".into())
-                    .ok()
-                    .filter(|c| !c.is_null() && !c.is_undefined());
+                let content = present(&item, "content");
                 (path, content, entry_metadata(i, &item)?)
             } else {
                 return Err(invalid(format!(
