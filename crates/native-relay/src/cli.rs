@@ -1017,32 +1017,27 @@ impl Fetcher {
         Ok(())
     }
 
-    /// The entries of the directory `cid`, each with what it is and its metadata.
-    async fn entries(
+    /// The entries of the directory `cid`, each with what it is and its metadata, as they
+    /// come ([`dir::ls_stat`]: the entries' root blocks are read side by side).
+    fn entries(
         &self,
         cid: cairn_core::Cid,
-    ) -> Result<Vec<(dir::DirEntry, dir::Kind, dir::Metadata)>, Failure> {
-        let mut entries = Vec::new();
-        dir::ls(&*self.chain, &self.ctx, cid, |e| {
-            entries.push(e);
-            std::ops::ControlFlow::Continue(())
+    ) -> impl futures::Stream<Item = Result<(dir::DirEntry, dir::Kind, dir::Metadata), Failure>> + '_
+    {
+        dir::ls_stat(&*self.chain, &self.ctx, cid).map(|r| {
+            let dir::Stat { entry, stat } = r.map_err(|e| fail(read_exit(&e), e))?;
+            let (kind, meta) =
+                stat.map_err(|err| fail(read_exit(&err), format!("{}: {err}", entry.name)))?;
+            Ok((entry, kind, meta))
         })
-        .await
-        .map_err(|e| fail(read_exit(&e), e))?;
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            let (k, meta) = dir::stat(&*self.chain, &self.ctx, e.cid)
-                .await
-                .map_err(|err| fail(read_exit(&err), format!("{}: {err}", e.name)))?;
-            out.push((e, k, meta));
-        }
-        Ok(out)
     }
 
     async fn ls(self, long: bool) -> Result<(), Failure> {
         let cid = self.target().await?;
         let mut w = std::io::BufWriter::new(std::io::stdout());
-        for (e, k, meta) in self.entries(cid).await? {
+        let mut entries = std::pin::pin!(self.entries(cid));
+        while let Some(entry) = entries.next().await {
+            let (e, k, meta) = entry?;
             let slash = if k == dir::Kind::Directory { "/" } else { "" };
             let size = e.tsize.map_or_else(|| "-".to_owned(), |t| t.to_string());
             let extra = if long {
@@ -1100,16 +1095,49 @@ impl Fetcher {
             if meta != dir::Metadata::default() {
                 made.push((at.clone(), meta));
             }
-            for (e, k, meta) in self.entries(cid).await? {
-                let path = at.join(&e.name);
-                match k {
-                    dir::Kind::Directory => stack.push((e.cid, path, meta)),
-                    dir::Kind::File => {
-                        let mut out = Output::open(Some(&path))?;
-                        self.write(e.cid, &mut out).await?;
-                        out.finish(meta)?;
-                    }
-                    other => eprintln!("warning: skipped {}: a {other:?} node", path.display()),
+            // Files are written FILES_AT_ONCE at a time (each a fetch of its own); a name
+            // listed twice is refused rather than written over.
+            let mut names = std::collections::HashSet::new();
+            let (at, this) = (&at, &self);
+            let mut written = std::pin::pin!(
+                this.entries(cid)
+                    .map(|entry| {
+                        let fresh = entry
+                            .as_ref()
+                            .map_or(true, |(e, ..)| names.insert(e.name.clone()));
+                        async move {
+                            let (e, k, meta) = entry?;
+                            let path = at.join(&e.name);
+                            if !fresh {
+                                return Err(fail(
+                                    Exit::Failure,
+                                    format!(
+                                        "the directory for {} lists `{}` twice: it is malformed",
+                                        at.display(),
+                                        e.name
+                                    ),
+                                ));
+                            }
+                            match k {
+                                dir::Kind::Directory => return Ok(Some((e.cid, path, meta))),
+                                dir::Kind::File => {
+                                    let mut out = Output::open(Some(&path))?;
+                                    this.write(e.cid, &mut out).await?;
+                                    out.finish(meta)?;
+                                }
+                                other => eprintln!(
+                                    "warning: skipped {}: a {other:?} node",
+                                    path.display()
+                                ),
+                            }
+                            Ok(None)
+                        }
+                    })
+                    .buffer_unordered(FILES_AT_ONCE)
+            );
+            while let Some(sub) = written.next().await {
+                if let Some(sub) = sub? {
+                    stack.push(sub);
                 }
             }
         }
@@ -1121,6 +1149,9 @@ impl Fetcher {
         Ok(())
     }
 }
+
+/// How many files of a tree `get` writes at once.
+const FILES_AT_ONCE: usize = 8;
 
 /// Gives the open file or directory `f` the mode and modification time `meta` stores: the
 /// permission bits only (setuid, setgid and sticky bits are dropped: a tree from anyone

@@ -499,6 +499,56 @@ async fn get_refuses_a_directory_whose_names_would_leave_the_target() {
     }
 }
 
+#[tokio::test]
+async fn get_refuses_a_directory_that_lists_a_name_twice_rather_than_write_over_it() {
+    use cairn_core::unixfs::pb;
+    let store = Arc::new(Memory::new());
+    let mut links = Vec::new();
+    for body in [&b"the first"[..], b"the second"] {
+        let leaf =
+            cairn_core::Block::from_data(Codec::Raw, HashAlg::Sha2_256, body.to_vec()).unwrap();
+        store.put(leaf.clone()).await.unwrap();
+        links.push(pb::Link {
+            cid: *leaf.cid(),
+            name: "same".into(),
+            tsize: Some(body.len() as u64),
+        });
+    }
+    let node = pb::Node {
+        links,
+        data: Some(pb::UnixFs::of(pb::DataType::Directory).encode().into()),
+    };
+    let dir = cairn_core::Block::from_data(Codec::DagPb, HashAlg::Sha2_256, node.encode()).unwrap();
+    store.put(dir.clone()).await.unwrap();
+    let addr = gateway(store, Mode::Honest).await;
+    let d = tempfile::tempdir().unwrap();
+    let target = d.path().join("out");
+    let args: Vec<String> = vec![
+        "get".into(),
+        dir.cid().to_string(),
+        "-o".into(),
+        target.to_string_lossy().into(),
+        "--store".into(),
+        d.path().join("store").to_string_lossy().into(),
+        "--gateway".into(),
+        format!("http://{addr}"),
+    ];
+    let o = tokio::task::spawn_blocking(move || bin().args(&args).output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("lists `same` twice"), "{}", stderr(&o));
+    // Whatever was written is whole: the first entry's bytes, never a mix.
+    if let Ok(bytes) = std::fs::read(target.join("same")) {
+        assert_eq!(bytes, b"the first");
+    }
+    let names: Vec<_> = std::fs::read_dir(&target)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(names.len() <= 1, "no partial files left: {names:?}");
+}
+
 /// A tree under `at/top` whose files and directories have modes and times of every kind:
 /// files of one block and of two, modes with and without the default (and a setuid bit),
 /// times with and without nanoseconds, and one before 1970. Returns `at/top`.

@@ -717,45 +717,132 @@ pub async fn ls<S: ContentSource + ?Sized>(
     cid: Cid,
     mut each: impl FnMut(DirEntry) -> std::ops::ControlFlow<()>,
 ) -> Result<(), ReadError> {
-    let check = |cid: Cid, name: &str| {
-        check_name(name).map_err(|e| ReadError::Malformed {
+    let mut listing = Listing::new(src, ctx, cid);
+    while let Some(e) = listing.next().await? {
+        if each(e).is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// How many entries' root blocks [`ls_stat`] reads at once.
+pub const STAT_WIDTH: usize = 32;
+
+/// Every entry of the directory `cid`, in [`ls`]'s order, each with what it is and its
+/// metadata ([`stat`]). The entries' root blocks are read [`STAT_WIDTH`] at a time, so over
+/// a network a listing costs a round trip per 32 entries, not per entry; nothing but that
+/// window is held. An entry whose root block cannot be read comes with that error (the
+/// listing goes on); an error in the directory itself ends the stream.
+pub fn ls_stat<'a, S: ContentSource + ?Sized>(
+    src: &'a S,
+    ctx: &'a Context,
+    cid: Cid,
+) -> impl futures::Stream<Item = Result<Stat, ReadError>> + 'a {
+    use futures::TryStreamExt as _;
+    futures::stream::try_unfold(Listing::new(src, ctx, cid), |mut listing| async move {
+        Ok(listing.next().await?.map(|e| (e, listing)))
+    })
+    .map_ok(move |entry| async move {
+        let stat = stat(src, ctx, entry.cid).await;
+        Ok(Stat { entry, stat })
+    })
+    .try_buffered(STAT_WIDTH)
+}
+
+/// An entry of a listing with what its root block says ([`ls_stat`]).
+#[derive(Debug)]
+pub struct Stat {
+    /// The entry, as its link gives it.
+    pub entry: DirEntry,
+    /// What it is and its metadata, or why its root block could not be read.
+    pub stat: Result<(Kind, Metadata), ReadError>,
+}
+
+/// A directory's entries one at a time ([`ls`]): a plain directory's links, or a HAMT's
+/// shards depth first in slot order, each shard read when the walk reaches it.
+struct Listing<'a, S: ?Sized> {
+    src: &'a S,
+    ctx: &'a Context,
+    at: Walk,
+}
+
+enum Walk {
+    Start(Cid),
+    Flat(Cid, std::vec::IntoIter<Link>),
+    Hamt {
+        /// Shards met so far: one met twice is refused (a DAG that shares sub-shards could
+        /// otherwise list one block exponentially many times).
+        seen: std::collections::HashSet<Cid>,
+        /// Each open shard, its links left, and its level.
+        stack: Vec<(Cid, std::vec::IntoIter<Link>, usize)>,
+    },
+}
+
+impl<'a, S: ContentSource + ?Sized> Listing<'a, S> {
+    fn new(src: &'a S, ctx: &'a Context, cid: Cid) -> Self {
+        Self {
+            src,
+            ctx,
+            at: Walk::Start(cid),
+        }
+    }
+
+    fn checked(cid: Cid, name: String, l: Link) -> Result<DirEntry, ReadError> {
+        check_name(&name).map_err(|e| ReadError::Malformed {
             cid,
             reason: format!("entry `{}`: {e}", name.escape_debug()),
+        })?;
+        Ok(DirEntry {
+            name,
+            cid: l.cid,
+            tsize: l.tsize,
         })
-    };
-    match load(src, ctx, cid).await? {
-        Decoded::Other(kind) => Err(ReadError::NotADirectory {
-            path: String::new(),
-            kind,
-        }),
-        Decoded::Dir(node) => {
-            for l in node.links {
-                check(cid, &l.name)?;
-                if each(DirEntry {
-                    name: l.name,
-                    cid: l.cid,
-                    tsize: l.tsize,
-                })
-                .is_break()
-                {
-                    break;
+    }
+
+    /// The next entry; `None` once every one was given.
+    async fn next(&mut self) -> Result<Option<DirEntry>, ReadError> {
+        let Self { src, ctx, at } = self;
+        loop {
+            match at {
+                Walk::Start(cid) => {
+                    let cid = *cid;
+                    *at = match load(*src, ctx, cid).await? {
+                        Decoded::Other(kind) => {
+                            return Err(ReadError::NotADirectory {
+                                path: String::new(),
+                                kind,
+                            });
+                        }
+                        Decoded::Dir(node) => Walk::Flat(cid, node.links.into_iter()),
+                        Decoded::Shard(node) => Walk::Hamt {
+                            seen: std::collections::HashSet::from([cid]),
+                            stack: vec![(cid, node.links.into_iter(), 0)],
+                        },
+                    };
                 }
-            }
-            Ok(())
-        }
-        Decoded::Shard(node) => {
-            // Depth first, in slot order; a shard met twice is refused (a DAG that shares
-            // sub-shards could otherwise list one block exponentially many times).
-            let mut seen = std::collections::HashSet::from([cid]);
-            let mut stack = vec![(cid, node.links.into_iter(), 0usize)];
-            while let Some((at, links, level)) = stack.last_mut() {
-                let (at, level) = (*at, *level);
-                let Some(l) = links.next() else {
-                    stack.pop();
-                    continue;
-                };
-                let (_, rest) = shard_label(at, &l.name)?;
-                if rest.is_empty() {
+                Walk::Flat(cid, links) => {
+                    let Some(mut l) = links.next() else {
+                        return Ok(None);
+                    };
+                    let name = std::mem::take(&mut l.name);
+                    return Self::checked(*cid, name, l).map(Some);
+                }
+                Walk::Hamt { seen, stack } => {
+                    let Some((at, links, level)) = stack.last_mut() else {
+                        return Ok(None);
+                    };
+                    let (at, level) = (*at, *level);
+                    let Some(mut l) = links.next() else {
+                        stack.pop();
+                        continue;
+                    };
+                    let name = std::mem::take(&mut l.name);
+                    let (_, rest) = shard_label(at, &name)?;
+                    if !rest.is_empty() {
+                        let rest = rest.to_owned();
+                        return Self::checked(at, rest, l).map(Some);
+                    }
                     if level + 1 >= MAX_HAMT_LEVELS {
                         return Err(ReadError::Malformed {
                             cid: at,
@@ -768,34 +855,22 @@ pub async fn ls<S: ContentSource + ?Sized>(
                             reason: format!("HAMT shard {} is linked twice", l.cid),
                         });
                     }
-                    match load(src, ctx, l.cid).await? {
+                    match load(*src, ctx, l.cid).await? {
                         Decoded::Shard(sub) => {
-                            stack.push((l.cid, sub.links.into_iter(), level + 1))
+                            stack.push((l.cid, sub.links.into_iter(), level + 1));
                         }
                         _ => {
                             return Err(ReadError::Malformed {
                                 cid: at,
                                 reason: format!(
-                                    "HAMT bucket `{}` points at {}, which is not a HAMT shard",
-                                    l.name, l.cid
+                                    "HAMT bucket `{name}` points at {}, which is not a HAMT shard",
+                                    l.cid
                                 ),
                             });
                         }
                     }
-                    continue;
-                }
-                check(at, rest)?;
-                if each(DirEntry {
-                    name: rest.to_owned(),
-                    cid: l.cid,
-                    tsize: l.tsize,
-                })
-                .is_break()
-                {
-                    break;
                 }
             }
-            Ok(())
         }
     }
 }
@@ -982,6 +1057,73 @@ mod tests {
         }
         let e = resolve(&src, &ctx, root.cid, "absent").await.unwrap_err();
         assert!(matches!(e, ReadError::NotFound { .. }), "{e}");
+    }
+
+    /// A source that counts how many of its reads are in flight at once, each taking a few
+    /// turns of the executor as a network read would.
+    struct Overlapping(Counting, AtomicUsize, AtomicUsize);
+    impl ContentSource for Overlapping {
+        fn kind(&self) -> SourceKind {
+            SourceKind::Local
+        }
+        async fn retrieve(&self, cid: &Cid, ctx: &Context) -> Result<Block, SourceError> {
+            let now = self.1.fetch_add(1, Ordering::SeqCst) + 1;
+            self.2.fetch_max(now, Ordering::SeqCst);
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            self.1.fetch_sub(1, Ordering::SeqCst);
+            self.0.retrieve(cid, ctx).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listing_with_kinds_reads_its_entries_roots_side_by_side_in_order() {
+        use futures::StreamExt as _;
+        // 100 subdirectories (each a DAG-PB root to read) and 3 files (raw: nothing to read).
+        let mut paths: Vec<String> = (0..100).map(|i| format!("d{i:03}/f")).collect();
+        paths.extend(["x", "y", "z"].map(String::from));
+        let (counting, root) = build(&paths).await;
+        // One subdirectory's root is gone: its entry says so, and the listing goes on.
+        let gone = resolve(&counting, &Context::new(), root.cid, "d042")
+            .await
+            .unwrap();
+        assert!(counting.0.0.delete(&gone).await.unwrap());
+        let src = Overlapping(counting, AtomicUsize::new(0), AtomicUsize::new(0));
+        let ctx = Context::new();
+        let listed: Vec<Stat> = ls_stat(&src, &ctx, root.cid)
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        let names: Vec<&str> = listed.iter().map(|s| s.entry.name.as_str()).collect();
+        let mut want: Vec<String> = (0..100).map(|i| format!("d{i:03}")).collect();
+        want.extend(["x", "y", "z"].map(String::from));
+        assert_eq!(names, want, "every entry once, in the directory's order");
+        for s in &listed {
+            match s.entry.name.as_str() {
+                "d042" => assert!(
+                    matches!(s.stat, Err(ReadError::Retrieve { cid, .. }) if cid == gone),
+                    "{:?}",
+                    s.stat
+                ),
+                n if n.starts_with('d') => {
+                    assert_eq!(s.stat.as_ref().unwrap().0, Kind::Directory, "{n}")
+                }
+                n => assert_eq!(s.stat.as_ref().unwrap().0, Kind::File, "{n}"),
+            }
+        }
+        let widest = src.2.load(Ordering::SeqCst);
+        assert_eq!(
+            widest, STAT_WIDTH,
+            "the entries' roots are read {STAT_WIDTH} at a time"
+        );
+        // A file is not a directory to list.
+        let x = resolve(&src, &ctx, root.cid, "x").await.unwrap();
+        let first = std::pin::pin!(ls_stat(&src, &ctx, x)).next().await.unwrap();
+        assert!(
+            matches!(first, Err(ReadError::NotADirectory { .. })),
+            "{first:?}"
+        );
     }
 
     #[test]

@@ -590,7 +590,7 @@ impl CairnNode {
     /// The entries of a directory (`cid`, `cid/path`, or `/ipfs/cid/path`): each one's
     /// `name`, `cid`, `size` (its DAG's, as the link records it) and `type`, in the
     /// directory's order (by name; a HAMT's in hash order). Only the directory's own blocks
-    /// and each entry's root block (for its type) are fetched.
+    /// and each entry's root block (for its type) are fetched, 32 entries' at a time.
     #[wasm_bindgen(unchecked_return_type = "DirEntry[]")]
     pub async fn ls(
         &self,
@@ -605,20 +605,16 @@ impl CairnNode {
                 let ctx = abort.context();
                 let (top, target) = self.inner.resolve(&cid, &ctx).await?;
                 let chain = self.inner.chain(top);
-                let mut links = Vec::new();
-                dir::ls(&chain, &ctx, target, |e| {
-                    links.push(e);
-                    std::ops::ControlFlow::Continue(())
-                })
-                .await
-                .map_err(|e| coded(format!("cannot list {cid}"), &e))?;
                 let out = js_sys::Array::new();
-                for e in links {
-                    let kind = match dir::kind(&chain, &ctx, e.cid).await {
-                        Ok(dir::Kind::File) => "file",
-                        Ok(dir::Kind::Directory) => "directory",
-                        Ok(dir::Kind::Symlink) => "symlink",
-                        Ok(dir::Kind::Other) => "other",
+                let mut listing = std::pin::pin!(dir::ls_stat(&chain, &ctx, target));
+                while let Some(item) = listing.next().await {
+                    let dir::Stat { entry: e, stat } =
+                        item.map_err(|e| coded(format!("cannot list {cid}"), &e))?;
+                    let kind = match stat {
+                        Ok((dir::Kind::File, _)) => "file",
+                        Ok((dir::Kind::Directory, _)) => "directory",
+                        Ok((dir::Kind::Symlink, _)) => "symlink",
+                        Ok((dir::Kind::Other, _)) => "other",
                         Err(err) => {
                             return Err(coded(format!("cannot read {}", e.name), &err));
                         }
