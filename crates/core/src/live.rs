@@ -26,21 +26,40 @@ use crate::block::Block;
 use crate::cid::Cid;
 use crate::store::{BlockStore, Result};
 
+/// A block's key in the registry: 16 bytes of its digest, mixed with the hash's code. An
+/// import of 1 TiB holds 4 million blocks until its root is pinned, so the registry keeps
+/// 16 bytes a block, not a whole CID (96). Two blocks sharing a key (for a cryptographic
+/// hash, never in practice) would only be held together: kept from eviction and clean-up
+/// alike, the safe side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key(u128);
+
+impl Key {
+    /// The key of `cid`.
+    pub fn of(cid: &Cid) -> Self {
+        let digest = cid.hash().digest();
+        let mut b = [0u8; 16];
+        let n = digest.len().min(16);
+        b[..n].copy_from_slice(&digest[..n]);
+        Key(u128::from_le_bytes(b) ^ u128::from(cid.hash().code()))
+    }
+}
+
 #[derive(Debug, Default)]
 struct Entry {
     /// Live operations holding the block.
-    holders: usize,
+    holders: u32,
     /// A finished operation relies on it: no clean-up deletes it.
     kept: bool,
     /// The operation that wrote it failed while others held it: the last of them to fail
     /// deletes it in its place.
-    orphaned: bool,
+    orphaned: Option<Box<Cid>>,
 }
 
 /// The registry of what live operations hold.
 #[derive(Debug, Default)]
 pub struct Live {
-    held: Mutex<HashMap<Cid, Entry>>,
+    held: Mutex<HashMap<Key, Entry>>,
     gate: tokio::sync::RwLock<()>,
 }
 
@@ -57,7 +76,7 @@ impl Live {
         GLOBAL.get_or_init(Live::new)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Cid, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Entry>> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -73,7 +92,7 @@ impl Live {
 
     /// Whether a live operation holds `cid`.
     pub fn is_held(&self, cid: &Cid) -> bool {
-        self.lock().contains_key(cid)
+        self.lock().contains_key(&Key::of(cid))
     }
 
     /// Blocks held by live operations.
@@ -81,8 +100,8 @@ impl Live {
         self.lock().len()
     }
 
-    /// The blocks live operations hold now.
-    pub fn held(&self) -> Vec<Cid> {
+    /// The keys of the blocks live operations hold now (see [`Key::of`]).
+    pub fn held(&self) -> HashSet<Key> {
         self.lock().keys().copied().collect()
     }
 
@@ -92,13 +111,13 @@ impl Live {
         self.gate.write().await
     }
 
-    fn release(&self, cids: &HashSet<Cid>, kept: bool) {
+    fn release(&self, keys: &HashSet<Key>, kept: bool) {
         let mut held = self.lock();
-        for cid in cids {
-            if let Some(e) = held.get_mut(cid) {
+        for key in keys {
+            if let Some(e) = held.get_mut(key) {
                 e.holders = e.holders.saturating_sub(1);
                 if e.holders == 0 {
-                    held.remove(cid);
+                    held.remove(key);
                 } else if kept {
                     e.kept = true;
                 }
@@ -113,18 +132,53 @@ impl Live {
 #[derive(Debug)]
 pub struct Operation<'a> {
     live: &'a Live,
-    held: HashSet<Cid>,
-    /// Blocks that were not in the store when this operation wrote them, in order.
-    created: Vec<Cid>,
+    held: HashSet<Key>,
+    /// Blocks that were not in the store when this operation wrote them, in order: each
+    /// CID's bytes followed by their length in one byte (so the list reads backwards), 37
+    /// bytes a block.
+    created: Vec<u8>,
     done: bool,
 }
 
 impl Operation<'_> {
     /// Holds `cid`: no clean-up or eviction deletes it while this operation lives.
     pub fn hold(&mut self, cid: Cid) {
-        if self.held.insert(cid) {
-            self.live.lock().entry(cid).or_default().holders += 1;
+        let key = Key::of(&cid);
+        if self.held.insert(key) {
+            let mut held = self.live.lock();
+            let e = held.entry(key).or_default();
+            e.holders = e.holders.saturating_add(1);
         }
+    }
+
+    fn note_created(&mut self, cid: &Cid) {
+        let at = self.created.len();
+        if cid.write_bytes(&mut self.created).is_ok() {
+            let len = self.created.len() - at;
+            match u8::try_from(len) {
+                Ok(n) => self.created.push(n),
+                // A CID over 255 bytes (no hash cairn writes makes one): not noted, so a
+                // failed operation leaves that block; never a list that cannot be read.
+                Err(_) => self.created.truncate(at),
+            }
+        }
+    }
+
+    /// What [`created`](Self::created) lists, newest first.
+    fn created_newest_first(&self) -> impl Iterator<Item = Cid> + '_ {
+        let mut end = self.created.len();
+        std::iter::from_fn(move || {
+            while end > 0 {
+                let len = usize::from(self.created[end - 1]);
+                let start = (end - 1).checked_sub(len)?;
+                let bytes = &self.created[start..end - 1];
+                end = start;
+                if let Ok(cid) = Cid::try_from(bytes) {
+                    return Some(cid);
+                }
+            }
+            None
+        })
     }
 
     /// Writes `blocks` to `store` as part of this operation: holds each, notes which were
@@ -149,13 +203,17 @@ impl Operation<'_> {
             }
         }
         let n = store.put_many(blocks).await?;
-        self.created.extend(fresh);
+        for cid in &fresh {
+            self.note_created(cid);
+        }
         Ok(n)
     }
 
-    /// Blocks this operation wrote that were not there before.
-    pub fn created(&self) -> &[Cid] {
-        &self.created
+    /// Blocks this operation wrote that were not there before, in the order written.
+    pub fn created(&self) -> Vec<Cid> {
+        let mut v: Vec<Cid> = self.created_newest_first().collect();
+        v.reverse();
+        v
     }
 
     /// The operation succeeded: everything it wrote or relied on stays.
@@ -175,27 +233,26 @@ impl Operation<'_> {
             let held = self.live.lock();
             self.held
                 .iter()
-                .filter(|c| held.get(c).is_some_and(|e| e.orphaned))
-                .copied()
+                .filter_map(|k| held.get(k).and_then(|e| e.orphaned.as_deref().copied()))
                 .collect()
         };
         let mut deleted = 0;
-        for cid in self.created.iter().rev().chain(&orphans) {
+        for cid in self.created_newest_first().chain(orphans) {
             let only_mine = {
                 let mut held = self.live.lock();
-                match held.get_mut(cid) {
+                match held.get_mut(&Key::of(&cid)) {
                     Some(e) if e.holders == 1 && !e.kept => true,
                     Some(e) => {
                         // Others hold it: the last of them to fail deletes it.
                         if !e.kept {
-                            e.orphaned = true;
+                            e.orphaned = Some(Box::new(cid));
                         }
                         false
                     }
                     None => false,
                 }
             };
-            if only_mine && store.delete(cid).await.unwrap_or(false) {
+            if only_mine && store.delete(&cid).await.unwrap_or(false) {
                 deleted += 1;
             }
         }
@@ -236,8 +293,8 @@ mod tests {
         b.put_many(&store, vec![shared.clone(), theirs.clone()])
             .await
             .unwrap();
-        assert_eq!(a.created(), &[*shared.cid(), *mine.cid()]);
-        assert_eq!(b.created(), &[*theirs.cid()]);
+        assert_eq!(a.created(), [*shared.cid(), *mine.cid()]);
+        assert_eq!(b.created(), [*theirs.cid()]);
         assert_eq!(a.abandon(&store).await, 1, "only `mine` goes");
         assert!(store.has(shared.cid()).await.unwrap(), "b still needs it");
         assert!(!store.has(mine.cid()).await.unwrap());
@@ -257,7 +314,7 @@ mod tests {
         // Both write `shared` before either is done, so both think they created it.
         a.put_many(&store, vec![shared.clone()]).await.unwrap();
         b.hold(*shared.cid());
-        b.created.push(*shared.cid());
+        b.note_created(shared.cid());
         a.finish();
         assert_eq!(b.abandon(&store).await, 0);
         assert!(
@@ -279,6 +336,29 @@ mod tests {
         assert_eq!(a.abandon(&store).await, 0, "b still holds it");
         assert_eq!(b.abandon(&store).await, 1, "b deletes what a left to it");
         assert!(!store.has(shared.cid()).await.unwrap());
+        assert_eq!(live.held_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn what_an_operation_created_reads_back_in_order_whatever_the_cid() {
+        let live = Live::new();
+        let store = Memory::new();
+        let blocks = [
+            Block::from_data(Codec::Raw, HashAlg::Sha2_256, b"raw".to_vec()).unwrap(),
+            Block::from_data(Codec::DagPb, HashAlg::Sha2_256, vec![0x0a, 0x00]).unwrap(),
+            Block::from_data(Codec::Raw, HashAlg::Blake3, b"blake3".to_vec()).unwrap(),
+            Block::from_data(Codec::Raw, HashAlg::Sha2_256, vec![7; 300]).unwrap(),
+        ];
+        let cids: Vec<Cid> = blocks.iter().map(|b| *b.cid()).collect();
+        let mut a = live.operation();
+        a.put_many(&store, blocks[..2].to_vec()).await.unwrap();
+        a.put_many(&store, blocks[2..].to_vec()).await.unwrap();
+        assert_eq!(a.created(), cids);
+        assert_eq!(live.held_count(), 4);
+        assert_eq!(a.abandon(&store).await, 4);
+        for c in &cids {
+            assert!(!store.has(c).await.unwrap(), "{c} deleted");
+        }
         assert_eq!(live.held_count(), 0);
     }
 

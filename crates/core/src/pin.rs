@@ -72,8 +72,7 @@ where
     // its blocks after this has pinned its root before, so one of the two protects them.
     let held = live.held();
     let keep = keep.await?;
-    let mut protect = protected(store, &keep).await?;
-    protect.extend(held);
+    let protect = protected(store, &keep).await?;
     let mut deleted = 0u64;
     let mut after: Option<Cid> = None;
     'pages: loop {
@@ -81,10 +80,9 @@ where
         let Some(last) = page.last().copied() else {
             break;
         };
-        for cid in page
-            .iter()
-            .filter(|c| !protect.contains(c) && !live.is_held(c))
-        {
+        for cid in page.iter().filter(|c| {
+            !protect.contains(c) && !held.contains(&crate::live::Key::of(c)) && !live.is_held(c)
+        }) {
             if store.delete(cid).await? {
                 deleted += 1;
                 if store.stat().await?.bytes <= target_bytes {
