@@ -53,8 +53,12 @@ pub struct Behaviour {
     pub relay_client: Toggle<relay::client::Behaviour>,
     /// Kademlia: a server on the relay, a client elsewhere; provider records for roots.
     pub kad: kad::Behaviour<crate::dht_store::Bounded>,
-    /// GossipSub, for signed announcements on [`crate::announce::TOPIC`].
-    pub gossipsub: gossipsub::Behaviour,
+    /// GossipSub, for signed announcements on [`crate::announce::TOPIC`] (its streams do
+    /// not keep connections open: [`crate::gossip`]).
+    pub gossipsub: crate::gossip::Gossip,
+    /// The connections the node means to keep (bootstrap peers, relays, direct `/webrtc`),
+    /// kept open on both sides: [`crate::keep`].
+    pub keep: crate::keep::Behaviour,
     /// Raw streams: `/cas` both ways, bitswap, `/webrtc` signalling, [`crate::perf`].
     pub streams: crate::streams::Behaviour,
     /// Moving relayed connections to direct `/webrtc` ones (browsers).
@@ -169,7 +173,8 @@ impl Behaviour {
                 .into(),
             relay_client: relay_client.into(),
             kad,
-            gossipsub,
+            gossipsub: crate::gossip::Gossip::new(gossipsub),
+            keep: crate::keep::Behaviour::new(),
             streams: crate::streams::Behaviour::new(crate::streams::Config::default()),
             upgrade: crate::upgrade::Behaviour::new(upgrade_direct),
             dcutr: dcutr(peer_id, nat).into(),

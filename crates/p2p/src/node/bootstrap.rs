@@ -315,6 +315,8 @@ impl Bootstrap {
         let Some(peer) = e.peer else { return };
         let addr = e.addr.clone();
         tracing::info!(%addr, %peer, "bootstrap peer connected");
+        // Its connections stay open on both sides (nothing else keeps them: crate::keep).
+        swarm.behaviour_mut().keep.keep(peer);
         swarm
             .behaviour_mut()
             .kad
