@@ -25,6 +25,21 @@ async fn twenty_nodes_on_five_relays_find_and_fetch_each_others_files_through_a_
         report.failures
     );
     assert_eq!(report.relay_peers[4], None, "the fifth relay was stopped");
+    // Connections nobody keeps close once idle: a node is left with its two bootstrap
+    // relays and GossipSub's mesh (at most 12, and a graft or two between its heartbeats),
+    // not every peer its DHT lookups and fetches reached.
+    assert!(
+        report.idle_peers_max <= 16,
+        "peers per node once idle: most {}, median {}",
+        report.idle_peers_max,
+        report.idle_peers_median
+    );
+    assert!(
+        report.idle_open_files < report.peak_open_files / 2,
+        "files open once idle {} of a peak of {}",
+        report.idle_open_files,
+        report.peak_open_files
+    );
     assert!(
         report.relay_records.iter().filter(|&&n| n > 0).count() >= 3,
         "provider records spread over the relays: {:?}",
