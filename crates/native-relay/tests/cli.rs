@@ -450,6 +450,29 @@ fn directories_add_list_cat_by_path_and_get_back_whole() {
     }
 }
 
+/// `cairn-relay get CID -o target` with a store of its own and the gateway at `addr` as its
+/// only source.
+async fn get_through_gateway(
+    cid: &cairn_core::Cid,
+    target: &std::path::Path,
+    store: &std::path::Path,
+    addr: std::net::SocketAddr,
+) -> std::process::Output {
+    let args: Vec<String> = vec![
+        "get".into(),
+        cid.to_string(),
+        "-o".into(),
+        target.to_string_lossy().into(),
+        "--store".into(),
+        store.to_string_lossy().into(),
+        "--gateway".into(),
+        format!("http://{addr}"),
+    ];
+    tokio::task::spawn_blocking(move || bin().args(&args).output().unwrap())
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn get_refuses_a_directory_whose_names_would_leave_the_target() {
     use cairn_core::unixfs::pb;
@@ -474,19 +497,7 @@ async fn get_refuses_a_directory_whose_names_would_leave_the_target() {
         let addr = gateway(store.clone(), Mode::Honest).await;
         let target = d.path().join("inside").join("out");
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        let args: Vec<String> = vec![
-            "get".into(),
-            dir.cid().to_string(),
-            "-o".into(),
-            target.to_string_lossy().into(),
-            "--store".into(),
-            d.path().join("store").to_string_lossy().into(),
-            "--gateway".into(),
-            format!("http://{addr}"),
-        ];
-        let o = tokio::task::spawn_blocking(move || bin().args(&args).output().unwrap())
-            .await
-            .unwrap();
+        let o = get_through_gateway(dir.cid(), &target, &d.path().join("store"), addr).await;
         assert_eq!(o.status.code(), Some(1), "{bad:?}: {}", stderr(&o));
         assert!(
             stderr(&o).contains("is not a valid UnixFS directory"),
@@ -523,19 +534,7 @@ async fn get_refuses_a_directory_that_lists_a_name_twice_rather_than_write_over_
     let addr = gateway(store, Mode::Honest).await;
     let d = tempfile::tempdir().unwrap();
     let target = d.path().join("out");
-    let args: Vec<String> = vec![
-        "get".into(),
-        dir.cid().to_string(),
-        "-o".into(),
-        target.to_string_lossy().into(),
-        "--store".into(),
-        d.path().join("store").to_string_lossy().into(),
-        "--gateway".into(),
-        format!("http://{addr}"),
-    ];
-    let o = tokio::task::spawn_blocking(move || bin().args(&args).output().unwrap())
-        .await
-        .unwrap();
+    let o = get_through_gateway(dir.cid(), &target, &d.path().join("store"), addr).await;
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("lists `same` twice"), "{}", stderr(&o));
     // Whatever was written is whole: the first entry's bytes, never a mix.

@@ -207,28 +207,14 @@ pub(crate) mod tests {
     use std::time::Duration;
 
     use futures::StreamExt;
-    use libp2p::core::transport::MemoryTransport;
-    use libp2p::core::{Transport, upgrade};
+    use libp2p::identity::Keypair;
     use libp2p::swarm::{Swarm, SwarmEvent};
-    use libp2p::{identity::Keypair, noise};
 
     use super::*;
 
     /// A swarm of `B` alone on the memory transport, closing connections idle for 1 s.
     pub(crate) fn swarm<B: NetworkBehaviour>(behaviour: impl FnOnce(&Keypair) -> B) -> Swarm<B> {
-        let key = Keypair::generate_ed25519();
-        let transport = MemoryTransport::default()
-            .upgrade(upgrade::Version::V1)
-            .authenticate(noise::Config::new(&key).unwrap())
-            .multiplex(crate::yamux_config_with(1 << 20))
-            .boxed();
-        Swarm::new(
-            transport,
-            behaviour(&key),
-            key.public().to_peer_id(),
-            libp2p::swarm::Config::with_tokio_executor()
-                .with_idle_connection_timeout(Duration::from_secs(1)),
-        )
+        crate::streams::tests::swarm_with(Duration::from_secs(1), behaviour)
     }
 
     /// GossipSub subscribed to `topic` (so that it tells each new peer, over a stream).

@@ -706,6 +706,16 @@ pub(crate) mod tests {
     const ECHO: StreamProtocol = StreamProtocol::new("/test/echo");
 
     pub(crate) fn swarm() -> Swarm<Behaviour> {
+        swarm_with(Duration::from_secs(60), |_| {
+            Behaviour::new(Config::default())
+        })
+    }
+
+    /// A swarm of `B` alone on the memory transport, closing connections idle for `idle`.
+    pub(crate) fn swarm_with<B: NetworkBehaviour>(
+        idle: Duration,
+        behaviour: impl FnOnce(&Keypair) -> B,
+    ) -> Swarm<B> {
         let key = Keypair::generate_ed25519();
         let transport = MemoryTransport::default()
             .upgrade(upgrade::Version::V1)
@@ -714,10 +724,9 @@ pub(crate) mod tests {
             .boxed();
         Swarm::new(
             transport,
-            Behaviour::new(Config::default()),
+            behaviour(&key),
             key.public().to_peer_id(),
-            libp2p::swarm::Config::with_tokio_executor()
-                .with_idle_connection_timeout(Duration::from_secs(60)),
+            libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(idle),
         )
     }
 
