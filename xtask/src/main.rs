@@ -40,6 +40,7 @@ fn real_main() -> Result<()> {
     STARTED.get_or_init(Instant::now);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = root();
+    rerun_if_built_elsewhere(&root, &args)?;
     std::env::set_current_dir(&root)?;
     match args.first().map(String::as_str) {
         Some("test") => test(&root),
@@ -63,11 +64,60 @@ fn real_main() -> Result<()> {
     }
 }
 
-fn root() -> PathBuf {
+/// The checkout this xtask was built from.
+fn built_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The checkout `cargo xtask` was run in: the nearest directory up from the current one
+/// that holds `xtask/Cargo.toml` (cargo runs xtask where it was invoked), else the one it
+/// was built from.
+fn root() -> PathBuf {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| {
+            cwd.ancestors()
+                .find(|d| d.join("xtask/Cargo.toml").is_file() && d.join("Cargo.toml").is_file())
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or_else(built_root)
+}
+
+/// Two checkouts that share a target directory (CI's clean clone and a working copy, both
+/// on `~/.cache/cairn/target`) share `target/debug/xtask`: cargo copies a freshly built
+/// binary there, but does not copy it again for a checkout whose own build is still fresh.
+/// So `cargo xtask` can start the other checkout's xtask. When it did, this touches this
+/// checkout's xtask source (cargo then rebuilds it, and copies it) and runs `cargo xtask`
+/// again, once.
+fn rerun_if_built_elsewhere(root: &Path, args: &[String]) -> Result<()> {
+    let built = built_root();
+    let same = match (built.canonicalize(), root.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => built == root,
+    };
+    if same || std::env::var_os("CAIRN_XTASK_RERUN").is_some() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: this binary was built from {}, not {}: rebuilding it here",
+        built.display(),
+        root.display()
+    );
+    let main = root.join("xtask/src/main.rs");
+    std::fs::File::options()
+        .append(true)
+        .open(&main)?
+        .set_modified(std::time::SystemTime::now())?;
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .arg("xtask")
+        .args(args)
+        .current_dir(root)
+        .env("CAIRN_XTASK_RERUN", "1")
+        .status()?;
+    std::process::exit(status.code().unwrap_or(1));
 }
 
 /// When this xtask started: each step says how far in it begins, so that a slow run shows
