@@ -755,7 +755,7 @@ async fn connect(
     keep: bool,
 ) -> Result<cairn_p2p::Node, Failure> {
     for p in peers {
-        if peer_id_of(p).is_none() {
+        if cairn_p2p::node::peer_of(p).is_none() {
             return Err(fail(
                 Exit::Usage,
                 format!("peer address {p} does not end in /p2p/<peer id>"),
@@ -805,7 +805,7 @@ async fn connect(
     }
     let identified = identify
         .iter()
-        .filter_map(peer_id_of)
+        .filter_map(cairn_p2p::node::peer_of)
         .filter(|id| connected.contains(id))
         .map(|id| {
             let node = node.clone();
@@ -816,14 +816,6 @@ async fn connect(
         });
     futures::future::join_all(identified).await;
     Ok(node)
-}
-
-/// The peer `addr` ends in (`/p2p/<id>`).
-fn peer_id_of(addr: &Multiaddr) -> Option<libp2p::PeerId> {
-    addr.iter().find_map(|p| match p {
-        libp2p::multiaddr::Protocol::P2p(id) => Some(id),
-        _ => None,
-    })
 }
 
 /// `CID`, `CID/path` or `/ipfs/CID/path`: the root and the path under it.
@@ -899,7 +891,11 @@ impl Setup {
         let sources = Sources {
             peers: !from.peers.is_empty(),
             discover: false,
-            named: from.peers.iter().filter_map(peer_id_of).collect(),
+            named: from
+                .peers
+                .iter()
+                .filter_map(cairn_p2p::node::peer_of)
+                .collect(),
             ipfs: ipfs.then_some(IpfsRouting {
                 dht: !from.ipfs_via.is_empty(),
                 routers,

@@ -206,9 +206,8 @@ impl ConnectionHandler for Handler {
 pub(crate) mod tests {
     use std::time::Duration;
 
-    use futures::StreamExt;
     use libp2p::identity::Keypair;
-    use libp2p::swarm::{Swarm, SwarmEvent};
+    use libp2p::swarm::Swarm;
 
     use super::*;
 
@@ -234,27 +233,8 @@ pub(crate) mod tests {
         mut b: Swarm<B>,
         within: Duration,
     ) -> bool {
-        b.listen_on("/memory/0".parse().unwrap()).unwrap();
-        let addr = loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = b.select_next_some().await {
-                break address;
-            }
-        };
-        a.dial(addr).unwrap();
-        let run = async {
-            let mut open = false;
-            loop {
-                tokio::select! {
-                    e = a.select_next_some() => match e {
-                        SwarmEvent::ConnectionEstablished { .. } => open = true,
-                        SwarmEvent::ConnectionClosed { .. } if open => return,
-                        _ => {}
-                    },
-                    _ = b.select_next_some() => {}
-                }
-            }
-        };
-        tokio::time::timeout(within, run).await.is_ok()
+        crate::streams::tests::connected(&mut a, &mut b).await;
+        crate::streams::tests::closed_within(&mut a, &mut b, within).await
     }
 
     /// Peers on different topics are in no mesh: their connection closes once idle, though

@@ -286,48 +286,9 @@ impl ConnectionHandler for Handler {
 mod tests {
     use std::time::Duration;
 
-    use futures::StreamExt;
-    use libp2p::swarm::{Swarm, SwarmEvent};
-
     use super::*;
     use crate::gossip::tests::swarm;
-
-    /// Runs both swarms until `a` sees its connection close (`true`) or `within` passes.
-    async fn closed_within(
-        a: &mut Swarm<Behaviour>,
-        b: &mut Swarm<Behaviour>,
-        within: Duration,
-    ) -> bool {
-        let run = async {
-            loop {
-                tokio::select! {
-                    e = a.select_next_some() => if let SwarmEvent::ConnectionClosed { .. } = e {
-                        return;
-                    },
-                    _ = b.select_next_some() => {}
-                }
-            }
-        };
-        tokio::time::timeout(within, run).await.is_ok()
-    }
-
-    async fn connected(a: &mut Swarm<Behaviour>, b: &mut Swarm<Behaviour>) {
-        b.listen_on("/memory/0".parse().unwrap()).unwrap();
-        let addr = loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = b.select_next_some().await {
-                break address;
-            }
-        };
-        a.dial(addr).unwrap();
-        loop {
-            tokio::select! {
-                e = a.select_next_some() => if let SwarmEvent::ConnectionEstablished { .. } = e {
-                    return;
-                },
-                _ = b.select_next_some() => {}
-            }
-        }
-    }
+    use crate::streams::tests::{closed_within, connected};
 
     /// The swarms close connections idle for 1 s. A peer `a` keeps stays connected though
     /// `b` does not keep `a` (the stream `a` holds keeps `b`'s side open), and the connection

@@ -731,13 +731,47 @@ pub(crate) mod tests {
     }
 
     /// Listens `server` on the memory transport; its address.
-    pub(crate) async fn listening(server: &mut Swarm<Behaviour>) -> Multiaddr {
+    pub(crate) async fn listening<B: NetworkBehaviour>(server: &mut Swarm<B>) -> Multiaddr {
         server.listen_on("/memory/0".parse().unwrap()).unwrap();
         loop {
             if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
                 return address;
             }
         }
+    }
+
+    /// Connects `a` to `b` (listening on the memory transport), running both until `a`
+    /// has the connection.
+    pub(crate) async fn connected<B: NetworkBehaviour>(a: &mut Swarm<B>, b: &mut Swarm<B>) {
+        let addr = listening(b).await;
+        a.dial(addr).unwrap();
+        loop {
+            tokio::select! {
+                e = a.select_next_some() => if let SwarmEvent::ConnectionEstablished { .. } = e {
+                    return;
+                },
+                _ = b.select_next_some() => {}
+            }
+        }
+    }
+
+    /// Runs both swarms until `a` sees a connection close (`true`) or `within` passes.
+    pub(crate) async fn closed_within<B: NetworkBehaviour>(
+        a: &mut Swarm<B>,
+        b: &mut Swarm<B>,
+        within: Duration,
+    ) -> bool {
+        let run = async {
+            loop {
+                tokio::select! {
+                    e = a.select_next_some() => if let SwarmEvent::ConnectionClosed { .. } = e {
+                        return;
+                    },
+                    _ = b.select_next_some() => {}
+                }
+            }
+        };
+        tokio::time::timeout(within, run).await.is_ok()
     }
 
     /// Two connections from `client` to `addr`, in the order they opened.

@@ -363,10 +363,10 @@ pub(crate) async fn run(p: Params) -> Report {
     // measured: the idle timeout, and a little for the closes to land).
     tokio::time::sleep(IDLE + Duration::from_secs(3)).await;
     let idle_open_files = open_files();
-    let mut idle_peers: Vec<usize> = nodes.iter().map(|n| n.peers().len()).collect();
+    let idle_peers: Vec<usize> = nodes.iter().map(|n| n.peers().len()).collect();
     let idle_peers_max = idle_peers.iter().copied().max().unwrap_or(0);
     let idle_peers_median = percentile(
-        &mut idle_peers.iter_mut().map(|n| *n as f64).collect::<Vec<_>>(),
+        &mut idle_peers.iter().map(|&n| n as f64).collect::<Vec<_>>(),
         0.5,
     );
     eprintln!(

@@ -132,8 +132,8 @@ pub(crate) struct Bootstrap {
     timer: Option<(Instant, Delay)>,
 }
 
-/// The peer id an address ends with, if any.
-fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+/// The peer id an address ends with, if any (a circuit address's target, not its relay).
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     match addr.iter().last() {
         Some(Protocol::P2p(p)) => Some(p),
         _ => None,

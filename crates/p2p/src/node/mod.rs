@@ -38,7 +38,7 @@ use futures::{SinkExt, StreamExt};
 use libp2p::swarm::Swarm;
 use libp2p::{Multiaddr, PeerId};
 
-pub use bootstrap::{Backoff, BootstrapPeer, REFRESH as BOOTSTRAP_REFRESH};
+pub use bootstrap::{Backoff, BootstrapPeer, REFRESH as BOOTSTRAP_REFRESH, peer_of};
 pub use builder::{BuildError, Builder, HANDSHAKE_TIMEOUT, Spawner, Transport, Upgrader};
 pub use events::{Event, Events};
 pub use peers::PeerInfo;
