@@ -15,9 +15,15 @@ async fn twenty_nodes_on_five_relays_find_and_fetch_each_others_files_through_a_
         churn: true,
         parallel: 8,
         seed: 7,
+        processes: 1,
     })
     .await;
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert!(
+        report.not_provided.is_empty(),
+        "every node provides its file: {:#?}",
+        report.not_provided
+    );
     assert_eq!(report.fetches, 60);
     assert!(
         report.failures.is_empty(),

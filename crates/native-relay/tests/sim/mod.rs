@@ -5,8 +5,16 @@
 //! provider lookup in the DHT, a connection to the provider, the file over `/cas`. With
 //! churn, one relay is stopped halfway through the fetches. Used by `tests/network.rs`
 //! (small) and `benches/network.rs` (N = 20, 100, 300).
+//!
+//! The nodes run in this process, or spread over `processes` child processes of the
+//! running binary (whose `main` calls [`shard_main`] first) while the relays stay here:
+//! both ends of every loopback connection are then no longer in one process, whose open
+//! files the machine caps (20,000 here: 300 nodes in one process need more).
 #![allow(dead_code)]
 
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,11 +24,12 @@ use cairn_core::{Cid, dag};
 use cairn_p2p::{Event, Node};
 use cairn_relay::relay::{Config, Running};
 use futures::StreamExt;
+use libp2p::Multiaddr;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 /// What to simulate.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Params {
     pub relays: usize,
     pub nodes: usize,
@@ -33,6 +42,9 @@ pub(crate) struct Params {
     /// Fetches under way at once.
     pub parallel: usize,
     pub seed: u64,
+    /// Processes the nodes run in: 1, this one; more, children of this binary, node `i`
+    /// in child `i % processes` (see [`shard_main`]).
+    pub processes: usize,
 }
 
 /// What it came to.
@@ -54,16 +66,25 @@ pub(crate) struct Report {
     /// relay stopped for churn).
     pub relay_records: Vec<usize>,
     pub relay_peers: Vec<Option<usize>>,
+    /// Each node's provide of its file (a Kademlia query for the closest peers, then the
+    /// record sent to each): how long it took, and those that did not complete, with why.
+    pub provide_ms_median: f64,
+    pub provide_ms_p95: f64,
+    pub not_provided: Vec<String>,
     pub setup_s: f64,
     pub provide_s: f64,
     pub fetch_s: f64,
-    /// The most files (sockets, mostly: both ends of every connection are in this process)
-    /// open at once, sampled every 200 ms through the run.
+    pub processes: usize,
+    /// The most files (sockets, mostly: both ends of a connection between two nodes of one
+    /// process are in it) open at once, sampled every second through the run: in each
+    /// process (the relays' first), and their sum (an upper bound on the total at once).
     pub peak_open_files: usize,
+    pub peak_open_files_by_process: Vec<usize>,
     /// Once every fetch is done and the idle timeout has passed: the files still open, and
     /// each node's connected peers (median, most). What is left is what nodes keep (their
     /// bootstrap relays, GossipSub's mesh), not every peer they ever reached.
     pub idle_open_files: usize,
+    pub idle_peers: Vec<usize>,
     pub idle_peers_median: f64,
     pub idle_peers_max: usize,
 }
@@ -87,10 +108,158 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[i]
 }
 
-fn random_file(rng: &mut rand::rngs::StdRng, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
+/// Node `i`'s file: from the seed and `i` alone, so every process knows every root.
+fn file_of(p: &Params, i: usize) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(
+        p.seed
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(i as u64),
+    );
+    let mut v = vec![0u8; p.file_len];
     rng.fill(&mut v[..]);
     v
+}
+
+/// Every node's root, in order.
+async fn roots_of(p: &Params) -> Vec<Cid> {
+    let mut roots = Vec::with_capacity(p.nodes);
+    for i in 0..p.nodes {
+        roots.push(super::common::import(&Memory::new(), &file_of(p, i)).await);
+    }
+    roots
+}
+
+/// The fetches, node `i` fetching node `j`'s file, in the order they start: two halves
+/// with churn (a relay is stopped between them), else one.
+fn plan(p: &Params) -> Vec<Vec<(usize, usize)>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(p.seed);
+    let mut plan = Vec::new();
+    for i in 0..p.nodes {
+        let mut others: Vec<usize> = (0..p.nodes).filter(|&j| j != i).collect();
+        others.shuffle(&mut rng);
+        for &j in others.iter().take(p.fetches) {
+            plan.push((i, j));
+        }
+    }
+    plan.shuffle(&mut rng);
+    if p.churn {
+        let second = plan.split_off(plan.len() / 2);
+        vec![plan, second]
+    } else {
+        vec![plan]
+    }
+}
+
+/// Starts the nodes numbered `hosted`, each holding its file and bootstrapping from two
+/// relays, on loopback TCP (serving the DHT once its listen address is announced).
+async fn start_nodes(p: &Params, relays: &[Multiaddr], hosted: &[usize]) -> Vec<Node> {
+    let mut nodes = Vec::with_capacity(hosted.len());
+    for (n, &i) in hosted.iter().enumerate() {
+        let store = Arc::new(Memory::new());
+        super::common::import(&*store, &file_of(p, i)).await;
+        let config = cairn_p2p::node::Config {
+            bootstrap: vec![
+                relays[i % relays.len()].clone(),
+                relays[(i + 1) % relays.len()].clone(),
+            ],
+            nat: Some(cairn_p2p::behaviour::Nat {
+                global_only: false,
+                // No AutoNAT probing during the run: the nodes announce their addresses.
+                first_probe: Duration::from_secs(3600),
+                refresh: Duration::from_secs(3600),
+                mdns: false,
+                upnp: false,
+            }),
+            idle_timeout: IDLE,
+            ..Default::default()
+        };
+        let node = super::common::native_node(store, config).await;
+        node.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .await
+            .unwrap();
+        nodes.push(node);
+        if (n + 1) % 50 == 0 {
+            eprintln!("sim: {} nodes started, {} files open", n + 1, open_files());
+        }
+    }
+    for n in &nodes {
+        until_bootstrapped(n, Duration::from_secs(120)).await;
+    }
+    nodes
+}
+
+/// One node's provide of its file: how long it took, or why it did not complete.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Provided {
+    i: usize,
+    result: Result<f64, String>,
+}
+
+/// Every node provides its own file, `parallel` at once (two minutes each at most: the DHT
+/// gives up on a query after one).
+async fn provide_all(nodes: &[(usize, &Node)], roots: &[Cid], parallel: usize) -> Vec<Provided> {
+    futures::stream::iter(nodes)
+        .map(|&(i, n)| async move {
+            let t = Instant::now();
+            let result =
+                match tokio::time::timeout(Duration::from_secs(120), n.provide(roots[i])).await {
+                    Ok(Ok(())) => Ok(t.elapsed().as_secs_f64() * 1e3),
+                    Ok(Err(e)) => Err(format!("after {:.1} s: {e}", t.elapsed().as_secs_f64())),
+                    Err(_) => Err("not done in 120 s".to_string()),
+                };
+            Provided { i, result }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await
+}
+
+/// The fetches of `plan` whose fetching node is among `nodes`, `parallel` at once.
+async fn fetch_among(
+    nodes: &HashMap<usize, &Node>,
+    roots: &[Cid],
+    plan: &[(usize, usize)],
+    p: &Params,
+    parallel: usize,
+) -> Vec<Outcome> {
+    futures::stream::iter(plan.iter().filter(|(i, _)| nodes.contains_key(i)))
+        .map(|&(i, j)| async move {
+            Outcome {
+                i,
+                j,
+                result: fetch_one(nodes[&i], roots[j], p.file_len).await,
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await
+}
+
+/// Once idle connections had their time to close (this wait is what is measured: the idle
+/// timeout, and a little for the closes to land): the files this process holds open, and
+/// each node's connected peers.
+async fn once_idle(nodes: &[Node]) -> (usize, Vec<usize>) {
+    tokio::time::sleep(IDLE + Duration::from_secs(3)).await;
+    (
+        open_files(),
+        nodes.iter().map(|n| n.peers().len()).collect(),
+    )
+}
+
+/// Samples this process's open files every second (reading `/proc/self/fd` costs: every
+/// 200 ms, it took 5 % of a 100-node process's time); the most seen so far.
+fn sample_open_files() -> (Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let peak = Arc::new(AtomicUsize::new(open_files()));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(open_files(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    (peak, sampler)
 }
 
 /// Waits (on its events) until every bootstrap peer of `node` is connected, for at most
@@ -116,10 +285,19 @@ async fn until_bootstrapped(node: &Node, limit: Duration) {
         .unwrap_or_else(|_| panic!("{}: bootstrap peers never all connected", node.peer_id()));
 }
 
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Sample {
     find_ms: f64,
     first_byte_ms: f64,
     requests: u32,
+}
+
+/// One fetch of the plan: node `i` fetching node `j`'s file.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Outcome {
+    i: usize,
+    j: usize,
+    result: Result<Sample, String>,
 }
 
 /// One fetch: the provider lookup, then the file; what it took, or why it failed.
@@ -199,19 +377,9 @@ async fn fetch_one(node: &Node, root: Cid, len: usize) -> Result<Sample, String>
 
 /// Runs the simulation.
 pub(crate) async fn run(p: Params) -> Report {
-    assert!(p.relays >= 2 && p.nodes >= 2);
+    assert!(p.relays >= 2 && p.nodes >= 2 && p.processes >= 1);
     let started = Instant::now();
-    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(open_files()));
-    let sampler = {
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            loop {
-                peak.fetch_max(open_files(), std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(p.seed);
+    let (peak, sampler) = sample_open_files();
 
     // Relays: the first, then the others bootstrapping from it.
     let first = super::common::relay_with(Config::loopback()).await;
@@ -247,101 +415,83 @@ pub(crate) async fn run(p: Params) -> Report {
         });
     }
 
-    // Nodes: each on loopback TCP, bootstrapping from two relays, serving the DHT once its
-    // listen address is announced.
-    let mut nodes = Vec::with_capacity(p.nodes);
-    let mut roots = Vec::with_capacity(p.nodes);
-    for i in 0..p.nodes {
-        let store = Arc::new(Memory::new());
-        let root = super::common::import(&*store, &random_file(&mut rng, p.file_len)).await;
-        let config = cairn_p2p::node::Config {
-            bootstrap: vec![
-                relay_addrs[i % p.relays].clone(),
-                relay_addrs[(i + 1) % p.relays].clone(),
-            ],
-            nat: Some(cairn_p2p::behaviour::Nat {
-                global_only: false,
-                // No AutoNAT probing during the run: the nodes announce their addresses.
-                first_probe: Duration::from_secs(3600),
-                refresh: Duration::from_secs(3600),
-                mdns: false,
-                upnp: false,
-            }),
-            idle_timeout: IDLE,
-            ..Default::default()
-        };
-        let node = super::common::native_node(store, config).await;
-        node.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-            .await
-            .unwrap();
-        nodes.push(node);
-        roots.push(root);
-        if (i + 1) % 50 == 0 {
-            eprintln!("sim: {} nodes started, {} files open", i + 1, open_files());
+    // Nodes: here, or in child processes.
+    let roots = roots_of(&p).await;
+    let plan = plan(&p);
+    let mut here = Vec::new();
+    let mut children = Vec::new();
+    if p.processes == 1 {
+        here = start_nodes(&p, &relay_addrs, &(0..p.nodes).collect::<Vec<_>>()).await;
+    } else {
+        children = (0..p.processes)
+            .map(|k| Child::start(k, &p, &relay_addrs))
+            .collect();
+        for c in &mut children {
+            c.expect("ready", Duration::from_secs(900));
         }
     }
-    for n in &nodes {
-        until_bootstrapped(n, Duration::from_secs(60)).await;
-    }
+    let here_by_index: HashMap<usize, &Node> = here.iter().enumerate().collect();
     let setup_s = started.elapsed().as_secs_f64();
     eprintln!(
-        "sim: {} nodes bootstrapped in {setup_s:.1} s, {} files open (peak {})",
+        "sim: {} nodes bootstrapped in {setup_s:.1} s ({} process(es)), {} files open here (peak {})",
         p.nodes,
+        p.processes,
         open_files(),
-        peak.load(std::sync::atomic::Ordering::Relaxed)
+        peak.load(Ordering::Relaxed)
     );
 
     // Every node provides its file.
     let t = Instant::now();
-    let provided =
-        futures::stream::iter(nodes.iter().zip(&roots))
-            .map(|(n, r)| async move {
-                tokio::time::timeout(Duration::from_secs(60), n.provide(*r)).await
-            })
-            .buffer_unordered(p.parallel)
-            .collect::<Vec<_>>()
-            .await;
-    assert!(
-        provided.iter().all(|r| matches!(r, Ok(Ok(())))),
-        "every provide completes: {:?}",
-        provided.iter().filter(|r| !matches!(r, Ok(Ok(())))).count()
-    );
+    let provided = if children.is_empty() {
+        let all: Vec<_> = here.iter().enumerate().collect();
+        provide_all(&all, &roots, p.parallel).await
+    } else {
+        for c in &mut children {
+            c.send("provide");
+        }
+        let mut all = Vec::new();
+        for c in &mut children {
+            let json = c.expect("provided", Duration::from_secs(1800));
+            let done: Vec<Provided> = serde_json::from_str(&json)
+                .unwrap_or_else(|e| panic!("process {}: provided {json:?}: {e}", c.k));
+            all.extend(done);
+        }
+        all
+    };
+    let mut provide_ms = Vec::new();
+    let mut not_provided = Vec::new();
+    for d in &provided {
+        match &d.result {
+            Ok(ms) => provide_ms.push(*ms),
+            Err(e) => not_provided.push(format!("node {}: {e}", d.i)),
+        }
+    }
     let provide_s = t.elapsed().as_secs_f64();
 
     // Every node fetches `fetches` random others' files.
-    let mut plan = Vec::new();
-    for i in 0..p.nodes {
-        let mut others: Vec<usize> = (0..p.nodes).filter(|&j| j != i).collect();
-        others.shuffle(&mut rng);
-        for &j in others.iter().take(p.fetches) {
-            plan.push((i, j));
-        }
-    }
-    plan.shuffle(&mut rng);
     let t = Instant::now();
-    let halves = if p.churn {
-        let mid = plan.len() / 2;
-        vec![plan[..mid].to_vec(), plan[mid..].to_vec()]
-    } else {
-        vec![plan.clone()]
-    };
     let mut outcomes = Vec::new();
     let last = p.relays - 1;
-    for (h, half) in halves.into_iter().enumerate() {
+    for (h, half) in plan.iter().enumerate() {
         if h == 1 {
             // Churn: the last relay goes away halfway.
             if let Some(r) = relays[last].take() {
                 r.shutdown().await;
             }
         }
-        let nodes = &nodes;
-        let roots = &roots;
-        let done = futures::stream::iter(half)
-            .map(|(i, j)| async move { (i, j, fetch_one(&nodes[i], roots[j], p.file_len).await) })
-            .buffer_unordered(p.parallel)
-            .collect::<Vec<_>>()
-            .await;
-        outcomes.extend(done);
+        if children.is_empty() {
+            outcomes.extend(fetch_among(&here_by_index, &roots, half, &p, p.parallel).await);
+        } else {
+            for c in &mut children {
+                c.send(&format!("fetch {h}"));
+            }
+            for c in &mut children {
+                let json = c.expect("fetched", Duration::from_secs(1800));
+                let done: Vec<Outcome> = serde_json::from_str(&json)
+                    .unwrap_or_else(|e| panic!("process {}: fetched {json:?}: {e}", c.k));
+                outcomes.extend(done);
+            }
+        }
     }
     let fetch_s = t.elapsed().as_secs_f64();
 
@@ -349,21 +499,31 @@ pub(crate) async fn run(p: Params) -> Report {
     let mut ttfb = Vec::new();
     let mut reqs = Vec::new();
     let mut failures = Vec::new();
-    for (i, j, o) in &outcomes {
-        match o {
+    for o in &outcomes {
+        match &o.result {
             Ok(s) => {
                 find.push(s.find_ms);
                 ttfb.push(s.first_byte_ms);
                 reqs.push(f64::from(s.requests));
             }
-            Err(e) => failures.push(format!("node {i} fetching node {j}'s file: {e}")),
+            Err(e) => failures.push(format!("node {} fetching node {}'s file: {e}", o.i, o.j)),
         }
     }
-    // What is left once idle connections had their time to close (this wait is what is
-    // measured: the idle timeout, and a little for the closes to land).
-    tokio::time::sleep(IDLE + Duration::from_secs(3)).await;
-    let idle_open_files = open_files();
-    let idle_peers: Vec<usize> = nodes.iter().map(|n| n.peers().len()).collect();
+
+    // What is left once idle, in every process.
+    for c in &mut children {
+        c.send("idle");
+    }
+    let (mut idle_open_files, mut idle_peers) = once_idle(&here).await;
+    let mut peaks = vec![peak.load(Ordering::Relaxed)];
+    for c in &mut children {
+        let json = c.expect("idle", Duration::from_secs(120));
+        let idle: ChildIdle = serde_json::from_str(&json)
+            .unwrap_or_else(|e| panic!("process {}: idle {json:?}: {e}", c.k));
+        idle_open_files += idle.files;
+        idle_peers.extend(idle.peers);
+        peaks.push(idle.peak);
+    }
     let idle_peers_max = idle_peers.iter().copied().max().unwrap_or(0);
     let idle_peers_median = percentile(
         &mut idle_peers.iter().map(|&n| n as f64).collect::<Vec<_>>(),
@@ -391,20 +551,209 @@ pub(crate) async fn run(p: Params) -> Report {
         dht_requests_p95: percentile(&mut reqs, 0.95),
         relay_records,
         relay_peers,
+        provide_ms_median: percentile(&mut provide_ms.clone(), 0.5),
+        provide_ms_p95: percentile(&mut provide_ms, 0.95),
+        not_provided,
         setup_s,
         provide_s,
         fetch_s,
-        peak_open_files: peak.load(std::sync::atomic::Ordering::Relaxed),
+        processes: p.processes,
+        peak_open_files: peaks.iter().sum(),
+        peak_open_files_by_process: peaks,
         idle_open_files,
+        idle_peers,
         idle_peers_median,
         idle_peers_max,
     };
     sampler.abort();
-    for n in &nodes {
+    drop(here_by_index);
+    for n in &here {
         n.stop().await;
+    }
+    for mut c in children {
+        c.stop();
     }
     for r in relays.into_iter().flatten() {
         r.shutdown().await;
     }
     report
+}
+
+/// A child process's nodes once idle, and the most files it held open.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChildIdle {
+    files: usize,
+    peers: Vec<usize>,
+    peak: usize,
+}
+
+/// The environment that makes this binary a simulation's child process: its number, the
+/// [`Params`] (JSON) and the relays' addresses (space-separated).
+const CHILD: &str = "CAIRN_SIM_PROCESS";
+const CHILD_PARAMS: &str = "CAIRN_SIM_PARAMS";
+const CHILD_RELAYS: &str = "CAIRN_SIM_RELAYS";
+/// What starts a child's answer on its stdout (anything else there is passed on).
+const ANSWER: &str = "cairn-sim: ";
+
+/// A child process running some of the nodes, directed a line at a time on its stdin
+/// (`provide`, `fetch H`, `idle`); it answers a line on its stdout. Killed when dropped.
+struct Child {
+    k: usize,
+    process: super::common::Kill,
+    stdin: Option<std::process::ChildStdin>,
+    out: std::sync::mpsc::Receiver<String>,
+}
+
+impl Child {
+    fn start(k: usize, p: &Params, relays: &[Multiaddr]) -> Child {
+        let exe = std::env::current_exe().expect("the running binary's path");
+        let mut process = std::process::Command::new(exe)
+            .env(CHILD, k.to_string())
+            .env(CHILD_PARAMS, serde_json::to_string(p).unwrap())
+            .env(
+                CHILD_RELAYS,
+                relays
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start simulation process {k}: {e}"));
+        let stdin = process.stdin.take();
+        let out = super::common::lines(process.stdout.take().unwrap());
+        Child {
+            k,
+            process: super::common::Kill(process),
+            stdin,
+            out,
+        }
+    }
+
+    fn send(&mut self, command: &str) {
+        let stdin = self.stdin.as_mut().expect("not stopped");
+        writeln!(stdin, "{command}")
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("simulation process {}: {command}: {e}", self.k));
+    }
+
+    /// Waits for its `what` answer and returns what follows the word. The wait blocks this
+    /// worker thread (the runtime moves its other tasks away).
+    fn expect(&mut self, what: &str, limit: Duration) -> String {
+        let until = Instant::now() + limit;
+        let word = format!("{ANSWER}{what}");
+        tokio::task::block_in_place(|| {
+            loop {
+                match self
+                    .out
+                    .recv_timeout(until.saturating_duration_since(Instant::now()))
+                {
+                    Ok(line) => match line.strip_prefix(&word) {
+                        Some(rest) => return rest.trim().to_string(),
+                        None => eprintln!("sim process {}: {line}", self.k),
+                    },
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        panic!(
+                            "simulation process {}: no `{what}` within {limit:?}",
+                            self.k
+                        )
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!(
+                        "simulation process {} ended before `{what}` (its stderr, above, says why)",
+                        self.k
+                    ),
+                }
+            }
+        })
+    }
+
+    /// Closes its stdin, which ends it; waits for that (30 s at most, then kills it).
+    fn stop(&mut self) {
+        self.stdin = None;
+        let _ = self.process.exit_within(Duration::from_secs(30));
+    }
+}
+
+/// When this process is a simulation's child ([`CHILD`] is set): runs its share of the
+/// nodes as the parent directs and returns true once the parent closes its stdin. Else
+/// returns false at once. A binary that runs [`run`] with `processes > 1` calls it first.
+pub(crate) fn shard_main() -> bool {
+    let Ok(k) = std::env::var(CHILD) else {
+        return false;
+    };
+    let k: usize = k.parse().expect("CAIRN_SIM_PROCESS: a number");
+    let p: Params = serde_json::from_str(&std::env::var(CHILD_PARAMS).expect(CHILD_PARAMS))
+        .expect("CAIRN_SIM_PARAMS: JSON");
+    let relays: Vec<Multiaddr> = std::env::var(CHILD_RELAYS)
+        .expect(CHILD_RELAYS)
+        .split(' ')
+        .map(|a| a.parse().expect("CAIRN_SIM_RELAYS: multiaddrs"))
+        .collect();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(child(k, p, relays));
+    true
+}
+
+fn answer(what: &str, rest: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{ANSWER}{what} {rest}")
+        .and_then(|()| out.flush())
+        .expect("answer the parent");
+}
+
+/// A child's share: nodes `k`, `k + processes`, …
+async fn child(k: usize, p: Params, relays: Vec<Multiaddr>) {
+    // The parent's commands, a line each (it sends one and waits for the answer); its
+    // closing stdin (or going away) ends them.
+    let (tx, mut commands) = tokio::sync::mpsc::channel(4);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.blocking_send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let (peak, sampler) = sample_open_files();
+    let hosted: Vec<usize> = (k..p.nodes).step_by(p.processes).collect();
+    let roots = roots_of(&p).await;
+    let plan = plan(&p);
+    let nodes = start_nodes(&p, &relays, &hosted).await;
+    let by_index: HashMap<usize, &Node> = hosted.iter().copied().zip(&nodes).collect();
+    let parallel = p.parallel.div_ceil(p.processes);
+    answer("ready", "");
+    while let Some(command) = commands.recv().await {
+        match command.split_once(' ').unwrap_or((&command, "")) {
+            ("provide", _) => {
+                let mine: Vec<(usize, &Node)> = hosted.iter().copied().zip(&nodes).collect();
+                let done = provide_all(&mine, &roots, parallel).await;
+                answer("provided", &serde_json::to_string(&done).unwrap());
+            }
+            ("fetch", h) => {
+                let half = &plan[h.parse::<usize>().expect("fetch H")];
+                let done = fetch_among(&by_index, &roots, half, &p, parallel).await;
+                answer("fetched", &serde_json::to_string(&done).unwrap());
+            }
+            ("idle", _) => {
+                let (files, peers) = once_idle(&nodes).await;
+                let idle = ChildIdle {
+                    files,
+                    peers,
+                    peak: peak.load(Ordering::Relaxed),
+                };
+                answer("idle", &serde_json::to_string(&idle).unwrap());
+            }
+            (other, _) => panic!("simulation process {k}: no such command: {other:?}"),
+        }
+    }
+    sampler.abort();
+    drop(by_index);
+    for n in &nodes {
+        n.stop().await;
+    }
 }
