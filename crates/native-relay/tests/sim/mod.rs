@@ -449,14 +449,10 @@ pub(crate) async fn run(p: Params) -> Report {
         for c in &mut children {
             c.send("provide");
         }
-        let mut all = Vec::new();
-        for c in &mut children {
-            let json = c.expect("provided", Duration::from_secs(1800));
-            let done: Vec<Provided> = serde_json::from_str(&json)
-                .unwrap_or_else(|e| panic!("process {}: provided {json:?}: {e}", c.k));
-            all.extend(done);
-        }
-        all
+        answers::<Vec<Provided>>(&mut children, "provided", Duration::from_secs(1800))
+            .into_iter()
+            .flatten()
+            .collect()
     };
     let mut provide_ms = Vec::new();
     let mut not_provided = Vec::new();
@@ -485,12 +481,8 @@ pub(crate) async fn run(p: Params) -> Report {
             for c in &mut children {
                 c.send(&format!("fetch {h}"));
             }
-            for c in &mut children {
-                let json = c.expect("fetched", Duration::from_secs(1800));
-                let done: Vec<Outcome> = serde_json::from_str(&json)
-                    .unwrap_or_else(|e| panic!("process {}: fetched {json:?}: {e}", c.k));
-                outcomes.extend(done);
-            }
+            let done = answers::<Vec<Outcome>>(&mut children, "fetched", Duration::from_secs(1800));
+            outcomes.extend(done.into_iter().flatten());
         }
     }
     let fetch_s = t.elapsed().as_secs_f64();
@@ -516,10 +508,7 @@ pub(crate) async fn run(p: Params) -> Report {
     }
     let (mut idle_open_files, mut idle_peers) = once_idle(&here).await;
     let mut peaks = vec![peak.load(Ordering::Relaxed)];
-    for c in &mut children {
-        let json = c.expect("idle", Duration::from_secs(120));
-        let idle: ChildIdle = serde_json::from_str(&json)
-            .unwrap_or_else(|e| panic!("process {}: idle {json:?}: {e}", c.k));
+    for idle in answers::<ChildIdle>(&mut children, "idle", Duration::from_secs(120)) {
         idle_open_files += idle.files;
         idle_peers.extend(idle.peers);
         peaks.push(idle.peak);
@@ -566,7 +555,6 @@ pub(crate) async fn run(p: Params) -> Report {
         idle_peers_max,
     };
     sampler.abort();
-    drop(here_by_index);
     for n in &here {
         n.stop().await;
     }
@@ -577,6 +565,22 @@ pub(crate) async fn run(p: Params) -> Report {
         r.shutdown().await;
     }
     report
+}
+
+/// Every child's `what` answer, read as JSON, in the children's order.
+fn answers<T: serde::de::DeserializeOwned>(
+    children: &mut [Child],
+    what: &str,
+    limit: Duration,
+) -> Vec<T> {
+    children
+        .iter_mut()
+        .map(|c| {
+            let json = c.expect(what, limit);
+            serde_json::from_str(&json)
+                .unwrap_or_else(|e| panic!("process {}: {what} {json:?}: {e}", c.k))
+        })
+        .collect()
 }
 
 /// A child process's nodes once idle, and the most files it held open.
@@ -752,7 +756,6 @@ async fn child(k: usize, p: Params, relays: Vec<Multiaddr>) {
         }
     }
     sampler.abort();
-    drop(by_index);
     for n in &nodes {
         n.stop().await;
     }
