@@ -424,10 +424,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Some(Command::Cat { cid, from, output }) => {
-            let f = Fetcher::start(&cid, &from).await?;
+            let f = Fetcher::start(&cid, &from, true).await?;
             f.cat(output.as_deref()).await
         }
-        Some(Command::Ls { cid, long, from }) => Fetcher::start(&cid, &from).await?.ls(long).await,
+        Some(Command::Ls { cid, long, from }) => {
+            Fetcher::start(&cid, &from, true).await?.ls(long).await
+        }
         Some(Command::Replicate {
             cid,
             replicas,
@@ -444,7 +446,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             pin,
         }) => queue::run(file.as_deref(), &from, concurrency, priority, pin).await,
         Some(Command::Get { cid, from, output }) => {
-            Fetcher::start(&cid, &from).await?.get(&output).await
+            Fetcher::start(&cid, &from, true).await?.get(&output).await
         }
     }
 }
@@ -936,9 +938,13 @@ impl Setup {
 }
 
 impl Fetcher {
-    async fn start(text: &str, from: &FetchArgs) -> Result<Self, Failure> {
+    /// A fetch of `text` (a CID, or a path in a directory); `whole` when what it names is
+    /// read through (`cat`, `get`, `ls`): then, without a path, the first peer asked for the
+    /// root is asked for the DAG's structure in one answer.
+    async fn start(text: &str, from: &FetchArgs, whole: bool) -> Result<Self, Failure> {
         let (root, path) = split_cid_path(text)?;
-        let setup = Setup::new(from, from.max_rate.is_some()).await?;
+        let mut setup = Setup::new(from, from.max_rate.is_some()).await?;
+        setup.sources.push_below = whole && path.split('/').all(str::is_empty);
         let chain = Arc::new(setup.chain(root));
         Ok(Self {
             chain,

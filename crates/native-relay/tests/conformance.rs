@@ -372,3 +372,184 @@ fn webrtc_frames_refuse_bad_prefixes_and_oversized_frames() {
         );
     }
 }
+
+/// A relay whose store holds a folder: `a.txt` (small), `big.bin` (1 MiB: a dag-pb node
+/// over four 256 KiB chunks) and `sub/s.txt` (small). Returns the relay, a node connected
+/// to it, the folder's root and the CIDs of `a.txt`, `big.bin`, `sub`, `sub/s.txt` and of
+/// `big.bin`'s chunks.
+async fn folder() -> (cairn_relay::relay::Running, Node, Cid, [Cid; 4], Vec<Cid>) {
+    use cairn_core::unixfs::{self, Profile, dir};
+    let dir = tempfile::tempdir().unwrap().keep();
+    let store = cairn_relay::store::Disk::open(&dir).await.unwrap();
+    let mut t = dir::TreeBuilder::new(Profile::DEFAULT, HashAlg::Sha2_256);
+    let mut files = Vec::new();
+    let big: Vec<u8> = (0..1_048_576u32).map(|i| (i % 253) as u8).collect();
+    for (path, bytes) in [
+        ("a.txt", &b"a small file"[..]),
+        ("big.bin", &big[..]),
+        ("sub/s.txt", &b"another small file"[..]),
+    ] {
+        let i = unixfs::import(&store, bytes, Profile::DEFAULT, HashAlg::Sha2_256, |_| {})
+            .await
+            .unwrap();
+        files.push(i.root);
+        t.add(
+            path,
+            dir::Entry {
+                cid: i.root,
+                tsize: i.dag_size,
+            },
+        )
+        .unwrap();
+    }
+    let mut blocks = Vec::new();
+    let root = t.finish(&mut blocks).unwrap().cid;
+    let mut sub = None;
+    for b in blocks {
+        if b.cid() != &root {
+            sub = Some(*b.cid());
+        }
+        store.put(b).await.unwrap();
+    }
+    let big_node = store.get(&files[1]).await.unwrap().unwrap();
+    let chunks: Vec<Cid> = cairn_core::unixfs::pb::Node::decode(big_node.data())
+        .unwrap()
+        .links
+        .iter()
+        .map(|l| l.cid)
+        .collect();
+    assert_eq!(chunks.len(), 4);
+    let relay = common::relay_with(cairn_relay::relay::Config {
+        store: Some(store),
+        ..cairn_relay::relay::Config::loopback()
+    })
+    .await;
+    let node = common::node(std::sync::Arc::new(cairn_core::store::Memory::new())).await;
+    node.dial(relay.addrs[0].clone()).await.unwrap();
+    common::until_cas(&node, relay.peer_id).await;
+    (
+        relay,
+        node,
+        root,
+        [files[0], files[1], sub.unwrap(), files[2]],
+        chunks,
+    )
+}
+
+/// Every frame of the answer to `req` on a new `/cas` stream, until the responder closes.
+async fn frames(node: &Node, to: libp2p::PeerId, req: &Request) -> Vec<Response> {
+    let mut s = node.streams().open_stream(to, cas::PROTOCOL).await.unwrap();
+    framing::write_frame(&mut s, &cas::encode(req))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    loop {
+        let next = tokio::time::timeout(
+            Duration::from_secs(15),
+            framing::read_frame(&mut s, cas::Limits::default().max_response),
+        )
+        .await
+        .expect("the relay answers and closes in time");
+        match next {
+            Ok(body) => out.push(cas::decode_response(&body).unwrap()),
+            Err(e) if e.is_closed() => return out,
+            Err(e) => panic!("the answer broke off: {e}"),
+        }
+    }
+}
+
+/// `dag` (docs/protocol.md): the root as a `get` answer, then the DAG's structure and its
+/// small files breadth first (every dag-pb block, `raw` blocks of at most 64 KiB), never a
+/// file's large chunks, then the end of the stream. A root not held is `missing`, alone.
+#[tokio::test]
+async fn cas_dag_pushes_the_structure_and_small_files_breadth_first() {
+    let (relay, node, root, [a, big, sub, s], chunks) = folder().await;
+    let answer = frames(
+        &node,
+        relay.peer_id,
+        &Request::Dag {
+            root: (&root).into(),
+        },
+    )
+    .await;
+    let mut cids = Vec::new();
+    for (i, r) in answer.iter().enumerate() {
+        let Response::Get {
+            blocks,
+            missing,
+            skipped,
+        } = r
+        else {
+            panic!("frame {i} is not a get answer: {r:?}")
+        };
+        assert!(missing.is_empty() && skipped.is_empty(), "frame {i}: {r:?}");
+        for cas::WireBlock(c, data) in blocks {
+            let c = c.cid().unwrap();
+            Block::new(c, data.to_vec()).expect("each pushed block is the CID's");
+            cids.push(c);
+        }
+    }
+    assert!(matches!(&answer[0], Response::Get { blocks, .. } if blocks.len() == 1));
+    assert_eq!(
+        cids,
+        vec![root, a, big, sub, s],
+        "breadth first, links in order"
+    );
+    assert!(
+        chunks.iter().all(|c| !cids.contains(c)),
+        "no large chunk is pushed"
+    );
+
+    let absent = Block::from_data(Codec::Raw, HashAlg::Sha2_256, b"not held".to_vec()).unwrap();
+    let answer = frames(
+        &node,
+        relay.peer_id,
+        &Request::Dag {
+            root: absent.cid().into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        answer,
+        vec![Response::Get {
+            blocks: vec![],
+            missing: vec![absent.cid().into()],
+            skipped: vec![],
+        }]
+    );
+}
+
+/// A fetch of the folder that asks for the structure (`CasPeers::push_below`) sends one
+/// `dag` request and a `get` for each large chunk only: the blocks pushed are taken from the
+/// answer, verified, as they are wanted.
+#[tokio::test]
+async fn a_folder_fetch_takes_what_dag_pushes_and_gets_only_the_large_chunks() {
+    use cairn_core::source::{Chain, Context, PeerSource, SourceKind};
+    let (relay, node, root, _, chunks) = folder().await;
+    let requests = |m: &str, kind: &str| -> u64 {
+        m.lines()
+            .find(|l| l.contains("cas_requests") && l.contains(&format!("kind=\"{kind}\"")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = common::metrics_of(&relay).await;
+    let peers = cairn_p2p::sources::CasPeers::new(node.clone()).push_below(Some(root));
+    let source = PeerSource::new(SourceKind::Peers, peers.clone(), peers, Some(root));
+    let store = std::sync::Arc::new(cairn_core::store::Memory::new());
+    let chain = Chain::new().local(store.clone()).source(source, None);
+    let ctx = Context::new().with_timeout(Duration::from_secs(60));
+    let report = cairn_core::dag::fetch(&chain, &*store, root, Default::default(), &ctx, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        report.progress.blocks_done, 9,
+        "the root, 4 below it and 4 chunks"
+    );
+    let after = common::metrics_of(&relay).await;
+    assert_eq!(requests(&after, "dag") - requests(&before, "dag"), 1);
+    assert_eq!(
+        requests(&after, "get") - requests(&before, "get"),
+        chunks.len() as u64,
+        "one get per large chunk, none for what was pushed"
+    );
+}

@@ -92,6 +92,19 @@ pub fn frame_end(buf: &[u8], limit: usize) -> Result<Option<usize>, Error> {
     }
 }
 
+/// Takes the first frame off the front of `buf` and returns its body, if `buf` holds all of
+/// it (`None`: more bytes are needed); an error as [`frame_end`] gives one.
+pub fn take_frame(buf: &mut Vec<u8>, limit: usize) -> Result<Option<Vec<u8>>, Error> {
+    let Some(end) = frame_end(buf, limit)? else {
+        return Ok(None);
+    };
+    let (_, rest) = decode::u64(buf).map_err(Error::Prefix)?;
+    let start = buf.len() - rest.len();
+    let body = buf[start..end].to_vec();
+    buf.drain(..end);
+    Ok(Some(body))
+}
+
 /// Reads one frame's length, refusing lengths over `limit`.
 async fn read_len<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result<usize, Error> {
     let mut buf = [0u8; MAX_PREFIX + 1];

@@ -79,4 +79,11 @@ impl Metrics {
         self.blocks_served.inc_by(blocks as u64);
         self.bytes_served.inc_by(bytes as u64);
     }
+
+    /// Records `blocks` blocks of `bytes` bytes pushed in a `dag` answer after its first
+    /// frame (the request was recorded with that frame).
+    pub(crate) fn record_pushed(&self, blocks: usize, bytes: usize) {
+        self.blocks_served.inc_by(blocks as u64);
+        self.bytes_served.inc_by(bytes as u64);
+    }
 }

@@ -60,6 +60,41 @@ pub struct CasPeers {
     /// identify has said what they speak (a round trip sooner); not once it says they do
     /// not speak `/cas`.
     named: Vec<PeerId>,
+    /// The root whose DAG the first peer asked for it pushes (`dag`), and that push.
+    below: Option<Cid>,
+    push: std::sync::Arc<std::sync::Mutex<Push>>,
+}
+
+/// Where the push of a fetch's DAG stands.
+#[derive(Debug, Default)]
+enum Push {
+    /// Nobody was asked yet (or the one asked failed).
+    #[default]
+    Idle,
+    /// A peer is being asked.
+    Asking,
+    /// A peer answered: its blocks are taken from here.
+    Pushing(std::sync::Arc<crate::cas::Pushed>),
+    /// A peer answered with the root alone.
+    Done,
+}
+
+/// Puts a push that is being asked for back to [`Push::Idle`] unless it got an answer (the
+/// ask failed, or lost its race and was dropped).
+struct Asking<'a>(&'a std::sync::Mutex<Push>, bool);
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            let mut push = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if matches!(*push, Push::Asking) {
+                *push = Push::Idle;
+            }
+        }
+    }
 }
 
 impl CasPeers {
@@ -69,7 +104,27 @@ impl CasPeers {
             node,
             wait: Duration::from_secs(25),
             named: Vec::new(),
+            below: None,
+            push: std::sync::Arc::default(),
         }
+    }
+
+    /// Asks the first peer asked for `root` for the DAG's structure too (`dag`: its dag-pb
+    /// blocks and small `raw` ones, [`crate::cas::pushed_links`]), in one answer that the
+    /// fetch then takes those blocks from as it wants them: a folder or a deep file fetched
+    /// from a peer far away costs a round trip or two, not one per level or per small file
+    /// (a file's chunks are still asked for with `get`, many at once). For reading through
+    /// what `root` names (a file, a folder, a listing), not a path in it or a part of it:
+    /// what is pushed and never wanted is bounded ([`crate::cas::PUSH_HELD`]) but wasted.
+    pub fn push_below(mut self, root: Option<Cid>) -> Self {
+        self.below = root;
+        self
+    }
+
+    fn push(&self) -> std::sync::MutexGuard<'_, Push> {
+        self.push
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Those of `peers` that may be asked over `/cas` now.
@@ -148,6 +203,35 @@ impl AskPeer for CasPeers {
     type Peer = PeerId;
 
     async fn ask(&self, peer: &PeerId, cid: &Cid) -> Result<Bytes, PeerError> {
+        let pushing = match &*self.push() {
+            Push::Pushing(p) if p.peer() == *peer => Some(p.clone()),
+            _ => None,
+        };
+        if let Some(p) = pushing
+            && let Some(bytes) = p.take(cid).await
+        {
+            return Ok(bytes);
+        }
+        if self.below == Some(*cid) {
+            let ask = {
+                let mut push = self.push();
+                let idle = matches!(*push, Push::Idle);
+                if idle {
+                    *push = Push::Asking;
+                }
+                idle
+            };
+            if ask {
+                let mut asking = Asking(&self.push, false);
+                let (bytes, pushed) = self.node.dag(*peer, cid).await?;
+                asking.1 = true;
+                *self.push() = match pushed {
+                    Some(p) => Push::Pushing(std::sync::Arc::new(p)),
+                    None => Push::Done,
+                };
+                return Ok(bytes);
+            }
+        }
         self.node.get(*peer, cid).await
     }
 }
@@ -222,6 +306,10 @@ pub struct Sources {
     /// Checks what `/cas` and IPFS peers send (`None`: `Block::new`, here); the browser's
     /// hashes with WebCrypto.
     pub verify: Option<std::sync::Arc<dyn Verify>>,
+    /// Ask the first `/cas` peer asked for the root for the DAG's structure in one answer
+    /// ([`CasPeers::push_below`]): for reading through what the root names (a file, a
+    /// folder, a listing), not a path in it or a part of it.
+    pub push_below: bool,
 }
 
 impl Default for Sources {
@@ -236,6 +324,7 @@ impl Default for Sources {
             ipfs_timeout: Duration::from_secs(60),
             gateway_timeout: Duration::from_secs(30),
             verify: None,
+            push_below: true,
         }
     }
 }
@@ -255,7 +344,9 @@ impl Sources {
                     look_up: self.discover,
                     ..RaceConfig::default()
                 };
-                let peers = CasPeers::new(node.clone()).named(self.named.clone());
+                let peers = CasPeers::new(node.clone())
+                    .named(self.named.clone())
+                    .push_below(self.push_below.then_some(root));
                 chain = chain.source(
                     cas_source_of(peers, Some(root), config).verifier(self.verify.clone()),
                     Some(self.peer_timeout),

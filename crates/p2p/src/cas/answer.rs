@@ -114,6 +114,8 @@ pub async fn answer<S: BlockStore>(
         Request::Have { cids: asked } => have(store, &asked, limits).await,
         Request::List { after, limit } => list(store, after, limit, limits).await,
         Request::Caps {} => Ok(Response::Caps(caps.clone())),
+        // Answered in one frame here (its root only); the server pushes what is below it.
+        Request::Dag { root } => get(store, std::slice::from_ref(&root), limits).await,
     };
     out.unwrap_or_else(|refusal| refusal)
 }
@@ -243,6 +245,120 @@ pub async fn get_frame<S: BlockStore>(
         blocks,
         block_bytes,
     })
+}
+
+/// Block bytes a frame pushed below a `dag` root holds at most (one block more when the
+/// first is larger): small enough that the requester has blocks to verify while the next
+/// frames arrive.
+pub const BELOW_FRAME: usize = 1024 * 1024;
+
+/// Most blocks one `dag` answer pushes: past that, the requester asks for the rest.
+pub const BELOW_MAX_BLOCKS: usize = 4_000_000;
+
+/// The blocks of a DAG below its root that a `dag` answer pushes ([`super::pushed_links`]:
+/// its structure and its small files, not a file's chunks), breadth first, as the frames
+/// after its first: what the store holds of each level (a block it lacks, and what is below
+/// that block, is left out: the requester asks for them elsewhere).
+#[derive(Debug)]
+pub struct Below {
+    queue: std::collections::VecDeque<Cid>,
+    /// Blocks queued so far (at most [`BELOW_MAX_BLOCKS`]).
+    queued: usize,
+}
+
+/// Why a `dag` answer stops before the end of the DAG.
+#[derive(Debug, thiserror::Error)]
+pub enum BelowError {
+    /// The answer budget has no room for the next block.
+    #[error("no room in the answer budget")]
+    NoRoom,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] cairn_core::store::Error),
+}
+
+impl Below {
+    /// What is below `root`, whose block is `data` (nothing unless it is dag-pb).
+    pub fn new(root: &Cid, data: &bytes::Bytes) -> Self {
+        let mut below = Self {
+            queue: std::collections::VecDeque::new(),
+            queued: 0,
+        };
+        below.links(root, data);
+        below
+    }
+
+    fn links(&mut self, cid: &Cid, data: &bytes::Bytes) {
+        for l in super::pushed_links(cid, data) {
+            if self.queued >= BELOW_MAX_BLOCKS {
+                return;
+            }
+            self.queued += 1;
+            self.queue.push_back(l);
+        }
+    }
+
+    /// The next frame: blocks next in breadth-first order, [`BELOW_FRAME`] bytes of them,
+    /// held in `permit` (grown block by block, ending at the frame's size); `None` once
+    /// every block below the root was sent or left out.
+    pub async fn next_frame<S: BlockStore>(
+        &mut self,
+        store: &S,
+        limits: &Limits,
+        permit: &mut Permit,
+    ) -> Result<Option<GetFrame>, BelowError> {
+        let mut blocks = Vec::new();
+        let mut used = 0usize;
+        while used < BELOW_FRAME && blocks.len() < limits.max_get {
+            let Some(cid) = self.queue.pop_front() else {
+                break;
+            };
+            let next = store
+                .size_hint(&cid)
+                .unwrap_or(cairn_core::MAX_BLOCK_SIZE)
+                .min(limits.get_budget);
+            let need = used + next + get_overhead(blocks.len() + 1);
+            if !permit.try_grow(need.saturating_sub(permit.bytes())) {
+                self.queue.push_front(cid);
+                if blocks.is_empty() {
+                    return Err(BelowError::NoRoom);
+                }
+                break;
+            }
+            let held = match store.get(&cid).await {
+                Err(cairn_core::store::Error::Corrupt { .. }) => None,
+                other => other?,
+            };
+            let Some(b) = held else { continue };
+            let raw = cid.codec() == cairn_core::cid::Codec::Raw.code();
+            if (raw && b.len() as u64 > super::PUSHED_RAW_MAX)
+                || b.len() > limits.get_budget.saturating_sub(used)
+            {
+                // Its link understated its size (the requester asks for it with `get`), or
+                // it is larger than a frame may carry.
+                continue;
+            }
+            self.links(&cid, b.data());
+            used += b.len();
+            blocks.push((cid, b.data().clone()));
+        }
+        if blocks.is_empty() {
+            permit.shrink(0);
+            return Ok(None);
+        }
+        let count = blocks.len();
+        let frame = encode_get(Gathered {
+            blocks,
+            missing: Vec::new(),
+            skipped: Vec::new(),
+        });
+        permit.shrink(frame.len());
+        Ok(Some(GetFrame {
+            frame,
+            blocks: count,
+            block_bytes: used,
+        }))
+    }
 }
 
 /// Framing bytes a `get` answer of `cids` CIDs may need beyond its blocks: each CID at most

@@ -12,7 +12,9 @@ use cairn_core::source::PeerError;
 use futures::AsyncWriteExt;
 use libp2p::PeerId;
 
-use super::{Error, Limits, PROTOCOL, Request, Response, WireCid, code, decode_response, encode};
+use super::{
+    Error, Limits, PROTOCOL, Request, Response, WireBlock, WireCid, code, decode_response, encode,
+};
 use crate::framing;
 use crate::streams::{Control, OpenStreamError};
 
@@ -131,6 +133,49 @@ impl Client {
         }
     }
 
+    /// Asks `peer` for `root` with `dag`: the root's bytes (the caller's to verify) and the
+    /// rest of the answer, a [`Pushed`] to take the blocks below it from as they are wanted
+    /// (`None` when nothing follows). A peer that does not know `dag` (code 3), is busy, or
+    /// whose stream broke before its first frame is asked with [`Client::get`] instead.
+    pub async fn dag(
+        &self,
+        peer: PeerId,
+        root: &Cid,
+    ) -> Result<(Bytes, Option<Pushed>), PeerError> {
+        let first = async {
+            let mut control = self.streams.clone();
+            let mut stream = control.open_stream(peer, PROTOCOL).await?;
+            let req = Request::Dag {
+                root: WireCid::from(root),
+            };
+            framing::write_frame(&mut stream, &encode(&req))
+                .await
+                .map_err(|e| Error::Frame(e.into()))?;
+            let body = framing::read_frame(&mut stream, self.limits.max_response)
+                .await
+                .map_err(Error::Frame)?;
+            Ok::<_, RequestError>((decode_response(&body)?, stream))
+        };
+        let answer = cairn_core::rt::timeout(self.timeout, first)
+            .await
+            .unwrap_or(Err(RequestError::Timeout(self.timeout)));
+        let (response, stream) = match answer {
+            Ok((Response::Error { code, .. }, _))
+                if code == code::UNSUPPORTED || code == code::BUSY =>
+            {
+                return self.get(peer, root).await.map(|b| (b, None));
+            }
+            Err(RequestError::Exchange(Error::Frame(
+                framing::Error::Closed | framing::Error::Io(_),
+            ))) => return self.get(peer, root).await.map(|b| (b, None)),
+            Ok((response, stream)) => (Ok(response), stream),
+            Err(e) => return Self::block(root, Err(e)).map(|b| (b, None)),
+        };
+        let bytes = Self::block(root, response)?;
+        let pushed = Pushed::new(peer, stream, root, &bytes, self.limits.max_response);
+        Ok((bytes, Some(pushed)))
+    }
+
     fn block(cid: &Cid, answer: Result<Response, RequestError>) -> Result<Bytes, PeerError> {
         match answer {
             Ok(Response::Get {
@@ -152,6 +197,201 @@ impl Client {
             ))),
             Err(e) => Err(PeerError::Failed(Reason::new(e))),
         }
+    }
+}
+
+/// Most bytes of pushed blocks a [`Pushed`] holds that nobody has taken yet: past that the
+/// push ends (what it holds is still given out), so a requester that does not want what is
+/// pushed holds little.
+pub const PUSH_HELD: usize = 16 * 1024 * 1024;
+
+/// How long a push may bring nothing while a block expected from it is waited for before it
+/// is given up (its blocks are then asked for one by one).
+pub const PUSH_IDLE: Duration = Duration::from_secs(5);
+
+/// Most CIDs a push is expected to bring at once (links of blocks it brought, not yet
+/// brought); links past that are asked for one by one.
+const PUSH_EXPECTED: usize = 1 << 20;
+
+/// The rest of a `dag` answer: the blocks a peer pushes below a root, breadth first, read
+/// as they are wanted. Only blocks linked from the root or from blocks the push brought are
+/// kept (each once), and they are not verified here: [`Pushed::take`] hands out the bytes for
+/// the caller to check against the CID, as an answer to `get` would be. Dropping it resets
+/// the stream, and the peer stops sending.
+pub struct Pushed {
+    peer: PeerId,
+    held: std::sync::Mutex<Held>,
+    /// The stream and the bytes read from it not yet a whole frame; `None` once it ended.
+    reader: futures::lock::Mutex<Option<Reader>>,
+    limit: usize,
+}
+
+impl std::fmt::Debug for Pushed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pushed")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Held {
+    blocks: std::collections::HashMap<Cid, Bytes>,
+    bytes: usize,
+    /// Linked from what the push brought, not brought yet.
+    expected: std::collections::HashSet<Cid>,
+    ended: bool,
+}
+
+impl Held {
+    /// The blocks below the dag-pb block `cid` (bytes `data`, not verified: a link that
+    /// is not real is never asked for) that the push brings ([`super::pushed_links`]) are
+    /// expected, within [`PUSH_EXPECTED`].
+    fn expect_links(&mut self, cid: &Cid, data: &Bytes) {
+        for l in super::pushed_links(cid, data) {
+            if self.expected.len() >= PUSH_EXPECTED {
+                return;
+            }
+            self.expected.insert(l);
+        }
+    }
+
+    /// `Some(Some(bytes))` when held (taken now), `Some(None)` when the push will not bring
+    /// `cid`, `None` when it still may.
+    fn take(&mut self, cid: &Cid) -> Option<Option<Bytes>> {
+        if let Some(b) = self.blocks.remove(cid) {
+            self.bytes -= b.len();
+            return Some(Some(b));
+        }
+        (self.ended || !self.expected.contains(cid)).then_some(None)
+    }
+}
+
+struct Reader {
+    stream: crate::streams::Stream,
+    /// Bytes read that are not a whole frame yet.
+    buf: Vec<u8>,
+    chunk: Vec<u8>,
+}
+
+impl Reader {
+    /// The next frame's body; `None` when the stream ended between frames. Safe to drop at
+    /// any await: bytes read are kept in `buf`.
+    async fn next_frame(&mut self, limit: usize) -> Result<Option<Vec<u8>>, framing::Error> {
+        use futures::AsyncReadExt as _;
+        loop {
+            if let Some(body) = framing::take_frame(&mut self.buf, limit)? {
+                return Ok(Some(body));
+            }
+            let n = self.stream.read(&mut self.chunk).await?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into())
+                };
+            }
+            self.buf.extend_from_slice(&self.chunk[..n]);
+        }
+    }
+}
+
+impl Pushed {
+    fn new(
+        peer: PeerId,
+        stream: crate::streams::Stream,
+        root: &Cid,
+        data: &Bytes,
+        limit: usize,
+    ) -> Self {
+        let mut held = Held::default();
+        held.expect_links(root, data);
+        Self {
+            peer,
+            held: std::sync::Mutex::new(held),
+            reader: futures::lock::Mutex::new(Some(Reader {
+                stream,
+                buf: Vec::new(),
+                chunk: vec![0; framing::PIECE],
+            })),
+            limit,
+        }
+    }
+
+    /// The peer pushing.
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The bytes of `cid` (not verified) if the push brought them or brings them next;
+    /// `None` when it will not (nothing it brought links to `cid`, it ended, or it brought
+    /// nothing for [`PUSH_IDLE`]): ask for the block.
+    pub async fn take(&self, cid: &Cid) -> Option<Bytes> {
+        loop {
+            if let Some(found) = self.held().take(cid) {
+                return found;
+            }
+            // One caller reads for all; the others find what it read once they get here.
+            let mut reader = self.reader.lock().await;
+            if let Some(found) = self.held().take(cid) {
+                return found;
+            }
+            let read = match reader.as_mut() {
+                Some(r) => cairn_core::rt::timeout(PUSH_IDLE, r.next_frame(self.limit)).await,
+                None => None,
+            };
+            let more = match read {
+                Some(Ok(Some(body))) => self.accept(&body),
+                Some(Ok(None)) => false,
+                Some(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "/cas dag answer broke off");
+                    false
+                }
+                None => {
+                    tracing::debug!(peer = %self.peer, "/cas dag answer brought nothing for a while; asking block by block");
+                    false
+                }
+            };
+            if !more {
+                // Dropping the stream resets it: the peer stops sending.
+                *reader = None;
+                self.held().ended = true;
+            }
+        }
+    }
+
+    /// Keeps the expected blocks of one pushed frame; `false` when the push should end (the
+    /// frame is not a `get` answer, or too much is held that nobody took).
+    fn accept(&self, body: &[u8]) -> bool {
+        let Ok(Response::Get { blocks, .. }) = decode_response(body) else {
+            tracing::debug!(peer = %self.peer, "/cas dag answer: a frame that is not a get answer");
+            return false;
+        };
+        self.held().accept(blocks)
+    }
+}
+
+impl Held {
+    /// Keeps those of `blocks` that are expected (each once), expecting what is below
+    /// them in turn; `false` once more is held than [`PUSH_HELD`].
+    fn accept(&mut self, blocks: Vec<WireBlock>) -> bool {
+        for WireBlock(cid, data) in blocks {
+            let Some(cid) = cid.cid() else { continue };
+            if !self.expected.remove(&cid) {
+                continue;
+            }
+            let data = Bytes::from(data.into_vec());
+            self.expect_links(&cid, &data);
+            self.bytes += data.len();
+            self.blocks.insert(cid, data);
+        }
+        self.bytes <= PUSH_HELD
     }
 }
 
@@ -224,6 +464,72 @@ mod tests {
         });
         let client = Client::new(control, Limits::default(), Duration::from_millis(500));
         (client, id, asked)
+    }
+
+    /// What a push brings is kept only when something it brought (or the root) links to it,
+    /// once, and only the blocks [`super::super::pushed_links`] names: not a file's large
+    /// chunks, not blocks nobody linked, not a second copy. What is held is handed out once;
+    /// a block the push will not bring is asked for elsewhere.
+    #[test]
+    fn a_push_keeps_only_what_is_linked_and_expected() {
+        use cairn_core::block::Block;
+        use cairn_core::cid::{Codec, HashAlg};
+        use cairn_core::unixfs::pb::{Link, Node};
+        let raw = |data: Vec<u8>| Block::from_data(Codec::Raw, HashAlg::Sha2_256, data).unwrap();
+        let small = raw(b"a small file".to_vec());
+        let chunk = raw(vec![7; 100_000]);
+        let stranger = raw(b"linked from nowhere".to_vec());
+        let link = |b: &Block, tsize: u64| Link {
+            cid: *b.cid(),
+            name: String::new(),
+            tsize: Some(tsize),
+        };
+        let inner = Node {
+            links: vec![link(&small, small.len() as u64)],
+            data: None,
+        };
+        let inner = Block::from_data(Codec::DagPb, HashAlg::Sha2_256, inner.encode()).unwrap();
+        let root = Node {
+            links: vec![link(&inner, 100), link(&chunk, chunk.len() as u64)],
+            data: None,
+        };
+        let root = Block::from_data(Codec::DagPb, HashAlg::Sha2_256, root.encode()).unwrap();
+        let wire = |b: &Block| WireBlock(b.cid().into(), ByteBuf::from(b.data().to_vec()));
+
+        let mut held = Held::default();
+        held.expect_links(root.cid(), root.data());
+        assert_eq!(
+            held.take(chunk.cid()),
+            Some(None),
+            "a large chunk is asked for with get"
+        );
+        assert_eq!(
+            held.take(inner.cid()),
+            None,
+            "the inner node is still to come"
+        );
+        assert_eq!(
+            held.take(small.cid()),
+            Some(None),
+            "nothing brought links to it yet"
+        );
+        assert!(held.accept(vec![
+            wire(&stranger),
+            wire(&inner),
+            wire(&inner),
+            wire(&small)
+        ]));
+        // `small` came in the same frame as the node that links to it, after it: kept.
+        assert_eq!(
+            held.blocks.len(),
+            2,
+            "the stranger and the second copy are dropped"
+        );
+        assert_eq!(held.take(stranger.cid()), Some(None));
+        assert_eq!(held.take(inner.cid()), Some(Some(inner.data().clone())));
+        assert_eq!(held.take(inner.cid()), Some(None), "handed out once");
+        assert_eq!(held.take(small.cid()), Some(Some(small.data().clone())));
+        assert_eq!(held.bytes, 0);
     }
 
     /// A block the peer skipped (its answer budget was full) is asked for again, not taken

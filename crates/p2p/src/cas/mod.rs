@@ -15,8 +15,11 @@ mod answer;
 mod client;
 mod server;
 
-pub use answer::{CapsCache, GetFrame, answer, get_frame, get_overhead, held_index};
-pub use client::{Client, Refused, RequestError};
+pub use answer::{
+    BELOW_FRAME, BELOW_MAX_BLOCKS, Below, BelowError, CapsCache, GetFrame, answer, get_frame,
+    get_overhead, held_index,
+};
+pub use client::{Client, PUSH_HELD, PUSH_IDLE, Pushed, Refused, RequestError};
 pub use server::{OnRequest, ServerConfig, ServerHandle, Serving, serve};
 
 use cairn_core::cid::Cid;
@@ -58,6 +61,33 @@ impl Default for Config {
             server: ServerConfig::default(),
         }
     }
+}
+
+/// The largest `raw` block a `dag` answer pushes: larger ones (a file's chunks) are asked
+/// for with `get`, many streams at once, rather than queued behind each other on one.
+pub const PUSHED_RAW_MAX: u64 = 64 * 1024;
+
+/// The links of the dag-pb block `cid` (bytes `data`) whose blocks a `dag` answer pushes,
+/// in order: every dag-pb child, and every `raw` child whose link gives its size as at most
+/// [`PUSHED_RAW_MAX`]. Nothing for a block of another codec or one that does not decode.
+/// Responder and requester both go by this, so the requester knows what to wait for.
+pub fn pushed_links(cid: &Cid, data: &bytes::Bytes) -> Vec<Cid> {
+    use cairn_core::cid::Codec;
+    if cid.codec() != Codec::DagPb.code() {
+        return Vec::new();
+    }
+    let Ok(node) = cairn_core::unixfs::pb::Node::decode(data) else {
+        return Vec::new();
+    };
+    node.links
+        .into_iter()
+        .filter(|l| {
+            l.cid.codec() == Codec::DagPb.code()
+                || (l.cid.codec() == Codec::Raw.code()
+                    && l.tsize.is_some_and(|t| t <= PUSHED_RAW_MAX))
+        })
+        .map(|l| l.cid)
+        .collect()
 }
 
 /// Size and count limits of the protocol.
@@ -131,6 +161,12 @@ pub enum Request {
     },
     /// The peer's capabilities.
     Caps {},
+    /// The block `root` and, in further answer frames on the same stream, the blocks of the
+    /// DAG below it that the peer holds, breadth first (see `docs/protocol.md`).
+    Dag {
+        /// The DAG's root.
+        root: WireCid,
+    },
 }
 
 impl Request {
@@ -141,6 +177,7 @@ impl Request {
             Request::Have { .. } => "have",
             Request::List { .. } => "list",
             Request::Caps {} => "caps",
+            Request::Dag { .. } => "dag",
         }
     }
 }
@@ -274,7 +311,7 @@ pub fn decode_request(body: &[u8]) -> Result<Request, Response> {
             Ok(ciborium::Value::Map(ref m))
                 if m.len() == 1
                     && matches!(&m[0].0, ciborium::Value::Text(t)
-                        if !["get", "have", "list", "caps"].contains(&t.as_str()))
+                        if !["get", "have", "list", "caps", "dag"].contains(&t.as_str()))
         );
         let code = if unknown_type {
             code::UNSUPPORTED
@@ -360,6 +397,7 @@ mod tests {
                 limit: 0,
             },
             Request::Caps {},
+            Request::Dag { root: c.clone() },
         ];
         for r in reqs {
             assert_eq!(decode_request(&encode(&r)).unwrap(), r);

@@ -39,8 +39,8 @@ use futures::{AsyncWriteExt, FutureExt, StreamExt};
 use libp2p::PeerId;
 
 use super::{
-    CapsCache, Limits, PROTOCOL, Request, Response, answer, code, decode_request, error, get_frame,
-    get_overhead,
+    Below, CapsCache, GetFrame, Limits, PROTOCOL, Request, Response, answer, code, decode_request,
+    error, get_frame, get_overhead,
 };
 use crate::budget::{self, Budget, Permit};
 use crate::framing;
@@ -242,15 +242,7 @@ async fn write_answer(
             None => Written::Stalled,
         }
     };
-    let watch = async {
-        let mut byte = [0u8; 1];
-        match inbound.read(&mut byte).await {
-            // The requester closed its side: nothing more can come.
-            Ok(0) => futures::future::pending().await,
-            Ok(_) => Written::Stuffed,
-            Err(_) => Written::Failed,
-        }
-    };
+    let watch = watch(&mut inbound);
     let written = {
         let answer = async {
             futures::pin_mut!(write, watch);
@@ -263,6 +255,20 @@ async fn write_answer(
     match written {
         Written::Done => (Written::Done, inbound.reunite(outbound).ok()),
         other => (other, None),
+    }
+}
+
+/// Watches the inbound side of a stream being answered: resolves when the requester sends
+/// more after its request ([`Written::Stuffed`]) or resets the stream ([`Written::Failed`]);
+/// never when it closes its side.
+async fn watch(inbound: &mut futures::io::ReadHalf<Stream>) -> Written {
+    use futures::AsyncReadExt as _;
+    let mut byte = [0u8; 1];
+    match inbound.read(&mut byte).await {
+        // The requester closed its side: nothing more can come.
+        Ok(0) => futures::future::pending().await,
+        Ok(_) => Written::Stuffed,
+        Err(_) => Written::Failed,
     }
 }
 
@@ -290,6 +296,15 @@ fn estimate<S: BlockStore>(req: &Request, limits: &Limits, store: &S) -> (usize,
                 .and_then(|c| store.size_hint(&c))
                 .unwrap_or(cairn_core::MAX_BLOCK_SIZE);
             let n = limits.get_budget.min(first) + get_overhead(cids.len());
+            (n, n)
+        }
+        // Its root first; each frame below is reserved as it is built.
+        Request::Dag { root } => {
+            let first = root
+                .cid()
+                .and_then(|c| store.size_hint(&c))
+                .unwrap_or(cairn_core::MAX_BLOCK_SIZE);
+            let n = limits.get_budget.min(first) + get_overhead(1);
             (n, n)
         }
         Request::Have { cids } => {
@@ -328,6 +343,9 @@ impl<S: BlockStore> Answering<'_, S> {
         mut permit: Permit,
     ) -> Option<Stream> {
         let kind = req.kind();
+        if let Request::Dag { root } = req {
+            return self.push(peer, root, stream, permit).await;
+        }
         let (frame, blocks, bytes) = match req {
             Request::Get { cids } => {
                 match get_frame(self.store, &cids, self.limits, &mut permit).await {
@@ -346,6 +364,124 @@ impl<S: BlockStore> Answering<'_, S> {
                 0,
             ),
         };
+        self.send(peer, kind, stream, frame, blocks, bytes, permit)
+            .await
+    }
+
+    /// Answers a `dag` request: its root as a `get` answer, then ([`Below`]) the blocks of
+    /// the DAG below it that the store holds, breadth first, a frame at a time, each held
+    /// in `permit` only while it is written; then closes. Each frame is written within the
+    /// answer timeout, not the whole answer. A requester that stops reading (it has what it
+    /// wanted, or its buffer of pushed blocks is full) is not cut off: the answer just ends
+    /// after the stall timeout, as it does when the budget has no room for the next frame.
+    async fn push(
+        self,
+        peer: PeerId,
+        root: super::WireCid,
+        stream: Stream,
+        mut permit: Permit,
+    ) -> Option<Stream> {
+        const KIND: &str = "dag";
+        let first = match get_frame(
+            self.store,
+            std::slice::from_ref(&root),
+            self.limits,
+            &mut permit,
+        )
+        .await
+        {
+            Ok(f) => f,
+            Err(resp) => {
+                return self
+                    .send(peer, KIND, stream, framed(&resp), 0, 0, permit)
+                    .await;
+            }
+        };
+        let below = match root.cid() {
+            Some(cid) if first.blocks == 1 => match self.store.get(&cid).await {
+                Ok(Some(b)) => Some(Below::new(&cid, b.data())),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(mut below) = below else {
+            let GetFrame {
+                frame,
+                blocks,
+                block_bytes,
+            } = first;
+            return self
+                .send(peer, KIND, stream, frame, blocks, block_bytes, permit)
+                .await;
+        };
+        let stall = self.budget.caps().stall_timeout;
+        let timeout = self.config.answer_timeout;
+        let (mut inbound, mut outbound) = futures::AsyncReadExt::split(stream);
+        let written = {
+            let write = async {
+                let mut next = Some(first);
+                let mut frames = 0;
+                while let Some(f) = next.take() {
+                    permit.shrink(f.frame.len());
+                    match self.metrics {
+                        Some(m) if frames == 0 => m.record_answer(KIND, f.blocks, f.block_bytes),
+                        Some(m) => m.record_pushed(f.blocks, f.block_bytes),
+                        None => {}
+                    }
+                    frames += 1;
+                    if f.blocks > 0 {
+                        self.budget.pace(f.block_bytes).await;
+                    }
+                    let parts = [f.frame.as_slice()];
+                    let paced = framing::write_paced(&mut outbound, &parts, stall);
+                    match cairn_core::rt::timeout(timeout, paced).await {
+                        Some(Ok(())) => {}
+                        Some(Err(framing::PacedError::Stalled(_))) => return Written::Stalled,
+                        Some(Err(_)) => return Written::Failed,
+                        None => return Written::TimedOut,
+                    }
+                    drop(f);
+                    permit.shrink(0);
+                    next = match below.next_frame(self.store, self.limits, &mut permit).await {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "/cas dag answer ends early");
+                            None
+                        }
+                    };
+                }
+                match cairn_core::rt::timeout(stall, outbound.close()).await {
+                    Some(Ok(())) => Written::Done,
+                    Some(Err(_)) => Written::Failed,
+                    None => Written::Stalled,
+                }
+            };
+            let watch = watch(&mut inbound);
+            futures::pin_mut!(write, watch);
+            futures::future::select(write, watch).await.factor_first().0
+        };
+        match written {
+            Written::Done => inbound.reunite(outbound).ok(),
+            other => {
+                tracing::debug!(%peer, how = ?other, "/cas dag answer ended before the whole DAG");
+                None
+            }
+        }
+    }
+
+    /// Writes the one-frame answer `frame` (`blocks` blocks of `bytes` bytes) held in
+    /// `permit`; gives the stream back when it was written whole.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        peer: PeerId,
+        kind: &'static str,
+        stream: Stream,
+        frame: Vec<u8>,
+        blocks: usize,
+        bytes: usize,
+        mut permit: Permit,
+    ) -> Option<Stream> {
         permit.shrink(frame.len());
         if let Some(m) = self.metrics {
             m.record_answer(kind, blocks, bytes);

@@ -367,6 +367,17 @@ impl Node {
         self.cas.get(peer, cid).await
     }
 
+    /// Asks `peer` for `root` and the blocks of the DAG below it over `/cas` (`dag`): the
+    /// root's bytes and the rest of the answer to take blocks from (see
+    /// [`cas::Client::dag`]; unverified: the caller checks every block).
+    pub async fn dag(
+        &self,
+        peer: PeerId,
+        root: &Cid,
+    ) -> Result<(Bytes, Option<cas::Pushed>), PeerError> {
+        self.cas.dag(peer, root).await
+    }
+
     /// The bitswap client: asks one peer for one block at a time (see [`crate::bitswap`]).
     pub fn bitswap(&self) -> &Bitswap {
         &self.bitswap

@@ -223,10 +223,26 @@ struct Inner {
 }
 
 impl Inner {
-    /// The source chain for the DAG under `root`.
+    /// The source chain for reading part of the DAG under `root` (a path, a range, a size):
+    /// blocks are asked for as they are wanted.
     fn chain(&self, root: Cid) -> Chain {
-        self.sources
-            .chain(Some(&self.node), self.store.clone(), &Fetch, root)
+        let sources = Sources {
+            push_below: false,
+            ..self.sources.clone()
+        };
+        sources.chain(Some(&self.node), self.store.clone(), &Fetch, root)
+    }
+
+    /// The source chain for reading `target` through (a fetch, a listing), under `top` (the
+    /// CID the caller named): when they are the same, the first peer asked for it is asked
+    /// for the DAG's structure in one answer ([`Sources::push_below`]).
+    fn whole_chain(&self, top: Cid, target: Cid) -> Chain {
+        if top == target {
+            self.sources
+                .chain(Some(&self.node), self.store.clone(), &Fetch, top)
+        } else {
+            self.chain(top)
+        }
     }
 
     /// Fetches the whole DAG under `root` into the store, reporting to `on_progress`; `top`
@@ -239,7 +255,7 @@ impl Inner {
         abort: &Abort,
         on_progress: Option<&js_sys::Function>,
     ) -> Result<dag::Report, JsValue> {
-        let chain = self.chain(top);
+        let chain = self.whole_chain(top, root);
         let ctx = abort.context();
         let report = |p: &dag::Progress| {
             if let Some(f) = on_progress {
@@ -604,7 +620,7 @@ impl CairnNode {
             .run("ls", async {
                 let ctx = abort.context();
                 let (top, target) = self.inner.resolve(&cid, &ctx).await?;
-                let chain = self.inner.chain(top);
+                let chain = self.inner.whole_chain(top, target);
                 let out = js_sys::Array::new();
                 let mut listing = std::pin::pin!(dir::ls_stat(&chain, &ctx, target));
                 while let Some(item) = listing.next().await {
@@ -715,7 +731,11 @@ impl CairnNode {
                 }
             };
             let _using = inner.in_use.hold(root);
-            let chain = inner.chain(top);
+            let chain = if range == Range::ALL {
+                inner.whole_chain(top, root)
+            } else {
+                inner.chain(top)
+            };
             let bytes = unixfs::export(&chain, root, range, cairn_core::dag::WINDOW, &ctx);
             futures::pin_mut!(bytes);
             while let Some(chunk) = bytes.next().await {

@@ -146,6 +146,10 @@ fn check(options: &CreateOptions) -> Result<Checked, JsValue> {
         gateway_timeout: SOURCE_TIMEOUT,
         // What peers send is hashed by WebCrypto, several answers at once.
         verify: Some(std::sync::Arc::new(crate::webcrypto::WebCrypto::new())),
+        // Fetches and listings of what the caller named (`fetch`, `ls`, `catStream` of a
+        // whole file, the transfer queue) ask for the DAG's structure in one answer; reads
+        // of a part (`size`, a path, a range) do not (`Inner::chain` turns it off).
+        push_below: true,
     };
     Ok(Checked {
         profile,
