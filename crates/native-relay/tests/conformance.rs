@@ -28,6 +28,19 @@ struct Fixture {
     held: Vec<Cid>,
 }
 
+/// A relay serving `store`, and a node connected to it that can ask it over `/cas`.
+async fn serving(store: cairn_relay::store::Disk) -> (cairn_relay::relay::Running, Node) {
+    let relay = common::relay_with(cairn_relay::relay::Config {
+        store: Some(store),
+        ..cairn_relay::relay::Config::loopback()
+    })
+    .await;
+    let node = common::node(std::sync::Arc::new(cairn_core::store::Memory::new())).await;
+    node.dial(relay.addrs[0].clone()).await.unwrap();
+    common::until_cas(&node, relay.peer_id).await;
+    (relay, node)
+}
+
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap().keep();
     let store = cairn_relay::store::Disk::open(&dir).await.unwrap();
@@ -38,14 +51,7 @@ async fn fixture() -> Fixture {
         store.put(b).await.unwrap();
     }
     held.sort_by_key(Cid::to_bytes);
-    let relay = common::relay_with(cairn_relay::relay::Config {
-        store: Some(store),
-        ..cairn_relay::relay::Config::loopback()
-    })
-    .await;
-    let node = common::node(std::sync::Arc::new(cairn_core::store::Memory::new())).await;
-    node.dial(relay.addrs[0].clone()).await.unwrap();
-    common::until_cas(&node, relay.peer_id).await;
+    let (relay, node) = serving(store).await;
     Fixture { relay, node, held }
 }
 
@@ -419,14 +425,7 @@ async fn folder() -> (cairn_relay::relay::Running, Node, Cid, [Cid; 4], Vec<Cid>
         .map(|l| l.cid)
         .collect();
     assert_eq!(chunks.len(), 4);
-    let relay = common::relay_with(cairn_relay::relay::Config {
-        store: Some(store),
-        ..cairn_relay::relay::Config::loopback()
-    })
-    .await;
-    let node = common::node(std::sync::Arc::new(cairn_core::store::Memory::new())).await;
-    node.dial(relay.addrs[0].clone()).await.unwrap();
-    common::until_cas(&node, relay.peer_id).await;
+    let (relay, node) = serving(store).await;
     (
         relay,
         node,
