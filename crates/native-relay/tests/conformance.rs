@@ -552,3 +552,107 @@ async fn a_folder_fetch_takes_what_dag_pushes_and_gets_only_the_large_chunks() {
         "one get per large chunk, none for what was pushed"
     );
 }
+
+/// A `dag` answer whose requester stops reading (it has what it wanted) is ended by the
+/// responder after the stall timeout, and only the answer: the connection is not cut (as
+/// it is for a `get` answer nobody reads), and the requester's next request is answered.
+#[tokio::test]
+async fn a_dag_answer_nobody_reads_ends_and_the_connection_stays() {
+    use cairn_core::unixfs::{self, Profile, dir};
+    let dir = tempfile::tempdir().unwrap().keep();
+    let store = cairn_relay::store::Disk::open(&dir).await.unwrap();
+    // 8 MiB of small files: more than the requester's stream window, so the responder
+    // waits on a reader that reads nothing.
+    let mut t = dir::TreeBuilder::new(Profile::DEFAULT, HashAlg::Sha2_256);
+    let mut first = None;
+    for i in 0..256u32 {
+        let bytes: Vec<u8> = (0..32 * 1024u32).map(|j| (i * 7 + j) as u8).collect();
+        let f = unixfs::import(
+            &store,
+            &bytes[..],
+            Profile::DEFAULT,
+            HashAlg::Sha2_256,
+            |_| {},
+        )
+        .await
+        .unwrap();
+        first.get_or_insert(f.root);
+        t.add(
+            &format!("f{i:03}"),
+            dir::Entry {
+                cid: f.root,
+                tsize: f.dag_size,
+            },
+        )
+        .unwrap();
+    }
+    let mut blocks = Vec::new();
+    let root = t.finish(&mut blocks).unwrap().cid;
+    for b in blocks {
+        store.put(b).await.unwrap();
+    }
+    let relay = common::relay_with(cairn_relay::relay::Config {
+        store: Some(store),
+        answers: cairn_p2p::budget::Caps {
+            stall_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+        ..cairn_relay::relay::Config::loopback()
+    })
+    .await;
+    let node = common::node(std::sync::Arc::new(cairn_core::store::Memory::new())).await;
+    node.dial(relay.addrs[0].clone()).await.unwrap();
+    common::until_cas(&node, relay.peer_id).await;
+
+    let mut s = node
+        .streams()
+        .open_stream(relay.peer_id, cas::PROTOCOL)
+        .await
+        .unwrap();
+    framing::write_frame(
+        &mut s,
+        &cas::encode(&Request::Dag {
+            root: (&root).into(),
+        }),
+    )
+    .await
+    .unwrap();
+    let limit = cas::Limits::default().max_response;
+    let body = framing::read_frame(&mut s, limit).await.unwrap();
+    assert!(
+        matches!(cas::decode_response(&body).unwrap(), Response::Get { blocks, .. } if blocks.len() == 1)
+    );
+    // Read nothing for well past the stall timeout, then find the answer ended early.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut pushed = 0;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), framing::read_frame(&mut s, limit))
+            .await
+            .expect("the stream ends")
+        {
+            Ok(body) => match cas::decode_response(&body).unwrap() {
+                Response::Get { blocks, .. } => pushed += blocks.len(),
+                other => panic!("not a get answer: {other:?}"),
+            },
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        pushed < 256,
+        "the answer ended before the whole folder ({pushed} blocks pushed; {ended})"
+    );
+    assert!(node.peer(&relay.peer_id).is_some(), "still connected");
+    let Response::Get { blocks, .. } = node
+        .request(
+            relay.peer_id,
+            &Request::Get {
+                cids: vec![(&first.unwrap()).into()],
+            },
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("get answered with another message")
+    };
+    assert_eq!(blocks.len(), 1, "the same connection still serves");
+}
