@@ -178,6 +178,41 @@ async fn a_provider_record_outlives_the_relay_it_was_published_through() {
     b.shutdown().await;
 }
 
+/// A root provided while the node knew no DHT peer (its relay was not up yet, say) reached
+/// nobody; it is announced again when a bootstrap peer joins, not 12 hours later when
+/// Kademlia republishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_provided_while_no_dht_peer_was_known_is_announced_when_a_bootstrap_peer_joins() {
+    let a = relay_with(Config::loopback()).await;
+    let (store, root, _) = holding(1024).await;
+    let p = node(store).await;
+    // Nobody to tell: the query ends at once, having stored the record nowhere else.
+    let _ = p.provide(root).await;
+    assert!(a.node.local_providers(root).await.unwrap().is_empty());
+    let mut told = a.node.events();
+    p.keep(vec![a.addrs[0].clone()], false).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Event::ProviderRecord {
+                provider, stored, ..
+            } = told.next().await.unwrap()
+                && provider == p.peer_id()
+            {
+                assert!(stored);
+                break;
+            }
+        }
+    })
+    .await
+    .expect("A gets P's record once P joins it");
+    let on_a = a.node.local_providers(root).await.unwrap();
+    assert!(
+        on_a.iter().any(|(peer, _)| *peer == p.peer_id()),
+        "{on_a:?}"
+    );
+    a.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bootstrap_peer_that_is_down_is_retried_with_backoff_and_joins_when_it_comes_up() {
     // A's port and identity are chosen now; A starts later.

@@ -458,6 +458,7 @@ impl Bootstrap {
     }
 
     /// A connection opened: a bootstrap dial succeeded, or a bootstrap peer dialed us.
+    /// Returns whether a bootstrap peer joined.
     pub(crate) fn on_established(
         &mut self,
         swarm: &mut Swarm<Behaviour>,
@@ -465,7 +466,7 @@ impl Bootstrap {
         connection: ConnectionId,
         peer: PeerId,
         emitter: &Emitter,
-    ) {
+    ) -> bool {
         let mut changed = false;
         for i in 0..self.entries.len() {
             let e = &mut self.entries[i];
@@ -484,6 +485,7 @@ impl Bootstrap {
         if changed {
             self.arm();
         }
+        changed
     }
 
     /// A dial failed; if it was a bootstrap dial, that peer waits its backoff.

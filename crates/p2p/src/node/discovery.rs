@@ -2,7 +2,7 @@
 //! finding who holds a CID, and what this node's own DHT store knows), and the addresses
 //! identify teaches the DHT.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use cairn_core::cid::Cid;
 use libp2p::swarm::Swarm;
@@ -21,11 +21,26 @@ pub(crate) fn dht_key(cid: &Cid) -> kad::RecordKey {
 /// A provider lookup in flight: the CID, the providers found so far, and who is waiting.
 type FindQuery = (Cid, Vec<PeerId>, Reply<super::Lookup>);
 
-/// DHT queries in flight.
+/// Most roots kept to be announced again ([`Discovery::announce_again`]): the oldest go
+/// first past that (Kademlia still republishes them with its own records).
+const UNANNOUNCED_MAX: usize = 4096;
+
+/// Announcements made again at once.
+const AGAIN_AT_ONCE: usize = 16;
+
+/// DHT queries in flight, and the roots whose announcement reached nobody.
 #[derive(Default)]
 pub(crate) struct Discovery {
-    provides: HashMap<kad::QueryId, (Cid, Reply<()>)>,
+    /// Provides in flight: the CID, and who waits for it (`None`: an announcement made
+    /// again).
+    provides: HashMap<kad::QueryId, (Cid, Option<Reply<()>>)>,
     finds: HashMap<kad::QueryId, FindQuery>,
+    /// Roots whose last provide stored a record on no other peer (no DHT peer was known,
+    /// none answered, or the query failed), oldest first: provided again when a bootstrap
+    /// peer joins, instead of waiting for Kademlia's republication 12 hours later.
+    unannounced: VecDeque<Cid>,
+    /// Of those, the ones still to be provided again in this round.
+    again: VecDeque<Cid>,
 }
 
 fn dht_error(
@@ -45,11 +60,56 @@ impl Discovery {
     pub(crate) fn provide(&mut self, swarm: &mut Swarm<Behaviour>, cid: Cid, reply: Reply<()>) {
         match swarm.behaviour_mut().kad.start_providing(dht_key(&cid)) {
             Ok(q) => {
-                self.provides.insert(q, (cid, reply));
+                self.provides.insert(q, (cid, Some(reply)));
             }
             Err(e) => {
                 let _ = reply.send(Err(dht_error("provide", cid, e)));
             }
+        }
+    }
+
+    /// A bootstrap peer joined: the roots whose announcement reached nobody are provided
+    /// again, [`AGAIN_AT_ONCE`] at a time.
+    pub(crate) fn announce_again(&mut self, swarm: &mut Swarm<Behaviour>) {
+        if self.unannounced.is_empty() {
+            return;
+        }
+        tracing::info!(
+            roots = self.unannounced.len(),
+            "announcing again what reached no DHT peer"
+        );
+        self.again = self.unannounced.clone();
+        self.next_again(swarm);
+    }
+
+    /// Starts announcements of [`Self::again`] while fewer than [`AGAIN_AT_ONCE`] run.
+    fn next_again(&mut self, swarm: &mut Swarm<Behaviour>) {
+        let mut running = self.provides.values().filter(|(_, r)| r.is_none()).count();
+        while running < AGAIN_AT_ONCE {
+            let Some(cid) = self.again.pop_front() else {
+                return;
+            };
+            if let Ok(q) = swarm.behaviour_mut().kad.start_providing(dht_key(&cid)) {
+                self.provides.insert(q, (cid, None));
+                running += 1;
+            }
+        }
+    }
+
+    /// Remembers whether `cid`'s provide `stored` a record on another peer.
+    fn provided(&mut self, cid: Cid, stored: bool) {
+        let known = self.unannounced.iter().position(|c| *c == cid);
+        match (stored, known) {
+            (true, Some(i)) => {
+                self.unannounced.remove(i);
+            }
+            (false, None) => {
+                self.unannounced.push_back(cid);
+                if self.unannounced.len() > UNANNOUNCED_MAX {
+                    self.unannounced.pop_front();
+                }
+            }
+            _ => {}
         }
     }
 
@@ -129,7 +189,14 @@ impl Discovery {
         match result {
             kad::QueryResult::StartProviding(out) => {
                 if let Some((cid, reply)) = self.provides.remove(&id) {
-                    let _ = reply.send(out.map(|_| ()).map_err(|e| dht_error("provide", cid, e)));
+                    // Kademlia sends the record to the closest peers that answered: none
+                    // answered, none has it.
+                    self.provided(cid, out.is_ok() && stats.num_successes() > 0);
+                    if let Some(reply) = reply {
+                        let _ =
+                            reply.send(out.map(|_| ()).map_err(|e| dht_error("provide", cid, e)));
+                    }
+                    self.next_again(swarm);
                 }
             }
             kad::QueryResult::GetProviders(out) => {

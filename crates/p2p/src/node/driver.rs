@@ -266,13 +266,16 @@ impl Driver {
                     self.reputations.admit(&peer_id);
                 }
                 self.connections.established(connection_id, peer_id);
-                self.bootstrap.on_established(
+                let joined = self.bootstrap.on_established(
                     &mut self.swarm,
                     &mut self.connections,
                     connection_id,
                     peer_id,
                     &self.emitter,
                 );
+                if joined {
+                    self.discovery.announce_again(&mut self.swarm);
+                }
                 self.emitter.emit(Event::Connected {
                     peer: peer_id,
                     addr,
