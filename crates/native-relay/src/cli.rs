@@ -841,6 +841,8 @@ struct Fetcher {
     chain: Arc<cairn_core::source::Chain>,
     root: cairn_core::Cid,
     path: String,
+    /// What the path leads to is read through (`cat`, `get`, `ls`).
+    whole: bool,
     ctx: Context,
     /// The cap `--max-rate` sets.
     max_rate: Option<cairn_core::transfer::Rate>,
@@ -916,10 +918,20 @@ impl Setup {
         })
     }
 
-    /// The chain for the DAG under `root`.
-    fn chain(&self, root: cairn_core::Cid) -> cairn_core::source::Chain {
-        self.sources
-            .chain(self.node.as_ref(), self.store.clone(), &self.http, root)
+    /// The chain for the DAG under `root`, asking the first peer asked for `below` for the
+    /// DAG's structure under it.
+    fn chain_below(
+        &self,
+        root: cairn_core::Cid,
+        below: Option<cairn_core::Cid>,
+    ) -> cairn_core::source::Chain {
+        self.sources.chain_below(
+            self.node.as_ref(),
+            self.store.clone(),
+            &self.http,
+            root,
+            below,
+        )
     }
 
     /// A fetcher for a transfer queue over these sources.
@@ -943,13 +955,14 @@ impl Fetcher {
     /// root is asked for the DAG's structure in one answer.
     async fn start(text: &str, from: &FetchArgs, whole: bool) -> Result<Self, Failure> {
         let (root, path) = split_cid_path(text)?;
-        let mut setup = Setup::new(from, from.max_rate.is_some()).await?;
-        setup.sources.push_below = whole && path.split('/').all(str::is_empty);
-        let chain = Arc::new(setup.chain(root));
+        let setup = Setup::new(from, from.max_rate.is_some()).await?;
+        let at_root = path.split('/').all(str::is_empty);
+        let chain = Arc::new(setup.chain_below(root, (whole && at_root).then_some(root)));
         Ok(Self {
             chain,
             root,
             path,
+            whole,
             ctx: Context::new().with_timeout(setup.timeout),
             max_rate: setup.max_rate,
             setup: Some(setup),
@@ -988,14 +1001,22 @@ impl Fetcher {
         }
     }
 
-    /// The CID the path leads to.
-    async fn target(&self) -> Result<cairn_core::Cid, Failure> {
-        dir::resolve(&*self.chain, &self.ctx, self.root, &self.path)
+    /// The CID the path leads to. When it is read through and is not the root, the chain
+    /// from here on asks the first peer asked for it for the DAG's structure under it.
+    async fn target(&mut self) -> Result<cairn_core::Cid, Failure> {
+        let cid = dir::resolve(&*self.chain, &self.ctx, self.root, &self.path)
             .await
-            .map_err(|e| fail(read_exit(&e), e))
+            .map_err(|e| fail(read_exit(&e), e))?;
+        if self.whole
+            && cid != self.root
+            && let Some(setup) = &self.setup
+        {
+            self.chain = Arc::new(setup.chain_below(self.root, Some(cid)));
+        }
+        Ok(cid)
     }
 
-    async fn cat(self, output: Option<&Path>) -> Result<(), Failure> {
+    async fn cat(mut self, output: Option<&Path>) -> Result<(), Failure> {
         let cid = self.target().await?;
         self.prefetch(cid).await?;
         let mut out = Output::open(output)?;
@@ -1034,7 +1055,7 @@ impl Fetcher {
         })
     }
 
-    async fn ls(self, long: bool) -> Result<(), Failure> {
+    async fn ls(mut self, long: bool) -> Result<(), Failure> {
         let cid = self.target().await?;
         let mut w = std::io::BufWriter::new(std::io::stdout());
         let mut entries = std::pin::pin!(self.entries(cid));
@@ -1062,7 +1083,7 @@ impl Fetcher {
     /// A mode or modification time the tree stores is given to what is written (the
     /// permission bits only: never setuid, setgid or sticky); directories get theirs once
     /// their contents are written.
-    async fn get(self, dest: &Path) -> Result<(), Failure> {
+    async fn get(mut self, dest: &Path) -> Result<(), Failure> {
         if tokio::fs::symlink_metadata(dest).await.is_ok() {
             return Err(fail(
                 Exit::Usage,

@@ -97,3 +97,95 @@ fn cat_from_a_relay_that_serves_its_store() {
     assert!(err.contains("cannot dial"), "{err}");
     assert!(err.contains("peers: no candidates"), "{err}");
 }
+
+/// A folder from a peer (`get`, `ls`, `cat` of a path), its structure asked for with `dag`:
+/// the whole tree, a subfolder by its path and a file in it all come back byte-identical,
+/// each fetch into a fresh store.
+#[test]
+fn a_folder_and_paths_in_it_from_a_relay_that_serves_its_store() {
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("tree");
+    let big: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("a.txt", b"a small file\n".to_vec()),
+        ("sub/b.txt", b"in a subfolder\n".to_vec()),
+        ("sub/deeper/c.bin", big),
+        ("sub/deeper/d.txt", b"deep\n".to_vec()),
+    ];
+    for (path, bytes) in &files {
+        let p = tree.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    let served = d.path().join("served");
+    let add = bin()
+        .args(["add", "-r"])
+        .arg(&tree)
+        .arg("--store")
+        .arg(&served)
+        .output()
+        .unwrap();
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let cid = String::from_utf8(add.stdout).unwrap().trim().to_owned();
+    let mut child = bin()
+        .args([
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .arg("--identity")
+        .arg(d.path().join("id.key"))
+        .arg("--store")
+        .arg(&served)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _relay = Kill(child);
+    let addr = BufReader::new(stdout).lines().next().unwrap().unwrap();
+    let run = |args: &[&str], store: &str| {
+        let out = bin()
+            .args(args)
+            .args(["--peer", &addr, "--store"])
+            .arg(d.path().join(store))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+
+    let whole = d.path().join("whole");
+    run(&["get", &cid, "-o", whole.to_str().unwrap()], "s1");
+    for (path, bytes) in &files {
+        assert_eq!(&std::fs::read(whole.join(path)).unwrap(), bytes, "{path}");
+    }
+    let sub = d.path().join("sub");
+    run(
+        &["get", &format!("{cid}/sub"), "-o", sub.to_str().unwrap()],
+        "s2",
+    );
+    for (path, bytes) in &files {
+        if let Some(rest) = path.strip_prefix("sub/") {
+            assert_eq!(&std::fs::read(sub.join(rest)).unwrap(), bytes, "{path}");
+        }
+    }
+    let listed = String::from_utf8(run(&["ls", &cid], "s3")).unwrap();
+    let names: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.rsplit(' ').next())
+        .collect();
+    assert_eq!(names, ["a.txt", "sub/"], "{listed}");
+    let c = run(&["cat", &format!("{cid}/sub/deeper/c.bin")], "s4");
+    assert_eq!(c, files[2].1, "a file by its path");
+}

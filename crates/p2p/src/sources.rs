@@ -306,9 +306,10 @@ pub struct Sources {
     /// Checks what `/cas` and IPFS peers send (`None`: `Block::new`, here); the browser's
     /// hashes with WebCrypto.
     pub verify: Option<std::sync::Arc<dyn Verify>>,
-    /// Ask the first `/cas` peer asked for the root for the DAG's structure in one answer
-    /// ([`CasPeers::push_below`]): for reading through what the root names (a file, a
-    /// folder, a listing), not a path in it or a part of it.
+    /// Whether [`Sources::chain`] asks the first `/cas` peer asked for the root for the
+    /// DAG's structure in one answer ([`CasPeers::push_below`]): right for reading through
+    /// what the root names (a file, a folder, a listing), as the transfer queue does; a
+    /// reader of a part chooses with [`Sources::chain_below`].
     pub push_below: bool,
 }
 
@@ -331,8 +332,27 @@ impl Default for Sources {
 
 impl Sources {
     /// The chain for the DAG under `root`: `store`, then (with a `node`) its `/cas` peers
-    /// and IPFS, then each gateway over `http`.
+    /// and IPFS, then each gateway over `http`. With [`Sources::push_below`], the `/cas`
+    /// peer first asked for `root` is asked for the DAG's structure.
     pub fn chain<S, H>(&self, node: Option<&Node>, store: S, http: &H, root: Cid) -> Chain
+    where
+        S: BlockStore + Clone + 'static,
+        H: HttpClient + Clone + 'static,
+    {
+        self.chain_below(node, store, http, root, self.push_below.then_some(root))
+    }
+
+    /// [`Sources::chain`], with the `/cas` peer first asked for `below` (the root, or what a
+    /// path in it leads to) asked for the DAG's structure under it ([`CasPeers::push_below`];
+    /// `None`: nobody is). Providers are still looked up by `root`.
+    pub fn chain_below<S, H>(
+        &self,
+        node: Option<&Node>,
+        store: S,
+        http: &H,
+        root: Cid,
+        below: Option<Cid>,
+    ) -> Chain
     where
         S: BlockStore + Clone + 'static,
         H: HttpClient + Clone + 'static,
@@ -346,7 +366,7 @@ impl Sources {
                 };
                 let peers = CasPeers::new(node.clone())
                     .named(self.named.clone())
-                    .push_below(self.push_below.then_some(root));
+                    .push_below(below);
                 chain = chain.source(
                     cas_source_of(peers, Some(root), config).verifier(self.verify.clone()),
                     Some(self.peer_timeout),

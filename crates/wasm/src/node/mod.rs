@@ -226,23 +226,22 @@ impl Inner {
     /// The source chain for reading part of the DAG under `root` (a path, a range, a size):
     /// blocks are asked for as they are wanted.
     fn chain(&self, root: Cid) -> Chain {
-        let sources = Sources {
-            push_below: false,
-            ..self.sources.clone()
-        };
-        sources.chain(Some(&self.node), self.store.clone(), &Fetch, root)
+        self.sources
+            .chain_below(Some(&self.node), self.store.clone(), &Fetch, root, None)
     }
 
     /// The source chain for reading `target` through (a fetch, a listing), under `top` (the
-    /// CID the caller named): when they are the same, the first peer asked for it is asked
-    /// for the DAG's structure in one answer ([`Sources::push_below`]).
+    /// CID the caller named, which providers are looked up by): the first peer asked for
+    /// `target` is asked for the DAG's structure under it in one answer
+    /// ([`Sources::chain_below`]).
     fn whole_chain(&self, top: Cid, target: Cid) -> Chain {
-        if top == target {
-            self.sources
-                .chain(Some(&self.node), self.store.clone(), &Fetch, top)
-        } else {
-            self.chain(top)
-        }
+        self.sources.chain_below(
+            Some(&self.node),
+            self.store.clone(),
+            &Fetch,
+            top,
+            Some(target),
+        )
     }
 
     /// Fetches the whole DAG under `root` into the store, reporting to `on_progress`; `top`

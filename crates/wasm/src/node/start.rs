@@ -146,9 +146,9 @@ fn check(options: &CreateOptions) -> Result<Checked, JsValue> {
         gateway_timeout: SOURCE_TIMEOUT,
         // What peers send is hashed by WebCrypto, several answers at once.
         verify: Some(std::sync::Arc::new(crate::webcrypto::WebCrypto::new())),
-        // Fetches and listings of what the caller named (`fetch`, `ls`, `catStream` of a
-        // whole file, the transfer queue) ask for the DAG's structure in one answer; reads
-        // of a part (`size`, a path, a range) do not (`Inner::chain` turns it off).
+        // The transfer queue asks for the DAG's structure in one answer; the node's own
+        // reads choose (`Inner::whole_chain` for `fetch`, `ls` and whole files, not for a
+        // range or a size).
         push_below: true,
     };
     Ok(Checked {
