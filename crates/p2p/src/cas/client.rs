@@ -134,9 +134,10 @@ impl Client {
     }
 
     /// Asks `peer` for `root` with `dag`: the root's bytes (the caller's to verify) and the
-    /// rest of the answer, a [`Pushed`] to take the blocks below it from as they are wanted
-    /// (`None` when nothing follows). A peer that does not know `dag` (code 3), is busy, or
-    /// whose stream broke before its first frame is asked with [`Client::get`] instead.
+    /// rest of the answer, a [`Pushed`] to take the blocks below it from as they are wanted.
+    /// A peer that does not know `dag` (code 3), is busy or had no room to send the root,
+    /// or whose stream broke before its first frame, is asked with [`Client::get`] instead
+    /// (which asks again as it says), and there is no [`Pushed`].
     pub async fn dag(
         &self,
         peer: PeerId,
@@ -163,6 +164,14 @@ impl Client {
             Ok((Response::Error { code, .. }, _))
                 if code == code::UNSUPPORTED || code == code::BUSY =>
             {
+                return self.get(peer, root).await.map(|b| (b, None));
+            }
+            Ok((
+                Response::Get {
+                    blocks, skipped, ..
+                },
+                _,
+            )) if blocks.is_empty() && !skipped.is_empty() => {
                 return self.get(peer, root).await.map(|b| (b, None));
             }
             Err(RequestError::Exchange(Error::Frame(
@@ -430,8 +439,10 @@ mod tests {
                     _ = server.select_next_some() => {}
                     Some((_, mut s)) = incoming.next() => {
                         let body = framing::read_frame(&mut s, 1 << 20).await.unwrap();
-                        let Ok(Request::Get { cids }) = super::super::decode_request(&body) else {
-                            panic!("not a get")
+                        let cids = match super::super::decode_request(&body) {
+                            Ok(Request::Get { cids }) => cids,
+                            Ok(Request::Dag { root }) => vec![root],
+                            other => panic!("not a get: {other:?}"),
                         };
                         let n = count.fetch_add(1, Ordering::SeqCst);
                         let answer = if n < skips {
@@ -464,6 +475,25 @@ mod tests {
         });
         let client = Client::new(control, Limits::default(), Duration::from_millis(500));
         (client, id, asked)
+    }
+
+    /// A `dag` whose root the peer had no room to send is asked again as a `get` (which
+    /// asks until the block comes), and nothing is pushed.
+    #[tokio::test]
+    async fn a_dag_answer_without_room_for_the_root_is_asked_again_as_a_get() {
+        let data: &[u8] = b"a root sent on the second ask";
+        let cid = *cairn_core::block::Block::from_data(
+            cairn_core::cid::Codec::Raw,
+            cairn_core::cid::HashAlg::Sha2_256,
+            data,
+        )
+        .unwrap()
+        .cid();
+        let (client, peer, asked) = skipping_peer(1, data).await;
+        let (bytes, pushed) = client.dag(peer, &cid).await.unwrap();
+        assert_eq!(bytes, Bytes::from_static(data));
+        assert!(pushed.is_none(), "the get that brought it pushes nothing");
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "dag, then get");
     }
 
     /// What a push brings is kept only when something it brought (or the root) links to it,
