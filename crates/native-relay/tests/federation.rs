@@ -127,6 +127,27 @@ async fn a_node_on_one_relay_finds_and_fetches_what_a_relay_two_hops_away_holds(
     }
 }
 
+/// Waits (30 s at most, else fails saying `what`) until the node whose `events` these are
+/// stores a provider record of `provider`.
+async fn until_record(events: &mut cairn_p2p::Events, provider: libp2p::PeerId, what: &str) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Event::ProviderRecord {
+                provider: p,
+                stored,
+                ..
+            } = events.next().await.unwrap()
+                && p == provider
+            {
+                assert!(stored);
+                break;
+            }
+        }
+    })
+    .await
+    .expect(what);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_record_outlives_the_relay_it_was_published_through() {
     const LEN: usize = 1 << 20;
@@ -147,20 +168,12 @@ async fn a_provider_record_outlives_the_relay_it_was_published_through() {
     // Stored on the closest servers of the network: A, and B, which P learned of from A.
     let mut told = b.node.events();
     p.provide(root).await.expect("the record is stored");
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if let Event::ProviderRecord {
-                provider, stored, ..
-            } = told.next().await.unwrap()
-                && provider == p.peer_id()
-            {
-                assert!(stored);
-                break;
-            }
-        }
-    })
-    .await
-    .expect("B gets P's record, though P published through A");
+    until_record(
+        &mut told,
+        p.peer_id(),
+        "B gets P's record, though P published through A",
+    )
+    .await;
     let on_b = b.node.local_providers(root).await.unwrap();
     assert!(
         on_b.iter().any(|(peer, _)| *peer == p.peer_id()),
@@ -191,20 +204,7 @@ async fn a_root_provided_while_no_dht_peer_was_known_is_announced_when_a_bootstr
     assert!(a.node.local_providers(root).await.unwrap().is_empty());
     let mut told = a.node.events();
     p.keep(vec![a.addrs[0].clone()], false).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if let Event::ProviderRecord {
-                provider, stored, ..
-            } = told.next().await.unwrap()
-                && provider == p.peer_id()
-            {
-                assert!(stored);
-                break;
-            }
-        }
-    })
-    .await
-    .expect("A gets P's record once P joins it");
+    until_record(&mut told, p.peer_id(), "A gets P's record once P joins it").await;
     let on_a = a.node.local_providers(root).await.unwrap();
     assert!(
         on_a.iter().any(|(peer, _)| *peer == p.peer_id()),

@@ -7,6 +7,32 @@ use std::process::Stdio;
 mod common;
 use common::{Kill, bin};
 
+/// A relay serving the store `served` (its identity kept in `dir`), killed when the first
+/// value is dropped, and its `/p2p/` address.
+fn serve(dir: &std::path::Path, served: &std::path::Path) -> (Kill, String) {
+    let mut child = bin()
+        .args([
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .arg("--identity")
+        .arg(dir.join("id.key"))
+        .arg("--store")
+        .arg(served)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let relay = Kill(child);
+    let addr = BufReader::new(stdout).lines().next().unwrap().unwrap();
+    assert!(addr.contains("/p2p/"), "{addr}");
+    (relay, addr)
+}
+
 #[test]
 fn cat_from_a_relay_that_serves_its_store() {
     let d = tempfile::tempdir().unwrap();
@@ -26,26 +52,7 @@ fn cat_from_a_relay_that_serves_its_store() {
     assert!(add.status.success());
     let cid = String::from_utf8(add.stdout).unwrap().trim().to_owned();
 
-    let mut child = bin()
-        .args([
-            "serve",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--http",
-            "127.0.0.1:0",
-            "--identity",
-        ])
-        .arg(d.path().join("id.key"))
-        .arg("--store")
-        .arg(&served)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _relay = Kill(child);
-    let addr = BufReader::new(stdout).lines().next().unwrap().unwrap();
-    assert!(addr.contains("/p2p/"), "{addr}");
+    let (_relay, addr) = serve(d.path(), &served);
 
     let mine = d.path().join("mine");
     let out = bin()
@@ -131,25 +138,7 @@ fn a_folder_and_paths_in_it_from_a_relay_that_serves_its_store() {
         String::from_utf8_lossy(&add.stderr)
     );
     let cid = String::from_utf8(add.stdout).unwrap().trim().to_owned();
-    let mut child = bin()
-        .args([
-            "serve",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--http",
-            "127.0.0.1:0",
-        ])
-        .arg("--identity")
-        .arg(d.path().join("id.key"))
-        .arg("--store")
-        .arg(&served)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _relay = Kill(child);
-    let addr = BufReader::new(stdout).lines().next().unwrap().unwrap();
+    let (_relay, addr) = serve(d.path(), &served);
     let run = |args: &[&str], store: &str| {
         let out = bin()
             .args(args)

@@ -477,18 +477,23 @@ mod tests {
         (client, id, asked)
     }
 
+    /// The CID of `data` as a raw block.
+    fn raw_cid(data: &[u8]) -> Cid {
+        *cairn_core::block::Block::from_data(
+            cairn_core::cid::Codec::Raw,
+            cairn_core::cid::HashAlg::Sha2_256,
+            data.to_vec(),
+        )
+        .unwrap()
+        .cid()
+    }
+
     /// A `dag` whose root the peer had no room to send is asked again as a `get` (which
     /// asks until the block comes), and nothing is pushed.
     #[tokio::test]
     async fn a_dag_answer_without_room_for_the_root_is_asked_again_as_a_get() {
         let data: &[u8] = b"a root sent on the second ask";
-        let cid = *cairn_core::block::Block::from_data(
-            cairn_core::cid::Codec::Raw,
-            cairn_core::cid::HashAlg::Sha2_256,
-            data,
-        )
-        .unwrap()
-        .cid();
+        let cid = raw_cid(data);
         let (client, peer, asked) = skipping_peer(1, data).await;
         let (bytes, pushed) = client.dag(peer, &cid).await.unwrap();
         assert_eq!(bytes, Bytes::from_static(data));
@@ -567,13 +572,7 @@ mod tests {
     #[tokio::test]
     async fn a_skipped_block_is_asked_again_not_taken_as_missing() {
         let data: &[u8] = b"held but not sent at first";
-        let cid = *cairn_core::block::Block::from_data(
-            cairn_core::cid::Codec::Raw,
-            cairn_core::cid::HashAlg::Sha2_256,
-            data,
-        )
-        .unwrap()
-        .cid();
+        let cid = raw_cid(data);
         let (client, peer, asked) = skipping_peer(2, data).await;
         assert_eq!(
             client.get(peer, &cid).await.unwrap(),
