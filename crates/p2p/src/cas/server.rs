@@ -346,17 +346,26 @@ impl<S: BlockStore> Answering<'_, S> {
         if let Request::Dag { root } = req {
             return self.push(peer, root, stream, permit).await;
         }
-        let reply = match req {
+        let (frame, blocks, bytes) = match req {
             Request::Get { cids } => {
                 match get_frame(self.store, &cids, self.limits, &mut permit).await {
-                    Ok(f) => f,
-                    Err(resp) => framed(&resp),
+                    Ok(f) => (f.frame, f.blocks, f.block_bytes),
+                    Err(resp) => (framed(&resp), 0, 0),
                 }
             }
-            Request::Caps {} => framed(&Response::Caps(self.caps.get(self.store).await)),
-            req => framed(&answer(self.store, req, self.limits, &Default::default()).await),
+            Request::Caps {} => (
+                framed(&Response::Caps(self.caps.get(self.store).await)),
+                0,
+                0,
+            ),
+            req => (
+                framed(&answer(self.store, req, self.limits, &Default::default()).await),
+                0,
+                0,
+            ),
         };
-        self.send(peer, kind, stream, reply, permit).await
+        self.send(peer, kind, stream, frame, blocks, bytes, permit)
+            .await
     }
 
     /// Answers a `dag` request: its root as a `get` answer, then ([`Below`]) the blocks of
@@ -373,12 +382,37 @@ impl<S: BlockStore> Answering<'_, S> {
         mut permit: Permit,
     ) -> Option<Stream> {
         const KIND: &str = "dag";
-        let (first, below) = match Below::start(self.store, &root, self.limits, &mut permit).await {
-            Ok(started) => started,
-            Err(resp) => return self.send(peer, KIND, stream, framed(&resp), permit).await,
+        let first = match get_frame(
+            self.store,
+            std::slice::from_ref(&root),
+            self.limits,
+            &mut permit,
+        )
+        .await
+        {
+            Ok(f) => f,
+            Err(resp) => {
+                return self
+                    .send(peer, KIND, stream, framed(&resp), 0, 0, permit)
+                    .await;
+            }
+        };
+        let below = match root.cid() {
+            Some(cid) if first.blocks == 1 => match self.store.get(&cid).await {
+                Ok(Some(b)) => Some(Below::new(&cid, b.data())),
+                _ => None,
+            },
+            _ => None,
         };
         let Some(mut below) = below else {
-            return self.send(peer, KIND, stream, first, permit).await;
+            let GetFrame {
+                frame,
+                blocks,
+                block_bytes,
+            } = first;
+            return self
+                .send(peer, KIND, stream, frame, blocks, block_bytes, permit)
+                .await;
         };
         let stall = self.budget.caps().stall_timeout;
         let timeout = self.config.answer_timeout;
@@ -435,21 +469,19 @@ impl<S: BlockStore> Answering<'_, S> {
         }
     }
 
-    /// Writes the one-frame answer `answer`, held in `permit`; gives the stream back when it
-    /// was written whole.
+    /// Writes the one-frame answer `frame` (`blocks` blocks of `bytes` bytes) held in
+    /// `permit`; gives the stream back when it was written whole.
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         peer: PeerId,
         kind: &'static str,
         stream: Stream,
-        answer: GetFrame,
+        frame: Vec<u8>,
+        blocks: usize,
+        bytes: usize,
         mut permit: Permit,
     ) -> Option<Stream> {
-        let GetFrame {
-            frame,
-            blocks,
-            block_bytes: bytes,
-        } = answer;
         permit.shrink(frame.len());
         if let Some(m) = self.metrics {
             m.record_answer(kind, blocks, bytes);
@@ -481,17 +513,13 @@ impl<S: BlockStore> Answering<'_, S> {
     }
 }
 
-/// `response`, an answer without blocks, as a whole frame.
-fn framed(response: &Response) -> GetFrame {
+/// `response` as a whole frame.
+fn framed(response: &Response) -> Vec<u8> {
     let body = super::encode(response);
-    let mut frame = Vec::with_capacity(body.len() + 10);
-    cairn_core::varint::put(&mut frame, body.len() as u64);
-    frame.extend_from_slice(&body);
-    GetFrame {
-        frame,
-        blocks: 0,
-        block_bytes: 0,
-    }
+    let mut out = Vec::with_capacity(body.len() + 10);
+    cairn_core::varint::put(&mut out, body.len() as u64);
+    out.extend_from_slice(&body);
+    out
 }
 
 /// The `busy` answer to a request the budget has no room for.
