@@ -424,12 +424,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Some(Command::Cat { cid, from, output }) => {
-            let f = Fetcher::start(&cid, &from, true).await?;
+            let f = Fetcher::start(&cid, &from).await?;
             f.cat(output.as_deref()).await
         }
-        Some(Command::Ls { cid, long, from }) => {
-            Fetcher::start(&cid, &from, true).await?.ls(long).await
-        }
+        Some(Command::Ls { cid, long, from }) => Fetcher::start(&cid, &from).await?.ls(long).await,
         Some(Command::Replicate {
             cid,
             replicas,
@@ -446,7 +444,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             pin,
         }) => queue::run(file.as_deref(), &from, concurrency, priority, pin).await,
         Some(Command::Get { cid, from, output }) => {
-            Fetcher::start(&cid, &from, true).await?.get(&output).await
+            Fetcher::start(&cid, &from).await?.get(&output).await
         }
     }
 }
@@ -841,8 +839,6 @@ struct Fetcher {
     chain: Arc<cairn_core::source::Chain>,
     root: cairn_core::Cid,
     path: String,
-    /// What the path leads to is read through (`cat`, `get`, `ls`).
-    whole: bool,
     ctx: Context,
     /// The cap `--max-rate` sets.
     max_rate: Option<cairn_core::transfer::Rate>,
@@ -950,19 +946,18 @@ impl Setup {
 }
 
 impl Fetcher {
-    /// A fetch of `text` (a CID, or a path in a directory); `whole` when what it names is
-    /// read through (`cat`, `get`, `ls`): then, without a path, the first peer asked for the
-    /// root is asked for the DAG's structure in one answer.
-    async fn start(text: &str, from: &FetchArgs, whole: bool) -> Result<Self, Failure> {
+    /// A fetch of `text` (a CID, or a path in a directory), read through (`cat`, `get`,
+    /// `ls`): without a path, the first peer asked for the root is asked for the DAG's
+    /// structure in one answer (with one, [`Fetcher::target`] asks for what it leads to).
+    async fn start(text: &str, from: &FetchArgs) -> Result<Self, Failure> {
         let (root, path) = split_cid_path(text)?;
         let setup = Setup::new(from, from.max_rate.is_some()).await?;
         let at_root = path.split('/').all(str::is_empty);
-        let chain = Arc::new(setup.chain_below(root, (whole && at_root).then_some(root)));
+        let chain = Arc::new(setup.chain_below(root, at_root.then_some(root)));
         Ok(Self {
             chain,
             root,
             path,
-            whole,
             ctx: Context::new().with_timeout(setup.timeout),
             max_rate: setup.max_rate,
             setup: Some(setup),
@@ -1001,14 +996,13 @@ impl Fetcher {
         }
     }
 
-    /// The CID the path leads to. When it is read through and is not the root, the chain
-    /// from here on asks the first peer asked for it for the DAG's structure under it.
+    /// The CID the path leads to. When it is not the root, the chain from here on asks the
+    /// first peer asked for it for the DAG's structure under it.
     async fn target(&mut self) -> Result<cairn_core::Cid, Failure> {
         let cid = dir::resolve(&*self.chain, &self.ctx, self.root, &self.path)
             .await
             .map_err(|e| fail(read_exit(&e), e))?;
-        if self.whole
-            && cid != self.root
+        if cid != self.root
             && let Some(setup) = &self.setup
         {
             self.chain = Arc::new(setup.chain_below(self.root, Some(cid)));

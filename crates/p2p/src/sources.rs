@@ -306,11 +306,6 @@ pub struct Sources {
     /// Checks what `/cas` and IPFS peers send (`None`: `Block::new`, here); the browser's
     /// hashes with WebCrypto.
     pub verify: Option<std::sync::Arc<dyn Verify>>,
-    /// Whether [`Sources::chain`] asks the first `/cas` peer asked for the root for the
-    /// DAG's structure in one answer ([`CasPeers::push_below`]): right for reading through
-    /// what the root names (a file, a folder, a listing), as the transfer queue does; a
-    /// reader of a part chooses with [`Sources::chain_below`].
-    pub push_below: bool,
 }
 
 impl Default for Sources {
@@ -325,21 +320,22 @@ impl Default for Sources {
             ipfs_timeout: Duration::from_secs(60),
             gateway_timeout: Duration::from_secs(30),
             verify: None,
-            push_below: true,
         }
     }
 }
 
 impl Sources {
     /// The chain for the DAG under `root`: `store`, then (with a `node`) its `/cas` peers
-    /// and IPFS, then each gateway over `http`. With [`Sources::push_below`], the `/cas`
-    /// peer first asked for `root` is asked for the DAG's structure.
+    /// and IPFS, then each gateway over `http`. The `/cas` peer first asked for `root` is
+    /// asked for the DAG's structure ([`CasPeers::push_below`]): right for reading through
+    /// what the root names (a file, a folder, a listing), as the transfer queue does; a
+    /// reader of a part chooses with [`Sources::chain_below`].
     pub fn chain<S, H>(&self, node: Option<&Node>, store: S, http: &H, root: Cid) -> Chain
     where
         S: BlockStore + Clone + 'static,
         H: HttpClient + Clone + 'static,
     {
-        self.chain_below(node, store, http, root, self.push_below.then_some(root))
+        self.chain_below(node, store, http, root, Some(root))
     }
 
     /// [`Sources::chain`], with the `/cas` peer first asked for `below` (the root, or what a

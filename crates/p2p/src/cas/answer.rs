@@ -233,6 +233,11 @@ pub async fn get_frame<S: BlockStore>(
 ) -> Result<GetFrame, Response> {
     let overhead = get_overhead(wanted.len());
     let g = gather(store, wanted, limits, Some((permit, overhead))).await?;
+    Ok(framed_get(g, permit))
+}
+
+/// The frame of what a `get` gathered, held in `permit`.
+fn framed_get(g: Gathered, permit: &mut Permit) -> GetFrame {
     let blocks = g.blocks.len();
     let block_bytes = g.blocks.iter().map(|(_, d)| d.len()).sum();
     let frame = encode_get(g);
@@ -240,11 +245,11 @@ pub async fn get_frame<S: BlockStore>(
     // held from here on (best effort if the budget is full: it is small and short-lived).
     let _ = permit.try_grow(frame.len().saturating_sub(permit.bytes()));
     permit.shrink(frame.len());
-    Ok(GetFrame {
+    GetFrame {
         frame,
         blocks,
         block_bytes,
-    })
+    }
 }
 
 /// Block bytes a frame pushed below a `dag` root holds at most (one block more when the
@@ -278,14 +283,26 @@ pub enum BelowError {
 }
 
 impl Below {
-    /// What is below `root`, whose block is `data` (nothing unless it is dag-pb).
-    pub fn new(root: &Cid, data: &bytes::Bytes) -> Self {
-        let mut below = Self {
-            queue: std::collections::VecDeque::new(),
-            queued: 0,
-        };
-        below.links(root, data);
-        below
+    /// The first frame of a `dag` answer for `root`, the answer `get [root]` gets (held in
+    /// `permit` as [`get_frame`] holds it), and, when it carries the root, what is below it:
+    /// the root is read once for both.
+    pub async fn start<S: BlockStore>(
+        store: &S,
+        root: &WireCid,
+        limits: &Limits,
+        permit: &mut Permit,
+    ) -> Result<(GetFrame, Option<Self>), Response> {
+        let wanted = std::slice::from_ref(root);
+        let g = gather(store, wanted, limits, Some((permit, get_overhead(1)))).await?;
+        let below = g.blocks.first().map(|(cid, data)| {
+            let mut below = Self {
+                queue: std::collections::VecDeque::new(),
+                queued: 0,
+            };
+            below.links(cid, data);
+            below
+        });
+        Ok((framed_get(g, permit), below))
     }
 
     fn links(&mut self, cid: &Cid, data: &bytes::Bytes) {

@@ -71,18 +71,37 @@ impl Client {
     /// Sends `req` to `peer` (dialing it if needed, at addresses the node knows) and reads
     /// the answer.
     pub async fn request(&self, peer: PeerId, req: &Request) -> Result<Response, RequestError> {
-        let exchange = async {
-            let mut control = self.streams.clone();
-            let mut stream = control.open_stream(peer, PROTOCOL).await?;
-            framing::write_frame(&mut stream, &encode(req))
-                .await
-                .map_err(|e| Error::Frame(e.into()))?;
-            let body = framing::read_frame(&mut stream, self.limits.max_response)
-                .await
-                .map_err(Error::Frame)?;
+        self.timed(async {
+            let (response, mut stream) = self.exchange(peer, req).await?;
             let _ = stream.close().await;
-            Ok(decode_response(&body)?)
-        };
+            Ok(response)
+        })
+        .await
+    }
+
+    /// Opens a stream to `peer`, writes `req` and reads the first answer frame; the stream
+    /// stays open.
+    async fn exchange(
+        &self,
+        peer: PeerId,
+        req: &Request,
+    ) -> Result<(Response, crate::streams::Stream), RequestError> {
+        let mut control = self.streams.clone();
+        let mut stream = control.open_stream(peer, PROTOCOL).await?;
+        framing::write_frame(&mut stream, &encode(req))
+            .await
+            .map_err(|e| Error::Frame(e.into()))?;
+        let body = framing::read_frame(&mut stream, self.limits.max_response)
+            .await
+            .map_err(Error::Frame)?;
+        Ok((decode_response(&body)?, stream))
+    }
+
+    /// `exchange` within the request timeout.
+    async fn timed<T>(
+        &self,
+        exchange: impl std::future::Future<Output = Result<T, RequestError>>,
+    ) -> Result<T, RequestError> {
         cairn_core::rt::timeout(self.timeout, exchange)
             .await
             .unwrap_or(Err(RequestError::Timeout(self.timeout)))
@@ -143,46 +162,35 @@ impl Client {
         peer: PeerId,
         root: &Cid,
     ) -> Result<(Bytes, Option<Pushed>), PeerError> {
-        let first = async {
-            let mut control = self.streams.clone();
-            let mut stream = control.open_stream(peer, PROTOCOL).await?;
-            let req = Request::Dag {
-                root: WireCid::from(root),
-            };
-            framing::write_frame(&mut stream, &encode(&req))
-                .await
-                .map_err(|e| Error::Frame(e.into()))?;
-            let body = framing::read_frame(&mut stream, self.limits.max_response)
-                .await
-                .map_err(Error::Frame)?;
-            Ok::<_, RequestError>((decode_response(&body)?, stream))
+        let req = Request::Dag {
+            root: WireCid::from(root),
         };
-        let answer = cairn_core::rt::timeout(self.timeout, first)
-            .await
-            .unwrap_or(Err(RequestError::Timeout(self.timeout)));
-        let (response, stream) = match answer {
-            Ok((Response::Error { code, .. }, _))
-                if code == code::UNSUPPORTED || code == code::BUSY =>
-            {
-                return self.get(peer, root).await.map(|b| (b, None));
+        let answer = self.timed(self.exchange(peer, &req)).await;
+        let ask_again = match &answer {
+            Ok((Response::Error { code, .. }, _)) => {
+                *code == code::UNSUPPORTED || *code == code::BUSY
             }
             Ok((
                 Response::Get {
                     blocks, skipped, ..
                 },
                 _,
-            )) if blocks.is_empty() && !skipped.is_empty() => {
-                return self.get(peer, root).await.map(|b| (b, None));
-            }
+            )) => blocks.is_empty() && !skipped.is_empty(),
             Err(RequestError::Exchange(Error::Frame(
                 framing::Error::Closed | framing::Error::Io(_),
-            ))) => return self.get(peer, root).await.map(|b| (b, None)),
-            Ok((response, stream)) => (Ok(response), stream),
-            Err(e) => return Self::block(root, Err(e)).map(|b| (b, None)),
+            ))) => true,
+            _ => false,
+        };
+        if ask_again {
+            return self.get(peer, root).await.map(|b| (b, None));
+        }
+        let (response, stream) = match answer {
+            Ok((response, stream)) => (Ok(response), Some(stream)),
+            Err(e) => (Err(e), None),
         };
         let bytes = Self::block(root, response)?;
-        let pushed = Pushed::new(peer, stream, root, &bytes, self.limits.max_response);
-        Ok((bytes, Some(pushed)))
+        let pushed = stream.map(|s| Pushed::new(peer, s, root, &bytes, self.limits.max_response));
+        Ok((bytes, pushed))
     }
 
     fn block(cid: &Cid, answer: Result<Response, RequestError>) -> Result<Bytes, PeerError> {
@@ -273,6 +281,22 @@ impl Held {
             return Some(Some(b));
         }
         (self.ended || !self.expected.contains(cid)).then_some(None)
+    }
+
+    /// Keeps those of `blocks` that are expected (each once), expecting what is below
+    /// them in turn; `false` once more is held than [`PUSH_HELD`].
+    fn accept(&mut self, blocks: Vec<WireBlock>) -> bool {
+        for WireBlock(cid, data) in blocks {
+            let Some(cid) = cid.cid() else { continue };
+            if !self.expected.remove(&cid) {
+                continue;
+            }
+            let data = Bytes::from(data.into_vec());
+            self.expect_links(&cid, &data);
+            self.bytes += data.len();
+            self.blocks.insert(cid, data);
+        }
+        self.bytes <= PUSH_HELD
     }
 }
 
@@ -383,24 +407,6 @@ impl Pushed {
             return false;
         };
         self.held().accept(blocks)
-    }
-}
-
-impl Held {
-    /// Keeps those of `blocks` that are expected (each once), expecting what is below
-    /// them in turn; `false` once more is held than [`PUSH_HELD`].
-    fn accept(&mut self, blocks: Vec<WireBlock>) -> bool {
-        for WireBlock(cid, data) in blocks {
-            let Some(cid) = cid.cid() else { continue };
-            if !self.expected.remove(&cid) {
-                continue;
-            }
-            let data = Bytes::from(data.into_vec());
-            self.expect_links(&cid, &data);
-            self.bytes += data.len();
-            self.blocks.insert(cid, data);
-        }
-        self.bytes <= PUSH_HELD
     }
 }
 

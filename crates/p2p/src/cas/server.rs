@@ -346,26 +346,17 @@ impl<S: BlockStore> Answering<'_, S> {
         if let Request::Dag { root } = req {
             return self.push(peer, root, stream, permit).await;
         }
-        let (frame, blocks, bytes) = match req {
+        let reply = match req {
             Request::Get { cids } => {
                 match get_frame(self.store, &cids, self.limits, &mut permit).await {
-                    Ok(f) => (f.frame, f.blocks, f.block_bytes),
-                    Err(resp) => (framed(&resp), 0, 0),
+                    Ok(f) => f,
+                    Err(resp) => framed(&resp),
                 }
             }
-            Request::Caps {} => (
-                framed(&Response::Caps(self.caps.get(self.store).await)),
-                0,
-                0,
-            ),
-            req => (
-                framed(&answer(self.store, req, self.limits, &Default::default()).await),
-                0,
-                0,
-            ),
+            Request::Caps {} => framed(&Response::Caps(self.caps.get(self.store).await)),
+            req => framed(&answer(self.store, req, self.limits, &Default::default()).await),
         };
-        self.send(peer, kind, stream, frame, blocks, bytes, permit)
-            .await
+        self.send(peer, kind, stream, reply, permit).await
     }
 
     /// Answers a `dag` request: its root as a `get` answer, then ([`Below`]) the blocks of
@@ -382,37 +373,12 @@ impl<S: BlockStore> Answering<'_, S> {
         mut permit: Permit,
     ) -> Option<Stream> {
         const KIND: &str = "dag";
-        let first = match get_frame(
-            self.store,
-            std::slice::from_ref(&root),
-            self.limits,
-            &mut permit,
-        )
-        .await
-        {
-            Ok(f) => f,
-            Err(resp) => {
-                return self
-                    .send(peer, KIND, stream, framed(&resp), 0, 0, permit)
-                    .await;
-            }
-        };
-        let below = match root.cid() {
-            Some(cid) if first.blocks == 1 => match self.store.get(&cid).await {
-                Ok(Some(b)) => Some(Below::new(&cid, b.data())),
-                _ => None,
-            },
-            _ => None,
+        let (first, below) = match Below::start(self.store, &root, self.limits, &mut permit).await {
+            Ok(started) => started,
+            Err(resp) => return self.send(peer, KIND, stream, framed(&resp), permit).await,
         };
         let Some(mut below) = below else {
-            let GetFrame {
-                frame,
-                blocks,
-                block_bytes,
-            } = first;
-            return self
-                .send(peer, KIND, stream, frame, blocks, block_bytes, permit)
-                .await;
+            return self.send(peer, KIND, stream, first, permit).await;
         };
         let stall = self.budget.caps().stall_timeout;
         let timeout = self.config.answer_timeout;
@@ -469,19 +435,21 @@ impl<S: BlockStore> Answering<'_, S> {
         }
     }
 
-    /// Writes the one-frame answer `frame` (`blocks` blocks of `bytes` bytes) held in
-    /// `permit`; gives the stream back when it was written whole.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes the one-frame answer `answer`, held in `permit`; gives the stream back when it
+    /// was written whole.
     async fn send(
         &self,
         peer: PeerId,
         kind: &'static str,
         stream: Stream,
-        frame: Vec<u8>,
-        blocks: usize,
-        bytes: usize,
+        answer: GetFrame,
         mut permit: Permit,
     ) -> Option<Stream> {
+        let GetFrame {
+            frame,
+            blocks,
+            block_bytes: bytes,
+        } = answer;
         permit.shrink(frame.len());
         if let Some(m) = self.metrics {
             m.record_answer(kind, blocks, bytes);
@@ -513,13 +481,17 @@ impl<S: BlockStore> Answering<'_, S> {
     }
 }
 
-/// `response` as a whole frame.
-fn framed(response: &Response) -> Vec<u8> {
+/// `response`, an answer without blocks, as a whole frame.
+fn framed(response: &Response) -> GetFrame {
     let body = super::encode(response);
-    let mut out = Vec::with_capacity(body.len() + 10);
-    cairn_core::varint::put(&mut out, body.len() as u64);
-    out.extend_from_slice(&body);
-    out
+    let mut frame = Vec::with_capacity(body.len() + 10);
+    cairn_core::varint::put(&mut frame, body.len() as u64);
+    frame.extend_from_slice(&body);
+    GetFrame {
+        frame,
+        blocks: 0,
+        block_bytes: 0,
+    }
 }
 
 /// The `busy` answer to a request the budget has no room for.

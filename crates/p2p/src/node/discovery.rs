@@ -36,11 +36,46 @@ pub(crate) struct Discovery {
     provides: HashMap<kad::QueryId, (Cid, Option<Reply<()>>)>,
     finds: HashMap<kad::QueryId, FindQuery>,
     /// Roots whose last provide stored a record on no other peer (no DHT peer was known,
-    /// none answered, or the query failed), oldest first: provided again when a bootstrap
-    /// peer joins, instead of waiting for Kademlia's republication 12 hours later.
-    unannounced: VecDeque<Cid>,
+    /// none answered, or the query failed): provided again when a bootstrap peer joins,
+    /// instead of waiting for Kademlia's republication 12 hours later.
+    unannounced: Unannounced,
     /// Of those, the ones still to be provided again in this round.
     again: VecDeque<Cid>,
+}
+
+/// Roots to announce again, oldest first, at most [`UNANNOUNCED_MAX`]; each found in
+/// constant time (a relay provides every pinned root, and each answer is looked up here).
+#[derive(Default)]
+struct Unannounced {
+    by_age: std::collections::BTreeMap<u64, Cid>,
+    age: HashMap<Cid, u64>,
+    next: u64,
+}
+
+impl Unannounced {
+    fn add(&mut self, cid: Cid) {
+        if self.age.contains_key(&cid) {
+            return;
+        }
+        self.age.insert(cid, self.next);
+        self.by_age.insert(self.next, cid);
+        self.next += 1;
+        if self.age.len() > UNANNOUNCED_MAX
+            && let Some((_, oldest)) = self.by_age.pop_first()
+        {
+            self.age.remove(&oldest);
+        }
+    }
+
+    fn remove(&mut self, cid: &Cid) {
+        if let Some(at) = self.age.remove(cid) {
+            self.by_age.remove(&at);
+        }
+    }
+
+    fn oldest_first(&self) -> VecDeque<Cid> {
+        self.by_age.values().copied().collect()
+    }
 }
 
 fn dht_error(
@@ -71,14 +106,14 @@ impl Discovery {
     /// A bootstrap peer joined: the roots whose announcement reached nobody are provided
     /// again, [`AGAIN_AT_ONCE`] at a time.
     pub(crate) fn announce_again(&mut self, swarm: &mut Swarm<Behaviour>) {
-        if self.unannounced.is_empty() {
+        if self.unannounced.age.is_empty() {
             return;
         }
         tracing::info!(
-            roots = self.unannounced.len(),
+            roots = self.unannounced.age.len(),
             "announcing again what reached no DHT peer"
         );
-        self.again = self.unannounced.clone();
+        self.again = self.unannounced.oldest_first();
         self.next_again(swarm);
     }
 
@@ -93,23 +128,6 @@ impl Discovery {
                 self.provides.insert(q, (cid, None));
                 running += 1;
             }
-        }
-    }
-
-    /// Remembers whether `cid`'s provide `stored` a record on another peer.
-    fn provided(&mut self, cid: Cid, stored: bool) {
-        let known = self.unannounced.iter().position(|c| *c == cid);
-        match (stored, known) {
-            (true, Some(i)) => {
-                self.unannounced.remove(i);
-            }
-            (false, None) => {
-                self.unannounced.push_back(cid);
-                if self.unannounced.len() > UNANNOUNCED_MAX {
-                    self.unannounced.pop_front();
-                }
-            }
-            _ => {}
         }
     }
 
@@ -191,7 +209,11 @@ impl Discovery {
                 if let Some((cid, reply)) = self.provides.remove(&id) {
                     // Kademlia sends the record to the closest peers that answered: none
                     // answered, none has it.
-                    self.provided(cid, out.is_ok() && stats.num_successes() > 0);
+                    if out.is_ok() && stats.num_successes() > 0 {
+                        self.unannounced.remove(&cid);
+                    } else {
+                        self.unannounced.add(cid);
+                    }
                     if let Some(reply) = reply {
                         let _ =
                             reply.send(out.map(|_| ()).map_err(|e| dht_error("provide", cid, e)));
@@ -268,5 +290,40 @@ impl Discovery {
             }
             swarm.add_peer_address(peer, a.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cid(i: u32) -> Cid {
+        use cairn_core::cid::{Codec, HashAlg};
+        *cairn_core::block::Block::from_data(
+            Codec::Raw,
+            HashAlg::Sha2_256,
+            i.to_le_bytes().to_vec(),
+        )
+        .unwrap()
+        .cid()
+    }
+
+    /// At most 4,096 roots are kept, the oldest dropped first; one announced is forgotten,
+    /// one added twice is kept once, and the rest come back oldest first.
+    #[test]
+    fn unannounced_roots_are_bounded_and_oldest_first() {
+        let mut u = Unannounced::default();
+        for i in 0..=UNANNOUNCED_MAX as u32 {
+            u.add(cid(i));
+        }
+        u.add(cid(5));
+        assert_eq!(u.age.len(), UNANNOUNCED_MAX);
+        u.remove(&cid(2));
+        let order = u.oldest_first();
+        assert_eq!(order.len(), UNANNOUNCED_MAX - 1);
+        assert_eq!(order[0], cid(1), "the oldest (0) went, and 2 was announced");
+        assert_eq!(order[1], cid(3));
+        assert_eq!(order.iter().filter(|c| **c == cid(5)).count(), 1);
+        assert_eq!(order.back(), Some(&cid(UNANNOUNCED_MAX as u32)));
     }
 }

@@ -146,10 +146,6 @@ fn check(options: &CreateOptions) -> Result<Checked, JsValue> {
         gateway_timeout: SOURCE_TIMEOUT,
         // What peers send is hashed by WebCrypto, several answers at once.
         verify: Some(std::sync::Arc::new(crate::webcrypto::WebCrypto::new())),
-        // The transfer queue asks for the DAG's structure in one answer; the node's own
-        // reads choose (`Inner::whole_chain` for `fetch`, `ls` and whole files, not for a
-        // range or a size).
-        push_below: true,
     };
     Ok(Checked {
         profile,
