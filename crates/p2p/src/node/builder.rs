@@ -212,7 +212,9 @@ impl Upgrader {
             let upgraded = lingering
                 .upgrade(Version::V1Lazy)
                 .authenticate(noise::Config::new(&self.key)?)
-                .multiplex(crate::yamux_config_with(receive_window))
+                .multiplex(super::sendq::Bounded(crate::yamux_config_with(
+                    receive_window,
+                )))
                 .map_err(open_error);
             return Ok(TransportTimeout::new(upgraded, timeout)
                 .map_err(move |e| timed_out(e, timeout, Some(crate::pnet::HINT_OPEN)))
@@ -224,7 +226,9 @@ impl Upgrader {
             .and_then(move |io, _| libp2p::pnet::PnetConfig::new(psk).handshake(io))
             .upgrade(Version::V1Lazy)
             .authenticate(noise::Config::new(&self.key)?)
-            .multiplex(crate::yamux_config_with(receive_window))
+            .multiplex(super::sendq::Bounded(crate::yamux_config_with(
+                receive_window,
+            )))
             .map_err(private_error);
         Ok(TransportTimeout::new(upgraded, timeout)
             .map_err(move |e| timed_out(e, timeout, Some(crate::pnet::HINT_MEMBER)))

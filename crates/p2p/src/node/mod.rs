@@ -18,6 +18,7 @@ mod driver;
 mod events;
 mod linger;
 mod peers;
+mod sendq;
 mod shutdown;
 #[cfg(test)]
 mod tests;
