@@ -10,10 +10,10 @@
 //!
 //! [`Bounded`] wraps the muxer: it counts the bytes streams hand to yamux (each write is one
 //! data frame, its 12-byte header included) and the bytes yamux hands to the socket, and a
-//! stream's write waits while the difference is [`SEND_QUEUE`] or more. A peer that stops
-//! reading now stops every write on its connection once that much is queued: the answer
-//! writers see the stall and cut it. The socket's own buffers (the kernel's, Noise's frame)
-//! come on top, as they did.
+//! stream's write waits while the difference is [`SEND_QUEUE`] or more (until half of it is
+//! free again). A peer that stops reading now stops every write on its connection once that
+//! much is queued: the answer writers see the stall and cut it. The socket's own buffers
+//! (the kernel's, Noise's frame) come on top, as they did.
 //!
 //! Frames yamux writes on its own (window updates, pings, resets) count as sent and were
 //! never handed: the difference errs low by their 12 bytes each, so the bound loosens by
@@ -29,6 +29,9 @@ use libp2p::core::muxing::{StreamMuxer, StreamMuxerEvent, StreamMuxerExt as _};
 use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo};
 
 /// The bytes one connection may hold written by its streams and not yet taken by its socket.
+/// Writes that wait for room are woken once half of it is free, not at every frame the
+/// socket takes, so that a writer streaming as fast as it can refills the queue in a batch
+/// instead of one frame per wake-up.
 pub(crate) const SEND_QUEUE: u64 = 4 * 1024 * 1024;
 
 /// A yamux frame's header: what each stream write adds to the connection's bytes.
@@ -134,7 +137,7 @@ impl Queue {
         let waiting = {
             let mut s = self.lock();
             s.sent += n;
-            if s.held() >= SEND_QUEUE {
+            if s.waiting.is_empty() || s.held() >= SEND_QUEUE / 2 {
                 return;
             }
             std::mem::take(&mut s.waiting)
@@ -391,20 +394,27 @@ mod tests {
             written >= SEND_QUEUE as usize - STREAMS * 16 * 1024,
             "only {written} bytes were taken before the bound"
         );
-        // The peer reads 1 MiB: the writes go on.
-        let mut sink = vec![0u8; 1024 * 1024];
+        // A write waiting for room waits while the peer reads nothing, and is woken once
+        // the peer has read enough for half the queue to be free.
+        let mut waiting = streams.pop().unwrap();
+        let writer = tokio::spawn(async move {
+            let n = waiting.write(&[7u8; 16 * 1024]).await;
+            (n, waiting)
+        });
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!writer.is_finished(), "a write went on with the queue full");
+        let mut sink = vec![0u8; 3 * 1024 * 1024];
         tokio::io::AsyncReadExt::read_exact(&mut theirs, &mut sink)
             .await
             .unwrap();
-        let mut more = 0;
-        for _ in 0..50 {
-            more += write_all_that_fits(&mut streams);
-            tokio::task::yield_now().await;
-        }
-        assert!(
-            more >= 512 * 1024,
-            "only {more} bytes more were taken once the peer read 1 MiB"
-        );
+        let (n, waiting) = tokio::time::timeout(std::time::Duration::from_secs(10), writer)
+            .await
+            .expect("the waiting write was not woken once the peer read 3 MiB")
+            .unwrap();
+        assert!(n.unwrap() > 0);
+        streams.push(waiting);
         // A connection that is gone leaves no writer waiting: its writes fail.
         while write_all_that_fits(&mut streams) > 0 {}
         driver.abort();
