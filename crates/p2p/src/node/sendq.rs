@@ -15,8 +15,8 @@
 //! much is queued: the answer writers see the stall and cut it. The socket's own buffers
 //! (the kernel's, Noise's frame) come on top, as they did.
 //!
-//! Frames yamux writes on its own (window updates, pings, resets) count as sent and were
-//! never handed: the difference errs low by their 12 bytes each, so the bound loosens by
+//! Frames yamux writes on its own (window updates, pings, resets, a stream's closing frame)
+//! count as sent and were never handed: the difference errs low by their 12 bytes each, so the bound loosens by
 //! a few bytes per megabyte received, never tightens.
 
 use std::io;
@@ -231,7 +231,6 @@ impl<C> Muxer<C> {
         Substream {
             inner,
             queue: self.queue.clone(),
-            closed: false,
         }
     }
 }
@@ -278,8 +277,6 @@ where
 pub(crate) struct Substream {
     inner: libp2p::yamux::Stream,
     queue: Arc<Queue>,
-    /// Its close (a header-only frame) has been counted.
-    closed: bool,
 }
 
 impl std::fmt::Debug for Queue {
@@ -318,12 +315,10 @@ impl AsyncWrite for Substream {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
+    /// Not counted: a close writes a frame only when the stream is still open (yamux says
+    /// nothing of which), and a count that errs high would block the connection for good.
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(Pin::new(&mut self.inner).poll_close(cx))?;
-        if !std::mem::replace(&mut self.closed, true) {
-            self.queue.handed(FRAME_HEADER);
-        }
-        Poll::Ready(Ok(()))
+        Pin::new(&mut self.inner).poll_close(cx)
     }
 }
 
