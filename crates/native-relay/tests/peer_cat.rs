@@ -1,37 +1,8 @@
 //! `cat --peer`: a relay started with `--store` serves its content over `/cas/1.0.0`, and
 //! another process fetches it through the source chain's peer race, verified.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-
 mod common;
-use common::{Kill, bin};
-
-/// A relay serving the store `served` (its identity kept in `dir`), killed when the first
-/// value is dropped, and its `/p2p/` address.
-fn serve(dir: &std::path::Path, served: &std::path::Path) -> (Kill, String) {
-    let mut child = bin()
-        .args([
-            "serve",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--http",
-            "127.0.0.1:0",
-        ])
-        .arg("--identity")
-        .arg(dir.join("id.key"))
-        .arg("--store")
-        .arg(served)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let relay = Kill(child);
-    let addr = BufReader::new(stdout).lines().next().unwrap().unwrap();
-    assert!(addr.contains("/p2p/"), "{addr}");
-    (relay, addr)
-}
+use common::{bin, serve_store};
 
 #[test]
 fn cat_from_a_relay_that_serves_its_store() {
@@ -52,7 +23,7 @@ fn cat_from_a_relay_that_serves_its_store() {
     assert!(add.status.success());
     let cid = String::from_utf8(add.stdout).unwrap().trim().to_owned();
 
-    let (_relay, addr) = serve(d.path(), &served);
+    let (_relay, addr, _) = serve_store(d.path(), &served, 0);
 
     let mine = d.path().join("mine");
     let out = bin()
@@ -138,7 +109,7 @@ fn a_folder_and_paths_in_it_from_a_relay_that_serves_its_store() {
         String::from_utf8_lossy(&add.stderr)
     );
     let cid = String::from_utf8(add.stdout).unwrap().trim().to_owned();
-    let (_relay, addr) = serve(d.path(), &served);
+    let (_relay, addr, _) = serve_store(d.path(), &served, 0);
     let run = |args: &[&str], store: &str| {
         let out = bin()
             .args(args)

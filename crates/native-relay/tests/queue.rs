@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use common::{Kill, bin, lines, rest};
+use common::{Kill, bin, lines, rest, serve_store};
 
 const MIB: usize = 1 << 20;
 
@@ -39,37 +39,6 @@ fn served(dir: &Path, sizes: &[usize]) -> (PathBuf, Vec<(String, Vec<u8>)>) {
         ));
     }
     (store, files)
-}
-
-/// A relay serving `store` on TCP `port` (0: any); its first address and its HTTP address.
-fn relay(dir: &Path, store: &Path, port: u16) -> (Kill, String, String) {
-    let mut child = bin()
-        .env("CAIRN_LOG", "warn")
-        .args(["serve", "--listen"])
-        .arg(format!("/ip4/127.0.0.1/tcp/{port}"))
-        .args(["--http", "127.0.0.1:0", "--identity"])
-        .arg(dir.join("relay.key"))
-        .arg("--store")
-        .arg(store)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = lines(child.stdout.take().unwrap());
-    let err = lines(child.stderr.take().unwrap());
-    let kill = Kill(child);
-    let addr = out
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the relay's address");
-    let http = loop {
-        let l = err
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the relay's HTTP address");
-        if let Some(rest) = l.strip_prefix("serving the web app on http://") {
-            break rest.trim_end_matches('/').to_owned();
-        }
-    };
-    (kill, addr, http)
 }
 
 /// Bytes of blocks the relay has served (its `/metrics`).
@@ -154,7 +123,7 @@ fn queue(file: Option<&Path>, store: &Path, peer: &str, extra: &[&str]) -> Child
 fn cat_with_a_rate_cap_holds_it() {
     let d = tempfile::tempdir().unwrap();
     let (store, files) = served(d.path(), &[20 * MIB]);
-    let (_relay, addr, _) = relay(d.path(), &store, 0);
+    let (_relay, addr, _) = serve_store(d.path(), &store, 0);
     let (cid, bytes) = &files[0];
     let started = Instant::now();
     let out = bin()
@@ -202,7 +171,7 @@ fn cat_with_a_rate_cap_holds_it() {
 fn a_queue_file_runs_by_priority_and_refuses_junk_lines_by_number() {
     let d = tempfile::tempdir().unwrap();
     let (store, files) = served(d.path(), &[3 * MIB, MIB, 2 * MIB]);
-    let (_relay, addr, _) = relay(d.path(), &store, 0);
+    let (_relay, addr, _) = serve_store(d.path(), &store, 0);
     let list = d.path().join("list");
     std::fs::write(
         &list,
@@ -260,7 +229,7 @@ fn a_queue_file_runs_by_priority_and_refuses_junk_lines_by_number() {
 fn an_interrupted_queue_resumes_and_fetches_only_what_it_lacks() {
     let d = tempfile::tempdir().unwrap();
     let (store, files) = served(d.path(), &[8 * MIB]);
-    let (_relay, addr, http) = relay(d.path(), &store, 0);
+    let (_relay, addr, http) = serve_store(d.path(), &store, 0);
     let (cid, bytes) = &files[0];
     let list = d.path().join("list");
     std::fs::write(&list, format!("{cid} max-rate=2MiB\n")).unwrap();
@@ -320,7 +289,7 @@ fn a_relay_killed_mid_transfer_is_waited_for_and_the_transfer_completes() {
         .local_addr()
         .unwrap()
         .port();
-    let (relay1, addr, _) = relay(d.path(), &store, port);
+    let (relay1, addr, _) = serve_store(d.path(), &store, port);
     let (cid, bytes) = &files[0];
     let list = d.path().join("list");
     std::fs::write(&list, format!("{cid} max-rate=2MiB\n")).unwrap();
@@ -333,7 +302,7 @@ fn a_relay_killed_mid_transfer_is_waited_for_and_the_transfer_completes() {
     until_past(&err, 2.0, &mut seen);
     drop(relay1);
     until(&err, "retrying", &mut seen);
-    let (_relay2, addr2, _) = relay(d.path(), &store, port);
+    let (_relay2, addr2, _) = serve_store(d.path(), &store, port);
     assert_eq!(addr2, addr, "the same relay, back");
     let status = kill
         .exit_within(Duration::from_secs(90))

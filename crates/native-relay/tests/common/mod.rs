@@ -254,6 +254,43 @@ pub(crate) fn rest(rx: &mpsc::Receiver<String>) -> Vec<String> {
     out
 }
 
+/// A `cairn-relay serve` of `store` on TCP `port` (0: any), its identity kept in `dir`,
+/// killed when the first value is dropped; its first address and its HTTP address.
+pub(crate) fn serve_store(
+    dir: &std::path::Path,
+    store: &std::path::Path,
+    port: u16,
+) -> (Kill, String, String) {
+    let mut child = bin()
+        .env("CAIRN_LOG", "warn")
+        .args(["serve", "--listen"])
+        .arg(format!("/ip4/127.0.0.1/tcp/{port}"))
+        .args(["--http", "127.0.0.1:0", "--identity"])
+        .arg(dir.join("relay.key"))
+        .arg("--store")
+        .arg(store)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = lines(child.stdout.take().unwrap());
+    let err = lines(child.stderr.take().unwrap());
+    let kill = Kill(child);
+    let addr = out
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the relay's address");
+    assert!(addr.contains("/p2p/"), "{addr}");
+    let http = loop {
+        let l = err
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the relay's HTTP address");
+        if let Some(rest) = l.strip_prefix("serving the web app on http://") {
+            break rest.trim_end_matches('/').to_owned();
+        }
+    };
+    (kill, addr, http)
+}
+
 pub(crate) fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
