@@ -222,9 +222,9 @@ async fn get<S: BlockStore>(
 /// The blocks' bytes are held in `permit`, which grows block by block (blocks it cannot
 /// grow for are `skipped`) and ends holding the frame's size.
 ///
-/// The blocks are copied into the frame one by one and each is dropped once copied, so the
-/// answer never holds much more than its frame: building the [`Response`] and encoding it
-/// would hold every block twice.
+/// The frame's large blocks are the store's bytes, not copies ([`super::Frame`]), so the
+/// answer holds each block once: building the [`Response`] and encoding it would hold
+/// every block twice and copy it twice.
 pub async fn get_frame<S: BlockStore>(
     store: &S,
     wanted: &[WireCid],
@@ -240,7 +240,7 @@ pub async fn get_frame<S: BlockStore>(
 fn framed_get(g: Gathered, permit: &mut Permit) -> GetFrame {
     let blocks = g.blocks.len();
     let block_bytes = g.blocks.iter().map(|(_, d)| d.len()).sum();
-    let frame = encode_get(g);
+    let frame = super::wire::encode_get(&g.blocks, &g.missing, &g.skipped);
     // Lists of CIDs alone can outgrow what was reserved for reading; the frame is what is
     // held from here on (best effort if the budget is full: it is small and short-lived).
     let _ = permit.try_grow(frame.len().saturating_sub(permit.bytes()));
@@ -364,11 +364,7 @@ impl Below {
             return Ok(None);
         }
         let count = blocks.len();
-        let frame = encode_get(Gathered {
-            blocks,
-            missing: Vec::new(),
-            skipped: Vec::new(),
-        });
+        let frame = super::wire::encode_get(&blocks, &[], &[]);
         permit.shrink(frame.len());
         Ok(Some(GetFrame {
             frame,
@@ -388,116 +384,11 @@ pub fn get_overhead(cids: usize) -> usize {
 #[derive(Debug)]
 pub struct GetFrame {
     /// The frame: length prefix and CBOR body.
-    pub frame: Vec<u8>,
+    pub frame: super::Frame,
     /// Blocks in it.
     pub blocks: usize,
     /// Their bytes.
     pub block_bytes: usize,
-}
-
-/// The CBOR head of major type `major` with argument `n`, as RFC 8949 §3 writes it
-/// (the shortest form, which is what serde's encoder writes).
-fn head(out: &mut Vec<u8>, major: u8, n: u64) {
-    let m = major << 5;
-    match n {
-        0..24 => out.push(m | n as u8),
-        24..0x100 => out.extend_from_slice(&[m | 24, n as u8]),
-        0x100..0x1_0000 => {
-            out.push(m | 25);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        0x1_0000..0x1_0000_0000 => {
-            out.push(m | 26);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(m | 27);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
-}
-
-fn head_len(n: u64) -> usize {
-    match n {
-        0..24 => 1,
-        24..0x100 => 2,
-        0x100..0x1_0000 => 3,
-        0x1_0000..0x1_0000_0000 => 5,
-        _ => 9,
-    }
-}
-
-const MAP: u8 = 5;
-const ARRAY: u8 = 4;
-const BYTES: u8 = 2;
-const TEXT: u8 = 3;
-
-fn text(out: &mut Vec<u8>, t: &str) {
-    head(out, TEXT, t.len() as u64);
-    out.extend_from_slice(t.as_bytes());
-}
-
-fn byte_string(out: &mut Vec<u8>, b: &[u8]) {
-    head(out, BYTES, b.len() as u64);
-    out.extend_from_slice(b);
-}
-
-fn byte_string_len(n: usize) -> usize {
-    head_len(n as u64) + n
-}
-
-fn cid_list_len(cids: &[Cid]) -> usize {
-    head_len(cids.len() as u64)
-        + cids
-            .iter()
-            .map(|c| byte_string_len(c.encoded_len()))
-            .sum::<usize>()
-}
-
-fn cid_list(out: &mut Vec<u8>, cids: &[Cid]) {
-    head(out, ARRAY, cids.len() as u64);
-    for c in cids {
-        byte_string(out, &c.to_bytes());
-    }
-}
-
-/// `{"get": {"blocks": [[cid, data]…], "missing": [cid…], "skipped": [cid…]}}`, framed.
-fn encode_get(g: Gathered) -> Vec<u8> {
-    let key = |t: &str| head_len(t.len() as u64) + t.len();
-    let blocks_len = head_len(g.blocks.len() as u64)
-        + g.blocks
-            .iter()
-            .map(|(c, d)| 1 + byte_string_len(c.encoded_len()) + byte_string_len(d.len()))
-            .sum::<usize>();
-    let body_len = 1
-        + key("get")
-        + 1
-        + key("blocks")
-        + blocks_len
-        + key("missing")
-        + cid_list_len(&g.missing)
-        + key("skipped")
-        + cid_list_len(&g.skipped);
-    let mut out = Vec::with_capacity(10 + body_len);
-    cairn_core::varint::put(&mut out, body_len as u64);
-    let start = out.len();
-    head(&mut out, MAP, 1);
-    text(&mut out, "get");
-    head(&mut out, MAP, 3);
-    text(&mut out, "blocks");
-    head(&mut out, ARRAY, g.blocks.len() as u64);
-    // Each block is dropped as soon as it is in the frame.
-    for (c, d) in g.blocks {
-        head(&mut out, ARRAY, 2);
-        byte_string(&mut out, &c.to_bytes());
-        byte_string(&mut out, &d);
-    }
-    text(&mut out, "missing");
-    cid_list(&mut out, &g.missing);
-    text(&mut out, "skipped");
-    cid_list(&mut out, &g.skipped);
-    debug_assert_eq!(out.len() - start, body_len);
-    out
 }
 
 async fn have<S: BlockStore>(

@@ -13,7 +13,8 @@ use futures::AsyncWriteExt;
 use libp2p::PeerId;
 
 use super::{
-    Error, Limits, PROTOCOL, Request, Response, WireBlock, WireCid, code, decode_response, encode,
+    Answer, Error, GetAnswer, Limits, PROTOCOL, Request, Response, WireCid, code, decode_answer,
+    encode,
 };
 use crate::framing;
 use crate::streams::{Control, OpenStreamError};
@@ -71,10 +72,15 @@ impl Client {
     /// Sends `req` to `peer` (dialing it if needed, at addresses the node knows) and reads
     /// the answer.
     pub async fn request(&self, peer: PeerId, req: &Request) -> Result<Response, RequestError> {
+        self.ask(peer, req).await.map(Answer::into_response)
+    }
+
+    /// [`Client::request`], a get answer's blocks left in the frame they came in.
+    async fn ask(&self, peer: PeerId, req: &Request) -> Result<Answer, RequestError> {
         self.timed(async {
-            let (response, mut stream) = self.exchange(peer, req).await?;
+            let (answer, mut stream) = self.exchange(peer, req).await?;
             let _ = stream.close().await;
-            Ok(response)
+            Ok(answer)
         })
         .await
     }
@@ -85,7 +91,7 @@ impl Client {
         &self,
         peer: PeerId,
         req: &Request,
-    ) -> Result<(Response, crate::streams::Stream), RequestError> {
+    ) -> Result<(Answer, crate::streams::Stream), RequestError> {
         let mut control = self.streams.clone();
         let mut stream = control.open_stream(peer, PROTOCOL).await?;
         framing::write_frame(&mut stream, &encode(req))
@@ -94,7 +100,7 @@ impl Client {
         let body = framing::read_frame(&mut stream, self.limits.max_response)
             .await
             .map_err(Error::Frame)?;
-        Ok((decode_response(&body)?, stream))
+        Ok((decode_answer(Bytes::from(body))?, stream))
     }
 
     /// `exchange` within the request timeout.
@@ -120,14 +126,14 @@ impl Client {
         let mut pause = Duration::from_millis(20);
         let mut broken = 0;
         loop {
-            let answer = self.request(peer, &req).await;
+            let answer = self.ask(peer, &req).await;
             // A block `skipped` (the peer's answer budget had no room for it) is held there:
             // as good as busy, not missing.
             let busy = match &answer {
-                Ok(Response::Error { code, .. }) => *code == code::BUSY,
-                Ok(Response::Get {
+                Ok(Answer::Other(Response::Error { code, .. })) => *code == code::BUSY,
+                Ok(Answer::Get(GetAnswer {
                     blocks, skipped, ..
-                }) => {
+                })) => {
                     skipped.iter().any(|c| c.cid().as_ref() == Some(cid))
                         && !blocks.iter().any(|b| b.0.cid().as_ref() == Some(cid))
                 }
@@ -167,13 +173,13 @@ impl Client {
         };
         let answer = self.timed(self.exchange(peer, &req)).await;
         let ask_again = match &answer {
-            Ok((Response::Error { code, .. }, _)) => {
+            Ok((Answer::Other(Response::Error { code, .. }), _)) => {
                 *code == code::UNSUPPORTED || *code == code::BUSY
             }
             Ok((
-                Response::Get {
+                Answer::Get(GetAnswer {
                     blocks, skipped, ..
-                },
+                }),
                 _,
             )) => blocks.is_empty() && !skipped.is_empty(),
             Err(RequestError::Exchange(Error::Frame(
@@ -193,12 +199,12 @@ impl Client {
         Ok((bytes, pushed))
     }
 
-    fn block(cid: &Cid, answer: Result<Response, RequestError>) -> Result<Bytes, PeerError> {
+    fn block(cid: &Cid, answer: Result<Answer, RequestError>) -> Result<Bytes, PeerError> {
         match answer {
-            Ok(Response::Get {
+            Ok(Answer::Get(GetAnswer {
                 blocks, skipped, ..
-            }) => match blocks.into_iter().find(|b| b.0.cid().as_ref() == Some(cid)) {
-                Some(b) => Ok(Bytes::from(b.1.into_vec())),
+            })) => match blocks.into_iter().find(|b| b.0.cid().as_ref() == Some(cid)) {
+                Some((_, data)) => Ok(data),
                 None if skipped.iter().any(|c| c.cid().as_ref() == Some(cid)) => {
                     Err(PeerError::Failed(Reason::msg(
                         "the peer holds the block but had no room to send it (answer budget full); ask again later",
@@ -206,7 +212,7 @@ impl Client {
                 }
                 None => Err(PeerError::NotFound),
             },
-            Ok(Response::Error { code, message }) => {
+            Ok(Answer::Other(Response::Error { code, message })) => {
                 Err(PeerError::Failed(Reason::new(Refused { code, message })))
             }
             Ok(_) => Err(PeerError::Failed(Reason::msg(
@@ -285,13 +291,12 @@ impl Held {
 
     /// Keeps those of `blocks` that are expected (each once), expecting what is below
     /// them in turn; `false` once more is held than [`PUSH_HELD`].
-    fn accept(&mut self, blocks: Vec<WireBlock>) -> bool {
-        for WireBlock(cid, data) in blocks {
+    fn accept(&mut self, blocks: Vec<(WireCid, Bytes)>) -> bool {
+        for (cid, data) in blocks {
             let Some(cid) = cid.cid() else { continue };
             if !self.expected.remove(&cid) {
                 continue;
             }
-            let data = Bytes::from(data.into_vec());
             self.expect_links(&cid, &data);
             self.bytes += data.len();
             self.blocks.insert(cid, data);
@@ -380,7 +385,7 @@ impl Pushed {
                 None => None,
             };
             let more = match read {
-                Some(Ok(Some(body))) => self.accept(&body),
+                Some(Ok(Some(body))) => self.accept(body),
                 Some(Ok(None)) => false,
                 Some(Err(e)) => {
                     tracing::debug!(peer = %self.peer, error = %e, "/cas dag answer broke off");
@@ -401,8 +406,8 @@ impl Pushed {
 
     /// Keeps the expected blocks of one pushed frame; `false` when the push should end (the
     /// frame is not a `get` answer, or too much is held that nobody took).
-    fn accept(&self, body: &[u8]) -> bool {
-        let Ok(Response::Get { blocks, .. }) = decode_response(body) else {
+    fn accept(&self, body: Vec<u8>) -> bool {
+        let Ok(Answer::Get(GetAnswer { blocks, .. })) = decode_answer(Bytes::from(body)) else {
             tracing::debug!(peer = %self.peer, "/cas dag answer: a frame that is not a get answer");
             return false;
         };
@@ -535,7 +540,7 @@ mod tests {
             data: None,
         };
         let root = Block::from_data(Codec::DagPb, HashAlg::Sha2_256, root.encode()).unwrap();
-        let wire = |b: &Block| WireBlock(b.cid().into(), ByteBuf::from(b.data().to_vec()));
+        let wire = |b: &Block| (WireCid::from(b.cid()), b.data().clone());
 
         let mut held = Held::default();
         held.expect_links(root.cid(), root.data());

@@ -14,6 +14,7 @@
 mod answer;
 mod client;
 mod server;
+mod wire;
 
 pub use answer::{
     BELOW_FRAME, BELOW_MAX_BLOCKS, Below, BelowError, CapsCache, GetFrame, answer, get_frame,
@@ -21,6 +22,7 @@ pub use answer::{
 };
 pub use client::{Client, PUSH_HELD, PUSH_IDLE, Pushed, Refused, RequestError};
 pub use server::{OnRequest, ServerConfig, ServerHandle, Serving, serve};
+pub use wire::{Answer, Frame, GetAnswer, decode_answer};
 
 use cairn_core::cid::Cid;
 use cairn_core::source::routing::ContentIndex;
@@ -473,7 +475,7 @@ mod tests {
             let body = encode(&resp);
             let mut expected = framing::prefix(body.len());
             expected.extend_from_slice(&body);
-            assert_eq!(framed.frame, expected, "budget {budget}");
+            assert_eq!(framed.frame.to_vec(), expected, "budget {budget}");
             let Response::Get { blocks, .. } = resp else {
                 panic!("not a get answer");
             };
@@ -517,7 +519,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(framed.blocks, 3);
-        let mut frame = futures::io::Cursor::new(&framed.frame[..]);
+        let frame = framed.frame.to_vec();
+        let mut frame = futures::io::Cursor::new(&frame[..]);
         let body = framing::read_frame(&mut frame, usize::MAX).await.unwrap();
         match decode_response(&body).unwrap() {
             Response::Get {

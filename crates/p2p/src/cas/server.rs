@@ -224,14 +224,14 @@ enum Written {
 /// answer at once.
 async fn write_answer(
     stream: Stream,
-    frame: &[u8],
+    frame: &super::Frame,
     stall: Duration,
     timeout: Duration,
 ) -> (Written, Option<Stream>) {
     use futures::AsyncReadExt as _;
     let (mut inbound, mut outbound) = stream.split();
     let write = async {
-        match framing::write_paced(&mut outbound, &[frame], stall).await {
+        match framing::write_paced(&mut outbound, &frame.parts(), stall).await {
             Ok(()) => {}
             Err(framing::PacedError::Stalled(_)) => return Written::Stalled,
             Err(_) => return Written::Failed,
@@ -398,7 +398,7 @@ impl<S: BlockStore> Answering<'_, S> {
                     if f.blocks > 0 {
                         self.budget.pace(f.block_bytes).await;
                     }
-                    let parts = [f.frame.as_slice()];
+                    let parts = f.frame.parts();
                     let paced = framing::write_paced(&mut outbound, &parts, stall);
                     match cairn_core::rt::timeout(timeout, paced).await {
                         Some(Ok(())) => {}
@@ -488,7 +488,7 @@ fn framed(response: &Response) -> GetFrame {
     cairn_core::varint::put(&mut frame, body.len() as u64);
     frame.extend_from_slice(&body);
     GetFrame {
-        frame,
+        frame: frame.into(),
         blocks: 0,
         block_bytes: 0,
     }
