@@ -58,3 +58,12 @@ pub fn yamux_config_with(receive_window: u32) -> libp2p::yamux::Config {
 }
 
 pub use node::{Builder, Event, Events, Node, PeerInfo};
+
+/// The CID of a small `raw` block that is `i` (tests).
+#[cfg(test)]
+pub(crate) fn test_cid(i: u32) -> cairn_core::Cid {
+    use cairn_core::cid::{Codec, HashAlg};
+    *cairn_core::block::Block::from_data(Codec::Raw, HashAlg::Sha2_256, i.to_le_bytes().to_vec())
+        .expect("a small block")
+        .cid()
+}

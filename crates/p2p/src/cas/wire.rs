@@ -380,17 +380,7 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_core::cid::{Codec, HashAlg};
-
-    fn cid(i: u32) -> Cid {
-        *cairn_core::block::Block::from_data(
-            Codec::Raw,
-            HashAlg::Sha2_256,
-            i.to_le_bytes().to_vec(),
-        )
-        .unwrap()
-        .cid()
-    }
+    use crate::test_cid as cid;
 
     fn response(blocks: &[(Cid, Bytes)], missing: &[Cid], skipped: &[Cid]) -> Response {
         Response::Get {

@@ -297,16 +297,7 @@ impl Discovery {
 mod tests {
     use super::*;
 
-    fn cid(i: u32) -> Cid {
-        use cairn_core::cid::{Codec, HashAlg};
-        *cairn_core::block::Block::from_data(
-            Codec::Raw,
-            HashAlg::Sha2_256,
-            i.to_le_bytes().to_vec(),
-        )
-        .unwrap()
-        .cid()
-    }
+    use crate::test_cid as cid;
 
     /// At most 4,096 roots are kept, the oldest dropped first; one announced is forgotten,
     /// one added twice is kept once, and the rest come back oldest first.
