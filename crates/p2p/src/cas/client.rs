@@ -75,7 +75,7 @@ impl Client {
         self.ask(peer, req).await.map(Answer::into_response)
     }
 
-    /// [`Client::request`], a get answer's blocks left in the frame they came in.
+    /// [`Client::request`], a get answer's large blocks left in the frame they came in.
     async fn ask(&self, peer: PeerId, req: &Request) -> Result<Answer, RequestError> {
         self.timed(async {
             let (answer, mut stream) = self.exchange(peer, req).await?;

@@ -62,52 +62,36 @@ impl From<Vec<u8>> for Frame {
 }
 
 /// Builds a [`Frame`]: small writes go into a buffer, large blocks become parts.
+#[derive(Default)]
 struct Parts {
     done: Vec<Bytes>,
     buf: Vec<u8>,
-    len: usize,
 }
 
 impl Parts {
-    fn new() -> Self {
-        Self {
-            done: Vec::new(),
-            buf: Vec::with_capacity(256),
-            len: 0,
-        }
-    }
-
-    fn small(&mut self, b: &[u8]) {
-        self.buf.extend_from_slice(b);
-        self.len += b.len();
-    }
-
     fn block(&mut self, b: &Bytes) {
         if b.len() < INLINE_MAX {
-            return self.small(b);
+            return self.buf.extend_from_slice(b);
         }
         if !self.buf.is_empty() {
             self.done.push(Bytes::from(std::mem::take(&mut self.buf)));
         }
         self.done.push(b.clone());
-        self.len += b.len();
     }
 
     fn head(&mut self, major: u8, n: u64) {
-        let mut h = [0u8; 9];
-        let k = head(&mut h, major, n);
-        self.small(&h[..k]);
+        head(&mut self.buf, major, n);
     }
 
     fn text(&mut self, t: &str) {
         self.head(TEXT, t.len() as u64);
-        self.small(t.as_bytes());
+        self.buf.extend_from_slice(t.as_bytes());
     }
 
     fn cid(&mut self, c: &Cid) {
         let b = c.to_bytes();
         self.head(BYTES, b.len() as u64);
-        self.small(&b);
+        self.buf.extend_from_slice(&b);
     }
 
     fn cids(&mut self, cids: &[Cid]) {
@@ -122,39 +106,30 @@ impl Parts {
             self.done.push(Bytes::from(self.buf));
         }
         Frame {
+            len: self.done.iter().map(Bytes::len).sum(),
             parts: self.done,
-            len: self.len,
         }
     }
 }
 
-/// The CBOR head of major type `major` with argument `n` into `out`, in the shortest form
-/// (RFC 8949 §3, what serde's encoder writes); its length.
-fn head(out: &mut [u8; 9], major: u8, n: u64) -> usize {
+/// The CBOR head of major type `major` with argument `n`, as RFC 8949 §3 writes it
+/// (the shortest form, which is what serde's encoder writes).
+fn head(out: &mut Vec<u8>, major: u8, n: u64) {
     let m = major << 5;
     match n {
-        0..24 => {
-            out[0] = m | n as u8;
-            1
-        }
-        24..0x100 => {
-            out[..2].copy_from_slice(&[m | 24, n as u8]);
-            2
-        }
+        0..24 => out.push(m | n as u8),
+        24..0x100 => out.extend_from_slice(&[m | 24, n as u8]),
         0x100..0x1_0000 => {
-            out[0] = m | 25;
-            out[1..3].copy_from_slice(&(n as u16).to_be_bytes());
-            3
+            out.push(m | 25);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
         }
         0x1_0000..0x1_0000_0000 => {
-            out[0] = m | 26;
-            out[1..5].copy_from_slice(&(n as u32).to_be_bytes());
-            5
+            out.push(m | 26);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
         }
         _ => {
-            out[0] = m | 27;
-            out[1..].copy_from_slice(&n.to_be_bytes());
-            9
+            out.push(m | 27);
+            out.extend_from_slice(&n.to_be_bytes());
         }
     }
 }
@@ -199,10 +174,9 @@ pub(super) fn encode_get(blocks: &[(Cid, Bytes)], missing: &[Cid], skipped: &[Ci
         + cid_list_len(missing)
         + key("skipped")
         + cid_list_len(skipped);
-    let mut out = Parts::new();
-    let mut prefix = Vec::with_capacity(10);
-    cairn_core::varint::put(&mut prefix, body_len as u64);
-    out.small(&prefix);
+    let mut out = Parts::default();
+    cairn_core::varint::put(&mut out.buf, body_len as u64);
+    let prefix = out.buf.len();
     out.head(MAP, 1);
     out.text("get");
     out.head(MAP, 3);
@@ -219,11 +193,11 @@ pub(super) fn encode_get(blocks: &[(Cid, Bytes)], missing: &[Cid], skipped: &[Ci
     out.text("skipped");
     out.cids(skipped);
     let frame = out.finish();
-    debug_assert_eq!(frame.len(), prefix.len() + body_len);
+    debug_assert_eq!(frame.len(), prefix + body_len);
     frame
 }
 
-/// A `get` answer whose blocks are slices of the frame they came in.
+/// A `get` answer whose large blocks are slices of the frame they came in.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GetAnswer {
     /// Blocks held, in request order: their CIDs as sent, and their bytes (not verified).
@@ -261,8 +235,8 @@ impl Answer {
     }
 }
 
-/// An answer from its CBOR body: what [`decode_response`] reads, with a get answer's blocks
-/// left in `body` (a get answer in the shortest form, keys in order, as every cairn peer
+/// An answer from its CBOR body: what [`decode_response`] reads, with a get answer's large
+/// blocks left in `body` (a get answer in the shortest form, keys in order, as every cairn peer
 /// writes it, is read here; any other form the general decoder reads, at a copy per block).
 pub fn decode_answer(body: Bytes) -> Result<Answer, Error> {
     if let Some(g) = (Reader { body: &body, at: 0 }).get_answer() {

@@ -16,8 +16,8 @@
 //! (the kernel's, Noise's frame) come on top, as they did.
 //!
 //! Frames yamux writes on its own (window updates, pings, resets, a stream's closing frame)
-//! count as sent and were never handed: the difference errs low by their 12 bytes each, so the bound loosens by
-//! a few bytes per megabyte received, never tightens.
+//! count as sent and were never handed: the difference errs low by their 12 bytes each, so
+//! the bound loosens by a few bytes per megabyte received, never tightens.
 
 use std::io;
 use std::pin::Pin;
