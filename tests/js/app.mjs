@@ -23,6 +23,59 @@ export function allFrom (p, source) {
   return by[source] + detoured + by.local === p.blocksDone && by.local <= 1 && by[source] > 0 && detoured <= spare
 }
 
+/** A script for a page, run before the app's own: it keeps a timeline of the page's
+ * `RTCDataChannel`s in `window.__channels`, sampled every 250 ms (the last 2 minutes):
+ * `[ms since the page started, channels this page opened that are not closed yet, of them
+ * still connecting, channels the peer opened that are not closed yet, bytes queued to send
+ * on all of them, bytes received so far]`. When a transfer over /webrtc stalls, the two
+ * pages' timelines tell whether the sender's queue stopped draining, the receiver's
+ * channels never opened, or no request arrived ([`channelTimeline`]). */
+export const CHANNEL_PROBE = `(() => {
+  const live = new Set()
+  const st = { samples: [], received: 0 }
+  window.__channels = st
+  const track = (dc, ours) => {
+    const c = { dc, ours }
+    live.add(c)
+    dc.addEventListener('message', (e) => { st.received += e.data?.byteLength ?? 0 })
+    dc.addEventListener('close', () => live.delete(c))
+  }
+  const Base = window.RTCPeerConnection
+  if (!Base) return
+  const create = Base.prototype.createDataChannel
+  Base.prototype.createDataChannel = function (...args) {
+    const dc = create.apply(this, args)
+    track(dc, true)
+    return dc
+  }
+  window.RTCPeerConnection = class extends Base {
+    constructor (...args) {
+      super(...args)
+      this.addEventListener('datachannel', (e) => track(e.channel, false))
+    }
+  }
+  setInterval(() => {
+    let out = 0, connecting = 0, inbound = 0, queued = 0
+    for (const { dc, ours } of live) {
+      if (ours) out++; else inbound++
+      if (dc.readyState === 'connecting') connecting++
+      queued += dc.bufferedAmount
+    }
+    st.samples.push([Math.round(performance.now()), out, connecting, inbound, queued, st.received])
+    if (st.samples.length > 480) st.samples.shift()
+  }, 250)
+})()`
+
+/** A page's [`CHANNEL_PROBE`] timeline as text, a line a second (every fourth sample), for
+ * a failure's message. */
+export async function channelTimeline (page, name) {
+  const samples = await page.evaluate(() => window.__channels?.samples ?? null).catch((e) => `unreadable: ${e.message}`)
+  if (!Array.isArray(samples)) return `${name}: no channel timeline (${samples})`
+  const lines = samples.filter((_, i) => i % 4 === 0).map(([t, out, connecting, inbound, queued, received]) =>
+    `  ${(t / 1000).toFixed(1)} s: ours ${out} (${connecting} connecting), theirs ${inbound}, queued ${queued} B, received ${received} B`)
+  return `${name}'s data channels (time, channels open, bytes):\n${lines.join('\n')}`
+}
+
 /** Prints why blocks of the fetch `p` came from further down the chain, if any did. */
 export function noteDetours (p) {
   if (p.detours > 0) console.error(`note: ${p.detours} block(s) came from further down the chain than the first source; the last: ${p.lastDetour}`)

@@ -16,7 +16,7 @@
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { addFile, allFrom, assert, downloaded, monitorPing, noteDetours, openApp, randomFile, transferEnds } from './app.mjs'
+import { CHANNEL_PROBE, addFile, allFrom, assert, channelTimeline, downloaded, monitorPing, noteDetours, openApp, randomFile, transferEnds } from './app.mjs'
 import { WEBRTC_FLAGS, atExit, capture, cleanup, freePort, launchChromium, launchFirefox, relayBytes, serveJsPeer, startRelay, step as say } from './harness.mjs'
 
 const [relayBin, dist, artifacts] = process.argv.slice(2)
@@ -43,6 +43,14 @@ async function until (page, fn, arg, what, ms = 60_000) {
   }
 }
 
+/** That the fetch `got` came from peers (see `allFrom`); if not, the failure carries both
+ * pages' data-channel timelines (`CHANNEL_PROBE`), to tell where a transfer stalled. */
+async function fromPeers (got, sender, receiver) {
+  if (allFrom(got, 'peers')) return
+  const timelines = [await channelTimeline(sender.page, sender.name), await channelTimeline(receiver.page, receiver.name)]
+  throw new Error(`assertion failed: all from peers: ${JSON.stringify(got)}\n${timelines.join('\n')}`)
+}
+
 /** Opens the app at `url` in a new Firefox context: `{ page, log, name, context }`. */
 async function openFirefox (browser, url, name, context) {
   context ??= await browser.createBrowserContext()
@@ -50,6 +58,7 @@ async function openFirefox (browser, url, name, context) {
   const log = []
   page.on('console', (m) => log.push(`${m.type()}: ${m.text()}`))
   page.on('pageerror', (e) => log.push(`pageerror: ${e.message}`))
+  await page.evaluateOnNewDocument(CHANNEL_PROBE)
   await page.goto(url)
   await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 })
     .catch((e) => { throw new Error(`${name} (Firefox): the app did not start: ${e.message}\n${log.join('\n')}`) })
@@ -126,20 +135,20 @@ try {
   step('Chromium B opens the share link: Firefox → Chromium over /webrtc')
   const before1 = await relayBytes(http)
   const t1 = Date.now()
-  const b = await openApp(await chromium.newContext(), fromA.link, 'B')
+  const b = await openApp(await chromium.newContext(), fromA.link, 'B', CHANNEL_PROBE)
   const got1 = (await transferEnds(b)).last
   const secs1 = (Date.now() - t1) / 1000
   const relayed1 = await relayBytes(http) - before1
   const dl1 = await downloaded(b)
   assert(dl1.size === big.size && dl1.sha256 === big.sha256, `B's bytes are A's: ${JSON.stringify(dl1)}`)
-  assert(allFrom(got1, 'peers'), `all from peers: ${JSON.stringify(got1)}`)
+  await fromPeers(got1, a, b)
   const row1 = await pathOf(b.page, aId, 'direct', 'B\'s peers panel says Firefox A is direct')
   assert(/WebRTC/.test(row1), `over WebRTC: ${row1}`)
   step(`64 MiB Firefox → Chromium in ${secs1.toFixed(1)} s (page open to done); the relay carried ${relayed1} bytes meanwhile (${(100 * relayed1 / big.size).toFixed(2)} %)`)
   assert(relayed1 < big.size / 100, `the relay carried under 1 % of the bytes: ${relayed1}`)
 
   step('Chromium C adds 64 MiB; Firefox D opens its share link: Chromium → Firefox over /webrtc')
-  const c = await openApp(await chromium.newContext(), origin, 'C')
+  const c = await openApp(await chromium.newContext(), origin, 'C', CHANNEL_PROBE)
   const cId = await c.page.evaluate(() => window.cairnApp.node.peerId)
   const other = randomFile(work, 'from-chromium.bin', 64 * MiB)
   const fromC = await addFile(c, other)
@@ -149,7 +158,7 @@ try {
   const got2 = await transferEndsInFirefox(d)
   const secs2 = (Date.now() - t2) / 1000
   const relayed2 = await relayBytes(http) - before2
-  assert(allFrom(got2, 'peers'), `all from peers: ${JSON.stringify(got2)}`)
+  await fromPeers(got2, c, d)
   const row2 = await pathOf(d.page, cId, 'direct', 'D\'s peers panel says Chromium C is direct')
   assert(/WebRTC/.test(row2), `over WebRTC: ${row2}`)
   const dl2 = await savedInFirefox(d)
