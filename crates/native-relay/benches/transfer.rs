@@ -57,7 +57,7 @@ async fn fetch(from: &Node, root: Cid) {
         from,
         Some(root),
         RaceConfig {
-            per_peer_timeout: Duration::from_secs(60),
+            per_peer_timeout: Some(Duration::from_secs(60)),
             max_parallel: 4,
             look_up: false,
             ..Default::default()

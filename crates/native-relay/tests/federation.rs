@@ -506,7 +506,7 @@ async fn a_transfer_whose_relay_dies_goes_on_through_another_fetching_only_what_
         &b,
         Some(root),
         RaceConfig {
-            per_peer_timeout: Duration::from_secs(10),
+            per_peer_timeout: Some(Duration::from_secs(10)),
             max_parallel: 4,
             // When the peers at hand fail, the DHT is asked again: A, at its R2 circuit.
             look_up: true,

@@ -264,7 +264,7 @@ pub fn ipfs_source<H: HttpClient + 'static>(
 ) -> PeerSource<std::sync::Arc<ipfs::Network<H>>, std::sync::Arc<ipfs::Network<H>>> {
     let net = std::sync::Arc::new(net);
     PeerSource::new(SourceKind::Ipfs, net.clone(), net, root).config(RaceConfig {
-        per_peer_timeout: Duration::from_secs(15),
+        per_peer_timeout: Some(Duration::from_secs(15)),
         // Providers each get a want; a handful is enough to route around slow ones.
         max_parallel: 4,
         look_up: true,
@@ -356,8 +356,12 @@ impl Sources {
         let mut chain = Chain::new().local(store);
         if let Some(node) = node {
             if self.peers {
+                // Each request gives up on its own when the peer sends nothing for a while
+                // (`cas::Config::request_timeout`): a bound on the whole answer would cut
+                // every request of a window on a slow link at once.
                 let config = RaceConfig {
                     look_up: self.discover,
+                    per_peer_timeout: None,
                     ..RaceConfig::default()
                 };
                 let peers = CasPeers::new(node.clone())

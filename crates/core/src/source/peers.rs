@@ -190,8 +190,9 @@ pub trait Verify: fmt::Debug + CondSend + CondSync {
 /// Limits of a [`PeerSource`].
 #[derive(Debug, Clone, Copy)]
 pub struct RaceConfig {
-    /// How long one peer may take.
-    pub per_peer_timeout: Duration,
+    /// How long one peer may take for one block (`None`: the asker bounds its own requests,
+    /// as `/cas` does by how long a peer sends nothing).
+    pub per_peer_timeout: Option<Duration>,
     /// How many peers are asked at once; more are asked as earlier ones fail.
     pub max_parallel: usize,
     /// Whether to look up more peers when those at hand fail.
@@ -205,7 +206,7 @@ pub struct RaceConfig {
 impl Default for RaceConfig {
     fn default() -> Self {
         Self {
-            per_peer_timeout: Duration::from_secs(10),
+            per_peer_timeout: Some(Duration::from_secs(10)),
             max_parallel: 16,
             look_up: true,
             regain: Duration::from_secs(5),
@@ -611,7 +612,7 @@ where
             async move {
                 let started = Instant::now();
                 let out = ctx
-                    .run(Some(timeout), async {
+                    .run(timeout, async {
                         self.ask.ask(&peer, cid).await.map_err(|e| match e {
                             PeerError::NotFound => SourceError::NotFound,
                             PeerError::Failed(m) => SourceError::Unavailable(m),

@@ -407,7 +407,7 @@ async fn when_all_peers_fail_the_error_lists_each() {
         &[],
     );
     let race = race(n, routing::InOrder).config(RaceConfig {
-        per_peer_timeout: Duration::from_secs(10),
+        per_peer_timeout: Some(Duration::from_secs(10)),
         max_parallel: 1,
         look_up: false,
         ..Default::default()

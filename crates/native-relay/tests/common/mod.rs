@@ -156,7 +156,7 @@ pub(crate) async fn fetch_all(from: &Node, len: usize, root: Cid) -> (Arc<Memory
         from,
         Some(root),
         RaceConfig {
-            per_peer_timeout: Duration::from_secs(30),
+            per_peer_timeout: Some(Duration::from_secs(30)),
             max_parallel: 4,
             look_up: false,
             ..Default::default()

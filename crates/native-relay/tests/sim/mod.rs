@@ -327,7 +327,7 @@ async fn fetch_one(node: &Node, root: Cid, len: usize) -> Result<Sample, String>
         node,
         Some(root),
         RaceConfig {
-            per_peer_timeout: Duration::from_secs(20),
+            per_peer_timeout: Some(Duration::from_secs(20)),
             max_parallel: 4,
             // As every node does: a block no connected peer has sends the node back to the
             // DHT. Connections close once idle, and one closing between two of a fetch's

@@ -29,8 +29,8 @@ pub enum RequestError {
     /// The stream failed, or the answer was over the limits or malformed.
     #[error(transparent)]
     Exchange(#[from] Error),
-    /// No answer came in time.
-    #[error("no answer within {0:?}")]
+    /// Nothing moved for this long: the peer sent nothing, on this request or another.
+    #[error("the peer sent nothing for {0:?}")]
     Timeout(Duration),
 }
 
@@ -57,15 +57,19 @@ pub struct Client {
     streams: Control,
     limits: Limits,
     timeout: Duration,
+    /// When each peer's requests last moved.
+    activity: std::sync::Arc<Activity>,
 }
 
 impl Client {
-    /// A client whose requests are bounded by `limits` and answered within `timeout`.
+    /// A client whose requests are bounded by `limits` and given up when the peer sends
+    /// nothing for `timeout` (see [`Client::timed`]).
     pub fn new(streams: Control, limits: Limits, timeout: Duration) -> Self {
         Self {
             streams,
             limits,
             timeout,
+            activity: std::sync::Arc::default(),
         }
     }
 
@@ -77,8 +81,9 @@ impl Client {
 
     /// [`Client::request`], a get answer's large blocks left in the frame they came in.
     async fn ask(&self, peer: PeerId, req: &Request) -> Result<Answer, RequestError> {
-        self.timed(async {
-            let (answer, mut stream) = self.exchange(peer, req).await?;
+        let progress = self.activity.request(peer);
+        self.timed(&progress, async {
+            let (answer, mut stream) = self.exchange(peer, req, &progress).await?;
             let _ = stream.close().await;
             Ok(answer)
         })
@@ -91,26 +96,47 @@ impl Client {
         &self,
         peer: PeerId,
         req: &Request,
+        progress: &Watch,
     ) -> Result<(Answer, crate::streams::Stream), RequestError> {
         let mut control = self.streams.clone();
-        let mut stream = control.open_stream(peer, PROTOCOL).await?;
+        let stream = control.open_stream(peer, PROTOCOL).await?;
+        progress.moved();
+        let mut stream = Watched {
+            inner: stream,
+            progress,
+        };
         framing::write_frame(&mut stream, &encode(req))
             .await
             .map_err(|e| Error::Frame(e.into()))?;
         let body = framing::read_frame(&mut stream, self.limits.max_response)
             .await
             .map_err(Error::Frame)?;
-        Ok((decode_answer(Bytes::from(body))?, stream))
+        Ok((decode_answer(Bytes::from(body))?, stream.inner))
     }
 
-    /// `exchange` within the request timeout.
+    /// `exchange`, given up once it has not moved (its stream opened, its bytes sent or
+    /// answered) and the peer has sent nothing on any request for the request timeout. An answer
+    /// that keeps coming is not cut however long it takes: a window of answers shares the
+    /// link, so on a slow one each takes the window's bytes over the link's rate (16 MiB at
+    /// 1 MB/s is 16 s), and the bytes of one stream may wait behind the others' in the
+    /// peer's queues for seconds while the connection is busy; a bound on the whole would
+    /// give up on every request of a slow link at once. The caller's own deadline bounds
+    /// the whole.
     async fn timed<T>(
         &self,
+        progress: &Watch,
         exchange: impl std::future::Future<Output = Result<T, RequestError>>,
     ) -> Result<T, RequestError> {
-        cairn_core::rt::timeout(self.timeout, exchange)
-            .await
-            .unwrap_or(Err(RequestError::Timeout(self.timeout)))
+        let mut exchange = std::pin::pin!(exchange);
+        loop {
+            let left = self.timeout.saturating_sub(progress.idle());
+            if left.is_zero() {
+                return Err(RequestError::Timeout(self.timeout));
+            }
+            if let Some(out) = cairn_core::rt::timeout(left, exchange.as_mut()).await {
+                return out;
+            }
+        }
     }
 
     /// Asks `peer` for one block; the bytes are the caller's to verify. A `busy` answer is
@@ -171,7 +197,10 @@ impl Client {
         let req = Request::Dag {
             root: WireCid::from(root),
         };
-        let answer = self.timed(self.exchange(peer, &req)).await;
+        let progress = self.activity.request(peer);
+        let answer = self
+            .timed(&progress, self.exchange(peer, &req, &progress))
+            .await;
         let ask_again = match &answer {
             Ok((Answer::Other(Response::Error { code, .. }), _)) => {
                 *code == code::UNSUPPORTED || *code == code::BUSY
@@ -220,6 +249,139 @@ impl Client {
             ))),
             Err(e) => Err(PeerError::Failed(Reason::new(e))),
         }
+    }
+}
+
+/// When something last moved, in milliseconds since it was made.
+#[derive(Debug)]
+struct Progress {
+    started: cairn_core::rt::Instant,
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            started: cairn_core::rt::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last
+            .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since the last move (or since it was made).
+    fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(std::sync::atomic::Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+}
+
+/// When each peer's requests last moved, kept while requests to it are open.
+#[derive(Debug, Default)]
+struct Activity {
+    peers: std::sync::Mutex<std::collections::HashMap<PeerId, std::sync::Arc<Progress>>>,
+}
+
+impl Activity {
+    /// What a new request to `peer` marks and is timed by.
+    fn request(&self, peer: PeerId) -> Watch {
+        let mut peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Peers no request is open to any more are forgotten.
+        if peers.len() >= 64 {
+            peers.retain(|_, p| std::sync::Arc::strong_count(p) > 1);
+        }
+        let peer = peers
+            .entry(peer)
+            .or_insert_with(|| std::sync::Arc::new(Progress::new()))
+            .clone();
+        Watch {
+            own: Progress::new(),
+            peer,
+        }
+    }
+}
+
+/// One request's progress and its peer's.
+struct Watch {
+    own: Progress,
+    peer: std::sync::Arc<Progress>,
+}
+
+impl Watch {
+    /// The peer sent something: this request, and every other to it, are alive.
+    fn heard(&self) {
+        self.own.mark();
+        self.peer.mark();
+    }
+
+    /// This request moved on our side (its stream opened, its bytes went out): that says
+    /// nothing of the peer, so other requests to it are not kept alive by it.
+    fn moved(&self) {
+        self.own.mark();
+    }
+
+    /// How long since this request or another to the same peer last moved.
+    fn idle(&self) -> Duration {
+        self.own.idle().min(self.peer.idle())
+    }
+}
+
+/// A stream that marks a request's [`Watch`] whenever bytes go through it.
+struct Watched<'a, S> {
+    inner: S,
+    progress: &'a Watch,
+}
+
+impl<S: futures::AsyncRead + Unpin> futures::AsyncRead for Watched<'_, S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let out = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &out
+            && *n > 0
+        {
+            self.progress.heard();
+        }
+        out
+    }
+}
+
+impl<S: futures::AsyncWrite + Unpin> futures::AsyncWrite for Watched<'_, S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let out = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &out
+            && *n > 0
+        {
+            self.progress.moved();
+        }
+        out
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
     }
 }
 
@@ -486,6 +648,176 @@ mod tests {
         });
         let client = Client::new(control, Limits::default(), Duration::from_millis(500));
         (client, id, asked)
+    }
+
+    /// A `/cas` peer that answers each `get` with the block, its frame written in `pieces`
+    /// parts `gap` apart (a slow link), or only the first `stall_after` of them, then
+    /// nothing more (a peer gone silent). The client gives up after 500 ms of silence.
+    async fn pacing_peer(
+        data: &'static [u8],
+        pieces: usize,
+        gap: Duration,
+        stall_after: Option<usize>,
+    ) -> (Client, PeerId) {
+        let mut server = swarm();
+        let mut incoming = server
+            .behaviour()
+            .new_control()
+            .accept(PROTOCOL, 8)
+            .unwrap();
+        let addr = crate::streams::tests::listening(&mut server).await;
+        let id = *server.local_peer_id();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = server.select_next_some() => {}
+                    Some((_, mut s)) = incoming.next() => {
+                        tokio::spawn(async move {
+                            let body = framing::read_frame(&mut s, 1 << 20).await.unwrap();
+                            let Ok(Request::Get { cids }) = super::super::decode_request(&body) else {
+                                panic!("not a get");
+                            };
+                            let answer = encode(&Response::Get {
+                                blocks: vec![WireBlock(cids[0].clone(), ByteBuf::from(data.to_vec()))],
+                                missing: vec![],
+                                skipped: vec![],
+                            });
+                            let mut frame = framing::prefix(answer.len());
+                            frame.extend_from_slice(&answer);
+                            let size = frame.len().div_ceil(pieces);
+                            for (i, piece) in frame.chunks(size).enumerate() {
+                                if stall_after == Some(i) {
+                                    std::future::pending::<()>().await;
+                                }
+                                if i > 0 {
+                                    tokio::time::sleep(gap).await;
+                                }
+                                s.write_all(piece).await.unwrap();
+                                s.flush().await.unwrap();
+                            }
+                            let _ = s.close().await;
+                        });
+                    }
+                }
+            }
+        });
+        let mut client = swarm();
+        let control = client.behaviour().new_control();
+        client.dial(addr).unwrap();
+        loop {
+            if let SwarmEvent::ConnectionEstablished { .. } = client.select_next_some().await {
+                break;
+            }
+        }
+        tokio::spawn(async move {
+            loop {
+                client.select_next_some().await;
+            }
+        });
+        (
+            Client::new(control, Limits::default(), Duration::from_millis(500)),
+            id,
+        )
+    }
+
+    /// An answer that keeps coming is read to its end however long it takes (here three
+    /// times the request timeout): on a slow link a window of answers shares the bytes, and
+    /// each takes long without the peer ever going quiet.
+    #[tokio::test]
+    async fn an_answer_that_keeps_coming_is_not_cut_by_the_request_timeout() {
+        let data: &[u8] = &[7; 40_000];
+        let cid = raw_cid(data);
+        let (client, peer) = pacing_peer(data, 8, Duration::from_millis(200), None).await;
+        let started = std::time::Instant::now();
+        let bytes = client.get(peer, &cid).await.unwrap();
+        assert_eq!(bytes, Bytes::from_static(data));
+        assert!(
+            started.elapsed() > Duration::from_millis(1_400),
+            "the answer was paced over 1.4 s, yet it came in {:?}",
+            started.elapsed()
+        );
+    }
+
+    /// A peer that stops sending in the middle of an answer is given up once it has sent
+    /// nothing for the request timeout.
+    #[tokio::test]
+    async fn a_peer_gone_silent_mid_answer_is_given_up_after_the_request_timeout() {
+        let data: &[u8] = &[9; 40_000];
+        let cid = raw_cid(data);
+        let (client, peer) = pacing_peer(data, 8, Duration::from_millis(50), Some(3)).await;
+        let err = client.get(peer, &cid).await.unwrap_err();
+        assert!(err.to_string().contains("sent nothing for 500ms"), "{err}");
+    }
+
+    /// A request whose answer waits behind another's (the peer writes one answer, paced over
+    /// three times the request timeout, before it starts the next) is not given up while the
+    /// other's bytes keep coming: the connection is busy, not gone.
+    #[tokio::test]
+    async fn a_request_waiting_behind_another_answer_to_the_same_peer_is_not_given_up() {
+        let mut server = swarm();
+        let mut incoming = server
+            .behaviour()
+            .new_control()
+            .accept(PROTOCOL, 8)
+            .unwrap();
+        let addr = crate::streams::tests::listening(&mut server).await;
+        let id = *server.local_peer_id();
+        tokio::spawn(async move {
+            // One answer at a time, each paced in 8 parts 200 ms apart.
+            let mut answered = 0usize;
+            loop {
+                tokio::select! {
+                    _ = server.select_next_some() => {}
+                    Some((_, mut s)) = incoming.next() => {
+                        let body = framing::read_frame(&mut s, 1 << 20).await.unwrap();
+                        let Ok(Request::Get { cids }) = super::super::decode_request(&body) else {
+                            panic!("not a get");
+                        };
+                        let data = vec![answered as u8; 40_000];
+                        answered += 1;
+                        let answer = encode(&Response::Get {
+                            blocks: vec![WireBlock(cids[0].clone(), ByteBuf::from(data))],
+                            missing: vec![],
+                            skipped: vec![],
+                        });
+                        let mut frame = framing::prefix(answer.len());
+                        frame.extend_from_slice(&answer);
+                        for (i, piece) in frame.chunks(frame.len().div_ceil(8)).enumerate() {
+                            if i > 0 {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            s.write_all(piece).await.unwrap();
+                            s.flush().await.unwrap();
+                        }
+                        let _ = s.close().await;
+                    }
+                }
+            }
+        });
+        let mut client = swarm();
+        let control = client.behaviour().new_control();
+        client.dial(addr).unwrap();
+        loop {
+            if let SwarmEvent::ConnectionEstablished { .. } = client.select_next_some().await {
+                break;
+            }
+        }
+        tokio::spawn(async move {
+            loop {
+                client.select_next_some().await;
+            }
+        });
+        let client = Client::new(control, Limits::default(), Duration::from_millis(500));
+        let (a, b) = (raw_cid(&[0; 40_000]), raw_cid(&[1; 40_000]));
+        // Whichever the peer reads second waits about 1.4 s behind the other's answer.
+        let (first, second) = futures::join!(client.get(id, &a), client.get(id, &b));
+        for got in [first, second] {
+            assert_eq!(
+                got.expect("a request waiting behind the other answer")
+                    .len(),
+                40_000
+            );
+        }
     }
 
     /// The CID of `data` as a raw block.

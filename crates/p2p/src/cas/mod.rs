@@ -48,7 +48,8 @@ pub struct Config {
     pub serve: bool,
     /// Frame and count limits, both ways.
     pub limits: Limits,
-    /// How long one request may take, from opening its stream to its answer.
+    /// How long a request may go without moving (its stream not yet open, or no byte of its
+    /// answer arriving) before it is given up; an answer that keeps coming is not cut.
     pub request_timeout: std::time::Duration,
     /// The server's bounds.
     pub server: ServerConfig,
@@ -59,7 +60,7 @@ impl Default for Config {
         Self {
             serve: true,
             limits: Limits::default(),
-            request_timeout: std::time::Duration::from_secs(30),
+            request_timeout: std::time::Duration::from_secs(10),
             server: ServerConfig::default(),
         }
     }
