@@ -590,75 +590,14 @@ mod tests {
     use crate::cas::WireBlock;
     use crate::streams::tests::swarm;
 
-    /// A `/cas` peer that answers each `get` with the block listed as `skipped` the first
-    /// `skips` times, then with the block.
-    async fn skipping_peer(
-        skips: usize,
-        data: &'static [u8],
-    ) -> (Client, PeerId, Arc<AtomicUsize>) {
-        let mut server = swarm();
-        let mut incoming = server
-            .behaviour()
-            .new_control()
-            .accept(PROTOCOL, 8)
-            .unwrap();
-        let addr = crate::streams::tests::listening(&mut server).await;
-        let id = *server.local_peer_id();
-        let asked = Arc::new(AtomicUsize::new(0));
-        let count = asked.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = server.select_next_some() => {}
-                    Some((_, mut s)) = incoming.next() => {
-                        let body = framing::read_frame(&mut s, 1 << 20).await.unwrap();
-                        let cids = match super::super::decode_request(&body) {
-                            Ok(Request::Get { cids }) => cids,
-                            Ok(Request::Dag { root }) => vec![root],
-                            other => panic!("not a get: {other:?}"),
-                        };
-                        let n = count.fetch_add(1, Ordering::SeqCst);
-                        let answer = if n < skips {
-                            Response::Get { blocks: vec![], missing: vec![], skipped: cids }
-                        } else {
-                            Response::Get {
-                                blocks: vec![WireBlock(cids[0].clone(), ByteBuf::from(data.to_vec()))],
-                                missing: vec![],
-                                skipped: vec![],
-                            }
-                        };
-                        framing::write_frame(&mut s, &encode(&answer)).await.unwrap();
-                        let _ = s.close().await;
-                    }
-                }
-            }
-        });
-        let mut client = swarm();
-        let control = client.behaviour().new_control();
-        client.dial(addr).unwrap();
-        loop {
-            if let SwarmEvent::ConnectionEstablished { .. } = client.select_next_some().await {
-                break;
-            }
-        }
-        tokio::spawn(async move {
-            loop {
-                client.select_next_some().await;
-            }
-        });
-        let client = Client::new(control, Limits::default(), Duration::from_millis(500));
-        (client, id, asked)
-    }
-
-    /// A `/cas` peer that answers each `get` with the block, its frame written in `pieces`
-    /// parts `gap` apart (a slow link), or only the first `stall_after` of them, then
-    /// nothing more (a peer gone silent). The client gives up after 500 ms of silence.
-    async fn pacing_peer(
-        data: &'static [u8],
-        pieces: usize,
-        gap: Duration,
-        stall_after: Option<usize>,
-    ) -> (Client, PeerId) {
+    /// A peer that hands each `/cas` stream opened to it to `serve` (the next one is taken
+    /// once that returns), and a client connected to it that gives a request up after
+    /// 500 ms in which nothing moved.
+    async fn peer_serving<F, Fut>(mut serve: F) -> (Client, PeerId)
+    where
+        F: FnMut(crate::streams::Stream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let mut server = swarm();
         let mut incoming = server
             .behaviour()
@@ -671,33 +610,7 @@ mod tests {
             loop {
                 tokio::select! {
                     _ = server.select_next_some() => {}
-                    Some((_, mut s)) = incoming.next() => {
-                        tokio::spawn(async move {
-                            let body = framing::read_frame(&mut s, 1 << 20).await.unwrap();
-                            let Ok(Request::Get { cids }) = super::super::decode_request(&body) else {
-                                panic!("not a get");
-                            };
-                            let answer = encode(&Response::Get {
-                                blocks: vec![WireBlock(cids[0].clone(), ByteBuf::from(data.to_vec()))],
-                                missing: vec![],
-                                skipped: vec![],
-                            });
-                            let mut frame = framing::prefix(answer.len());
-                            frame.extend_from_slice(&answer);
-                            let size = frame.len().div_ceil(pieces);
-                            for (i, piece) in frame.chunks(size).enumerate() {
-                                if stall_after == Some(i) {
-                                    std::future::pending::<()>().await;
-                                }
-                                if i > 0 {
-                                    tokio::time::sleep(gap).await;
-                                }
-                                s.write_all(piece).await.unwrap();
-                                s.flush().await.unwrap();
-                            }
-                            let _ = s.close().await;
-                        });
-                    }
+                    Some((_, s)) = incoming.next() => serve(s).await,
                 }
             }
         });
@@ -718,6 +631,108 @@ mod tests {
             Client::new(control, Limits::default(), Duration::from_millis(500)),
             id,
         )
+    }
+
+    /// Reads a `get` from `s`: the CIDs it asks for.
+    async fn read_get(s: &mut crate::streams::Stream) -> Vec<WireCid> {
+        let body = framing::read_frame(s, 1 << 20).await.unwrap();
+        match super::super::decode_request(&body) {
+            Ok(Request::Get { cids }) => cids,
+            Ok(Request::Dag { root }) => vec![root],
+            other => panic!("not a get: {other:?}"),
+        }
+    }
+
+    /// Answers `cid` with `data` on `s`, the frame written in `pieces` parts `gap` apart (a
+    /// slow link), or only the first `stall_after` of them and then nothing more (a peer
+    /// gone silent).
+    async fn answer_paced(
+        s: &mut crate::streams::Stream,
+        cid: WireCid,
+        data: Vec<u8>,
+        pieces: usize,
+        gap: Duration,
+        stall_after: Option<usize>,
+    ) {
+        let answer = encode(&Response::Get {
+            blocks: vec![WireBlock(cid, ByteBuf::from(data))],
+            missing: vec![],
+            skipped: vec![],
+        });
+        let mut frame = framing::prefix(answer.len());
+        frame.extend_from_slice(&answer);
+        for (i, piece) in frame.chunks(frame.len().div_ceil(pieces)).enumerate() {
+            if stall_after == Some(i) {
+                std::future::pending::<()>().await;
+            }
+            if i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            s.write_all(piece).await.unwrap();
+            s.flush().await.unwrap();
+        }
+        let _ = s.close().await;
+    }
+
+    /// A `/cas` peer that answers each `get` with the block listed as `skipped` the first
+    /// `skips` times, then with the block.
+    async fn skipping_peer(
+        skips: usize,
+        data: &'static [u8],
+    ) -> (Client, PeerId, Arc<AtomicUsize>) {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let count = asked.clone();
+        let (client, id) = peer_serving(move |mut s| {
+            let count = count.clone();
+            async move {
+                let cids = read_get(&mut s).await;
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let answer = if n < skips {
+                    Response::Get {
+                        blocks: vec![],
+                        missing: vec![],
+                        skipped: cids,
+                    }
+                } else {
+                    Response::Get {
+                        blocks: vec![WireBlock(cids[0].clone(), ByteBuf::from(data.to_vec()))],
+                        missing: vec![],
+                        skipped: vec![],
+                    }
+                };
+                framing::write_frame(&mut s, &encode(&answer))
+                    .await
+                    .unwrap();
+                let _ = s.close().await;
+            }
+        })
+        .await;
+        (client, id, asked)
+    }
+
+    /// A `/cas` peer that answers each `get` with `data` as [`answer_paced`] writes it,
+    /// many answers at once.
+    async fn pacing_peer(
+        data: &'static [u8],
+        pieces: usize,
+        gap: Duration,
+        stall_after: Option<usize>,
+    ) -> (Client, PeerId) {
+        peer_serving(move |mut s| async move {
+            tokio::spawn(async move {
+                let cids = read_get(&mut s).await;
+                answer_paced(
+                    &mut s,
+                    cids[0].clone(),
+                    data.to_vec(),
+                    pieces,
+                    gap,
+                    stall_after,
+                )
+                .await;
+            });
+        })
+        .await
     }
 
     /// An answer that keeps coming is read to its end however long it takes (here three
@@ -754,60 +769,26 @@ mod tests {
     /// other's bytes keep coming: the connection is busy, not gone.
     #[tokio::test]
     async fn a_request_waiting_behind_another_answer_to_the_same_peer_is_not_given_up() {
-        let mut server = swarm();
-        let mut incoming = server
-            .behaviour()
-            .new_control()
-            .accept(PROTOCOL, 8)
-            .unwrap();
-        let addr = crate::streams::tests::listening(&mut server).await;
-        let id = *server.local_peer_id();
-        tokio::spawn(async move {
-            // One answer at a time, each paced in 8 parts 200 ms apart.
-            let mut answered = 0usize;
-            loop {
-                tokio::select! {
-                    _ = server.select_next_some() => {}
-                    Some((_, mut s)) = incoming.next() => {
-                        let body = framing::read_frame(&mut s, 1 << 20).await.unwrap();
-                        let Ok(Request::Get { cids }) = super::super::decode_request(&body) else {
-                            panic!("not a get");
-                        };
-                        let data = vec![answered as u8; 40_000];
-                        answered += 1;
-                        let answer = encode(&Response::Get {
-                            blocks: vec![WireBlock(cids[0].clone(), ByteBuf::from(data))],
-                            missing: vec![],
-                            skipped: vec![],
-                        });
-                        let mut frame = framing::prefix(answer.len());
-                        frame.extend_from_slice(&answer);
-                        for (i, piece) in frame.chunks(frame.len().div_ceil(8)).enumerate() {
-                            if i > 0 {
-                                tokio::time::sleep(Duration::from_millis(200)).await;
-                            }
-                            s.write_all(piece).await.unwrap();
-                            s.flush().await.unwrap();
-                        }
-                        let _ = s.close().await;
-                    }
-                }
+        // One answer at a time, each in 8 parts 200 ms apart; the first all zeros, the
+        // second all ones.
+        let mut answered = 0u8;
+        let (client, id) = peer_serving(move |mut s| {
+            let data = vec![answered; 40_000];
+            answered += 1;
+            async move {
+                let cids = read_get(&mut s).await;
+                answer_paced(
+                    &mut s,
+                    cids[0].clone(),
+                    data,
+                    8,
+                    Duration::from_millis(200),
+                    None,
+                )
+                .await;
             }
-        });
-        let mut client = swarm();
-        let control = client.behaviour().new_control();
-        client.dial(addr).unwrap();
-        loop {
-            if let SwarmEvent::ConnectionEstablished { .. } = client.select_next_some().await {
-                break;
-            }
-        }
-        tokio::spawn(async move {
-            loop {
-                client.select_next_some().await;
-            }
-        });
-        let client = Client::new(control, Limits::default(), Duration::from_millis(500));
+        })
+        .await;
         let (a, b) = (raw_cid(&[0; 40_000]), raw_cid(&[1; 40_000]));
         // Whichever the peer reads second waits about 1.4 s behind the other's answer.
         let (first, second) = futures::join!(client.get(id, &a), client.get(id, &b));
