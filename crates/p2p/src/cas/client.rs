@@ -62,8 +62,9 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client whose requests are bounded by `limits` and given up when the peer sends
-    /// nothing for `timeout` (see [`Client::timed`]).
+    /// A client whose requests are bounded by `limits`, each given up when it has not moved
+    /// and its peer has sent nothing on any request for `timeout` (an answer that keeps
+    /// coming is not cut, however long it takes).
     pub fn new(streams: Control, limits: Limits, timeout: Duration) -> Self {
         Self {
             streams,

@@ -48,8 +48,8 @@ pub struct Config {
     pub serve: bool,
     /// Frame and count limits, both ways.
     pub limits: Limits,
-    /// How long a request may go without moving (its stream not yet open, or no byte of its
-    /// answer arriving) before it is given up; an answer that keeps coming is not cut.
+    /// How long a request may go without moving while its peer sends nothing on any
+    /// request before it is given up; an answer that keeps coming is not cut.
     pub request_timeout: std::time::Duration,
     /// The server's bounds.
     pub server: ServerConfig,
