@@ -57,7 +57,7 @@ pub struct Client {
     streams: Control,
     limits: Limits,
     timeout: Duration,
-    /// When each peer's requests last moved.
+    /// When each peer last sent something on a request.
     activity: std::sync::Arc<Activity>,
 }
 
@@ -281,7 +281,8 @@ impl Progress {
     }
 }
 
-/// When each peer's requests last moved, kept while requests to it are open.
+/// When each peer last sent something on a request. A peer no request is open to is
+/// forgotten once 64 peers are kept.
 #[derive(Debug, Default)]
 struct Activity {
     peers: std::sync::Mutex<std::collections::HashMap<PeerId, std::sync::Arc<Progress>>>,
@@ -328,7 +329,7 @@ impl Watch {
         self.own.mark();
     }
 
-    /// How long since this request or another to the same peer last moved.
+    /// How long since this request last moved or its peer last sent anything.
     fn idle(&self) -> Duration {
         self.own.idle().min(self.peer.idle())
     }
